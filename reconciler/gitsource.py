@@ -1,0 +1,120 @@
+"""ADAPTER over git: definition files at a revision or in the working tree, and merge-bases.
+
+Only this module talks to git. Everything downstream sees a `Snapshot`: a pure mapping of
+repository-relative paths to file contents.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Mapping
+
+import git
+
+from reconciler.errors import GitError
+
+DEFINITION_DIRS = ("sites", "clusters")
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+def is_definition_path(path: str) -> bool:
+    """sites/*.yaml, clusters/*.yaml and clusters/profiles/*.yaml."""
+    parts = PurePosixPath(path).parts
+    if not path.endswith(YAML_SUFFIXES):
+        return False
+    if len(parts) == 2 and parts[0] in DEFINITION_DIRS:
+        return True
+    return len(parts) == 3 and parts[0] == "clusters" and parts[1] == "profiles"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The definition files of one revision (or of the working tree)."""
+
+    label: str  # what a person reads: "working tree", "main (1a2b3c4)", ...
+    revision: str | None  # the commit, or HEAD's commit for the working tree; None outside git
+    dirty: bool  # the working tree differs from `revision`
+    files: Mapping[str, bytes]
+
+
+class GitSource:
+    """Reads definitions from a repository root, through git where there is one."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        try:
+            self.repo: git.Repo | None = git.Repo(root, search_parent_directories=False)
+        except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+            self.repo = None
+
+    # -- revisions
+
+    def resolve(self, ref: str) -> str:
+        if self.repo is None:
+            raise GitError(f"{self.root} is not a git repository, so revision {ref!r} cannot be read")
+        try:
+            return self.repo.commit(ref).hexsha
+        except (git.BadName, ValueError, git.GitCommandError) as exc:
+            raise GitError(f"unknown revision {ref!r} in {self.root}: {exc}") from None
+
+    def head(self) -> str | None:
+        if self.repo is None or not self.repo.head.is_valid():
+            return None
+        return self.repo.head.commit.hexsha
+
+    def default_base(self) -> str | None:
+        """The merge-base of HEAD with main (or origin/main); None when there is none."""
+        head = self.head()
+        if head is None:
+            return None
+        for ref in ("main", "origin/main"):
+            try:
+                other = self.repo.commit(ref)
+            except (git.BadName, ValueError, git.GitCommandError):
+                continue
+            bases = self.repo.merge_base(head, other)
+            if bases:
+                return bases[0].hexsha
+        return None
+
+    def merge_base(self, ref: str) -> str:
+        head = self.head()
+        other = self.resolve(ref)
+        if head is None:
+            return other
+        bases = self.repo.merge_base(head, other)
+        if not bases:
+            raise GitError(f"{ref!r} and HEAD have no common ancestor")
+        return bases[0].hexsha
+
+    # -- snapshots
+
+    def at_revision(self, rev: str) -> Snapshot:
+        sha = self.resolve(rev)
+        commit = self.repo.commit(sha)
+        files: dict[str, bytes] = {}
+        for top in DEFINITION_DIRS:
+            try:
+                tree = commit.tree / top
+            except KeyError:
+                continue
+            for item in tree.traverse():
+                if item.type == "blob" and is_definition_path(item.path):
+                    files[item.path] = item.data_stream.read()
+        label = rev if rev == sha else f"{rev} ({sha[:7]})"
+        return Snapshot(label=label, revision=sha, dirty=False, files=files)
+
+    def working_tree(self) -> Snapshot:
+        files: dict[str, bytes] = {}
+        for top in DEFINITION_DIRS:
+            base = self.root / top
+            if not base.is_dir():
+                continue
+            for path in sorted(base.rglob("*")):
+                rel = path.relative_to(self.root).as_posix()
+                if path.is_file() and is_definition_path(rel):
+                    files[rel] = path.read_bytes()
+        head = self.head()
+        dirty = head is None or files != self.at_revision(head).files
+        return Snapshot(label="working tree", revision=head, dirty=dirty, files=files)

@@ -1,0 +1,367 @@
+"""YAML definitions with positions -> validated `Definitions`; every error located.
+
+Each problem names `file:line:column`, the field path, and what would be valid. All files are
+read and checked before anything is reported, so one run shows every problem.
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any, Mapping
+
+import pydantic
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+from reconciler.errors import Location, Problem, Problems
+from reconciler.gitsource import Snapshot
+from reconciler.model import CLUSTER_ONLY_FIELDS, Cluster, Site
+
+Path_ = tuple[Any, ...]  # a field path inside a document: ("node_pools", "compute", "cores")
+
+
+@dataclass(frozen=True)
+class Spot:
+    """Where a key and its value were written."""
+
+    key: Location
+    value: Location
+
+
+@dataclass
+class Document:
+    """A parsed YAML file: plain data plus the position of every key and value."""
+
+    path: str
+    data: Any
+    spots: dict[Path_, Spot] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Definitions:
+    """Every site and cluster of one snapshot, validated and cross-checked."""
+
+    sites: Mapping[str, Site]
+    clusters: Mapping[str, Cluster]
+    site_files: Mapping[str, str]  # site name -> its file
+    cluster_files: Mapping[str, tuple[str, ...]]  # cluster name -> its file, then the profiles it composes
+    files: Mapping[str, bytes]
+
+
+def load(snapshot: Snapshot) -> Definitions:
+    """Parse, compose and validate a snapshot. Raises InvalidDefinitions with every problem."""
+    problems = Problems()
+    docs = {path: doc for path, raw in sorted(snapshot.files.items()) if (doc := _parse(path, raw, problems))}
+
+    profiles = {PurePosixPath(p).stem: d for p, d in docs.items() if p.startswith("clusters/profiles/")}
+    for doc in profiles.values():
+        _check_profile(doc, problems)
+
+    site_docs = [d for p, d in docs.items() if p.startswith("sites/")]
+    cluster_docs = [d for p, d in docs.items() if p.startswith("clusters/") and not p.startswith("clusters/profiles/")]
+    # Names and references are checked on the raw documents, so that a file with another
+    # error still takes part and one run reports everything.
+    _check_unique("site", site_docs, problems)
+    _check_unique("cluster", cluster_docs, problems)
+    site_names = {d.data["name"] for d in site_docs if isinstance(d.data.get("name"), str)}
+    for doc in cluster_docs:
+        _check_sites(doc, site_names, problems)
+
+    sites: dict[str, Site] = {}
+    site_files: dict[str, str] = {}
+    for doc in site_docs:
+        site = _validate(Site, doc.data, doc.spots, Location(doc.path, 1, 1), problems)
+        if site is not None and site.name not in sites:
+            sites[site.name] = site
+            site_files[site.name] = doc.path
+
+    clusters: dict[str, Cluster] = {}
+    cluster_files: dict[str, tuple[str, ...]] = {}
+    for doc in cluster_docs:
+        composed = _compose(doc, profiles, problems)
+        if composed is None:
+            continue
+        cluster = _validate(Cluster, composed.data, composed.spots, Location(doc.path, 1, 1), problems)
+        if cluster is not None and cluster.name not in clusters:
+            clusters[cluster.name] = cluster
+            cluster_files[cluster.name] = (doc.path, *(profiles[p].path for p in cluster.profiles))
+
+    problems.raise_if_any()
+    return Definitions(
+        sites=dict(sorted(sites.items())),
+        clusters=dict(sorted(clusters.items())),
+        site_files=site_files,
+        cluster_files=cluster_files,
+        files=snapshot.files,
+    )
+
+
+# ---------------------------------------------------------------- parsing
+
+
+def _parse(path: str, raw: bytes, problems: Problems) -> Document | None:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        problems.add(Location(path), "", f"not UTF-8 text ({exc.reason} at byte {exc.start})")
+        return None
+    try:
+        node = YAML(typ="rt").load(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = Location(path, mark.line + 1, mark.column + 1) if mark else Location(path)
+        message = " ".join(str(part) for part in (exc.context, exc.problem) if part)
+        problems.add(where, "", f"malformed YAML: {message}")
+        return None
+    except YAMLError as exc:
+        problems.add(Location(path), "", f"malformed YAML: {exc}")
+        return None
+    if not isinstance(node, CommentedMap):
+        kind = "empty" if node is None else type(node).__name__
+        problems.add(Location(path, 1, 1), "", f"expected a mapping of fields at the top level, got {kind}")
+        return None
+    doc = Document(path, None)
+    doc.data = _plain(node, (), doc)
+    return doc
+
+
+def _plain(node: Any, at: Path_, doc: Document) -> Any:
+    """ruamel's round-trip nodes -> plain Python, recording positions on the way."""
+    if isinstance(node, CommentedMap):
+        out = {}
+        for key, value in node.items():
+            kl, kc = node.lc.key(key)
+            vl, vc = node.lc.value(key)
+            doc.spots[at + (key,)] = Spot(Location(doc.path, kl + 1, kc + 1), Location(doc.path, vl + 1, vc + 1))
+            out[key] = _plain(value, at + (key,), doc)
+        return out
+    if isinstance(node, CommentedSeq):
+        out_list = []
+        for index, value in enumerate(node):
+            line, col = node.lc.item(index)
+            spot = Location(doc.path, line + 1, col + 1)
+            doc.spots[at + (index,)] = Spot(spot, spot)
+            out_list.append(_plain(value, at + (index,), doc))
+        return out_list
+    for plain in (bool, int, float, str):  # ruamel's ScalarFloat, ScalarString, ... -> built-ins
+        if isinstance(node, plain):
+            return plain(node)
+    return node
+
+
+# ---------------------------------------------------------------- composition
+
+
+def _check_profile(doc: Document, problems: Problems) -> None:
+    """A profile is a partial cluster: check what it sets, not what it leaves to the cluster."""
+    for key in CLUSTER_ONLY_FIELDS:
+        if key in doc.data:
+            problems.add(
+                doc.spots[(key,)].key,
+                key,
+                "a profile cannot set this field",
+                f"{', '.join(CLUSTER_ONLY_FIELDS)} belong in the cluster file",
+            )
+    data = {k: v for k, v in doc.data.items() if k not in CLUSTER_ONLY_FIELDS}
+    _validate(Cluster, data, doc.spots, Location(doc.path, 1, 1), problems, partial=True)
+
+
+def _compose(doc: Document, profiles: Mapping[str, Document], problems: Problems) -> Document | None:
+    """Deep-merge the profiles a cluster names (in order), then the cluster file on top."""
+    names = doc.data.get("profiles", [])
+    if not isinstance(names, list):
+        return doc  # validation reports the wrong type
+    merged = Document(doc.path, {})
+    ok = True
+    for index, name in enumerate(names):
+        profile = profiles.get(name) if isinstance(name, str) else None
+        if profile is None:
+            problems.add(
+                doc.spots[("profiles", index)].value,
+                f"profiles[{index}]",
+                f"unknown profile {name!r}",
+                _choices("profiles in clusters/profiles/", name, profiles),
+            )
+            ok = False
+            continue
+        _merge_into(merged, profile, (), profile.data, merged.data)
+    if not ok:
+        return None
+    _merge_into(merged, doc, (), doc.data, merged.data)
+    return merged
+
+
+def _merge_into(target: Document, layer: Document, at: Path_, source: dict, dest: dict) -> None:
+    for key, value in source.items():
+        here = at + (key,)
+        if isinstance(value, dict) and isinstance(dest.get(key), dict):
+            target.spots[here] = layer.spots[here]
+            _merge_into(target, layer, here, value, dest[key])
+            continue
+        for stale in [p for p in target.spots if p[: len(here)] == here]:
+            del target.spots[stale]  # the earlier layer's value is replaced whole
+        target.spots.update({p: s for p, s in layer.spots.items() if p[: len(here)] == here})
+        dest[key] = _copy(value)
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _validate(model, data, spots, top: Location, problems: Problems, partial: bool = False):
+    try:
+        return model.model_validate(data)
+    except pydantic.ValidationError as exc:
+        for error in exc.errors(include_url=False):
+            if partial and error["type"] == "missing":
+                continue
+            problems.extend([_problem(model, data, spots, top, error)])
+        return None
+
+
+def _problem(model, data, spots: Mapping[Path_, Spot], top: Location, error: Mapping) -> Problem:
+    loc = error["loc"]
+    present = _present_path(data, loc)
+    field_path = _dotted(present if len(present) == len(loc) or error["type"] != "missing" else present + (loc[-1],))
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        spot = spots.get(present)
+        valid = _fields_at(model, loc[:-1])
+        return Problem(
+            spot.key if spot else top,
+            field_path,
+            f"unknown field {loc[-1]!r}",
+            _choices("valid fields", loc[-1], valid),
+        )
+    if kind == "missing":
+        spot = spots.get(present)
+        parent = spot.key if spot else top
+        valid = _fields_at(model, loc[:-1])
+        hint = f"required; other fields here: {', '.join(sorted(set(valid) - {loc[-1]}))}" if valid else "required"
+        return Problem(parent, field_path, "missing required field", hint)
+    spot = spots.get(present)
+    where = spot.value if spot else top
+    message = error["msg"].removeprefix("Value error, ")
+    if kind not in ("value_error", "assertion_error") and "input" in error and not isinstance(error["input"], (dict, list)):
+        message += f", got {error['input']!r}"
+    return Problem(where, field_path, message)
+
+
+def _present_path(data: Any, loc: tuple) -> Path_:
+    """The prefix of a pydantic error location that exists in the data (union tags skipped)."""
+    out: list = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+            out.append(part)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+            out.append(part)
+        elif isinstance(node, dict) and isinstance(part, str) and node.get("backend") == part:
+            continue  # a discriminated-union tag, not a key
+        else:
+            break
+    return tuple(out)
+
+
+def _dotted(path: Path_) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _fields_at(model, loc: tuple) -> list[str]:
+    """Field names of the model found at a location, for 'valid fields: ...' hints."""
+    candidates = [model]
+    for part in loc:
+        nxt = []
+        for candidate in candidates:
+            for t in _unwrap(candidate):
+                if isinstance(t, type) and issubclass(t, pydantic.BaseModel):
+                    if part in t.model_fields:
+                        nxt.append(t.model_fields[part].annotation)
+                    elif any(_tag(m) == part for m in _unwrap(candidate)):
+                        nxt.append(t) if _tag(t) == part else None
+                elif typing.get_origin(t) in (dict, list):
+                    nxt.append(typing.get_args(t)[-1])
+        candidates = nxt
+    names: list[str] = []
+    for candidate in candidates:
+        for t in _unwrap(candidate):
+            if isinstance(t, type) and issubclass(t, pydantic.BaseModel):
+                names.extend(n for n in t.model_fields if n not in names)
+    return names
+
+
+def _unwrap(t) -> list:
+    origin = typing.get_origin(t)
+    if origin is typing.Annotated:
+        return _unwrap(typing.get_args(t)[0])
+    if origin in (typing.Union, types.UnionType):
+        return [u for arg in typing.get_args(t) for u in _unwrap(arg)]
+    return [t]
+
+
+def _tag(model) -> str | None:
+    field_info = getattr(model, "model_fields", {}).get("backend")
+    if field_info is None:
+        return None
+    args = typing.get_args(field_info.annotation)
+    return args[0] if args else None
+
+
+def _choices(label: str, given: Any, valid) -> str:
+    valid = sorted(valid)
+    if not valid:
+        return f"no {label} are defined"
+    close = difflib.get_close_matches(str(given), valid, n=1)
+    suggestion = f"; did you mean {close[0]!r}?" if close else ""
+    return f"{label}: {', '.join(valid)}{suggestion}"
+
+
+# ---------------------------------------------------------------- cross-file checks
+
+
+def _check_unique(kind: str, docs: list[Document], problems: Problems) -> None:
+    seen: dict[str, Document] = {}
+    for doc in docs:
+        name = doc.data.get("name")
+        if not isinstance(name, str):
+            continue
+        first = seen.setdefault(name, doc)
+        if first is doc:
+            continue
+        for here, other in ((first, doc), (doc, first)):
+            problems.add(
+                here.spots[("name",)].value,
+                "name",
+                f"{kind} name {name!r} is defined twice",
+                f"also in {other.spots[('name',)].value}; names must be unique",
+            )
+
+
+def _check_sites(doc: Document, site_names: set[str], problems: Problems) -> None:
+    placement = doc.data.get("placement")
+    failover = doc.data.get("failover")
+    refs = []
+    if isinstance(placement, dict) and isinstance(placement.get("site"), str):
+        refs.append((("placement", "site"), placement["site"]))
+    if isinstance(failover, list):
+        refs += [(("failover", i), name) for i, name in enumerate(failover) if isinstance(name, str)]
+    for at, name in refs:
+        if name not in site_names:
+            problems.add(doc.spots[at].value, _dotted(at), f"unknown site {name!r}", _choices("sites", name, site_names))

@@ -1,0 +1,276 @@
+"""Typed definitions: a Site (one landing zone) and a Cluster (one vCluster).
+
+These are the validated shapes. Files are partial documents (a cluster composes profiles),
+so `load.py` merges them first and validates the result here. Unknown keys are refused and
+nothing is coerced silently (`strict`): `cores: "48"` is an error, not 48.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated, Literal, Union
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+NAME_PATTERN = r"^[a-z]([a-z0-9-]{0,38}[a-z0-9])?$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN, description="lower-case letters, digits and '-', 1-40 characters")]
+
+
+def _cidr(value: str) -> str:
+    try:
+        return str(ipaddress.IPv4Network(value, strict=True))
+    except ValueError as exc:
+        raise ValueError(f"not an IPv4 network in CIDR notation such as 10.10.0.0/16 ({exc})") from None
+
+
+Cidr = Annotated[str, AfterValidator(_cidr), Field(description="IPv4 network, e.g. 10.10.0.0/16")]
+
+Platform = Literal["local", "gcp", "aws"]
+Flavor = Literal["minimal", "gpu", "slurm", "application"]
+GpuModel = Literal[
+    "nvidia-a100-40gb",
+    "nvidia-a100-80gb",
+    "nvidia-h100-80gb",
+    "nvidia-h100-94gb",
+    "nvidia-l4",
+    "nvidia-a10g",
+    "nvidia-t4",
+    "nvidia-v100",
+]
+GPU_MEMORY_GB: dict[str, int] = {
+    "nvidia-a100-40gb": 40,
+    "nvidia-a100-80gb": 80,
+    "nvidia-h100-80gb": 80,
+    "nvidia-h100-94gb": 94,
+    "nvidia-l4": 24,
+    "nvidia-a10g": 24,
+    "nvidia-t4": 16,
+    "nvidia-v100": 16,
+}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+# ---------------------------------------------------------------- site (landing zone)
+
+
+class SiteNetwork(Strict):
+    cidr: Cidr = Field(description="The site's whole address space")
+    services_subnet: Cidr = Field(description="Subnet for landing-zone services and control nodes")
+    clusters_range: Cidr = Field(description="Range from which each cluster gets its own subnet")
+    cluster_prefix: int = Field(24, ge=16, le=28, description="Prefix length of each cluster subnet")
+
+    @model_validator(mode="after")
+    def _nested(self) -> "SiteNetwork":
+        outer = ipaddress.IPv4Network(self.cidr)
+        services = ipaddress.IPv4Network(self.services_subnet)
+        clusters = ipaddress.IPv4Network(self.clusters_range)
+        for label, net in (("services_subnet", services), ("clusters_range", clusters)):
+            if not net.subnet_of(outer):
+                raise ValueError(f"{label} {net} is not inside cidr {outer}")
+        if services.overlaps(clusters):
+            raise ValueError(f"services_subnet {services} overlaps clusters_range {clusters}")
+        if self.cluster_prefix < clusters.prefixlen:
+            raise ValueError(f"cluster_prefix /{self.cluster_prefix} is larger than clusters_range {clusters}")
+        return self
+
+
+class Ldap(Strict):
+    base_dn: str = Field(description="e.g. dc=cscs,dc=ch")
+
+
+class Keycloak(Strict):
+    realm: str = "hpc"
+
+
+class Identity(Strict):
+    ldap: Ldap
+    keycloak: Keycloak = Keycloak()
+
+
+class Secrets(Strict):
+    provider: Literal["vault", "platform"] = Field(
+        "vault", description="vault: HashiCorp Vault in the landing zone; platform: the cloud's secret manager"
+    )
+
+
+class ControlNodes(Strict):
+    count: int = Field(3, ge=1, le=9)
+    cores: int = Field(4, ge=1)
+    memory_gb: int = Field(16, ge=1)
+
+
+class LandingZoneServices(Strict):
+    identity: Identity
+    secrets: Secrets = Secrets()
+    artifact_registries: list[Literal["rpm", "deb", "container"]] = Field(
+        ["rpm", "deb", "container"], description="Trusted sources of OS packages and images"
+    )
+    control_nodes: ControlNodes = ControlNodes()
+    orchestration: list[Literal["consul", "nomad", "vault"]] = Field(
+        ["consul", "nomad", "vault"], description="Control daemons whose lifecycle the landing zone manages"
+    )
+
+
+class LocalState(Strict):
+    backend: Literal["local"]
+    path: str = Field(".reconcile/state", description="Directory for state files, relative to the repository root")
+
+    @model_validator(mode="after")
+    def _relative(self) -> "LocalState":
+        if self.path.startswith("/") or ".." in self.path.split("/"):
+            raise ValueError("path must be relative to the repository root and stay inside it")
+        return self
+
+
+class GcsState(Strict):
+    backend: Literal["gcs"]
+    bucket: str
+    prefix: str = "reconcile"
+
+
+class S3State(Strict):
+    backend: Literal["s3"]
+    bucket: str
+    key_prefix: str = "reconcile"
+    region: str | None = None
+
+
+StateBackend = Annotated[Union[LocalState, GcsState, S3State], Field(discriminator="backend")]
+
+
+class Site(Strict):
+    """A landing zone on one platform and region, created once and shared by many clusters."""
+
+    name: Name
+    description: str = ""
+    platform: Platform
+    region: str
+    zones: list[str] = Field(min_length=1)
+    labels: dict[str, str] = Field({}, description="e.g. sovereignty: CH")
+    network: SiteNetwork
+    services: LandingZoneServices
+    state: StateBackend
+
+
+# ---------------------------------------------------------------- cluster (vCluster)
+
+
+class Placement(Strict):
+    site: Name
+    zone: str | None = Field(None, description="Defaults to the site's first zone")
+
+
+class Gpu(Strict):
+    model: GpuModel
+    count: int = Field(ge=1, le=16)
+    memory_gb: int | None = Field(None, description="Per GPU; implied by the model, checked when given")
+
+    @model_validator(mode="after")
+    def _memory_matches_model(self) -> "Gpu":
+        expected = GPU_MEMORY_GB[self.model]
+        if self.memory_gb is not None and self.memory_gb != expected:
+            raise ValueError(f"{self.model} has {expected} GB per GPU, not {self.memory_gb}")
+        return self
+
+
+class NodePool(Strict):
+    role: Literal["login", "compute", "service"]
+    count: int = Field(ge=0, le=1024)
+    cores: int = Field(ge=1, le=512)
+    memory_gb: int = Field(ge=1, le=32768)
+    gpu: Gpu | None = None
+    local_ssd_gb: int = Field(0, ge=0)
+    placement: Literal["spread", "compact"] = Field(
+        "spread", description="compact: tightly coupled, low-latency placement for MPI"
+    )
+
+
+class SharedFilesystem(Strict):
+    size_gb: int = Field(ge=100)
+    mount: str = "/home"
+
+
+class Scratch(Strict):
+    size_gb: int = Field(ge=100)
+    mount: str = "/scratch"
+
+
+class Bucket(Strict):
+    name: Name
+    purpose: str = ""
+
+
+class Storage(Strict):
+    shared: SharedFilesystem | None = None
+    scratch: Scratch | None = None
+    object: list[Bucket] = []
+
+
+class ClusterNetwork(Strict):
+    public_login: bool = Field(False, description="Expose login nodes on a public address")
+    allowed_cidrs: list[Cidr] = Field([], description="Networks allowed to reach the login nodes")
+
+
+class Group(Strict):
+    name: Name
+    role: Literal["user", "admin", "operator"] = "user"
+
+
+class Access(Strict):
+    groups: list[Group] = []
+
+
+class Scheduler(Strict):
+    kind: Literal["slurm"]
+    version: str = "24.05"
+    settings: dict[str, str | int | bool] = Field({}, description="Extra slurm.conf settings")
+
+
+class Services(Strict):
+    scheduler: Scheduler | None = None
+    monitoring: bool = True
+
+
+class Spack(Strict):
+    version: str = "0.23"
+    specs: list[str] = Field(min_length=1)
+    build_cache: bool = True
+
+
+class UserEnvironment(Strict):
+    spack: Spack | None = None
+    containers: list[str] = []
+
+
+class Cluster(Strict):
+    """A whole HPC system (vCluster): infrastructure, services and user environment."""
+
+    name: Name
+    description: str = ""
+    profiles: list[Name] = Field([], description="Profiles under clusters/profiles/ to compose, in order")
+    placement: Placement
+    failover: list[Name] = Field([], description="Sites to fail over to, in order of preference")
+    flavor: Flavor
+    node_pools: dict[Name, NodePool] = Field(min_length=1)
+    storage: Storage = Storage()
+    network: ClusterNetwork = ClusterNetwork()
+    access: Access = Access()
+    services: Services = Services()
+    environment: UserEnvironment = UserEnvironment()
+
+    @model_validator(mode="after")
+    def _flavor_needs(self) -> "Cluster":
+        if self.flavor == "gpu" and not any(p.gpu for p in self.node_pools.values()):
+            raise ValueError("flavor gpu needs at least one node pool with gpu")
+        if self.flavor == "slurm" and self.services.scheduler is None:
+            raise ValueError("flavor slurm needs services.scheduler")
+        if self.placement.site in self.failover:
+            raise ValueError(f"failover lists the placement site {self.placement.site}")
+        return self
+
+
+# Fields a profile may not set: they say which cluster this is and where it runs.
+CLUSTER_ONLY_FIELDS = ("name", "profiles", "placement", "failover")
