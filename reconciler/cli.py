@@ -1,2 +1,221 @@
-def main(argv=None):
-    return 0
+"""argv -> settings -> one command -> exit code (0 nothing to do / 2 changes / 1 failed / 3 bug)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from pathlib import Path
+
+from reconciler import render
+from reconciler.apply import APPLIED, FAILED as APPLY_FAILED, NOTHING, apply
+from reconciler.engine import CHOICES, select_engine
+from reconciler.errors import Exit, InvalidDefinitions, NotConfirmed, ReconcileError
+from reconciler.gitsource import GitSource
+from reconciler.live import LiveStore
+from reconciler.run import FAILED, PLANNED, Assessment, UnitPlan, assess, desired, plan
+from reconciler.settings import Settings
+from reconciler.synth import synthesize
+
+
+class UsageError(ReconcileError):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse would exit 2, which means "changes pending" here
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _common(parser: argparse.ArgumentParser, top: bool) -> None:
+    default = None if top else argparse.SUPPRESS
+    parser.add_argument("--repo", default=default, help="repository with sites/ and clusters/ (default: .)")
+    parser.add_argument("--base", default=default, help="compare with this revision (default: merge-base with main)")
+    parser.add_argument("--head", default=default, help="desired state at this revision (default: the working tree)")
+    parser.add_argument("--engine", choices=CHOICES, default=default, help="default: tofu, else terraform, else embedded")
+    parser.add_argument("--state-root", default=default, help="local state paths are relative to this (default: --repo)")
+    parser.add_argument("--work-dir", default=default, help="synthesized stacks and plans (default: REPO/.reconcile)")
+    parser.add_argument("--json", action="store_true", default=False if top else argparse.SUPPRESS, help="machine-readable output")
+    parser.add_argument("--all", action="store_true", default=False if top else argparse.SUPPRESS, help="plan every stack, changed or not (drift)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="reconcile",
+        description="Reconcile HPC sites and vClusters defined in git with what is live.",
+        epilog="exit codes: 0 nothing to do, 2 changes pending, 1 invalid input or failed operation, 3 internal error",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="plan what differs from git and change nothing (the same as `plan`)")
+    _common(parser, top=True)
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    for name, text in (
+        ("validate", "check every definition and show the units they make"),
+        ("plan", "plan the stacks that differ from git; change nothing"),
+        ("apply", "plan, confirm, then apply the saved plans"),
+        ("synth", "write the Terraform JSON of every synthesizable stack"),
+    ):
+        command = sub.add_parser(name, help=text, description=text)
+        _common(command, top=False)
+        if name == "apply":
+            command.add_argument("--auto-approve", action="store_true", help="apply without asking")
+        if name == "synth":
+            command.add_argument("--out", required=True, help="directory to write SITE/STACK/cdk.tf.json into")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    as_json = "--json" in (argv if argv is not None else sys.argv[1:])
+    try:
+        args = parser.parse_args(argv)
+        command = args.command or ("plan" if args.dry_run else None)
+        if command is None:
+            parser.print_help(sys.stderr)
+            return Exit.FAILED
+        settings = Settings.build(
+            args.repo or ".",
+            base=args.base,
+            head=args.head,
+            engine=args.engine,
+            state_root=args.state_root,
+            work_dir=args.work_dir,
+            output_json=args.json,
+            select_all=args.all,
+            auto_approve=getattr(args, "auto_approve", False),
+        )
+        return COMMANDS[command](settings, args)
+    except InvalidDefinitions as exc:
+        if as_json:
+            _emit({"error": "invalid definitions", "problems": [p.as_dict() for p in exc.problems], "exit_code": 1})
+        else:
+            sys.stderr.write(render.problems_text(exc.problems))
+        return Exit.FAILED
+    except ReconcileError as exc:
+        if as_json:
+            _emit({"error": str(exc), "exit_code": int(exc.exit_code)})
+        else:
+            sys.stderr.write(f"error: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return Exit.FAILED
+    except Exception:  # a bug: say so, with the traceback
+        traceback.print_exc()
+        sys.stderr.write("internal error: this is a bug in reconcile, please report it with the traceback above\n")
+        return Exit.INTERNAL
+
+
+def _emit(document: dict) -> None:
+    sys.stdout.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_validate(settings: Settings, args) -> int:
+    source = GitSource(settings.root)
+    state = desired(source.working_tree() if settings.head is None else source.at_revision(settings.head))
+    units = list(state.units.values())
+    if settings.output_json:
+        _emit({"valid": True, "units": [{"key": u.key, "platform": u.platform, "synthesizable": u.synthesizable, "inputs": list(u.inputs)} for u in units], "exit_code": 0})
+        return Exit.OK
+    defs = state.definitions
+    print(f"{state.snapshot.label}: {len(defs.sites)} sites, {len(defs.clusters)} clusters, all valid")
+    for unit in units:
+        note = "" if unit.synthesizable else f"  (the {unit.platform} platform is not synthesizable yet)"
+        print(f"  {unit.title} [{unit.platform}] <- {', '.join(unit.inputs)}{note}")
+    return Exit.OK
+
+
+def _plan_all(settings: Settings) -> tuple[Assessment, list[UnitPlan], object, LiveStore]:
+    store = LiveStore(settings.state_root)
+    assessment = assess(settings, store)
+    needs_engine = any(s.unit.synthesizable for s in assessment.selected)
+    engine = select_engine(settings.engine, settings.work_dir) if needs_engine else None
+    return assessment, plan(settings, assessment, engine, store), engine, store
+
+
+def _plan_exit(plans: list[UnitPlan]) -> int:
+    if any(p.status == FAILED for p in plans):
+        return Exit.FAILED
+    return Exit.CHANGES if any(p.pending for p in plans) else Exit.OK
+
+
+def cmd_plan(settings: Settings, args) -> int:
+    assessment, plans, engine, _ = _plan_all(settings)
+    code = _plan_exit(plans)
+    name = engine.name if engine else None
+    if settings.output_json:
+        _emit(render.plans_json(assessment, plans, name, int(code)))
+    else:
+        sys.stdout.write(render.plans_text(assessment, plans, name))
+    return code
+
+
+def cmd_apply(settings: Settings, args) -> int:
+    assessment, plans, engine, store = _plan_all(settings)
+    name = engine.name if engine else None
+    if not settings.output_json:
+        sys.stdout.write(render.plans_text(assessment, plans, name))
+    if any(p.status == FAILED for p in plans):
+        raise ReconcileError("some plans failed; nothing was applied")
+    runnable = [p for p in plans if p.pending and p.status == PLANNED]
+    if not runnable:
+        if settings.output_json:
+            _emit(render.plans_json(assessment, plans, name, int(_plan_exit(plans))))
+        return _plan_exit(plans)
+    if not settings.auto_approve:
+        _confirm(len(runnable))
+    results = apply(plans, engine, store, assessment.head.snapshot)
+    failed = [r for r in results if r.outcome == APPLY_FAILED]
+    left = [r for r in results if r.outcome not in (APPLIED, NOTHING, APPLY_FAILED)]
+    code = Exit.FAILED if failed else (Exit.CHANGES if left else Exit.OK)
+    if settings.output_json:
+        document = render.plans_json(assessment, plans, name, int(code))
+        outcome = {r.plan.selected.unit.key: {"outcome": r.outcome, "detail": r.detail} for r in results}
+        for unit in document["units"]:
+            unit.update(outcome[unit["key"]])
+        _emit(document)
+    else:
+        print("\nApply:")
+        for r in results:
+            detail = f": {r.detail.splitlines()[0]}" if r.detail else ""
+            print(f"  {r.plan.selected.unit.title}: {r.outcome}{detail}")
+        for r in failed:
+            sys.stderr.write(f"\n{r.plan.selected.unit.title} failed:\n{r.detail}\n")
+    return code
+
+
+def _confirm(count: int) -> None:
+    if not sys.stdin.isatty():
+        raise NotConfirmed("apply needs confirmation: run it in a terminal, or pass --auto-approve")
+    answer = input(f"\nApply {count} stack(s)? Only 'yes' will be accepted: ")
+    if answer.strip() != "yes":
+        raise NotConfirmed("apply cancelled; nothing was changed")
+
+
+def cmd_synth(settings: Settings, args) -> int:
+    source = GitSource(settings.root)
+    state = desired(source.working_tree() if settings.head is None else source.at_revision(settings.head))
+    units = [u for u in state.units.values() if u.synthesizable]
+    documents = synthesize(units, settings.work_dir / "cache" / "synth")
+    out = Path(args.out)
+    written = []
+    for unit in units:
+        path = out / unit.site / unit.stack / "cdk.tf.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(documents[unit.key])
+        written.append(path)
+    skipped = [u for u in state.units.values() if not u.synthesizable]
+    if settings.output_json:
+        _emit({"written": [str(p) for p in written], "not_synthesizable": [u.key for u in skipped], "exit_code": 0})
+    else:
+        for path in written:
+            print(f"wrote {path}")
+        for unit in skipped:
+            print(f"skipped {unit.title}: the {unit.platform} platform is not synthesizable yet")
+    return Exit.OK
+
+
+COMMANDS = {"validate": cmd_validate, "plan": cmd_plan, "apply": cmd_apply, "synth": cmd_synth}

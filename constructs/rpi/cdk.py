@@ -1,0 +1,61 @@
+"""The only module that imports cdktf (deprecated upstream in December 2025).
+
+Everything else builds stacks through these few functions, so a successor to cdktf replaces
+this one file. Importing it starts Node (jsii): import it only when something must be synthesized.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
+
+import cdktf  # noqa: E402
+
+VERSION = "0.21.0"
+
+Stack = cdktf.TerraformStack
+
+
+def local_backend(stack: Stack, path: str) -> None:
+    """State in a local file. `path` stays relative so the JSON is the same in every clone."""
+    cdktf.LocalBackend(stack, path=path)
+
+
+def data_resource(stack: Stack, name: str, attributes: dict[str, Any], replace_on: dict[str, Any] | None = None):
+    """Terraform's built-in `terraform_data`: a real resource with state and no provider.
+
+    Changing `attributes` updates it in place; changing `replace_on` replaces it, the way a
+    cloud replaces an instance whose machine type changes.
+    """
+    resource = cdktf.TerraformResource(stack, name, terraform_resource_type="terraform_data")
+    resource.add_override("input", attributes)
+    if replace_on is not None:
+        resource.add_override("triggers_replace", replace_on)
+    return resource
+
+
+def output(stack: Stack, name: str, value: Any, description: str = "", sensitive: bool = False) -> None:
+    cdktf.TerraformOutput(stack, name, value=value, description=description or None, sensitive=sensitive)
+
+
+def synthesize(build: Callable[[cdktf.App], dict[str, Stack]]) -> dict[str, dict]:
+    """Run `build` on a fresh App and return {key: Terraform JSON document} for its stacks."""
+    with tempfile.TemporaryDirectory(prefix="reconcile-synth-") as out:
+        app = cdktf.App(outdir=out)
+        stacks = build(app)
+        app.synth()
+        manifest = json.loads((Path(out) / "manifest.json").read_text())
+        by_name = {name: entry["synthesizedStackPath"] for name, entry in manifest["stacks"].items()}
+        return {
+            key: json.loads((Path(out) / by_name[stack.node.id]).read_text())
+            for key, stack in stacks.items()
+        }
+
+
+def new_stack(app: cdktf.App, name: str) -> Stack:
+    return cdktf.TerraformStack(app, name)

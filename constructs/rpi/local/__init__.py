@@ -1,0 +1,123 @@
+"""The `local` platform: every RPI resource as Terraform's built-in `terraform_data`.
+
+No cloud and no provider download: the whole loop (plan, apply, state, drift) runs for real
+on any machine. Attributes are the ones a real platform would set (names, sizes, counts,
+addresses from the site's ranges), so a plan here reads like a plan on a cloud.
+"""
+
+from __future__ import annotations
+
+from rpi import cdk
+from rpi.spec import ClusterSpec, ComputePool, LandingZoneSpec, StateLocation
+
+
+class LocalPlatform:
+    name = "local"
+
+    def backend(self, stack, state: StateLocation) -> None:
+        cdk.local_backend(stack, f"{state.bucket}/{state.key}")
+
+    def landing_zone(self, stack, spec: LandingZoneSpec) -> None:
+        self.backend(stack, spec.state)
+        labels = dict(spec.labels)
+        cdk.data_resource(
+            stack,
+            "network",
+            {"name": spec.network.name, "cidr": spec.network.cidr, "region": spec.region, "labels": labels},
+            replace_on={"cidr": spec.network.cidr},
+        )
+        for subnet in spec.network.subnets:
+            cdk.data_resource(
+                stack,
+                f"subnet_{subnet.name}",
+                {"name": subnet.name, "cidr": subnet.cidr, "gateway": subnet.gateway},
+                replace_on={"cidr": subnet.cidr},
+            )
+        _pool(stack, spec.control_plane, zone=spec.zones[0])
+        for service in spec.services:
+            cdk.data_resource(
+                stack,
+                f"{service.kind}_{service.name}",
+                {"name": service.name, "address": service.address, "settings": dict(service.settings)},
+            )
+        for registry in spec.registries:
+            cdk.data_resource(
+                stack,
+                f"registry_{registry.format}",
+                {"name": registry.name, "format": registry.format},
+                replace_on={"format": registry.format},
+            )
+        cdk.output(stack, "network_cidr", spec.network.cidr, "The site's address space")
+        cdk.output(stack, "endpoints", {s.name: s.address for s in spec.services}, "Landing-zone service addresses")
+        cdk.output(stack, "registries", [r.name for r in spec.registries])
+
+    def cluster(self, stack, spec: ClusterSpec) -> None:
+        self.backend(stack, spec.state)
+        labels = dict(spec.labels)
+        cdk.data_resource(
+            stack,
+            "subnet",
+            {"name": spec.subnet.name, "cidr": spec.subnet.cidr, "gateway": spec.subnet.gateway, "labels": labels},
+            replace_on={"cidr": spec.subnet.cidr},
+        )
+        for pool in spec.pools:
+            _pool(stack, pool, zone=spec.zone)
+        for volume in spec.storage:
+            cdk.data_resource(
+                stack,
+                f"storage_{volume.name}",
+                {"name": f"{spec.name}-{volume.name}", "kind": volume.kind, "size_gb": volume.size_gb, "mount": volume.mount},
+                replace_on={"kind": volume.kind},
+            )
+        for group in spec.access:
+            cdk.data_resource(stack, f"group_{group.name}", {"name": group.name, "role": group.role, "cluster": spec.name})
+        logins = [a for p in spec.pools if p.role == "login" for a in p.addresses]
+        cdk.data_resource(
+            stack,
+            "login_access",
+            {"public": spec.public_login, "allowed_cidrs": list(spec.allowed_cidrs), "targets": logins},
+        )
+        if spec.scheduler is not None:
+            cdk.data_resource(
+                stack,
+                f"scheduler_{spec.scheduler.kind}",
+                {
+                    "version": spec.scheduler.version,
+                    "settings": dict(spec.scheduler.settings),
+                    "partitions": {p.name: list(p.hostnames) for p in spec.pools if p.role == "compute"},
+                },
+            )
+        cdk.data_resource(
+            stack,
+            "user_environment",
+            {
+                "spack_version": spec.spack_version or "",
+                "spack_specs": list(spec.spack_specs),
+                "containers": list(spec.containers),
+                "identity": {s.name: s.address for s in spec.identity_endpoints},
+            },
+        )
+        cdk.output(stack, "login_addresses", logins, "Where users connect")
+        cdk.output(stack, "node_count", sum(p.count for p in spec.pools), "Nodes in all pools")
+        cdk.output(stack, "nodes", {p.name: list(p.hostnames) for p in spec.pools}, "Hostnames per pool")
+
+
+def _pool(stack, pool: ComputePool, zone: str) -> None:
+    node = pool.node
+    shape = {
+        "cores": node.cores,
+        "memory_gb": node.memory_gb,
+        "gpu_model": node.gpu_model or "",
+        "gpu_count": node.gpu_count,
+        "local_ssd_gb": node.local_ssd_gb,
+        "zone": zone,
+    }
+    if pool.placement == "compact":
+        cdk.data_resource(stack, f"placement_{pool.name}", {"strategy": "compact", "pool": pool.name, "zone": zone})
+    for index, (hostname, address) in enumerate(zip(pool.hostnames, pool.addresses)):
+        cdk.data_resource(
+            stack,
+            f"node_{pool.name}_{index}",
+            {"hostname": hostname, "address": address, "pool": pool.name, "role": pool.role, **shape},
+            replace_on={"address": address, **shape},
+        )

@@ -1,0 +1,145 @@
+"""Platform-neutral resource specs: what a landing zone or a vCluster needs, not how.
+
+`reconciler.resolve` derives these from the definitions; each platform turns them into
+constructs. They are plain frozen data, so they hash and compare cheaply without Node.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Subnet:
+    name: str
+    cidr: str
+    gateway: str
+
+
+@dataclass(frozen=True)
+class Network:
+    name: str
+    cidr: str
+    subnets: tuple[Subnet, ...]
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    cores: int
+    memory_gb: int
+    gpu_model: str | None = None
+    gpu_count: int = 0
+    gpu_memory_gb: int = 0
+    local_ssd_gb: int = 0
+
+
+@dataclass(frozen=True)
+class ComputePool:
+    name: str
+    role: str  # login | compute | service
+    count: int
+    node: NodeSpec
+    placement: str  # spread | compact
+    hostnames: tuple[str, ...]
+    addresses: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class StorageVolume:
+    name: str
+    kind: str  # shared | scratch | object
+    size_gb: int  # 0 for object storage: it grows
+    mount: str  # "" for object storage
+
+
+@dataclass(frozen=True)
+class AccessGroup:
+    name: str
+    role: str
+
+
+@dataclass(frozen=True)
+class Service:
+    """A landing-zone service (identity, secrets, orchestration): where it answers, how it is set up."""
+
+    name: str
+    kind: str
+    address: str
+    settings: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Registry:
+    name: str
+    format: str  # rpm | deb | container
+
+
+@dataclass(frozen=True)
+class StateLocation:
+    """Where a stack's Terraform state lives; local paths are relative to the state root."""
+
+    backend: str  # local | gcs | s3
+    bucket: str
+    key: str
+    region: str = ""
+
+
+@dataclass(frozen=True)
+class LandingZoneSpec:
+    site: str
+    platform: str
+    region: str
+    zones: tuple[str, ...]
+    labels: tuple[tuple[str, str], ...]
+    network: Network
+    control_plane: ComputePool
+    services: tuple[Service, ...]
+    registries: tuple[Registry, ...]
+    state: StateLocation
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    kind: str
+    version: str
+    settings: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    name: str
+    flavor: str
+    site: str
+    platform: str
+    region: str
+    zone: str
+    labels: tuple[tuple[str, str], ...]
+    subnet: Subnet
+    public_login: bool
+    allowed_cidrs: tuple[str, ...]
+    pools: tuple[ComputePool, ...]
+    storage: tuple[StorageVolume, ...]
+    access: tuple[AccessGroup, ...]
+    scheduler: SchedulerSpec | None
+    monitoring: bool
+    spack_version: str | None
+    spack_specs: tuple[str, ...]
+    containers: tuple[str, ...]
+    identity_endpoints: tuple[Service, ...]
+    state: StateLocation
+
+
+def canonical(value) -> str:
+    """Canonical JSON of a spec: the same text for the same spec on any machine."""
+    return json.dumps(dataclasses.asdict(value), sort_keys=True, separators=(",", ":"))
+
+
+def digest(*parts: str) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()

@@ -1,0 +1,109 @@
+"""PURE: (changed files, units at base, units at head, live records) -> selected units, each
+with the reasons it was selected.
+
+Level-based: a unit whose live record differs from git is selected even when no file changed;
+"affected" only narrows the work, it never hides a difference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+from reconciler.live import UNKNOWN, LiveRecord
+from reconciler.resolve import CLUSTER, SITE, Unit
+
+APPLY, DESTROY = "apply", "destroy"
+
+
+@dataclass(frozen=True)
+class Selected:
+    unit: Unit
+    action: str  # apply | destroy
+    reasons: tuple[str, ...]
+
+
+def changed_files(base: Mapping[str, bytes] | None, head: Mapping[str, bytes]) -> frozenset[str]:
+    """Paths added, removed or edited between two snapshots."""
+    if base is None:
+        return frozenset()
+    return frozenset(p for p in set(base) | set(head) if base.get(p) != head.get(p))
+
+
+def file_reason(unit: Unit, path: str) -> str:
+    if path.startswith("sites/"):
+        return f"site changed: {path}"
+    if path.startswith("clusters/profiles/"):
+        return f"profile changed: {path}"
+    return f"cluster file changed: {path}"
+
+
+def select(
+    head: Mapping[str, Unit],
+    base: Mapping[str, Unit] | None,
+    changed: frozenset[str],
+    live: Mapping[str, object],
+    orphans: Iterable[LiveRecord] = (),
+    select_all: bool = False,
+) -> list[Selected]:
+    """Units to plan or destroy, in dependency order (destroys of clusters before their sites)."""
+    selected: list[Selected] = []
+    for key, unit in head.items():
+        reasons: list[str] = []
+        previous = base.get(key) if base is not None else None
+        if base is not None and previous is None:
+            reasons.append(_new_reason(unit, base))
+        reasons += [file_reason(unit, p) for p in unit.inputs if p in changed]
+        if previous is not None and previous.config_hash != unit.config_hash and not reasons:
+            reasons.append(f"{unit.platform} platform code changed")
+        record = live.get(key, UNKNOWN)
+        if record is None:
+            reasons.append("never applied")
+        elif isinstance(record, LiveRecord) and record.config_hash != unit.config_hash:
+            when = f" (last applied at {record.revision[:7]})" if record.revision else ""
+            reasons.append(f"live state differs from git{when}")
+        if select_all and not reasons:
+            reasons.append("requested with --all")
+        if reasons:
+            selected.append(Selected(unit, APPLY, tuple(reasons)))
+
+    gone = {k: u for k, u in (base or {}).items() if k not in head}
+    for key, unit in gone.items():
+        if live.get(key, UNKNOWN) is None:
+            continue  # removed before it was ever applied: nothing exists to destroy
+        selected.append(Selected(unit, DESTROY, (_removed_reason(unit, head),)))
+    for record in orphans:
+        if record.unit not in head and record.unit not in gone:
+            unit = Unit(
+                record.kind, record.name, record.site, record.platform, (), (), None, "", record.state
+            )
+            selected.append(Selected(unit, DESTROY, ("in live state but defined neither at base nor at head",)))
+    return order(selected)
+
+
+def order(selected: list[Selected]) -> list[Selected]:
+    """Applies: sites before clusters. Destroys: clusters before sites, after the applies that
+    may replace them (make before break)."""
+
+    def rank(s: Selected) -> tuple:
+        if s.action == APPLY:
+            return (0, s.unit.kind != SITE, s.unit.key)
+        return (1, s.unit.kind == SITE, s.unit.key)
+
+    return sorted(selected, key=rank)
+
+
+def _new_reason(unit: Unit, base: Mapping[str, Unit]) -> str:
+    if unit.kind == CLUSTER:
+        before = [u.site for u in base.values() if u.kind == CLUSTER and u.name == unit.name]
+        if before:
+            return f"placed here, was on {before[0]}"
+    return f"new definition: {unit.inputs[0]}"
+
+
+def _removed_reason(unit: Unit, head: Mapping[str, Unit]) -> str:
+    if unit.kind == CLUSTER:
+        after = [u.site for u in head.values() if u.kind == CLUSTER and u.name == unit.name]
+        if after:
+            return f"moved to {after[0]}: destroy here"
+    return f"definition removed: {unit.inputs[0]}"

@@ -1,0 +1,68 @@
+"""PURE: Terraform plan JSON (`show -json` of a saved plan) -> per-unit change summaries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+ACTIONS = ("create", "update", "replace", "delete")
+
+
+@dataclass(frozen=True)
+class Change:
+    address: str
+    action: str  # create | update | replace | delete | read | move | no-op
+    previous_address: str = ""
+    reason: str = ""  # Terraform's action_reason, e.g. replace_because_cannot_update
+
+
+@dataclass(frozen=True)
+class PlanSummary:
+    changes: tuple[Change, ...]
+    output_changes: tuple[str, ...] = ()
+
+    def count(self, action: str) -> int:
+        return sum(1 for c in self.changes if c.action == action)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {action: self.count(action) for action in (*ACTIONS, "move")}
+
+    @property
+    def has_changes(self) -> bool:
+        return any(c.action not in ("no-op", "read") for c in self.changes) or bool(self.output_changes)
+
+    @property
+    def visible(self) -> tuple[Change, ...]:
+        return tuple(c for c in self.changes if c.action not in ("no-op", "read"))
+
+
+def action_of(actions: list[str], previous_address: str = "") -> str:
+    if actions == ["no-op"]:
+        return "move" if previous_address else "no-op"
+    if sorted(actions) == ["create", "delete"]:
+        return "replace"
+    if len(actions) == 1 and actions[0] in ("create", "update", "delete", "read"):
+        return actions[0]
+    return "+".join(actions)
+
+
+def summarize(plan: dict[str, Any]) -> PlanSummary:
+    """Per-resource actions from plan JSON. Values are never copied: only addresses and actions."""
+    changes = []
+    for rc in plan.get("resource_changes", []):
+        if rc.get("mode") == "data":
+            continue
+        previous = rc.get("previous_address", "")
+        changes.append(
+            Change(
+                address=rc["address"],
+                action=action_of(rc["change"]["actions"], previous),
+                previous_address=previous,
+                reason=rc.get("action_reason", ""),
+            )
+        )
+    outputs = tuple(
+        sorted(name for name, oc in (plan.get("output_changes") or {}).items() if oc.get("actions") != ["no-op"])
+    )
+    return PlanSummary(tuple(sorted(changes, key=lambda c: c.address)), outputs)

@@ -1,0 +1,149 @@
+"""PURE: results -> terminal text and JSON. Values from plans are never printed, only addresses."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from reconciler.affected import DESTROY
+from reconciler.errors import Problem
+from reconciler.plan import ACTIONS, Change
+from reconciler.run import FAILED, PLANNED, UNSUPPORTED, Assessment, UnitPlan
+
+SYMBOL = {"create": "+", "update": "~", "replace": "-/+", "delete": "-", "move": "->", "read": "<="}
+MAX_LINES_PER_UNIT = 40
+
+
+def header(assessment: Assessment, engine_name: str | None) -> str:
+    snap = assessment.head.snapshot
+    rev = f"{snap.revision[:7]}" if snap.revision else "no commit"
+    head = f"{snap.label} ({'HEAD ' + rev + ', uncommitted changes' if snap.dirty and snap.label == 'working tree' else rev})"
+    parts = [f"desired: {head}", assessment.base_note]
+    if engine_name:
+        parts.append(f"engine: {engine_name}")
+    return " | ".join(parts)
+
+
+def describe_change(change: Change) -> str:
+    symbol = SYMBOL.get(change.action, "?")
+    text = f"{symbol} {change.address}"
+    if change.action == "move":
+        text = f"{symbol} {change.address} (moved from {change.previous_address})"
+    elif change.action == "replace" and change.reason:
+        text += f" ({change.reason.replace('_', ' ')})"
+    return text
+
+
+def counts_text(counts: dict[str, int]) -> str:
+    words = {"create": "to create", "update": "to update", "replace": "to replace", "delete": "to destroy"}
+    text = ", ".join(f"{counts[a]} {words[a]}" for a in ACTIONS)
+    if counts.get("move"):
+        text += f", {counts['move']} to move"
+    return text
+
+
+def plans_text(assessment: Assessment, plans: list[UnitPlan], engine_name: str | None) -> str:
+    lines = [header(assessment, engine_name), ""]
+    if not plans:
+        lines.append("Nothing to do: every checked stack matches git.")
+    for p in plans:
+        unit = p.selected.unit
+        verb = "DESTROY " if p.selected.action == DESTROY else ""
+        lines.append(f"{verb}{unit.title} [{unit.platform}]")
+        for reason in p.selected.reasons:
+            lines.append(f"    why: {reason}")
+        if p.status == UNSUPPORTED:
+            lines.append(f"    not synthesizable yet: the {unit.platform} platform is not implemented in this version")
+        elif p.status == FAILED:
+            lines += ["    plan FAILED:"] + [f"      {line}" for line in p.error.splitlines()]
+        elif p.summary is not None:
+            if not p.summary.has_changes:
+                note = "; the live record will be updated on apply" if p.pending else ""
+                lines.append(f"    no resource changes{note}")
+            else:
+                lines.append(f"    plan: {counts_text(p.summary.counts)}")
+                visible = p.summary.visible
+                for change in visible[:MAX_LINES_PER_UNIT]:
+                    lines.append(f"      {describe_change(change)}")
+                if len(visible) > MAX_LINES_PER_UNIT:
+                    lines.append(f"      ... and {len(visible) - MAX_LINES_PER_UNIT} more")
+                if p.summary.output_changes:
+                    lines.append(f"      outputs: {', '.join(p.summary.output_changes)}")
+        lines.append("")
+    if assessment.up_to_date:
+        lines.append("Up to date: " + ", ".join(u.title for u in assessment.up_to_date))
+    if assessment.unchecked:
+        lines.append(
+            "Not checked (live state in gcs/s3 needs credentials; unchanged in git): "
+            + ", ".join(u.title for u in assessment.unchecked)
+        )
+    lines.append(footer(plans))
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def totals(plans: Iterable[UnitPlan]) -> dict[str, int]:
+    out = {a: 0 for a in (*ACTIONS, "move")}
+    for p in plans:
+        if p.summary is not None:
+            for action, n in p.summary.counts.items():
+                out[action] += n
+    return out
+
+
+def footer(plans: list[UnitPlan]) -> str:
+    pending = [p for p in plans if p.pending]
+    failed = [p for p in plans if p.status == FAILED]
+    unsupported = [p for p in plans if p.status == UNSUPPORTED]
+    if not pending and not failed:
+        return "Nothing to do." if not plans else "Nothing to do: the selected stacks match their plans."
+    text = f"Plan: {counts_text(totals(plans))} in {sum(p.status == PLANNED for p in pending)} stack(s)."
+    if unsupported:
+        text += f" {len(unsupported)} stack(s) not synthesizable yet."
+    if failed:
+        text += f" {len(failed)} plan(s) FAILED."
+    return text
+
+
+def plans_json(assessment: Assessment, plans: list[UnitPlan], engine_name: str | None, exit_code: int) -> dict:
+    snap = assessment.head.snapshot
+    return {
+        "head": {"label": snap.label, "revision": snap.revision, "dirty": snap.dirty},
+        "base": assessment.base_note,
+        "engine": engine_name,
+        "units": [_unit_json(p) for p in plans],
+        "up_to_date": [u.key for u in assessment.up_to_date],
+        "unchecked": [u.key for u in assessment.unchecked],
+        "totals": totals(plans),
+        "exit_code": exit_code,
+    }
+
+
+def _unit_json(p: UnitPlan) -> dict:
+    unit = p.selected.unit
+    out = {
+        "key": unit.key,
+        "kind": unit.kind,
+        "name": unit.name,
+        "site": unit.site,
+        "platform": unit.platform,
+        "stack": unit.stack,
+        "action": p.selected.action,
+        "reasons": list(p.selected.reasons),
+        "depends_on": list(unit.depends_on),
+        "config_hash": unit.config_hash,
+        "status": p.status,
+        "pending": p.pending,
+    }
+    if p.summary is not None:
+        out["changes"] = p.summary.counts
+        out["resources"] = [
+            {"address": c.address, "action": c.action, "previous_address": c.previous_address, "reason": c.reason}
+            for c in p.summary.visible
+        ]
+    if p.error:
+        out["error"] = p.error
+    return out
+
+
+def problems_text(problems: list[Problem]) -> str:
+    n = len(problems)
+    return "\n".join(str(p) for p in problems) + f"\n{n} problem{'s' if n != 1 else ''} found; nothing was planned or applied.\n"

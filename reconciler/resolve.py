@@ -1,0 +1,265 @@
+"""PURE: validated definitions -> units of platform-neutral RPI resources.
+
+A unit is one Terraform stack: a site's landing zone, or one cluster placed on one site. A
+cluster unit depends on its site's unit. Each unit carries the files it was made from (for
+the reasons it is selected) and a configuration hash (to compare with what was applied).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from dataclasses import dataclass
+from typing import Mapping
+
+from reconciler.errors import Location, Problems
+from reconciler.load import Definitions
+from reconciler.model import GPU_MEMORY_GB, Cluster, GcsState, LocalState, S3State, Site
+from rpi import registry
+from rpi.spec import (
+    AccessGroup,
+    ClusterSpec,
+    ComputePool,
+    LandingZoneSpec,
+    Network,
+    NodeSpec,
+    Registry,
+    SchedulerSpec,
+    Service,
+    StateLocation,
+    StorageVolume,
+    Subnet,
+    canonical,
+    digest,
+)
+
+SITE, CLUSTER = "site", "cluster"
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One stack: what it is, where it runs, what it depends on, and what it is made from."""
+
+    kind: str  # site | cluster
+    name: str
+    site: str
+    platform: str
+    inputs: tuple[str, ...]  # definition files, the unit's own file first
+    depends_on: tuple[str, ...]  # unit keys
+    spec: LandingZoneSpec | ClusterSpec | None  # None: known only from live state (an orphan)
+    config_hash: str
+    state: StateLocation
+
+    @property
+    def key(self) -> str:
+        return f"site:{self.site}" if self.kind == SITE else f"cluster:{self.name}@{self.site}"
+
+    @property
+    def stack(self) -> str:
+        """The stack's name: unique per site, stable across runs and clones."""
+        return "landing-zone" if self.kind == SITE else f"cluster-{self.name}"
+
+    @property
+    def title(self) -> str:
+        return f"site {self.site}" if self.kind == SITE else f"cluster {self.name} on {self.site}"
+
+    @property
+    def synthesizable(self) -> bool:
+        return registry.implemented(self.platform)
+
+
+def resolve(defs: Definitions) -> dict[str, Unit]:
+    """Every unit of a snapshot, keyed by unit key. Raises InvalidDefinitions (e.g. address space full)."""
+    problems = Problems()
+    units: dict[str, Unit] = {}
+    for site in defs.sites.values():
+        unit = _site_unit(site, defs.site_files[site.name])
+        units[unit.key] = unit
+    for name, subnet in _allocate_subnets(defs, problems).items():
+        cluster = defs.clusters[name]
+        site = defs.sites[cluster.placement.site]
+        unit = _cluster_unit(cluster, site, subnet, defs, problems)
+        if unit is not None:
+            units[unit.key] = unit
+    problems.raise_if_any()
+    return dict(sorted(units.items(), key=lambda kv: (kv[1].kind != SITE, kv[0])))
+
+
+# ---------------------------------------------------------------- state
+
+
+def state_location(site: Site, stack: str) -> StateLocation:
+    state = site.state
+    if isinstance(state, LocalState):
+        return StateLocation("local", state.path, f"{stack}.tfstate")
+    if isinstance(state, GcsState):
+        return StateLocation("gcs", state.bucket, f"{state.prefix}/{stack}")
+    assert isinstance(state, S3State)
+    return StateLocation("s3", state.bucket, f"{state.key_prefix}/{stack}.tfstate", state.region or site.region)
+
+
+# ---------------------------------------------------------------- landing zones
+
+
+def _site_unit(site: Site, path: str) -> Unit:
+    net = site.network
+    services_net = ipaddress.IPv4Network(net.services_subnet)
+    hosts = services_net.hosts()
+    gateway = str(next(hosts))
+    lz = site.services
+    control_addresses = tuple(str(next(hosts)) for _ in range(lz.control_nodes.count))
+    service_list = [
+        Service("ldap", "identity", f"ldap://{next(hosts)}:389", (("base_dn", lz.identity.ldap.base_dn),)),
+        Service("keycloak", "identity", f"https://{next(hosts)}:8443", (("realm", lz.identity.keycloak.realm),)),
+        Service("secrets", "secrets", f"https://{next(hosts)}:8200", (("provider", lz.secrets.provider),)),
+    ]
+    service_list += [
+        Service(component, "orchestration", f"{next(hosts)}:{_PORTS[component]}") for component in lz.orchestration
+    ]
+    spec = LandingZoneSpec(
+        site=site.name,
+        platform=site.platform,
+        region=site.region,
+        zones=tuple(site.zones),
+        labels=tuple(sorted(site.labels.items())),
+        network=Network(
+            name=f"{site.name}-vpc",
+            cidr=net.cidr,
+            subnets=(Subnet("services", net.services_subnet, gateway),),
+        ),
+        control_plane=ComputePool(
+            name="control",
+            role="service",
+            count=lz.control_nodes.count,
+            node=NodeSpec(cores=lz.control_nodes.cores, memory_gb=lz.control_nodes.memory_gb),
+            placement="spread",
+            hostnames=tuple(f"{site.name}-control-{i}" for i in range(lz.control_nodes.count)),
+            addresses=control_addresses,
+        ),
+        services=tuple(service_list),
+        registries=tuple(Registry(f"{site.name}-{fmt}", fmt) for fmt in lz.artifact_registries),
+        state=state_location(site, "landing-zone"),
+    )
+    return Unit(SITE, site.name, site.name, site.platform, (path,), (), spec, _hash(spec), spec.state)
+
+
+_PORTS = {"consul": 8500, "nomad": 4646, "vault": 8200}
+
+
+# ---------------------------------------------------------------- clusters
+
+
+def _allocate_subnets(defs: Definitions, problems: Problems) -> dict[str, ipaddress.IPv4Network]:
+    """Each cluster gets one subnet of its site's clusters_range, chosen by a hash of its name.
+
+    The slot depends on the cluster's name only (not on which other clusters exist), so adding
+    a cluster never renumbers another one; on a collision the later name probes onward.
+    """
+    allocated: dict[str, ipaddress.IPv4Network] = {}
+    for site in defs.sites.values():
+        clusters_range = ipaddress.IPv4Network(site.network.clusters_range)
+        slots = list(clusters_range.subnets(new_prefix=site.network.cluster_prefix))
+        taken: set[int] = set()
+        for name in sorted(n for n, c in defs.clusters.items() if c.placement.site == site.name):
+            start = int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big") % len(slots)
+            for offset in range(len(slots)):
+                slot = (start + offset) % len(slots)
+                if slot not in taken:
+                    taken.add(slot)
+                    allocated[name] = slots[slot]
+                    break
+            else:
+                problems.add(
+                    Location(defs.cluster_files[name][0], 1, 1),
+                    "placement.site",
+                    f"site {site.name} has no free subnet left in {clusters_range}",
+                    "enlarge network.clusters_range or raise network.cluster_prefix in the site",
+                )
+    return allocated
+
+
+def _cluster_unit(
+    cluster: Cluster, site: Site, subnet: ipaddress.IPv4Network, defs: Definitions, problems: Problems
+) -> Unit | None:
+    hosts = subnet.hosts()
+    gateway = str(next(hosts))
+    capacity = subnet.num_addresses - 3
+    needed = sum(p.count for p in cluster.node_pools.values())
+    if needed > capacity:
+        problems.add(
+            Location(defs.cluster_files[cluster.name][0], 1, 1),
+            "node_pools",
+            f"{needed} nodes do not fit in a /{subnet.prefixlen} subnet ({capacity} addresses)",
+            f"lower cluster_prefix of site {site.name}",
+        )
+        return None
+    pools = []
+    for name, pool in cluster.node_pools.items():
+        gpu = pool.gpu
+        pools.append(
+            ComputePool(
+                name=name,
+                role=pool.role,
+                count=pool.count,
+                node=NodeSpec(
+                    cores=pool.cores,
+                    memory_gb=pool.memory_gb,
+                    gpu_model=gpu.model if gpu else None,
+                    gpu_count=gpu.count if gpu else 0,
+                    gpu_memory_gb=GPU_MEMORY_GB[gpu.model] if gpu else 0,
+                    local_ssd_gb=pool.local_ssd_gb,
+                ),
+                placement=pool.placement,
+                hostnames=tuple(f"{cluster.name}-{name}-{i}" for i in range(pool.count)),
+                addresses=tuple(str(next(hosts)) for _ in range(pool.count)),
+            )
+        )
+    storage = []
+    if cluster.storage.shared:
+        storage.append(StorageVolume("shared", "shared", cluster.storage.shared.size_gb, cluster.storage.shared.mount))
+    if cluster.storage.scratch:
+        storage.append(
+            StorageVolume("scratch", "scratch", cluster.storage.scratch.size_gb, cluster.storage.scratch.mount)
+        )
+    storage += [StorageVolume(b.name, "object", 0, "") for b in cluster.storage.object]
+    site_unit = _site_unit(site, defs.site_files[site.name])
+    scheduler = cluster.services.scheduler
+    env = cluster.environment
+    stack = f"cluster-{cluster.name}"
+    spec = ClusterSpec(
+        name=cluster.name,
+        flavor=cluster.flavor,
+        site=site.name,
+        platform=site.platform,
+        region=site.region,
+        zone=cluster.placement.zone or site.zones[0],
+        labels=tuple(sorted({**site.labels, "cluster": cluster.name, "flavor": cluster.flavor}.items())),
+        subnet=Subnet(stack, str(subnet), gateway),
+        public_login=cluster.network.public_login,
+        allowed_cidrs=tuple(cluster.network.allowed_cidrs),
+        pools=tuple(pools),
+        storage=tuple(storage),
+        access=tuple(AccessGroup(g.name, g.role) for g in cluster.access.groups),
+        scheduler=SchedulerSpec(
+            scheduler.kind, scheduler.version, tuple(sorted((k, str(v)) for k, v in scheduler.settings.items()))
+        )
+        if scheduler
+        else None,
+        monitoring=cluster.services.monitoring,
+        spack_version=env.spack.version if env.spack else None,
+        spack_specs=tuple(env.spack.specs) if env.spack else (),
+        containers=tuple(env.containers),
+        identity_endpoints=tuple(s for s in site_unit.spec.services if s.kind == "identity"),
+        state=state_location(site, stack),
+    )
+    inputs = (*defs.cluster_files[cluster.name], defs.site_files[site.name])
+    return Unit(CLUSTER, cluster.name, site.name, site.platform, inputs, (site_unit.key,), spec, _hash(spec), spec.state)
+
+
+def _hash(spec) -> str:
+    return digest(canonical(spec), registry.code_digest(spec.platform))
+
+
+def dependency_order(units: Mapping[str, Unit]) -> list[str]:
+    """Unit keys with every unit after the units it depends on (sites, then their clusters)."""
+    return sorted(units, key=lambda k: (len(units[k].depends_on), k))

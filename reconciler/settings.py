@@ -1,0 +1,36 @@
+"""One frozen settings object for a run: paths, engine, revisions, flags."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    root: Path  # the repository with sites/ and clusters/
+    work_dir: Path  # synthesized stacks, plans, caches: .reconcile/ by default (git-ignored)
+    state_root: Path  # local sites' state paths are relative to this (default: the repository root)
+    engine: str = "auto"  # auto | tofu | terraform | embedded
+    base: str | None = None  # None: the merge-base of HEAD with main
+    head: str | None = None  # None: the working tree, uncommitted edits included
+    output_json: bool = False
+    select_all: bool = False
+    auto_approve: bool = False
+
+    @classmethod
+    def build(cls, root: str | Path, **overrides) -> "Settings":
+        """Settings from a root, environment variables (RECONCILE_*), then explicit overrides."""
+        root = Path(root).resolve()
+        env = os.environ
+        values = dict(
+            root=root,
+            work_dir=Path(env.get("RECONCILE_WORK_DIR", root / ".reconcile")),
+            state_root=Path(env.get("RECONCILE_STATE_ROOT", root)),
+            engine=env.get("RECONCILE_ENGINE", "auto"),
+        )
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        values["work_dir"] = Path(values["work_dir"]).resolve()
+        values["state_root"] = Path(values["state_root"]).resolve()
+        return cls(**values)

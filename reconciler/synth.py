@@ -1,0 +1,73 @@
+"""Units -> Terraform JSON through the platforms in constructs/, deterministic and cached.
+
+The same unit gives the same bytes on every run and in every clone: keys are sorted, paths
+are relative, and nothing depends on time or on the machine. Results are cached by the unit's
+configuration hash, so Node (cdktf) starts only when a unit's desired state is new.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable
+
+from reconciler.errors import ReconcileError
+from reconciler.resolve import SITE, Unit
+from rpi import registry
+
+
+class NotSynthesizable(ReconcileError):
+    pass
+
+
+def render_json(document: dict) -> str:
+    return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def synthesize(units: Iterable[Unit], cache_dir: Path | None = None, removed: bool = False) -> dict[str, str]:
+    """{unit key: Terraform JSON text}. With `removed`, each stack keeps only its backend, so
+    that planning it destroys everything in its state."""
+    out: dict[str, str] = {}
+    todo: list[Unit] = []
+    for unit in units:
+        if not unit.synthesizable:
+            raise NotSynthesizable(f"{unit.title}: the {unit.platform} platform cannot be synthesized yet")
+        cached = _cache_path(cache_dir, unit, removed)
+        if cached is not None and cached.is_file():
+            out[unit.key] = cached.read_text()
+        else:
+            todo.append(unit)
+    if not todo:
+        return out
+
+    from rpi import cdk  # starts Node: only when something is not cached
+
+    for unit in todo:
+        platform = registry.platform(unit.platform)
+
+        def build(app, unit=unit, platform=platform):
+            stack = cdk.new_stack(app, unit.stack)
+            if removed:
+                platform.backend(stack, unit.state)
+            elif unit.kind == SITE:
+                platform.landing_zone(stack, unit.spec)
+            else:
+                platform.cluster(stack, unit.spec)
+            return {unit.key: stack}
+
+        text = render_json(cdk.synthesize(build)[unit.key])
+        out[unit.key] = text
+        cached = _cache_path(cache_dir, unit, removed)
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_suffix(".tmp")
+            tmp.write_text(text)
+            tmp.replace(cached)
+    return out
+
+
+def _cache_path(cache_dir: Path | None, unit: Unit, removed: bool) -> Path | None:
+    if cache_dir is None:
+        return None
+    suffix = "removed" if removed else "desired"
+    return cache_dir / f"{unit.config_hash}-{suffix}.tf.json"
