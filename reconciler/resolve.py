@@ -111,7 +111,7 @@ def _site_unit(site: Site, path: str) -> Unit:
     service_list = [
         Service("ldap", "identity", f"ldap://{next(hosts)}:389", (("base_dn", lz.identity.ldap.base_dn),)),
         Service("keycloak", "identity", f"https://{next(hosts)}:8443", (("realm", lz.identity.keycloak.realm),)),
-        Service("secrets", "secrets", f"https://{next(hosts)}:8200", (("provider", lz.secrets.provider),)),
+        Service("store", "secrets", f"https://{next(hosts)}:8200", (("provider", lz.secrets.provider),)),
     ]
     service_list += [
         Service(component, "orchestration", f"{next(hosts)}:{_PORTS[component]}") for component in lz.orchestration
