@@ -1,0 +1,115 @@
+"""Shared fixtures: real git repositories built from this repository's own definitions."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from reconciler.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+GOLDEN = Path(__file__).resolve().parent / "golden"
+
+GIT_ENV = {
+    "GIT_CONFIG_GLOBAL": os.devnull,
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_AUTHOR_NAME": "Test",
+    "GIT_AUTHOR_EMAIL": "test@example.org",
+    "GIT_COMMITTER_NAME": "Test",
+    "GIT_COMMITTER_EMAIL": "test@example.org",
+    "GIT_AUTHOR_DATE": "2026-01-01T00:00:00Z",
+    "GIT_COMMITTER_DATE": "2026-01-01T00:00:00Z",
+}
+
+
+def pytest_addoption(parser):
+    parser.addoption("--update-golden", action="store_true", help="rewrite golden files instead of comparing")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_git(monkeypatch):
+    for key, value in GIT_ENV.items():
+        monkeypatch.setenv(key, value)
+    for key in ("RECONCILE_ENGINE", "RECONCILE_STATE_ROOT", "RECONCILE_WORK_DIR"):
+        monkeypatch.delenv(key, raising=False)
+
+
+def git(repo: Path, *args: str) -> str:
+    env = {**os.environ, **GIT_ENV}
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True, env=env).stdout
+
+
+class Repo:
+    """A temporary git repository holding a copy of the example sites and clusters."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def write(self, rel: str, text: str) -> None:
+        target = self.path / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+
+    def read(self, rel: str) -> str:
+        return (self.path / rel).read_text()
+
+    def replace(self, rel: str, old: str, new: str) -> None:
+        text = self.read(rel)
+        assert text.count(old) == 1, f"{old!r} is not unique in {rel}"
+        self.write(rel, text.replace(old, new))
+
+    def commit(self, message: str = "change") -> str:
+        git(self.path, "add", "-A")
+        git(self.path, "commit", "-q", "-m", message)
+        return git(self.path, "rev-parse", "HEAD").strip()
+
+    def git(self, *args: str) -> str:
+        return git(self.path, *args)
+
+
+def make_repo(path: Path) -> Repo:
+    path.mkdir(parents=True, exist_ok=True)
+    for name in ("sites", "clusters", "schema"):
+        shutil.copytree(ROOT / name, path / name)
+    (path / ".gitignore").write_text("/.reconcile/\n")
+    git(path, "init", "-q", "-b", "main")
+    repo = Repo(path)
+    repo.commit("example definitions")
+    return repo
+
+
+@pytest.fixture
+def repo(tmp_path) -> Repo:
+    return make_repo(tmp_path / "repo")
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run `reconcile` in-process: returns (exit code, stdout, stderr)."""
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = main(list(argv))
+        out, err = capsys.readouterr()
+        return int(code), out, err
+
+    return run
+
+
+@pytest.fixture
+def update_golden(request) -> bool:
+    return bool(request.config.getoption("--update-golden"))
+
+
+def check_golden(path: Path, actual: str, update: bool) -> None:
+    if update or not path.exists():
+        if not update:
+            pytest.fail(f"golden file {path} is missing: run scripts/test --update-golden")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(actual)
+        return
+    assert actual == path.read_text(), f"{path} differs: run scripts/test --update-golden and review the diff"

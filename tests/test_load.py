@@ -1,0 +1,131 @@
+"""Bad input: every problem located as file:line:column with its field, reported together, exit 1."""
+
+from __future__ import annotations
+
+import pytest
+
+from reconciler.errors import InvalidDefinitions
+from reconciler.gitsource import GitSource
+from reconciler.load import load
+
+
+def problems(repo) -> list[str]:
+    with pytest.raises(InvalidDefinitions) as info:
+        load(GitSource(repo.path).working_tree())
+    return [str(p) for p in info.value.problems]
+
+
+def test_examples_load(repo):
+    defs = load(GitSource(repo.path).working_tree())
+    assert set(defs.sites) == {"local-a", "local-b", "gcp-zurich", "aws-zurich"}
+    assert {"dev", "gpu-ai", "slurm-hpc", "icon"} <= set(defs.clusters)
+    icon = defs.clusters["icon"].node_pools["compute"]
+    assert (icon.count, icon.cores, icon.memory_gb, icon.gpu.count, icon.gpu.model) == (1, 48, 1360, 8, "nvidia-a100-80gb")
+    assert icon.local_ssd_gb > 0
+
+
+def test_profiles_compose_in_order(repo):
+    defs = load(GitSource(repo.path).working_tree())
+    icon = defs.clusters["icon"]
+    # from profiles/base.yaml, untouched by the cluster file
+    assert icon.node_pools["login"].cores == 4
+    # profiles/slurm.yaml's settings, extended by the cluster's own
+    settings = icon.services.scheduler.settings
+    assert settings["SelectType"] == "select/cons_tres" and settings["GresTypes"] == "gpu"
+    assert defs.cluster_files["icon"] == ("clusters/icon.yaml", "clusters/profiles/base.yaml", "clusters/profiles/slurm.yaml")
+
+
+def test_malformed_yaml(repo):
+    repo.write("sites/broken.yaml", "name: broken\nplatform: [local\n")
+    (found,) = problems(repo)
+    assert found.startswith("sites/broken.yaml:3:1: error: malformed YAML")
+
+
+def test_unknown_key_names_line_and_suggests(repo):
+    repo.replace("clusters/dev.yaml", "    cores: 8\n", "    cores: 8\n    coress: 9\n")
+    (found,) = problems(repo)
+    assert found.startswith("clusters/dev.yaml:14:5: error: node_pools.compute.coress: unknown field 'coress'")
+    assert "did you mean 'cores'?" in found
+
+
+def test_wrong_type(repo):
+    repo.replace("clusters/slurm-hpc.yaml", "count: 4", "count: many")
+    (found,) = problems(repo)
+    assert found == "clusters/slurm-hpc.yaml:12:12: error: node_pools.compute.count: Input should be a valid integer, got 'many'"
+
+
+def test_numbers_are_not_coerced_from_strings(repo):
+    repo.replace("clusters/slurm-hpc.yaml", "count: 4", 'count: "4"')
+    (found,) = problems(repo)
+    assert "node_pools.compute.count" in found and "got '4'" in found
+
+
+def test_unknown_site_lists_the_valid_ones(repo):
+    repo.replace("clusters/icon.yaml", "site: gcp-zurich", "site: gcp-zurch")
+    (found,) = problems(repo)
+    assert found.startswith("clusters/icon.yaml:7:9: error: placement.site: unknown site 'gcp-zurch'")
+    assert "sites: aws-zurich, gcp-zurich, local-a, local-b; did you mean 'gcp-zurich'?" in found
+
+
+def test_unknown_failover_site(repo):
+    repo.replace("clusters/dev.yaml", "failover: [local-b]", "failover: [local-c]")
+    (found,) = problems(repo)
+    assert found.startswith("clusters/dev.yaml:7:12: error: failover[0]: unknown site 'local-c'")
+
+
+def test_two_clusters_with_one_name(repo):
+    repo.replace("clusters/gpu-ai.yaml", "name: gpu-ai", "name: dev")
+    found = problems(repo)
+    assert found == [
+        "clusters/dev.yaml:2:7: error: name: cluster name 'dev' is defined twice (also in clusters/gpu-ai.yaml:2:7; names must be unique)",
+        "clusters/gpu-ai.yaml:2:7: error: name: cluster name 'dev' is defined twice (also in clusters/dev.yaml:2:7; names must be unique)",
+    ]
+
+
+def test_errors_in_a_profile_point_at_the_profile(repo):
+    repo.replace("clusters/profiles/base.yaml", "    memory_gb: 16", "    memory_gb: lots")
+    found = problems(repo)
+    assert found == ["clusters/profiles/base.yaml:9:16: error: node_pools.login.memory_gb: Input should be a valid integer, got 'lots'"]
+
+
+def test_profile_cannot_place_a_cluster(repo):
+    repo.write("clusters/profiles/base.yaml", repo.read("clusters/profiles/base.yaml") + "placement:\n  site: local-a\n")
+    (found,) = problems(repo)
+    assert "clusters/profiles/base.yaml:16:1: error: placement: a profile cannot set this field" in found
+
+
+def test_unknown_profile(repo):
+    repo.replace("clusters/dev.yaml", "profiles: [base]", "profiles: [bsae]")
+    (found,) = problems(repo)
+    assert found.startswith("clusters/dev.yaml:4:12: error: profiles[0]: unknown profile 'bsae'")
+    assert "did you mean 'base'?" in found
+
+
+def test_invalid_enum_value_lists_choices(repo):
+    repo.replace("sites/local-b.yaml", "platform: local", "platform: azure")
+    (found,) = problems(repo)
+    assert found == "sites/local-b.yaml:4:11: error: platform: Input should be 'local', 'gcp' or 'aws', got 'azure'"
+
+
+def test_missing_required_field(repo):
+    repo.replace("clusters/dev.yaml", "flavor: minimal\n", "")
+    (found,) = problems(repo)
+    assert found.startswith("clusters/dev.yaml:1:1: error: flavor: missing required field")
+
+
+def test_semantic_checks(repo):
+    repo.replace("sites/local-b.yaml", "services_subnet: 10.20.0.0/24", "services_subnet: 10.99.0.0/24")
+    repo.replace("clusters/gpu-ai.yaml", "    gpu:\n      model: nvidia-a100-80gb\n      count: 8\n", "")
+    found = problems(repo)
+    assert any(f.startswith("sites/local-b.yaml:11:3: error: network: services_subnet 10.99.0.0/24 is not inside cidr") for f in found)
+    assert any(f.startswith("clusters/gpu-ai.yaml:1:1: error: flavor gpu needs at least one node pool with gpu") for f in found)
+
+
+def test_all_problems_of_a_run_are_reported_together(repo):
+    repo.write("sites/broken.yaml", "name: [\n")
+    repo.replace("clusters/dev.yaml", "    cores: 8\n", "    cores: eight\n")
+    repo.replace("clusters/icon.yaml", "site: gcp-zurich", "site: nowhere")
+    repo.replace("clusters/gpu-ai.yaml", "name: gpu-ai", "name: slurm-hpc")
+    found = problems(repo)
+    files = sorted({f.split(":")[0] for f in found})
+    assert files == ["clusters/dev.yaml", "clusters/gpu-ai.yaml", "clusters/icon.yaml", "clusters/slurm-hpc.yaml", "sites/broken.yaml"]

@@ -1,0 +1,193 @@
+"""The whole loop on the local platform, with real git repositories and a real engine."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+LOCAL_UNITS = ["site:local-a", "site:local-b", "cluster:dev@local-a", "cluster:slurm-hpc@local-b"]
+ENGINES = ["embedded"] + (["terraform"] if shutil.which("terraform") else []) + (["tofu"] if shutil.which("tofu") else [])
+
+
+def dry_run(cli, repo, *extra):
+    code, out, err = cli("--dry-run", "--json", "--repo", str(repo.path), *extra)
+    return code, json.loads(out)
+
+
+def state_resources(repo, site: str, stack: str) -> list[str]:
+    path = repo.path / ".reconcile" / "state" / site / f"{stack}.tfstate"
+    state = json.loads(path.read_text())
+    return sorted(f"{r['type']}.{r['name']}" for r in state.get("resources", []))
+
+
+@pytest.fixture
+def applied(repo, cli):
+    code, out, err = cli("apply", "--auto-approve", "--repo", str(repo.path), "--engine", "embedded")
+    assert code == 0, out + err
+    return repo
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_dry_run_apply_then_nothing_to_do(repo, cli, engine):
+    code, plan = dry_run(cli, repo, "--engine", engine)
+    assert code == 2
+    assert [u["key"] for u in plan["units"]] == LOCAL_UNITS
+    assert all(u["reasons"] == ["never applied"] and u["changes"]["create"] > 0 for u in plan["units"])
+    assert sorted(plan["unchecked"]) == ["cluster:gpu-ai@aws-zurich", "cluster:icon@gcp-zurich", "site:aws-zurich", "site:gcp-zurich"]
+    assert engine in plan["engine"]
+
+    code, out, err = cli("apply", "--auto-approve", "--repo", str(repo.path), "--engine", engine)
+    assert code == 0, err
+    assert "cluster dev on local-a: applied" in out
+    nodes = [r for r in state_resources(repo, "local-a", "cluster-dev") if r.startswith("terraform_data.node_")]
+    assert nodes == ["terraform_data.node_compute_0", "terraform_data.node_compute_1", "terraform_data.node_login_0"]
+
+    code, out, err = cli("--dry-run", "--repo", str(repo.path), "--engine", engine)
+    assert code == 0, out
+    assert "Nothing to do" in out
+
+
+def test_editing_a_cluster_selects_only_that_cluster(applied, cli):
+    applied.replace("clusters/dev.yaml", "    count: 2\n", "    count: 3\n")
+    code, plan = dry_run(cli, applied)
+    assert code == 2
+    (unit,) = plan["units"]
+    assert unit["key"] == "cluster:dev@local-a"
+    assert unit["reasons"][0] == "cluster file changed: clusters/dev.yaml"
+    assert unit["changes"] == {"create": 1, "update": 0, "replace": 0, "delete": 0, "move": 0}
+    assert [r["address"] for r in unit["resources"]] == ["terraform_data.node_compute_2"]
+
+
+def test_reshaping_nodes_replaces_them(applied, cli):
+    applied.replace("clusters/dev.yaml", "    cores: 8\n", "    cores: 16\n")
+    code, plan = dry_run(cli, applied)
+    (unit,) = plan["units"]
+    assert unit["changes"]["replace"] == 2
+
+
+def test_editing_a_site_selects_the_site_and_its_clusters(applied, cli):
+    applied.replace("sites/local-a.yaml", "operator: scitas", "operator: scitas-ops")
+    code, plan = dry_run(cli, applied)
+    assert code == 2
+    reasons = {u["key"]: u["reasons"][0] for u in plan["units"]}
+    assert reasons == {"site:local-a": "site changed: sites/local-a.yaml", "cluster:dev@local-a": "site changed: sites/local-a.yaml"}
+
+
+def test_editing_a_profile_selects_the_clusters_that_use_it(applied, cli):
+    applied.replace("clusters/profiles/slurm.yaml", "MaxJobCount: 50000", "MaxJobCount: 90000")
+    code, plan = dry_run(cli, applied)
+    assert code == 2
+    units = {u["key"]: u for u in plan["units"]}
+    assert set(units) == {"cluster:slurm-hpc@local-b", "cluster:icon@gcp-zurich"}
+    assert units["cluster:slurm-hpc@local-b"]["reasons"][0] == "profile changed: clusters/profiles/slurm.yaml"
+    assert units["cluster:slurm-hpc@local-b"]["changes"]["update"] == 1
+    assert units["cluster:icon@gcp-zurich"]["status"] == "not synthesizable yet"
+
+
+def test_committed_change_on_a_branch_is_compared_with_main(applied, cli):
+    applied.git("checkout", "-q", "-b", "more-nodes")
+    applied.replace("clusters/slurm-hpc.yaml", "count: 4", "count: 6")
+    applied.commit("more nodes")
+    code, plan = dry_run(cli, applied)
+    assert code == 2
+    (unit,) = plan["units"]
+    assert unit["key"] == "cluster:slurm-hpc@local-b" and unit["reasons"][0] == "cluster file changed: clusters/slurm-hpc.yaml"
+    # --head reads the committed revision, not the working tree
+    applied.replace("clusters/dev.yaml", "    count: 2\n", "    count: 3\n")
+    code, plan = dry_run(cli, applied, "--head", "HEAD")
+    assert [u["key"] for u in plan["units"]] == ["cluster:slurm-hpc@local-b"]
+
+
+def test_live_state_out_of_date_without_any_git_change(applied, cli):
+    applied.replace("clusters/dev.yaml", "    count: 2\n", "    count: 3\n")
+    code, out, err = cli("apply", "--auto-approve", "--repo", str(applied.path))
+    assert code == 0, err
+    applied.git("checkout", "--", "clusters/dev.yaml")  # git is back, live is not
+    code, plan = dry_run(cli, applied)
+    assert code == 2
+    (unit,) = plan["units"]
+    assert unit["key"] == "cluster:dev@local-a"
+    assert unit["reasons"] == [f"live state differs from git (last applied at {plan['head']['revision'][:7]})"]
+    assert unit["changes"]["delete"] == 1
+
+
+def test_removed_definition_is_destroyed_explicitly(applied, cli):
+    applied.git("checkout", "-q", "-b", "retire-dev")
+    (applied.path / "clusters" / "dev.yaml").unlink()
+    applied.commit("retire dev")
+    code, plan = dry_run(cli, applied)
+    assert code == 2
+    (unit,) = plan["units"]
+    assert (unit["key"], unit["action"], unit["reasons"]) == ("cluster:dev@local-a", "destroy", ["definition removed: clusters/dev.yaml"])
+    assert unit["changes"]["delete"] == unit["changes"]["delete"] > 5 and unit["changes"]["create"] == 0
+    code, out, err = cli("apply", "--auto-approve", "--repo", str(applied.path))
+    assert code == 0, err
+    assert state_resources(applied, "local-a", "cluster-dev") == []
+    code, out, err = cli("--dry-run", "--repo", str(applied.path))
+    assert code == 0, out
+
+
+def test_stack_in_live_state_but_in_no_definition_is_destroyed(applied, cli):
+    (applied.path / "clusters" / "dev.yaml").unlink()
+    applied.commit("retire dev on main directly")  # base == head: only live state remembers dev
+    code, plan = dry_run(cli, applied)
+    (unit,) = plan["units"]
+    assert unit["action"] == "destroy" and unit["reasons"] == ["in live state but defined neither at base nor at head"]
+
+
+def test_invalid_input_exits_1_and_applies_nothing(repo, cli):
+    repo.replace("clusters/dev.yaml", "    cores: 8\n", "    cores: eight\n")
+    code, out, err = cli("apply", "--auto-approve", "--repo", str(repo.path))
+    assert code == 1
+    assert "clusters/dev.yaml:13:12: error: node_pools.compute.cores: Input should be a valid integer, got 'eight'" in err
+    assert "nothing was planned or applied" in err
+    assert not (repo.path / ".reconcile" / "state").exists()
+    code, out, err = cli("validate", "--json", "--repo", str(repo.path))
+    assert code == 1 and json.loads(out)["problems"][0]["line"] == 13
+
+
+def test_a_failed_plan_exits_1(applied, cli):
+    state = applied.path / ".reconcile" / "state" / "local-a" / "cluster-dev.tfstate"
+    state.write_text("{ this is not state")
+    applied.replace("clusters/dev.yaml", "    count: 2\n", "    count: 3\n")
+    code, out, err = cli("--dry-run", "--repo", str(applied.path))
+    assert code == 1
+    assert "plan FAILED" in out
+
+
+def test_apply_without_a_terminal_needs_auto_approve(repo, cli):
+    code, out, err = cli("apply", "--repo", str(repo.path))
+    assert code == 1 and "--auto-approve" in err
+    assert not list((repo.path / ".reconcile" / "state").rglob("*.reconcile.json"))
+
+
+def test_usage_errors_exit_1_not_2(cli):
+    code, out, err = cli("plan", "--engine", "nonsense")
+    assert code == 1 and "invalid choice" in err
+
+
+def test_nothing_affected_does_not_start_node(applied):
+    script = (
+        "import json, sys\n"
+        "from reconciler.cli import main\n"
+        f"code = main(['--dry-run', '--repo', {str(applied.path)!r}])\n"
+        "print(json.dumps({'code': int(code), 'node': any(m in sys.modules for m in ('jsii', 'cdktf'))}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result == {"code": 0, "node": False}
+
+
+def test_readme_command_runs_from_the_wrapper(repo):
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "reconcile"), "--dry-run", "--repo", str(repo.path)],
+        capture_output=True, text=True,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "cluster dev on local-a [local]" in done.stdout and "Plan:" in done.stdout
