@@ -191,3 +191,10 @@ def test_readme_command_runs_from_the_wrapper(repo):
     )
     assert done.returncode == 2, done.stderr
     assert "cluster dev on local-a [local]" in done.stdout and "Plan:" in done.stdout
+
+
+def test_all_plans_every_readable_stack_and_finds_no_drift_after_apply(applied, cli):
+    code, plan = dry_run(cli, applied, "--all")
+    assert code == 0
+    assert [u["key"] for u in plan["units"]] == LOCAL_UNITS
+    assert all(u["reasons"] == ["requested with --all"] and not u["pending"] for u in plan["units"])
