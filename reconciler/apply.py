@@ -1,7 +1,13 @@
-"""Apply saved plans in dependency order; a failed stack stops its dependents, not the rest."""
+"""Apply saved plans: independent stacks in parallel (bounded), each stack after the stacks it
+depends on; a failed stack stops its dependents and not the rest.
+
+Wall time is the critical path, not the sum: a landing zone and its four clusters take one
+landing zone plus one cluster.
+"""
 
 from __future__ import annotations
 
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -10,10 +16,11 @@ from reconciler.engine import Engine
 from reconciler.errors import ReconcileError
 from reconciler.gitsource import Snapshot
 from reconciler.live import LiveStore
-from reconciler.resolve import SITE
+from reconciler.resolve import CLUSTER, SITE
 from reconciler.run import PLANNED, UnitPlan
 
 APPLIED, SKIPPED, FAILED, NOTHING = "applied", "skipped", "failed", "no changes"
+DEFAULT_PARALLELISM = 4
 
 
 @dataclass(frozen=True)
@@ -23,44 +30,67 @@ class ApplyResult:
     detail: str = ""
 
 
-def blockers(p: UnitPlan, plans: list[UnitPlan]) -> set[str]:
-    """Keys of units that must succeed before this one runs."""
+def _id(p: UnitPlan) -> tuple[str, str]:
+    return (p.selected.action, p.selected.unit.key)
+
+
+def blockers(p: UnitPlan, plans: list[UnitPlan]) -> set[tuple[str, str]]:
+    """The plans in this run that must succeed before `p` starts."""
     unit = p.selected.unit
     if p.selected.action == APPLY:
-        return set(unit.depends_on)
-    if unit.kind == SITE:  # a landing zone goes only after every cluster on it is gone
-        return {q.selected.unit.key for q in plans if q.selected.action == DESTROY and q.selected.unit.site == unit.site and q is not p}
-    return set()
+        wanted = {(APPLY, key) for key in unit.depends_on}
+    elif unit.kind == SITE:  # a landing zone goes only after every cluster on it is gone
+        wanted = {(DESTROY, q.selected.unit.key) for q in plans if q.selected.unit.kind == CLUSTER and q.selected.unit.site == unit.site}
+    else:  # make before break: a cluster placed elsewhere is created before this copy is destroyed
+        wanted = {(APPLY, q.selected.unit.key) for q in plans if q.selected.unit.kind == CLUSTER and q.selected.unit.name == unit.name}
+    present = {_id(q) for q in plans}
+    return (wanted & present) - {_id(p)}
 
 
-def apply(plans: list[UnitPlan], engine: Engine, store: LiveStore, head: Snapshot) -> list[ApplyResult]:
+def apply(
+    plans: list[UnitPlan], engine: Engine, store: LiveStore, head: Snapshot, parallelism: int = DEFAULT_PARALLELISM
+) -> list[ApplyResult]:
     """Apply each planned unit's saved plan, then record what was applied beside its state."""
-    results: list[ApplyResult] = []
-    failed: set[str] = set()
-    for p in plans:
-        unit = p.selected.unit
-        blocked = blockers(p, plans) & failed
-        if p.status != PLANNED:  # not synthesizable yet, or its plan failed: dependents wait
-            failed.add(unit.key)
-            results.append(ApplyResult(p, SKIPPED, p.error or p.status))
-            continue
-        if blocked:
-            failed.add(unit.key)
-            results.append(ApplyResult(p, SKIPPED, f"{', '.join(sorted(blocked))} failed"))
-            continue
-        if not p.pending:
-            results.append(ApplyResult(p, NOTHING))
-            continue
-        try:
-            if p.summary.has_changes:
-                engine.apply(p.workdir)
-            if p.selected.action == DESTROY:
-                store.forget(unit)
-            else:
-                now = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
-                store.write(unit, head.revision, head.dirty, now, engine.name)
-            results.append(ApplyResult(p, APPLIED))
-        except ReconcileError as exc:
-            failed.add(unit.key)
-            results.append(ApplyResult(p, FAILED, str(exc)))
-    return results
+    results: dict[tuple[str, str], ApplyResult] = {}
+    waiting = list(plans)
+    running: dict[Future, UnitPlan] = {}
+    ok = {APPLIED, NOTHING}
+    with ThreadPoolExecutor(max_workers=max(1, parallelism), thread_name_prefix="apply") as pool:
+        while waiting or running:
+            for p in list(waiting):
+                needs = blockers(p, plans)
+                failed = sorted(key for need in needs if (r := results.get(need)) and r.outcome not in ok for key in need[1:])
+                if p.status != PLANNED:  # not synthesizable yet, or its plan failed: dependents wait
+                    results[_id(p)] = ApplyResult(p, SKIPPED, p.error or p.status)
+                elif failed:
+                    results[_id(p)] = ApplyResult(p, SKIPPED, f"{', '.join(failed)} did not succeed")
+                elif all(n in results for n in needs) and len(running) < parallelism:
+                    running[pool.submit(_apply_one, p, engine, store, head)] = p
+                else:
+                    continue
+                waiting.remove(p)
+            if running:
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    p = running.pop(future)
+                    results[_id(p)] = future.result()
+            elif waiting and not any(all(n in results for n in blockers(p, plans)) for p in waiting):
+                raise ReconcileError("dependency cycle among " + ", ".join(p.selected.unit.key for p in waiting))
+    return [results[_id(p)] for p in plans]
+
+
+def _apply_one(p: UnitPlan, engine: Engine, store: LiveStore, head: Snapshot) -> ApplyResult:
+    unit = p.selected.unit
+    if not p.pending:
+        return ApplyResult(p, NOTHING)
+    try:
+        if p.summary.has_changes:
+            engine.apply(p.workdir)
+        if p.selected.action == DESTROY:
+            store.forget(unit)
+        else:
+            now = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+            store.write(unit, head.revision, head.dirty, now, engine.name)
+        return ApplyResult(p, APPLIED)
+    except ReconcileError as exc:
+        return ApplyResult(p, FAILED, str(exc))

@@ -9,7 +9,7 @@ import traceback
 from pathlib import Path
 
 from reconciler import render
-from reconciler.apply import APPLIED, FAILED as APPLY_FAILED, NOTHING, apply
+from reconciler.apply import APPLIED, DEFAULT_PARALLELISM, FAILED as APPLY_FAILED, NOTHING, apply
 from reconciler.engine import CHOICES, select_engine
 from reconciler.errors import Exit, InvalidDefinitions, NotConfirmed, ReconcileError
 from reconciler.gitsource import GitSource
@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         _common(command, top=False)
         if name == "apply":
             command.add_argument("--auto-approve", action="store_true", help="apply without asking")
+            command.add_argument("--parallelism", type=int, default=DEFAULT_PARALLELISM, help=f"stacks applied at once (default {DEFAULT_PARALLELISM})")
         if name == "synth":
             command.add_argument("--out", required=True, help="directory to write SITE/STACK/cdk.tf.json into")
     return parser
@@ -167,7 +168,7 @@ def cmd_apply(settings: Settings, args) -> int:
         return _plan_exit(plans)
     if not settings.auto_approve:
         _confirm(len(runnable))
-    results = apply(plans, engine, store, assessment.head.snapshot)
+    results = apply(plans, engine, store, assessment.head.snapshot, args.parallelism)
     failed = [r for r in results if r.outcome == APPLY_FAILED]
     left = [r for r in results if r.outcome not in (APPLIED, NOTHING, APPLY_FAILED)]
     code = Exit.FAILED if failed else (Exit.CHANGES if left else Exit.OK)

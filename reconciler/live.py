@@ -66,7 +66,7 @@ class LiveStore:
         if record.is_file():
             return LiveRecord(**json.loads(record.read_text()))
         state = self.state_file(unit.state)
-        if state.is_file() and json.loads(state.read_text() or "{}").get("resources"):
+        if state.is_file() and _has_resources(state):
             return _record(unit, "", None, False, "", "")
         return None
 
@@ -107,3 +107,11 @@ def _record(unit: Unit, config_hash: str, revision, dirty, applied_at, engine) -
         state_bucket=unit.state.bucket,
         state_key=unit.state.key,
     )
+
+
+def _has_resources(state_file: Path) -> bool:
+    """True unless the state is readable and empty: an unreadable state is left to the engine to report."""
+    try:
+        return bool(json.loads(state_file.read_text() or "{}").get("resources"))
+    except (ValueError, AttributeError):
+        return True

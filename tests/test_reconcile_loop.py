@@ -198,3 +198,20 @@ def test_all_plans_every_readable_stack_and_finds_no_drift_after_apply(applied, 
     assert code == 0
     assert [u["key"] for u in plan["units"]] == LOCAL_UNITS
     assert all(u["reasons"] == ["requested with --all"] and not u["pending"] for u in plan["units"])
+
+
+def test_moving_a_cluster_creates_on_the_target_before_destroying_the_source(applied, cli):
+    applied.git("checkout", "-q", "-b", "move-dev")
+    applied.replace("clusters/dev.yaml", "site: local-a\nfailover: [local-b]", "site: local-b\nfailover: [local-a]")
+    applied.commit("move dev to local-b")
+    code, plan = dry_run(cli, applied)
+    assert code == 2
+    units = {(u["action"], u["key"]): u for u in plan["units"]}
+    assert units[("apply", "cluster:dev@local-b")]["reasons"][0] == "placed here, was on local-a"
+    assert units[("destroy", "cluster:dev@local-a")]["reasons"] == ["moved to local-b: destroy here"]
+    code, out, err = cli("apply", "--auto-approve", "--repo", str(applied.path))
+    assert code == 0, err
+    assert state_resources(applied, "local-a", "cluster-dev") == []
+    assert "terraform_data.node_compute_1" in state_resources(applied, "local-b", "cluster-dev")
+    code, out, err = cli("--dry-run", "--repo", str(applied.path))
+    assert code == 0, out
