@@ -147,12 +147,20 @@ class Site(Strict):
     name: Name
     description: str = ""
     platform: Platform
+    account: str = Field("", description="GCP project ID or AWS account ID; not used on local")
     region: str
     zones: list[str] = Field(min_length=1)
     labels: dict[str, str] = Field({}, description="e.g. sovereignty: CH")
     network: SiteNetwork
     services: LandingZoneServices
     state: StateBackend
+
+    @model_validator(mode="after")
+    def _cloud_needs_account(self) -> "Site":
+        if self.platform != "local" and not self.account:
+            noun = "project ID" if self.platform == "gcp" else "account ID"
+            raise ValueError(f"a {self.platform} site needs account: the {noun} it lives in")
+        return self
 
 
 # ---------------------------------------------------------------- cluster (vCluster)
@@ -179,8 +187,8 @@ class Gpu(Strict):
 class NodePool(Strict):
     role: Literal["login", "compute", "service"]
     count: int = Field(ge=0, le=1024)
-    cores: int = Field(ge=1, le=512)
-    memory_gb: int = Field(ge=1, le=32768)
+    cores: int = Field(ge=1, le=512, description="Physical cores per node (a cloud vCPU is one hardware thread)")
+    memory_gb: int = Field(ge=1, le=32768, description="Memory per node in GB")
     gpu: Gpu | None = None
     local_ssd_gb: int = Field(0, ge=0)
     placement: Literal["spread", "compact"] = Field(

@@ -119,6 +119,7 @@ def _site_unit(site: Site, path: str) -> Unit:
     spec = LandingZoneSpec(
         site=site.name,
         platform=site.platform,
+        account=site.account,
         region=site.region,
         zones=tuple(site.zones),
         labels=tuple(sorted(site.labels.items())),
@@ -251,6 +252,7 @@ def _cluster_unit(
         containers=tuple(env.containers),
         identity_endpoints=tuple(s for s in site_unit.spec.services if s.kind == "identity"),
         state=state_location(site, stack),
+        account=site.account,
     )
     inputs = (*defs.cluster_files[cluster.name], defs.site_files[site.name])
     return Unit(CLUSTER, cluster.name, site.name, site.platform, inputs, (site_unit.key,), spec, _hash(spec), spec.state)

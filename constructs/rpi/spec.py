@@ -45,6 +45,8 @@ class ComputePool:
     placement: str  # spread | compact
     hostnames: tuple[str, ...]
     addresses: tuple[str, ...]
+    machine_type: str = ""  # the platform's type from its catalog; "" on local
+    fabric: str = ""  # high-speed interconnect the type supports, e.g. "efa" on AWS
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,7 @@ class StateLocation:
 class LandingZoneSpec:
     site: str
     platform: str
+    account: str  # GCP project or AWS account; "" on local
     region: str
     zones: tuple[str, ...]
     labels: tuple[tuple[str, str], ...]
@@ -130,6 +133,8 @@ class ClusterSpec:
     containers: tuple[str, ...]
     identity_endpoints: tuple[Service, ...]
     state: StateLocation
+    account: str = ""  # GCP project or AWS account; "" on local
+    user_data: str = ""  # layers 2 and 3 as cloud-init: the same bytes on every platform
 
 
 def canonical(value) -> str:
