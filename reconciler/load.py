@@ -51,6 +51,14 @@ class Definitions:
     site_files: Mapping[str, str]  # site name -> its file
     cluster_files: Mapping[str, tuple[str, ...]]  # cluster name -> its file, then the profiles it composes
     files: Mapping[str, bytes]
+    cluster_spots: Mapping[str, Mapping[Path_, Spot]] = field(default_factory=dict)  # where each field was set
+
+    def locate(self, cluster: str, path: Path_) -> Location:
+        """Where a cluster's field was written (in its file or a profile); the file's top if unknown."""
+        spots = self.cluster_spots.get(cluster, {})
+        while path and path not in spots:
+            path = path[:-1]
+        return spots[path].key if path else Location(self.cluster_files[cluster][0], 1, 1)
 
 
 def load(snapshot: Snapshot) -> Definitions:
@@ -82,6 +90,7 @@ def load(snapshot: Snapshot) -> Definitions:
 
     clusters: dict[str, Cluster] = {}
     cluster_files: dict[str, tuple[str, ...]] = {}
+    cluster_spots: dict[str, dict[Path_, Spot]] = {}
     for doc in cluster_docs:
         composed = _compose(doc, profiles, problems)
         if composed is None:
@@ -90,6 +99,7 @@ def load(snapshot: Snapshot) -> Definitions:
         if cluster is not None and cluster.name not in clusters:
             clusters[cluster.name] = cluster
             cluster_files[cluster.name] = (doc.path, *(profiles[p].path for p in cluster.profiles))
+            cluster_spots[cluster.name] = composed.spots
 
     problems.raise_if_any()
     return Definitions(
@@ -98,6 +108,7 @@ def load(snapshot: Snapshot) -> Definitions:
         site_files=site_files,
         cluster_files=cluster_files,
         files=snapshot.files,
+        cluster_spots=cluster_spots,
     )
 
 

@@ -12,9 +12,10 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Mapping
 
+from reconciler import layers, portability
 from reconciler.errors import Location, Problems
 from reconciler.load import Definitions
-from reconciler.model import GPU_MEMORY_GB, Cluster, GcsState, LocalState, S3State, Site
+from reconciler.model import Cluster, GcsState, LocalState, S3State, Site
 from rpi import registry
 from rpi.spec import (
     AccessGroup,
@@ -194,25 +195,31 @@ def _cluster_unit(
             f"lower cluster_prefix of site {site.name}",
         )
         return None
+    verdict = portability.check(cluster, site)
+    for reason in verdict.reasons:
+        field_path, _, why = reason.partition(": ")
+        problems.add(
+            defs.locate(cluster.name, tuple(field_path.split("."))),
+            field_path,
+            f"cluster {cluster.name} cannot run on its placement site {site.name} ({site.platform} {site.region}): {why}",
+            "change the node spec or place the cluster on another site (see `reconcile portability`)",
+        )
+    if verdict.reasons:
+        return None
     pools = []
     for name, pool in cluster.node_pools.items():
-        gpu = pool.gpu
+        fit = verdict.fit(name)
         pools.append(
             ComputePool(
                 name=name,
                 role=pool.role,
                 count=pool.count,
-                node=NodeSpec(
-                    cores=pool.cores,
-                    memory_gb=pool.memory_gb,
-                    gpu_model=gpu.model if gpu else None,
-                    gpu_count=gpu.count if gpu else 0,
-                    gpu_memory_gb=GPU_MEMORY_GB[gpu.model] if gpu else 0,
-                    local_ssd_gb=pool.local_ssd_gb,
-                ),
+                node=portability.node_spec(cluster, name),
                 placement=pool.placement,
-                hostnames=tuple(f"{cluster.name}-{name}-{i}" for i in range(pool.count)),
+                hostnames=tuple(layers.hostnames(cluster, name)),
                 addresses=tuple(str(next(hosts)) for _ in range(pool.count)),
+                machine_type=fit.machine_type,
+                fabric=fit.fabric,
             )
         )
     storage = []
@@ -253,6 +260,7 @@ def _cluster_unit(
         identity_endpoints=tuple(s for s in site_unit.spec.services if s.kind == "identity"),
         state=state_location(site, stack),
         account=site.account,
+        user_data=layers.user_data(cluster),
     )
     inputs = (*defs.cluster_files[cluster.name], defs.site_files[site.name])
     return Unit(CLUSTER, cluster.name, site.name, site.platform, inputs, (site_unit.key,), spec, _hash(spec), spec.state)

@@ -6,7 +6,7 @@ desired (git -> load -> resolve) -> assess (base, live, affected) -> plan (synth
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler import affected

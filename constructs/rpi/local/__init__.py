@@ -7,6 +7,8 @@ addresses from the site's ranges), so a plan here reads like a plan on a cloud.
 
 from __future__ import annotations
 
+import hashlib
+
 from rpi import cdk
 from rpi.spec import ClusterSpec, ComputePool, LandingZoneSpec, StateLocation
 
@@ -95,6 +97,7 @@ class LocalPlatform:
                 "spack_specs": list(spec.spack_specs),
                 "containers": list(spec.containers),
                 "identity": {s.name: s.address for s in spec.identity_endpoints},
+                "cloud_init_sha256": hashlib.sha256(spec.user_data.encode()).hexdigest(),
             },
         )
         cdk.output(stack, "login_addresses", logins, "Where users connect")
