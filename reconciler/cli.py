@@ -8,12 +8,13 @@ import sys
 import traceback
 from pathlib import Path
 
-from reconciler import render
+from reconciler import portability, render
 from reconciler.apply import APPLIED, DEFAULT_PARALLELISM, FAILED as APPLY_FAILED, NOTHING, apply
 from reconciler.engine import CHOICES, select_engine
 from reconciler.errors import Exit, InvalidDefinitions, NotConfirmed, ReconcileError
 from reconciler.gitsource import GitSource
 from reconciler.live import LiveStore
+from reconciler.load import load
 from reconciler.run import FAILED, PLANNED, Assessment, UnitPlan, assess, desired, plan
 from reconciler.settings import Settings
 from reconciler.synth import synthesize
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("plan", "plan the stacks that differ from git; change nothing"),
         ("apply", "plan, confirm, then apply the saved plans"),
         ("synth", "write the Terraform JSON of every synthesizable stack"),
+        ("portability", "show which sites each cluster can run on (placement and failover), and why not"),
     ):
         command = sub.add_parser(name, help=text, description=text)
         _common(command, top=False)
@@ -119,13 +121,18 @@ def cmd_validate(settings: Settings, args) -> int:
     state = desired(source.working_tree() if settings.head is None else source.at_revision(settings.head))
     units = list(state.units.values())
     if settings.output_json:
-        _emit({"valid": True, "units": [{"key": u.key, "platform": u.platform, "synthesizable": u.synthesizable, "inputs": list(u.inputs)} for u in units], "exit_code": 0})
+        verdicts = [v.as_dict() for v in portability.matrix(state.definitions)]
+        listed = [{"key": u.key, "platform": u.platform, "synthesizable": u.synthesizable, "inputs": list(u.inputs)} for u in units]
+        _emit({"valid": True, "units": listed, "portability": verdicts, "exit_code": 0})
         return Exit.OK
     defs = state.definitions
     print(f"{state.snapshot.label}: {len(defs.sites)} sites, {len(defs.clusters)} clusters, all valid")
     for unit in units:
         note = "" if unit.synthesizable else f"  (the {unit.platform} platform is not synthesizable yet)"
         print(f"  {unit.title} [{unit.platform}] <- {', '.join(unit.inputs)}{note}")
+    refused = [v for v in portability.matrix(defs) if not v.realizable]
+    for verdict in refused:
+        print(f"warning: cluster {verdict.cluster} cannot fail over to {verdict.site} ({verdict.role}): {'; '.join(verdict.reasons)}")
     return Exit.OK
 
 
@@ -219,4 +226,23 @@ def cmd_synth(settings: Settings, args) -> int:
     return Exit.OK
 
 
-COMMANDS = {"validate": cmd_validate, "plan": cmd_plan, "apply": cmd_apply, "synth": cmd_synth}
+def cmd_portability(settings: Settings, args) -> int:
+    source = GitSource(settings.root)
+    defs = load(source.working_tree() if settings.head is None else source.at_revision(settings.head))
+    verdicts = portability.matrix(defs)
+    refused_placement = any(v.role == portability.PLACEMENT and not v.realizable for v in verdicts)
+    code = Exit.FAILED if refused_placement else Exit.OK
+    if settings.output_json:
+        _emit({"verdicts": [v.as_dict() for v in verdicts], "exit_code": int(code)})
+    else:
+        sys.stdout.write(render.portability_text(verdicts))
+    return code
+
+
+COMMANDS = {
+    "validate": cmd_validate,
+    "plan": cmd_plan,
+    "apply": cmd_apply,
+    "synth": cmd_synth,
+    "portability": cmd_portability,
+}

@@ -66,3 +66,33 @@ def summarize(plan: dict[str, Any]) -> PlanSummary:
         sorted(name for name, oc in (plan.get("output_changes") or {}).items() if oc.get("actions") != ["no-op"])
     )
     return PlanSummary(tuple(sorted(changes, key=lambda c: c.address)), outputs)
+
+
+def _resources(document: dict | None) -> dict[str, dict]:
+    """{address: body} of the managed resources in a Terraform JSON document, metadata removed."""
+    out = {}
+    for rtype, by_name in ((document or {}).get("resource") or {}).items():
+        for name, body in by_name.items():
+            out[f"{rtype}.{name}"] = {k: v for k, v in body.items() if k != "//"}
+    return out
+
+
+def config_diff(base: dict | None, head: dict | None) -> PlanSummary:
+    """A configuration-level diff between two synthesized documents, for when no live plan can run
+    (no credentials). It cannot tell an update from a replace: only a live plan can."""
+    before, after = _resources(base), _resources(head)
+    changes = []
+    for address in sorted(set(before) | set(after)):
+        if address not in before:
+            action = "create"
+        elif address not in after:
+            action = "delete"
+        elif before[address] != after[address]:
+            action = "update"
+        else:
+            action = "no-op"
+        changes.append(Change(address, action))
+    outputs_before = (base or {}).get("output") or {}
+    outputs_after = (head or {}).get("output") or {}
+    changed_outputs = tuple(sorted(k for k in set(outputs_before) | set(outputs_after) if outputs_before.get(k) != outputs_after.get(k)))
+    return PlanSummary(tuple(changes), changed_outputs)

@@ -7,7 +7,8 @@ from typing import Iterable
 from reconciler.affected import DESTROY
 from reconciler.errors import Problem
 from reconciler.plan import ACTIONS, Change
-from reconciler.run import FAILED, PLANNED, UNSUPPORTED, Assessment, UnitPlan
+from reconciler.portability import Verdict
+from reconciler.run import FAILED, OFFLINE, PLANNED, UNSUPPORTED, Assessment, UnitPlan
 
 SYMBOL = {"create": "+", "update": "~", "replace": "-/+", "delete": "-", "move": "->", "read": "<="}
 MAX_LINES_PER_UNIT = 40
@@ -56,6 +57,11 @@ def plans_text(assessment: Assessment, plans: list[UnitPlan], engine_name: str |
         elif p.status == FAILED:
             lines += ["    plan FAILED:"] + [f"      {line}" for line in p.error.splitlines()]
         elif p.summary is not None:
+            if p.status == OFFLINE:
+                lines.append(
+                    f"    offline: no {unit.platform} credentials here, so this is the synthesized configuration"
+                    " compared with the base revision; a live plan needs credentials and an engine"
+                )
             if not p.summary.has_changes:
                 note = "; the live record will be updated on apply" if p.pending else ""
                 lines.append(f"    no resource changes{note}")
@@ -93,9 +99,12 @@ def footer(plans: list[UnitPlan]) -> str:
     pending = [p for p in plans if p.pending]
     failed = [p for p in plans if p.status == FAILED]
     unsupported = [p for p in plans if p.status == UNSUPPORTED]
+    offline = [p for p in plans if p.status == OFFLINE and p.pending]
     if not pending and not failed:
         return "Nothing to do." if not plans else "Nothing to do: the selected stacks match their plans."
-    text = f"Plan: {counts_text(totals(plans))} in {sum(p.status == PLANNED for p in pending)} stack(s)."
+    text = f"Plan: {counts_text(totals(plans))} in {len(pending) - len(unsupported)} stack(s)."
+    if offline:
+        text += f" {len(offline)} of them offline (configuration only)."
     if unsupported:
         text += f" {len(unsupported)} stack(s) not synthesizable yet."
     if failed:
@@ -147,3 +156,20 @@ def _unit_json(p: UnitPlan) -> dict:
 def problems_text(problems: list[Problem]) -> str:
     n = len(problems)
     return "\n".join(str(p) for p in problems) + f"\n{n} problem{'s' if n != 1 else ''} found; nothing was planned or applied.\n"
+
+
+def portability_text(verdicts: list[Verdict]) -> str:
+    lines: list[str] = []
+    current = None
+    for v in verdicts:
+        if v.cluster != current:
+            current = v.cluster
+            lines.append(f"{'' if not lines else chr(10)}cluster {v.cluster}")
+        where = f"{v.site} ({v.platform} {v.region})"
+        if v.realizable:
+            types = ", ".join(f"{f.pool}: {f.machine_type}" for f in v.fits if f.machine_type) or "emulated nodes"
+            lines.append(f"  {v.role:<11} {where:<40} realizable  {types}")
+        else:
+            lines.append(f"  {v.role:<11} {where:<40} REFUSED")
+            lines += [f"      {reason}" for reason in v.reasons]
+    return "\n".join(lines) + "\n"

@@ -5,6 +5,8 @@ desired (git -> load -> resolve) -> assess (base, live, affected) -> plan (synth
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,12 +18,24 @@ from reconciler.errors import InvalidDefinitions, ReconcileError
 from reconciler.gitsource import GitSource, Snapshot
 from reconciler.live import UNKNOWN, LiveRecord, LiveStore
 from reconciler.load import Definitions, load
-from reconciler.plan import PlanSummary, summarize
+from reconciler.plan import PlanSummary, config_diff, summarize
 from reconciler.resolve import Unit, resolve
 from reconciler.settings import Settings
 from reconciler.synth import synthesize
 
-PLANNED, UNSUPPORTED, FAILED = "planned", "not synthesizable yet", "failed"
+PLANNED, OFFLINE, UNSUPPORTED, FAILED = "planned", "offline", "not synthesizable yet", "failed"
+
+# Environment variables that say a run may reach a cloud's API (and its state backend).
+CREDENTIALS = {
+    "gcp": ("GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_OAUTH_ACCESS_TOKEN", "GOOGLE_CREDENTIALS"),
+    "aws": ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI"),
+}
+
+
+def has_credentials(platform: str, environ=None) -> bool:
+    """Local stacks need none; a cloud stack is planned live only where its credentials are set."""
+    environ = os.environ if environ is None else environ
+    return platform not in CREDENTIALS or any(environ.get(name) for name in CREDENTIALS[platform])
 
 
 @dataclass(frozen=True)
@@ -71,7 +85,7 @@ class UnitPlan:
     def pending(self) -> bool:
         if self.status == UNSUPPORTED:
             return True
-        if self.status != PLANNED:
+        if self.status not in (PLANNED, OFFLINE):
             return False
         return self.summary.has_changes or self.record_outdated
 
@@ -110,28 +124,47 @@ def assess(settings: Settings, store: LiveStore) -> Assessment:
 
 
 def plan(settings: Settings, assessment: Assessment, engine: Engine | None, store: LiveStore) -> list[UnitPlan]:
-    """Synthesize and plan every selected unit that can be; one unit's failure does not stop the rest."""
+    """Synthesize and plan every selected unit that can be; one unit's failure does not stop the rest.
+
+    Stacks whose cloud credentials are absent get an offline plan: a configuration-level diff
+    of the synthesized stack against the base revision's.
+    """
     plans = [UnitPlan(s, PLANNED if s.unit.synthesizable else UNSUPPORTED) for s in assessment.selected]
-    work = [p for p in plans if p.status == PLANNED]
-    if not work:
-        return plans
-    if engine is None:
-        raise ReconcileError("an engine is needed to plan")
+    for p in plans:
+        if p.status == PLANNED and not has_credentials(p.selected.unit.platform):
+            p.status = OFFLINE
     cache = settings.work_dir / "cache" / "synth"
+    wanted = [p for p in plans if p.status in (PLANNED, OFFLINE)]
     documents = {
-        **synthesize([p.selected.unit for p in work if p.selected.action == APPLY], cache),
-        **synthesize([p.selected.unit for p in work if p.selected.action == DESTROY], cache, removed=True),
+        **synthesize([p.selected.unit for p in wanted if p.selected.action == APPLY], cache),
+        **synthesize([p.selected.unit for p in wanted if p.selected.action == DESTROY], cache, removed=True),
     }
+    for p in plans:
+        if p.status == OFFLINE:
+            p.summary = _offline(p, assessment, documents, cache)
+    work = [p for p in plans if p.status == PLANNED]
+    if work and engine is None:
+        raise ReconcileError("an engine is needed to plan")
     for p in work:
         unit = p.selected.unit
         p.workdir = settings.work_dir / "stacks" / unit.site / unit.stack
         try:
             _prepare(p.workdir, documents[unit.key])
-            engine.init(p.workdir, {"path": str(store.state_file(unit.state))})
+            backend = {"path": str(store.state_file(unit.state))} if unit.state.backend == "local" else {}
+            engine.init(p.workdir, backend)
             p.summary = summarize(engine.plan(p.workdir))
         except ReconcileError as exc:
             p.status, p.error = FAILED, str(exc)
     return plans
+
+
+def _offline(p: UnitPlan, assessment: Assessment, documents: dict[str, str], cache: Path) -> PlanSummary:
+    """What the synthesized stack adds, changes or removes relative to the base revision."""
+    key = p.selected.unit.key
+    base_unit = assessment.base.units.get(key) if assessment.base else None
+    before = json.loads(synthesize([base_unit], cache)[key]) if base_unit is not None else None
+    after = json.loads(documents[key])
+    return config_diff(before, after)
 
 
 def _prepare(workdir: Path, document: str) -> None:
