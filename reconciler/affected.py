@@ -72,6 +72,13 @@ def select(
         if live.get(key, UNKNOWN) is None:
             continue  # removed before it was ever applied: nothing exists to destroy
         selected.append(Selected(unit, DESTROY, (_removed_reason(unit, head),)))
+    # A move's target is always in the run: its health gates the destroy of the source.
+    chosen = {s.unit.key for s in selected}
+    for s in list(selected):
+        target = move_target(s.unit, head) if s.action == DESTROY else None
+        if target is not None and target.key not in chosen:
+            selected.append(Selected(target, APPLY, ("target of a move: checked before the source is destroyed",)))
+            chosen.add(target.key)
     for record in orphans:
         if record.unit not in head and record.unit not in gone:
             unit = Unit(
@@ -79,6 +86,13 @@ def select(
             )
             selected.append(Selected(unit, DESTROY, ("in live state but defined neither at base nor at head",)))
     return order(selected)
+
+
+def move_target(unit: Unit, head: Mapping[str, Unit]) -> Unit | None:
+    """The copy of a cluster on another site at head, when `unit` is its old placement."""
+    if unit.kind != CLUSTER:
+        return None
+    return next((u for u in head.values() if u.kind == CLUSTER and u.name == unit.name and u.site != unit.site), None)
 
 
 def order(selected: list[Selected]) -> list[Selected]:
@@ -102,8 +116,7 @@ def _new_reason(unit: Unit, base: Mapping[str, Unit]) -> str:
 
 
 def _removed_reason(unit: Unit, head: Mapping[str, Unit]) -> str:
-    if unit.kind == CLUSTER:
-        after = [u.site for u in head.values() if u.kind == CLUSTER and u.name == unit.name]
-        if after:
-            return f"moved to {after[0]}: destroy here"
+    target = move_target(unit, head)
+    if target is not None:
+        return f"moved to {target.site}: destroy here"
     return f"definition removed: {unit.inputs[0]}"

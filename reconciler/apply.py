@@ -11,6 +11,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from reconciler import health
 from reconciler.affected import APPLY, DESTROY
 from reconciler.engine import Engine
 from reconciler.errors import ReconcileError
@@ -19,7 +20,7 @@ from reconciler.live import LiveStore
 from reconciler.resolve import CLUSTER, SITE
 from reconciler.run import PLANNED, UnitPlan
 
-APPLIED, SKIPPED, FAILED, NOTHING = "applied", "skipped", "failed", "no changes"
+APPLIED, SKIPPED, FAILED, NOTHING, REFUSED = "applied", "skipped", "failed", "no changes", "refused"
 DEFAULT_PARALLELISM = 4
 
 
@@ -52,6 +53,10 @@ def apply(
 ) -> list[ApplyResult]:
     """Apply each planned unit's saved plan, then record what was applied beside its state."""
     results: dict[tuple[str, str], ApplyResult] = {}
+    moved = {p.selected.unit.name for p in plans if p.selected.action == DESTROY and p.selected.unit.kind == CLUSTER}
+    gated = {
+        _id(p) for p in plans if p.selected.action == APPLY and p.selected.unit.kind == CLUSTER and p.selected.unit.name in moved
+    }
     waiting = list(plans)
     running: dict[Future, UnitPlan] = {}
     ok = {APPLIED, NOTHING}
@@ -62,10 +67,12 @@ def apply(
                 failed = sorted(key for need in needs if (r := results.get(need)) and r.outcome not in ok for key in need[1:])
                 if p.status != PLANNED:  # not synthesizable yet, or its plan failed: dependents wait
                     results[_id(p)] = ApplyResult(p, SKIPPED, p.error or p.status)
+                elif p.blocked:
+                    results[_id(p)] = ApplyResult(p, REFUSED, p.blocked)
                 elif failed:
                     results[_id(p)] = ApplyResult(p, SKIPPED, f"{', '.join(failed)} did not succeed")
                 elif all(n in results for n in needs) and len(running) < parallelism:
-                    running[pool.submit(_apply_one, p, engine, store, head)] = p
+                    running[pool.submit(_apply_one, p, engine, store, head, _id(p) in gated)] = p
                 else:
                     continue
                 waiting.remove(p)
@@ -79,18 +86,24 @@ def apply(
     return [results[_id(p)] for p in plans]
 
 
-def _apply_one(p: UnitPlan, engine: Engine, store: LiveStore, head: Snapshot) -> ApplyResult:
+def _apply_one(p: UnitPlan, engine: Engine, store: LiveStore, head: Snapshot, gate: bool) -> ApplyResult:
+    """Apply one saved plan and record it; a move's target must then pass its health check."""
     unit = p.selected.unit
-    if not p.pending:
-        return ApplyResult(p, NOTHING)
     try:
-        if p.summary.has_changes:
-            engine.apply(p.workdir)
-        if p.selected.action == DESTROY:
-            store.forget(unit)
-        else:
-            now = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
-            store.write(unit, head.revision, head.dirty, now, engine.name)
-        return ApplyResult(p, APPLIED)
+        if p.pending:
+            if p.summary.has_changes:
+                engine.apply(p.workdir)
+            if p.selected.action == DESTROY:
+                store.forget(unit)
+            else:
+                now = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+                store.write(unit, head.revision, head.dirty, now, engine.name)
+        outcome = APPLIED if p.pending else NOTHING
+        if not gate:
+            return ApplyResult(p, outcome)
+        verdict = health.check(unit.spec, engine.outputs(p.workdir))
+        if not verdict.ok:
+            return ApplyResult(p, FAILED, f"health check failed, the source stays: {verdict.detail}")
+        return ApplyResult(p, outcome, f"healthy: {verdict.detail}")
     except ReconcileError as exc:
         return ApplyResult(p, FAILED, str(exc))

@@ -9,7 +9,7 @@ import traceback
 from pathlib import Path
 
 from reconciler import portability, render
-from reconciler.apply import APPLIED, DEFAULT_PARALLELISM, FAILED as APPLY_FAILED, NOTHING, apply
+from reconciler.apply import APPLIED, DEFAULT_PARALLELISM, FAILED as APPLY_FAILED, NOTHING, REFUSED, apply
 from reconciler.engine import CHOICES, select_engine
 from reconciler.errors import Exit, InvalidDefinitions, NotConfirmed, ReconcileError
 from reconciler.gitsource import GitSource
@@ -176,8 +176,8 @@ def cmd_apply(settings: Settings, args) -> int:
     if not settings.auto_approve:
         _confirm(len(runnable))
     results = apply(plans, engine, store, assessment.head.snapshot, args.parallelism)
-    failed = [r for r in results if r.outcome == APPLY_FAILED]
-    left = [r for r in results if r.outcome not in (APPLIED, NOTHING, APPLY_FAILED)]
+    failed = [r for r in results if r.outcome in (APPLY_FAILED, REFUSED)]
+    left = [r for r in results if r.outcome not in (APPLIED, NOTHING, APPLY_FAILED, REFUSED)]
     code = Exit.FAILED if failed else (Exit.CHANGES if left else Exit.OK)
     if settings.output_json:
         document = render.plans_json(assessment, plans, name, int(code))

@@ -73,6 +73,10 @@ class Engine:
         """Apply exactly the saved plan: the engine refuses it if the state moved on meanwhile."""
         self._run(workdir, "apply", "-input=false", "-no-color", "-lock-timeout=60s", PLAN_FILE)
 
+    def outputs(self, workdir: Path) -> dict:
+        """The stack's outputs after apply: {name: {"value": ..., "sensitive": ...}}."""
+        return json.loads(self._run(workdir, "output", "-json", "-no-color") or "{}")
+
     def state(self, workdir: Path) -> dict:
         """The current state as JSON (`show -json`)."""
         return json.loads(self._run(workdir, "show", "-json", "-no-color"))

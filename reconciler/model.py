@@ -215,6 +215,11 @@ class Storage(Strict):
     shared: SharedFilesystem | None = None
     scratch: Scratch | None = None
     object: list[Bucket] = []
+    on_move: Literal["keep", "drop"] | None = Field(
+        None,
+        description="When the cluster moves: keep the source's shared filesystem and buckets (the source stack "
+        "forgets them, the data stays) or drop them (destroyed). A move of a cluster holding data needs one.",
+    )
 
 
 class ClusterNetwork(Strict):
@@ -253,6 +258,22 @@ class UserEnvironment(Strict):
     containers: list[str] = []
 
 
+class HealthCheck(Strict):
+    """How to tell that a new copy of a cluster works, before the old copy is destroyed."""
+
+    command: list[str] = Field(
+        [], description="Run on the runner; '{login}' becomes the first login address. Exit 0 means healthy."
+    )
+    url: str = Field("", description="Must answer HTTP 2xx; '{login}' becomes the first login address")
+    timeout_s: int = Field(600, ge=1, le=7200)
+
+    @model_validator(mode="after")
+    def _one_probe(self) -> "HealthCheck":
+        if self.command and self.url:
+            raise ValueError("give either command or url, not both")
+        return self
+
+
 class Cluster(Strict):
     """A whole HPC system (vCluster): infrastructure, services and user environment."""
 
@@ -268,6 +289,7 @@ class Cluster(Strict):
     access: Access = Access()
     services: Services = Services()
     environment: UserEnvironment = UserEnvironment()
+    health_check: HealthCheck | None = Field(None, description="Overrides the flavor's default health check")
 
     @model_validator(mode="after")
     def _flavor_needs(self) -> "Cluster":

@@ -8,9 +8,9 @@ from reconciler.affected import DESTROY
 from reconciler.errors import Problem
 from reconciler.plan import ACTIONS, Change
 from reconciler.portability import Verdict
-from reconciler.run import FAILED, OFFLINE, PLANNED, UNSUPPORTED, Assessment, UnitPlan
+from reconciler.run import FAILED, OFFLINE, UNSUPPORTED, Assessment, UnitPlan
 
-SYMBOL = {"create": "+", "update": "~", "replace": "-/+", "delete": "-", "move": "->", "read": "<="}
+SYMBOL = {"create": "+", "update": "~", "replace": "-/+", "delete": "-", "move": "->", "read": "<=", "forget": "o"}
 MAX_LINES_PER_UNIT = 40
 
 
@@ -52,6 +52,10 @@ def plans_text(assessment: Assessment, plans: list[UnitPlan], engine_name: str |
         lines.append(f"{verb}{unit.title} [{unit.platform}]")
         for reason in p.selected.reasons:
             lines.append(f"    why: {reason}")
+        if p.blocked:
+            lines.append(f"    BLOCKED: {p.blocked}")
+        if p.kept:
+            lines.append(f"    keeps its data: {', '.join(p.kept)} left in place (storage.on_move: keep)")
         if p.status == UNSUPPORTED:
             lines.append(f"    not synthesizable yet: the {unit.platform} platform is not implemented in this version")
         elif p.status == FAILED:
@@ -141,6 +145,8 @@ def _unit_json(p: UnitPlan) -> dict:
         "config_hash": unit.config_hash,
         "status": p.status,
         "pending": p.pending,
+        "blocked": p.blocked,
+        "kept": list(p.kept),
     }
     if p.summary is not None:
         out["changes"] = p.summary.counts

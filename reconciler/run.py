@@ -21,7 +21,8 @@ from reconciler.load import Definitions, load
 from reconciler.plan import PlanSummary, config_diff, summarize
 from reconciler.resolve import Unit, resolve
 from reconciler.settings import Settings
-from reconciler.synth import synthesize
+from reconciler.synth import render_json, synthesize
+from rpi import registry
 
 PLANNED, OFFLINE, UNSUPPORTED, FAILED = "planned", "offline", "not synthesizable yet", "failed"
 
@@ -74,6 +75,8 @@ class UnitPlan:
     summary: PlanSummary | None = None
     error: str = ""
     workdir: Path | None = None
+    blocked: str = ""  # why apply must refuse this plan until the definition decides
+    kept: tuple[str, ...] = ()  # data-holding resources a move leaves in place (forgotten, not destroyed)
 
     @property
     def record_outdated(self) -> bool:
@@ -139,6 +142,9 @@ def plan(settings: Settings, assessment: Assessment, engine: Engine | None, stor
         **synthesize([p.selected.unit for p in wanted if p.selected.action == APPLY], cache),
         **synthesize([p.selected.unit for p in wanted if p.selected.action == DESTROY], cache, removed=True),
     }
+    for p in wanted:
+        if p.selected.action == DESTROY:
+            documents[p.selected.unit.key] = _protect_data(p, assessment, documents[p.selected.unit.key], cache)
     for p in plans:
         if p.status == OFFLINE:
             p.summary = _offline(p, assessment, documents, cache)
@@ -156,6 +162,35 @@ def plan(settings: Settings, assessment: Assessment, engine: Engine | None, stor
         except ReconcileError as exc:
             p.status, p.error = FAILED, str(exc)
     return plans
+
+
+def _protect_data(p: UnitPlan, assessment: Assessment, document: str, cache: Path) -> str:
+    """A move never destroys data silently: the definition says keep (the source stack forgets
+    its shared filesystems and buckets, which stay) or drop; until it does, apply refuses."""
+    unit = p.selected.unit
+    target = affected.move_target(unit, assessment.head.units)
+    if target is None or unit.spec is None:
+        return document
+    source = json.loads(synthesize([unit], cache)[unit.key])
+    data = sorted(
+        f"{rtype}.{name}"
+        for rtype, by_name in (source.get("resource") or {}).items()
+        for name, body in by_name.items()
+        if registry.holds_data(unit.platform, rtype, body)
+    )
+    decision = target.spec.keep_data_on_move
+    if not data or decision is False:
+        return document
+    if decision is None:
+        p.blocked = (
+            f"the move would destroy data ({', '.join(data)}); set storage.on_move to keep or drop in "
+            f"{target.inputs[0]}"
+        )
+        return document
+    p.kept = tuple(data)
+    protected = json.loads(document)
+    protected["removed"] = [{"from": address, "lifecycle": {"destroy": False}} for address in data]
+    return render_json(protected)
 
 
 def _offline(p: UnitPlan, assessment: Assessment, documents: dict[str, str], cache: Path) -> PlanSummary:

@@ -10,13 +10,13 @@ import threading
 import time
 
 from reconciler.affected import APPLY, DESTROY, Selected
-from reconciler.apply import APPLIED, FAILED, SKIPPED, apply
+from reconciler.apply import APPLIED, FAILED, REFUSED, SKIPPED, apply
 from reconciler.errors import EngineError
 from reconciler.gitsource import Snapshot
 from reconciler.plan import Change, PlanSummary
 from reconciler.resolve import CLUSTER, SITE, Unit
 from reconciler.run import PLANNED, UnitPlan
-from rpi.spec import StateLocation
+from rpi.spec import ClusterSpec, StateLocation, Subnet
 
 
 class StandInEngine:
@@ -41,6 +41,10 @@ class StandInEngine:
         if key in self.fail:
             raise EngineError(f"{key} failed")
 
+    def outputs(self, workdir):
+        """What a cluster stack with no pools outputs: agrees with EMPTY_CLUSTER."""
+        return {"node_count": {"value": 0}, "nodes": {"value": {}}, "login_addresses": {"value": []}}
+
     def order(self, kind: str) -> dict[str, float]:
         return {key: t for t, k, key in self.events if k == kind}
 
@@ -53,9 +57,18 @@ class NullStore:
         pass
 
 
-def unit(kind: str, name: str, site: str) -> Unit:
+def cluster_spec(name: str, site: str, health_command=()) -> ClusterSpec:
+    state = StateLocation("local", site, name)
+    return ClusterSpec(
+        name, "minimal", site, "local", "", "", (), Subnet("s", "10.0.0.0/24", "10.0.0.1"), False, (), (), (), (),
+        None, False, None, (), (), (), state, health_command=tuple(health_command), health_timeout_s=1,
+    )
+
+
+def unit(kind: str, name: str, site: str, health_command=()) -> Unit:
     deps = (f"site:{site}",) if kind == CLUSTER else ()
-    return Unit(kind, name, site, "local", (), deps, None, "h", StateLocation("local", site, name))
+    spec = cluster_spec(name, site, health_command) if kind == CLUSTER else None
+    return Unit(kind, name, site, "local", (), deps, spec, "h", StateLocation("local", site, name))
 
 
 def planned(u: Unit, action: str = APPLY) -> UnitPlan:
@@ -108,3 +121,21 @@ def test_failed_target_keeps_the_source():
     results = apply([target, source], engine, NullStore(), SNAP)
     assert [r.outcome for r in results] == [FAILED, SKIPPED]
     assert source.workdir.name not in engine.order("start")
+
+
+def test_unhealthy_target_keeps_the_source():
+    target = planned(unit(CLUSTER, "dev", "b", health_command=["sh", "-c", "echo no scheduler >&2; exit 3"]))
+    source = planned(unit(CLUSTER, "dev", "a"), DESTROY)
+    engine = StandInEngine({})
+    results = apply([target, source], engine, NullStore(), SNAP)
+    assert results[0].outcome == FAILED and "health check failed" in results[0].detail and "no scheduler" in results[0].detail
+    assert results[1].outcome == SKIPPED
+    assert source.workdir.name not in engine.order("start")
+
+
+def test_blocked_plan_is_refused_and_stops_nothing_else():
+    blocked = planned(unit(CLUSTER, "dev", "a"), DESTROY)
+    blocked.blocked = "the move would destroy data"
+    other = planned(unit(SITE, "b", "b"))
+    results = apply([blocked, other], StandInEngine({}), NullStore(), SNAP)
+    assert [r.outcome for r in results] == [REFUSED, APPLIED]

@@ -201,18 +201,56 @@ def test_all_plans_every_readable_stack_and_finds_no_drift_after_apply(applied, 
     assert all(u["reasons"] == ["requested with --all"] and not u["pending"] for u in plan["units"])
 
 
-def test_moving_a_cluster_creates_on_the_target_before_destroying_the_source(applied, cli):
-    applied.git("checkout", "-q", "-b", "move-dev")
-    applied.replace("clusters/dev.yaml", "site: local-a\nfailover: [local-b]", "site: local-b\nfailover: [local-a]")
-    applied.commit("move dev to local-b")
+def move_dev(repo, extra: str = "", on_move: str = "") -> None:
+    repo.git("checkout", "-q", "-b", "move-dev")
+    repo.replace("clusters/dev.yaml", "site: local-a\nfailover: [local-b]", "site: local-b\nfailover: [local-a]")
+    if on_move:
+        repo.replace("clusters/dev.yaml", "storage:\n", f"storage:\n  on_move: {on_move}\n")
+    if extra:
+        repo.write("clusters/dev.yaml", repo.read("clusters/dev.yaml") + extra)
+    repo.commit("move dev to local-b")
+
+
+def test_move_creates_the_target_checks_it_then_destroys_the_source_keeping_data(applied, cli):
+    move_dev(applied, on_move="keep")
     code, plan = dry_run(cli, applied)
     assert code == 2
     units = {(u["action"], u["key"]): u for u in plan["units"]}
     assert units[("apply", "cluster:dev@local-b")]["reasons"][0] == "placed here, was on local-a"
-    assert units[("destroy", "cluster:dev@local-a")]["reasons"] == ["moved to local-b: destroy here"]
+    source = units[("destroy", "cluster:dev@local-a")]
+    assert source["reasons"] == ["moved to local-b: destroy here"]
+    assert source["kept"] == ["terraform_data.storage_shared"]
+    actions = {r["address"]: r["action"] for r in source["resources"]}
+    assert actions["terraform_data.storage_shared"] == "forget" and actions["terraform_data.node_compute_0"] == "delete"
     code, out, err = cli("apply", "--auto-approve", "--repo", str(applied.path))
-    assert code == 0, err
+    assert code == 0, out + err
+    assert "cluster dev on local-b: applied: healthy: outputs agree with the definition" in out
     assert state_resources(applied, "local-a", "cluster-dev") == []
     assert "terraform_data.node_compute_1" in state_resources(applied, "local-b", "cluster-dev")
     code, out, err = cli("--dry-run", "--repo", str(applied.path))
     assert code == 0, out
+
+
+def test_move_of_a_cluster_holding_data_needs_a_decision(applied, cli):
+    move_dev(applied)
+    code, plan = dry_run(cli, applied)
+    assert code == 2
+    (source,) = [u for u in plan["units"] if u["action"] == "destroy"]
+    assert source["blocked"].startswith("the move would destroy data (terraform_data.storage_shared); set storage.on_move")
+    code, out, err = cli("apply", "--auto-approve", "--repo", str(applied.path))
+    assert code == 1
+    assert "cluster dev on local-a: refused" in out
+    assert "terraform_data.storage_shared" in state_resources(applied, "local-a", "cluster-dev")
+
+
+def test_unhealthy_target_leaves_the_source_in_place_and_exits_1(applied, cli):
+    probe = "health_check:\n  command: [sh, -c, 'echo slurmctld down >&2; exit 1']\n  timeout_s: 1\n"
+    move_dev(applied, probe, on_move="drop")
+    code, out, err = cli("apply", "--auto-approve", "--repo", str(applied.path))
+    assert code == 1
+    assert "health check failed, the source stays" in out and "slurmctld down" in out
+    assert "terraform_data.node_compute_0" in state_resources(applied, "local-a", "cluster-dev")
+    assert "terraform_data.node_compute_0" in state_resources(applied, "local-b", "cluster-dev")
+    code, plan = dry_run(cli, applied)  # the source's destroy is still pending, gated again
+    keys = {(u["action"], u["key"]) for u in plan["units"]}
+    assert keys == {("destroy", "cluster:dev@local-a"), ("apply", "cluster:dev@local-b")}

@@ -44,3 +44,19 @@ def code_digest(name: str) -> str:
         h.update(path.relative_to(_HERE).as_posix().encode())
         h.update(path.read_bytes())
     return h.hexdigest()
+
+
+# Resource types that hold data a person would miss: shared filesystems and buckets.
+_DATA_TYPES = {
+    "gcp": {"google_filestore_instance", "google_storage_bucket"},
+    "aws": {"aws_efs_file_system", "aws_s3_bucket"},
+}
+
+
+def holds_data(platform: str, resource_type: str, body: dict) -> bool:
+    """Whether a synthesized resource holds data (scratch space does not)."""
+    if platform == "local":
+        return resource_type == "terraform_data" and (body.get("input") or {}).get("kind") in ("shared", "object")
+    if resource_type == "aws_fsx_lustre_file_system":
+        return str(body.get("deployment_type", "")).startswith("PERSISTENT")
+    return resource_type in _DATA_TYPES.get(platform, set())

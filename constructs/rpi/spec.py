@@ -135,6 +135,10 @@ class ClusterSpec:
     state: StateLocation
     account: str = ""  # GCP project or AWS account; "" on local
     user_data: str = ""  # layers 2 and 3 as cloud-init: the same bytes on every platform
+    health_command: tuple[str, ...] = ()  # the cluster's own health probe, if it names one
+    health_url: str = ""
+    health_timeout_s: int = 600
+    keep_data_on_move: bool | None = None  # storage.on_move: True keep, False drop, None undecided
 
 
 def canonical(value) -> str:
