@@ -8,11 +8,11 @@ import sys
 import traceback
 from pathlib import Path
 
-from reconciler import portability, render
+from reconciler import failover, portability, render
 from reconciler.apply import APPLIED, DEFAULT_PARALLELISM, FAILED as APPLY_FAILED, NOTHING, REFUSED, apply
 from reconciler.engine import CHOICES, select_engine
 from reconciler.errors import Exit, InvalidDefinitions, NotConfirmed, ReconcileError
-from reconciler.gitsource import GitSource
+from reconciler.gitsource import GitSource, Snapshot
 from reconciler.live import LiveStore
 from reconciler.load import load
 from reconciler.run import FAILED, PLANNED, Assessment, UnitPlan, assess, desired, plan
@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("apply", "plan, confirm, then apply the saved plans"),
         ("synth", "write the Terraform JSON of every synthesizable stack"),
         ("portability", "show which sites each cluster can run on (placement and failover), and why not"),
+        ("failover", "re-place every cluster of a site that is down at its first realizable failover site"),
     ):
         command = sub.add_parser(name, help=text, description=text)
         _common(command, top=False)
@@ -64,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("--parallelism", type=int, default=DEFAULT_PARALLELISM, help=f"stacks applied at once (default {DEFAULT_PARALLELISM})")
         if name == "synth":
             command.add_argument("--out", required=True, help="directory to write SITE/STACK/cdk.tf.json into")
+        if name == "failover":
+            command.add_argument("--site", required=True, help="the site that is down")
+            command.add_argument("--branch", help="branch to commit the change on (default: failover/SITE)")
+            command.add_argument("--patch", help="write the change as a patch to this file ('-': standard output) instead")
+            command.add_argument("--dry-run", action="store_true", default=argparse.SUPPRESS, help="show the plan of the change; create nothing")
     return parser
 
 
@@ -73,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         command = args.command or ("plan" if args.dry_run else None)
+        args.dry_run = getattr(args, "dry_run", False)
         if command is None:
             parser.print_help(sys.stderr)
             return Exit.FAILED
@@ -239,7 +246,64 @@ def cmd_portability(settings: Settings, args) -> int:
     return code
 
 
+def cmd_failover(settings: Settings, args) -> int:
+    source = GitSource(settings.root)
+    snapshot = source.at_revision(settings.head or "HEAD")
+    decisions = failover.decide(load(snapshot), args.site)
+    after = failover.changed_files(snapshot, decisions)
+    refused = [d for d in decisions if d.target is None]
+    lines = [f"failover of {args.site} (from {snapshot.label}):"]
+    for d in decisions:
+        if d.target is None:
+            lines.append(f"  cluster {d.cluster}: REFUSED, no realizable failover site")
+        else:
+            lines.append(f"  cluster {d.cluster}: {d.source} -> {d.target} ({d.path})")
+        lines += [f"      skipped {reason}" for reason in d.reasons]
+    if not decisions:
+        lines.append("  no cluster is placed there: nothing to do")
+    report = "\n".join(lines) + "\n"
+    code = Exit.FAILED if refused else Exit.OK
+    if args.dry_run:
+        store = LiveStore(settings.state_root)
+        proposed = Snapshot(f"failover of {args.site} (proposed)", snapshot.revision, True, after)
+        assessment = assess(settings, store, proposed)
+        needs_engine = any(s.unit.synthesizable for s in assessment.selected)
+        engine = select_engine(settings.engine, settings.work_dir) if needs_engine else None
+        plans = plan(settings, assessment, engine, store)
+        if not refused:
+            code = _plan_exit(plans)
+        if settings.output_json:
+            document = render.plans_json(assessment, plans, engine.name if engine else None, int(code))
+            document["failover"] = [d.__dict__ for d in decisions]
+            _emit(document)
+        else:
+            sys.stdout.write(report + "\n" + render.plans_text(assessment, plans, engine.name if engine else None))
+        return code
+    if settings.output_json:
+        _emit({"failover": [d.__dict__ for d in decisions], "exit_code": int(code)})
+    else:
+        sys.stdout.write(report)
+    if not any(d.target for d in decisions):
+        return code
+    message = f"Fail over {args.site}\n\n" + "\n".join(
+        f"{d.cluster}: {d.source} -> {d.target}" for d in decisions if d.target
+    ) + "\n"
+    if args.patch:
+        text = failover.patch(snapshot, after)
+        if args.patch == "-":
+            sys.stdout.write(text)
+        else:
+            Path(args.patch).write_text(text)
+            sys.stderr.write(f"wrote {args.patch}\n")
+    else:
+        branch = args.branch or f"failover/{args.site}"
+        commit = failover.commit_branch(settings.root, branch, snapshot.revision, after, message)
+        sys.stderr.write(f"committed {commit[:7]} on branch {branch}: open a pull request to review and apply it\n")
+    return code
+
+
 COMMANDS = {
+    "failover": cmd_failover,
     "validate": cmd_validate,
     "plan": cmd_plan,
     "apply": cmd_apply,

@@ -99,10 +99,15 @@ def desired(snapshot: Snapshot) -> Desired:
     return Desired(snapshot, definitions, resolve(definitions))
 
 
-def assess(settings: Settings, store: LiveStore) -> Assessment:
-    """Desired at head and base, live records, and the units that need work, with reasons."""
+def assess(settings: Settings, store: LiveStore, head_snapshot: Snapshot | None = None) -> Assessment:
+    """Desired at head and base, live records, and the units that need work, with reasons.
+
+    `head_snapshot` replaces the head that settings name (a proposed change, e.g. a failover).
+    """
     source = GitSource(settings.root)
-    head = desired(source.working_tree() if settings.head is None else source.at_revision(settings.head))
+    if head_snapshot is None:
+        head_snapshot = source.working_tree() if settings.head is None else source.at_revision(settings.head)
+    head = desired(head_snapshot)
 
     base_rev = source.merge_base(settings.base) if settings.base else source.default_base()
     base, note = None, "no base revision: comparing with live state only"

@@ -101,6 +101,14 @@ def cli(capsys):
 
 
 @pytest.fixture
+def applied(repo, cli) -> Repo:
+    """The example repository with its local stacks applied (embedded engine)."""
+    code, out, err = cli("apply", "--auto-approve", "--repo", str(repo.path), "--engine", "embedded")
+    assert code == 0, out + err
+    return repo
+
+
+@pytest.fixture
 def update_golden(request) -> bool:
     return bool(request.config.getoption("--update-golden"))
 

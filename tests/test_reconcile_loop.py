@@ -26,13 +26,6 @@ def state_resources(repo, site: str, stack: str) -> list[str]:
     return sorted(f"{r['type']}.{r['name']}" for r in state.get("resources", []))
 
 
-@pytest.fixture
-def applied(repo, cli):
-    code, out, err = cli("apply", "--auto-approve", "--repo", str(repo.path), "--engine", "embedded")
-    assert code == 0, out + err
-    return repo
-
-
 @pytest.mark.parametrize("engine", ENGINES)
 def test_dry_run_apply_then_nothing_to_do(repo, cli, engine):
     code, plan = dry_run(cli, repo, "--engine", engine)
