@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterable
 
-from reconciler.affected import DESTROY
+from reconciler.affected import APPLY, DESTROY
 from reconciler.errors import Problem
 from reconciler.plan import ACTIONS, Change
 from reconciler.portability import Verdict
+from reconciler.resolve import CLUSTER
 from reconciler.run import FAILED, OFFLINE, UNSUPPORTED, Assessment, UnitPlan
 
 SYMBOL = {"create": "+", "update": "~", "replace": "-/+", "delete": "-", "move": "->", "read": "<=", "forget": "o"}
@@ -42,14 +44,45 @@ def counts_text(counts: dict[str, int]) -> str:
     return text
 
 
+@dataclass(frozen=True)
+class Move:
+    """One cluster changing site: its two halves, planned and applied as one."""
+
+    cluster: str
+    source: UnitPlan
+    target: UnitPlan
+
+
+def moves(plans: list[UnitPlan]) -> list[Move]:
+    targets = {
+        p.selected.unit.name: p for p in plans if p.selected.action == APPLY and p.selected.unit.kind == CLUSTER
+    }
+    return [
+        Move(p.selected.unit.name, p, targets[p.selected.unit.name])
+        for p in plans
+        if p.selected.action == DESTROY and p.selected.unit.kind == CLUSTER and p.selected.unit.name in targets
+        and targets[p.selected.unit.name].selected.unit.site != p.selected.unit.site
+    ]
+
+
 def plans_text(assessment: Assessment, plans: list[UnitPlan], engine_name: str | None) -> str:
     lines = [header(assessment, engine_name), ""]
     if not plans:
         lines.append("Nothing to do: every checked stack matches git.")
+    halves = {}
+    for move in moves(plans):
+        s, t = move.source.selected.unit, move.target.selected.unit
+        halves[id(move.target)] = f"  MOVE {move.cluster} 1/2: create on {t.site}, then check its health"
+        halves[id(move.source)] = f"  MOVE {move.cluster} 2/2: destroy on {s.site}, only once {t.site} is healthy"
+        lines.append(f"MOVE cluster {move.cluster}: {s.site} [{s.platform}] -> {t.site} [{t.platform}] (make before break)")
+    if halves:
+        lines.append("")
     for p in plans:
         unit = p.selected.unit
         verb = "DESTROY " if p.selected.action == DESTROY else ""
         lines.append(f"{verb}{unit.title} [{unit.platform}]")
+        if id(p) in halves:
+            lines.append(halves[id(p)])
         for reason in p.selected.reasons:
             lines.append(f"    why: {reason}")
         if p.blocked:
@@ -126,6 +159,11 @@ def plans_json(assessment: Assessment, plans: list[UnitPlan], engine_name: str |
         "up_to_date": [u.key for u in assessment.up_to_date],
         "unchecked": [u.key for u in assessment.unchecked],
         "totals": totals(plans),
+        "moves": [
+            {"cluster": m.cluster, "from": m.source.selected.unit.site, "to": m.target.selected.unit.site,
+             "source": m.source.selected.unit.key, "target": m.target.selected.unit.key}
+            for m in moves(plans)
+        ],
         "exit_code": exit_code,
     }
 

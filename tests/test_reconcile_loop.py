@@ -212,6 +212,10 @@ def test_move_creates_the_target_checks_it_then_destroys_the_source_keeping_data
     assert units[("apply", "cluster:dev@local-b")]["reasons"][0] == "placed here, was on local-a"
     source = units[("destroy", "cluster:dev@local-a")]
     assert source["reasons"] == ["moved to local-b: destroy here"]
+    assert plan["moves"] == [{"cluster": "dev", "from": "local-a", "to": "local-b", "source": "cluster:dev@local-a", "target": "cluster:dev@local-b"}]
+    code, out, err = cli("--dry-run", "--repo", str(applied.path))
+    assert "MOVE cluster dev: local-a [local] -> local-b [local] (make before break)" in out
+    assert "MOVE dev 2/2: destroy on local-a, only once local-b is healthy" in out
     assert source["kept"] == ["terraform_data.storage_shared"]
     actions = {r["address"]: r["action"] for r in source["resources"]}
     assert actions["terraform_data.storage_shared"] == "forget" and actions["terraform_data.node_compute_0"] == "delete"
