@@ -27,6 +27,41 @@ GIT_ENV = {
 }
 
 
+NPM_PACKAGES = ("@octokit/openapi@23.0.2", "@octokit/webhooks-examples@7.6.1")
+
+
+@pytest.fixture(scope="session")
+def octokit() -> Path:
+    """GitHub's OpenAPI description and webhook examples from npm, installed once (not committed)."""
+    prefix = ROOT / ".reconcile" / "npm"
+    modules = prefix / "node_modules" / "@octokit"
+    if not all((modules / p.split("@")[1].split("/")[1]).is_dir() for p in NPM_PACKAGES):
+        prefix.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["npm", "install", "--no-audit", "--no-fund", "--silent", "--prefix", str(prefix), *NPM_PACKAGES],
+            check=True, capture_output=True, text=True,
+        )
+    return modules
+
+
+@pytest.fixture(scope="session")
+def github_description(octokit):
+    from github_standin import Description
+
+    return Description(octokit / "openapi" / "generated" / "api.github.com.json")
+
+
+@pytest.fixture
+def github(github_description):
+    """A stand-in GitHub API for one repository; fails the test on any request the real API would refuse."""
+    from github_standin import StandIn
+
+    standin = StandIn(github_description).start()
+    yield standin
+    standin.stop()
+    assert standin.violations == []
+
+
 def pytest_addoption(parser):
     parser.addoption("--update-golden", action="store_true", help="rewrite golden files instead of comparing")
 
