@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
 
-from reconciler import failover, portability, render
+from reconciler import comment, failover, ghflow, portability, render
+from reconciler import event as event_module
 from reconciler.apply import APPLIED, DEFAULT_PARALLELISM, FAILED as APPLY_FAILED, NOTHING, REFUSED, apply
 from reconciler.engine import CHOICES, select_engine
 from reconciler.errors import Exit, InvalidDefinitions, NotConfirmed, ReconcileError
@@ -57,11 +59,23 @@ def build_parser() -> argparse.ArgumentParser:
         ("synth", "write the Terraform JSON of every synthesizable stack"),
         ("portability", "show which sites each cluster can run on (placement and failover), and why not"),
         ("failover", "re-place every cluster of a site that is down at its first realizable failover site"),
+        ("comment", "post a plan comment written by `plan --comment-dir` (GitHub Actions, trusted job)"),
     ):
         command = sub.add_parser(name, help=text, description=text)
         _common(command, top=False)
+        if name in ("plan", "apply"):
+            command.add_argument("--pr", help="pull request number, or 'auto' for the GitHub Actions event's")
+            command.add_argument("--github-repo", help="OWNER/NAME (default: GITHUB_REPOSITORY)")
+        if name == "plan":
+            command.add_argument("--comment-dir", help="write the plan comment here (parts and meta.json) instead of posting it")
+            command.add_argument("--drift-issue", action="store_true", help="open, update or close the drift issue")
+        if name == "comment":
+            command.add_argument("--from", dest="from_dir", required=True, help="a directory written by plan --comment-dir")
+            command.add_argument("--expect-head", help="refuse unless the comment was planned for this commit")
+            command.add_argument("--github-repo", help="OWNER/NAME (default: GITHUB_REPOSITORY)")
         if name == "apply":
             command.add_argument("--auto-approve", action="store_true", help="apply without asking")
+            command.add_argument("--allow-destroy", action="store_true", help="allow destroying stacks whose definitions were removed")
             command.add_argument("--parallelism", type=int, default=DEFAULT_PARALLELISM, help=f"stacks applied at once (default {DEFAULT_PARALLELISM})")
         if name == "synth":
             command.add_argument("--out", required=True, help="directory to write SITE/STACK/cdk.tf.json into")
@@ -165,7 +179,43 @@ def cmd_plan(settings: Settings, args) -> int:
         _emit(render.plans_json(assessment, plans, name, int(code)))
     else:
         sys.stdout.write(render.plans_text(assessment, plans, name))
+    event = _event()
+    pr = ghflow.pr_number(getattr(args, "pr", None), event)
+    comment_dir = getattr(args, "comment_dir", None)
+    if comment_dir or pr is not None:
+        bodies = ghflow.plan_comment(assessment, plans, _verdicts(assessment))
+        if comment_dir:
+            pr = pr if pr is not None else (event.pr if event else None)
+            ghflow.write_comment_dir(Path(comment_dir), bodies, pr, assessment.head.snapshot.revision or "")
+        else:
+            ghflow.connect(args.github_repo).upsert(pr, bodies, comment.MARKER)
+            sys.stderr.write(f"plan comment posted on #{pr}\n")
+    if getattr(args, "drift_issue", False):
+        number = ghflow.drift_issue(ghflow.connect(args.github_repo), plans)
+        sys.stderr.write(f"drift issue #{number} is open\n" if number else "no drift: the drift issue is closed\n")
     return code
+
+
+def _event():
+    return event_module.read(os.environ.get("GITHUB_EVENT_NAME"), os.environ.get("GITHUB_EVENT_PATH"))
+
+
+def _verdicts(assessment: Assessment) -> dict[str, str]:
+    """Portability per cluster unit, for the plan comment."""
+    out = {}
+    for verdict in portability.matrix(assessment.head.definitions):
+        key = f"cluster:{verdict.cluster}@{assessment.head.definitions.clusters[verdict.cluster].placement.site}"
+        if verdict.role == portability.PLACEMENT:
+            out.setdefault(key, "realizable")
+        elif not verdict.realizable:
+            out[key] = out.get(key, "realizable") + f"; cannot fail over to {verdict.site}"
+    return out
+
+
+def cmd_comment(settings: Settings, args) -> int:
+    pr = ghflow.post_comment_dir(ghflow.connect(args.github_repo), Path(args.from_dir), args.expect_head)
+    sys.stderr.write(f"plan comment posted on #{pr}\n")
+    return Exit.OK
 
 
 def cmd_apply(settings: Settings, args) -> int:
@@ -175,12 +225,22 @@ def cmd_apply(settings: Settings, args) -> int:
         sys.stdout.write(render.plans_text(assessment, plans, name))
     if any(p.status == FAILED for p in plans):
         raise ReconcileError("some plans failed; nothing was applied")
-    runnable = [p for p in plans if p.pending and p.status == PLANNED]
-    if not runnable:
+    pr = ghflow.pr_number(getattr(args, "pr", None), _event())
+    gh = ghflow.connect(args.github_repo) if pr is not None else None
+    labels = gh.labels(pr) if gh is not None else set()
+    ghflow.gate_destroys(assessment, plans, args.allow_destroy or ghflow.ALLOW_DESTROY_LABEL in labels)
+    if gh is not None:
+        ghflow.gate_reviewed(plans, ghflow.reviewed_plan(gh, pr), pr)
+    refused = [p for p in plans if p.blocked and p.pending]
+    for p in refused:
+        sys.stderr.write(f"refused: {p.selected.unit.title}: {p.blocked}\n")
+    runnable = [p for p in plans if p.pending and p.status == PLANNED and not p.blocked]
+    if not runnable and not refused:
+        code = _plan_exit(plans)
         if settings.output_json:
-            _emit(render.plans_json(assessment, plans, name, int(_plan_exit(plans))))
-        return _plan_exit(plans)
-    if not settings.auto_approve:
+            _emit(render.plans_json(assessment, plans, name, int(code)))
+        return code
+    if runnable and not settings.auto_approve:
         _confirm(len(runnable))
     results = apply(plans, engine, store, assessment.head.snapshot, args.parallelism)
     failed = [r for r in results if r.outcome in (APPLY_FAILED, REFUSED)]
@@ -199,6 +259,14 @@ def cmd_apply(settings: Settings, args) -> int:
             print(f"  {r.plan.selected.unit.title}: {r.outcome}{detail}")
         for r in failed:
             sys.stderr.write(f"\n{r.plan.selected.unit.title} failed:\n{r.detail}\n")
+    if gh is not None or (os.environ.get("GITHUB_ACTIONS") == "true" and os.environ.get("GITHUB_TOKEN")):
+        # Report on the pull request and as a commit status; a failure to report never hides
+        # a failed apply, and is itself a failure.
+        problems = ghflow.report_apply(gh or ghflow.connect(args.github_repo), pr, assessment.head.snapshot.revision or "", results, bool(failed))
+        for problem in problems:
+            sys.stderr.write(f"warning: could not report the outcome: {problem}\n")
+        if problems and code == Exit.OK:
+            code = Exit.FAILED
     return code
 
 
@@ -303,6 +371,7 @@ def cmd_failover(settings: Settings, args) -> int:
 
 
 COMMANDS = {
+    "comment": cmd_comment,
     "failover": cmd_failover,
     "validate": cmd_validate,
     "plan": cmd_plan,

@@ -149,6 +149,11 @@ class GitHub:
         issue = self._issue(number)
         return [c.body or "" for c in self._call("listing comments", lambda: list(issue.comments()))]
 
+    def pull_request_head(self, number: int) -> str:
+        """The commit a pull request's head points at now."""
+        pull = self._call(f"reading pull request #{number}", lambda: self.repo.pull_request(number))
+        return pull.head.sha
+
     def labels(self, number: int) -> set[str]:
         issue = self._issue(number)
         return {label.name for label in self._call("reading labels", lambda: list(issue.labels()))}

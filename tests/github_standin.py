@@ -137,6 +137,17 @@ class Fault:
     message: str = "Server Error"
 
 
+def _full_media_type(payload):
+    """`application/vnd.github.full+json`: every body also comes rendered, as HTML and as text."""
+    items = payload if isinstance(payload, list) else [payload]
+    for item in items:
+        if isinstance(item, dict) and "body" in item:
+            text = item["body"] or ""
+            item.setdefault("body_text", text)
+            item.setdefault("body_html", f"<p>{text}</p>" if text else "")
+    return payload
+
+
 class StandIn:
     """The API of one repository, in memory."""
 
@@ -168,8 +179,11 @@ class StandIn:
         self.server.shutdown()
         self.server.server_close()
 
-    def add_pull_request(self, number: int, title: str, labels=()) -> None:
-        self.issues[number] = {"number": number, "title": title, "body": "", "state": "open", "labels": list(labels), "pull_request": True}
+    def add_pull_request(self, number: int, title: str, labels=(), head_sha: str = "0" * 40) -> None:
+        self.issues[number] = {
+            "number": number, "title": title, "body": "", "state": "open", "labels": list(labels),
+            "pull_request": True, "head_sha": head_sha,
+        }
 
     def fail(self, method: str, path: str, status: int, after_effect: bool = False, headers=None, message: str = "Server Error") -> None:
         self.faults.append(Fault(method, re.compile(path), status, after_effect, headers or {}, message))
@@ -247,6 +261,8 @@ class StandIn:
             self.faults.remove(fault)
             return fault.status, {"message": fault.message}, fault.headers
         schema = self.api.response_schema(operation, str(status)) if str(status) in operation["responses"] else None
+        if "full+json" in (headers.get("Accept") or ""):
+            payload = _full_media_type(payload)
         if schema is not None and payload is not None:
             payload = self.api.complete(schema, payload)
             problems = self.api.validate(schema, payload)
@@ -317,6 +333,14 @@ class StandIn:
             if method == "PATCH":
                 issue.update({k: v for k, v in body.items() if k in ("title", "body", "state")})
             return 200, self._issue(operation, "200", issue)
+        if template == "/repos/{owner}/{repo}/pulls/{pull_number}" and method == "GET":
+            issue = self.issues.get(int(params["pull_number"]))
+            if issue is None or not issue.get("pull_request"):
+                return 404, {"message": "Not Found"}
+            pull = self.api.example(operation, "200")
+            pull.update(number=issue["number"], title=issue["title"], state=issue["state"], url=f"{self._base()}/pulls/{issue['number']}")
+            pull["head"]["sha"] = issue["head_sha"]
+            return 200, pull
         if template == "/repos/{owner}/{repo}/issues" and method == "GET":
             wanted = set(filter(None, (query.get("labels", [""])[0]).split(",")))
             state = query.get("state", ["open"])[0]

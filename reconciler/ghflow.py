@@ -1,0 +1,176 @@
+"""The pull-request flow: post the plan for review, apply exactly what was reviewed on merge,
+report the outcome, and keep the drift issue current.
+
+Thin glue between the reconcile loop (run, apply), the comment renderer and the GitHub
+adapter. Two gates stand before apply: a stack whose configuration hash differs from the one
+in the reviewed plan comment is refused until planned again, and a destroy of a removed
+definition needs an explicit signal (the pull request's label, or --allow-destroy).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from reconciler import comment
+from reconciler.affected import DESTROY, move_target
+from reconciler.errors import ReconcileError
+from reconciler.event import Event
+from reconciler.github import PUBLIC_API, GitHub, GitHubError
+from reconciler.run import Assessment, UnitPlan
+
+ALLOW_DESTROY_LABEL = "reconcile:allow-destroy"
+STATUS_CONTEXT = "reconcile/apply"
+DRIFT_TITLE = "Drift: live state differs from git"
+
+
+@dataclass(frozen=True)
+class Target:
+    repository: str
+    pr: int | None
+
+
+def connect(repository: str | None) -> GitHub:
+    """The adapter from the Actions environment: GITHUB_TOKEN, GITHUB_REPOSITORY, GITHUB_API_URL."""
+    token = os.environ.get("GITHUB_TOKEN") or os.environ.get("GH_TOKEN")
+    if not token:
+        raise ReconcileError("GITHUB_TOKEN is not set: the GitHub flow needs a token")
+    repository = repository or os.environ.get("GITHUB_REPOSITORY")
+    if not repository:
+        raise ReconcileError("no repository: pass --github-repo OWNER/NAME or set GITHUB_REPOSITORY")
+    return GitHub(repository, token, os.environ.get("GITHUB_API_URL") or PUBLIC_API)
+
+
+def pr_number(value: str | None, event: Event | None) -> int | None:
+    """`--pr N`, or `--pr auto`: the pull request of the current event (None if there is none)."""
+    if value is None:
+        return None
+    if value == "auto":
+        return event.pr if event is not None else None
+    if not value.isdigit():
+        raise ReconcileError(f"--pr takes a number or 'auto', got {value!r}")
+    return int(value)
+
+
+def run_url() -> str:
+    env = os.environ
+    if env.get("GITHUB_RUN_ID") and env.get("GITHUB_REPOSITORY"):
+        return f"{env.get('GITHUB_SERVER_URL', 'https://github.com')}/{env['GITHUB_REPOSITORY']}/actions/runs/{env['GITHUB_RUN_ID']}"
+    return ""
+
+
+# ---------------------------------------------------------------- plan comments
+
+
+def plan_comment(assessment: Assessment, plans: list[UnitPlan], verdicts: dict[str, str]) -> list[str]:
+    head = assessment.head.snapshot.revision or ""
+    return comment.render_comment(assessment, plans, verdicts, head, run_url())
+
+
+def write_comment_dir(directory: Path, bodies: list[str], pr: int | None, head_sha: str) -> None:
+    """The comment as files, for a job with write access that must not run pull-request code."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("part-*.md"):
+        stale.unlink()
+    for index, body in enumerate(bodies, start=1):
+        (directory / f"part-{index}.md").write_text(body)
+    (directory / "meta.json").write_text(json.dumps({"pr": pr, "head_sha": head_sha, "parts": len(bodies)}) + "\n")
+
+
+def post_comment_dir(gh: GitHub, directory: Path, expect_head: str | None) -> int:
+    """Post prepared parts as the sticky comment. The files are data from an untrusted run: the
+    pull request number must be a number and its head must still be the commit planned."""
+    meta = json.loads((directory / "meta.json").read_text())
+    pr, head = meta.get("pr"), meta.get("head_sha")
+    if not isinstance(pr, int) or pr <= 0:
+        raise ReconcileError(f"{directory}/meta.json names no pull request")
+    if expect_head and head != expect_head:
+        raise ReconcileError(f"the comment was planned for {head}, not for {expect_head}; refusing to post it")
+    current = gh.pull_request_head(pr)
+    if current != head:
+        raise ReconcileError(f"#{pr} has moved on to {current[:7]} since {str(head)[:7]} was planned; a newer plan will comment")
+    bodies = [(directory / f"part-{i}.md").read_text() for i in range(1, int(meta["parts"]) + 1)]
+    if not all(body.startswith(comment.MARKER.rstrip(" ->")) for body in bodies):
+        raise ReconcileError("a comment part does not start with the plan marker")
+    gh.upsert(pr, bodies, comment.MARKER)
+    return pr
+
+
+# ---------------------------------------------------------------- gates before apply
+
+
+def reviewed_plan(gh: GitHub, pr: int) -> dict | None:
+    """The reviewed block of the sticky plan comment on #pr, if there is one."""
+    for body in gh.comments(pr):
+        reviewed = comment.parse_reviewed(body)
+        if reviewed is not None:
+            return reviewed
+    return None
+
+
+def gate_reviewed(plans: list[UnitPlan], reviewed: dict | None, pr: int) -> None:
+    """Refuse every pending stack whose configuration is not the one reviewed on #pr."""
+    units = (reviewed or {}).get("units", {})
+    for p in plans:
+        if not p.pending or p.blocked:
+            continue
+        key, action = p.selected.unit.key, p.selected.action
+        seen = units.get(key)
+        if reviewed is None:
+            p.blocked = f"no reviewed plan was found on #{pr}; plan it on a pull request first"
+        elif seen is None or seen.get("action") != action:
+            p.blocked = f"#{pr}'s reviewed plan did not {action} {key}; plan again"
+        elif seen.get("config_hash") != p.selected.unit.config_hash:
+            p.blocked = f"the configuration of {key} differs from the one reviewed on #{pr}; plan again"
+
+
+def gate_destroys(assessment: Assessment, plans: list[UnitPlan], allowed: bool) -> None:
+    """A destroy of a removed definition is applied only with an explicit signal. The source of a
+    move is reviewed as part of the move (its data by storage.on_move)."""
+    for p in plans:
+        unit = p.selected.unit
+        if p.selected.action != DESTROY or p.blocked or move_target(unit, assessment.head.units) is not None:
+            continue
+        if not allowed:
+            p.blocked = (
+                f"destroying {unit.title} needs an explicit decision: the `{ALLOW_DESTROY_LABEL}` label on the "
+                "pull request, or --allow-destroy"
+            )
+
+
+# ---------------------------------------------------------------- after apply
+
+
+def report_apply(gh: GitHub, pr: int | None, head_sha: str, results, failed: bool) -> list[str]:
+    """Post the outcome on the pull request and as a commit status. Returns what could not be
+    reported: the caller's exit code must still say whether apply failed."""
+    problems = []
+    state = "failure" if failed else "success"
+    applied = sum(1 for r in results if r.outcome == "applied")
+    try:
+        gh.status(head_sha, state, STATUS_CONTEXT, f"{applied} stack(s) applied" + (", some failed" if failed else ""), run_url())
+    except GitHubError as exc:
+        problems.append(str(exc))
+    if pr is not None:
+        try:
+            gh.comment(pr, comment.render_apply_result(results, head_sha, run_url()))
+        except GitHubError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+def drift_issue(gh: GitHub, plans: list[UnitPlan]) -> int | None:
+    """Open or update the drift issue while live differs from git; close it when clean."""
+    drifting = [p for p in plans if p.pending]
+    if not drifting:
+        gh.drift_issue(DRIFT_TITLE, None)
+        return None
+    lines = ["Scheduled `reconcile plan --all` found stacks whose live state differs from git:", ""]
+    for p in drifting:
+        lines.append(f"- {p.selected.unit.title}: {'; '.join(p.selected.reasons)}")
+    url = run_url()
+    if url:
+        lines += ["", f"Run: {url}"]
+    return gh.drift_issue(DRIFT_TITLE, "\n".join(lines) + "\n")

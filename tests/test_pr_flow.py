@@ -1,0 +1,172 @@
+"""End to end: a pull request adds a cluster, its plan is commented, it merges, and the merge
+is applied on the local platform exactly as reviewed, with the outcome reported back.
+
+GitHub itself is the stand-in built from its OpenAPI description (see github_standin.py); the
+event files are real webhook payloads from @octokit/webhooks-examples with this run's numbers.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from reconciler.comment import MARKER, parse_reviewed
+
+CLIMATE = """# yaml-language-server: $schema=../schema/cluster.schema.json
+name: climate
+profiles: [base, slurm]
+placement:
+  site: local-a
+failover: [local-b]
+flavor: slurm
+node_pools:
+  compute:
+    role: compute
+    count: 2
+    cores: 32
+    memory_gb: 128
+storage:
+  on_move: keep
+  shared:
+    size_gb: 1000
+"""
+
+
+@pytest.fixture(scope="module")
+def webhooks(octokit):
+    catalogue = json.loads((octokit / "webhooks-examples" / "api.github.com" / "index.json").read_text())
+    return {entry["name"]: entry["examples"] for entry in catalogue}
+
+
+@pytest.fixture
+def actions(monkeypatch, github, tmp_path):
+    """The environment GitHub Actions gives a step."""
+    monkeypatch.setenv("GITHUB_TOKEN", "ghs_stand_in_token_value")
+    monkeypatch.setenv("GITHUB_REPOSITORY", "swisstwins/hpc-sites")
+    monkeypatch.setenv("GITHUB_API_URL", github.url)
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+
+    def event(name: str, payload: dict) -> None:
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(payload))
+        monkeypatch.setenv("GITHUB_EVENT_NAME", name)
+        monkeypatch.setenv("GITHUB_EVENT_PATH", str(path))
+
+    return event
+
+
+def pull_request_event(webhooks, number: int, head: str, base: str) -> dict:
+    payload = copy.deepcopy(next(e for e in webhooks["pull_request"] if e["action"] == "opened"))
+    payload["number"] = payload["pull_request"]["number"] = number
+    payload["pull_request"]["head"]["sha"], payload["pull_request"]["base"]["sha"] = head, base
+    payload["repository"]["full_name"] = payload["pull_request"]["head"]["repo"]["full_name"] = "swisstwins/hpc-sites"
+    return payload
+
+
+def push_event(webhooks, before: str, after: str, message: str) -> dict:
+    payload = copy.deepcopy(webhooks["push"][0])
+    payload.update(before=before, after=after, ref="refs/heads/main")
+    payload["head_commit"]["message"] = message
+    payload["repository"]["full_name"] = "swisstwins/hpc-sites"
+    return payload
+
+
+def open_pull_request(applied, github, webhooks, actions, number=12):
+    base = applied.git("rev-parse", "main").strip()
+    applied.git("checkout", "-q", "-b", "add-climate")
+    applied.write("clusters/climate.yaml", CLIMATE)
+    head = applied.commit("Add cluster climate")
+    github.add_pull_request(number, "Add cluster climate", head_sha=head)
+    actions("pull_request", pull_request_event(webhooks, number, head, base))
+    return base, head
+
+
+def plan_and_comment(cli, applied, tmp_path, head):
+    out_dir = tmp_path / "comment"
+    code, out, err = cli("plan", "--comment-dir", str(out_dir), "--repo", str(applied.path), "--head", "HEAD")
+    assert code == 2, out + err
+    code, out, err = cli("comment", "--from", str(out_dir), "--expect-head", head)
+    assert code == 0, err
+
+
+def merge(applied, actions, webhooks, base, number=12):
+    applied.git("checkout", "-q", "main")
+    applied.git("merge", "-q", "--no-ff", "add-climate", "-m", f"Merge pull request #{number} from swisstwins/add-climate")
+    after = applied.git("rev-parse", "HEAD").strip()
+    actions("push", push_event(webhooks, base, after, f"Merge pull request #{number} from swisstwins/add-climate"))
+    return after
+
+
+def test_pull_request_to_apply(applied, cli, github, webhooks, actions, tmp_path):
+    base, head = open_pull_request(applied, github, webhooks, actions)
+    plan_and_comment(cli, applied, tmp_path, head)
+    (posted,) = github.comments_on(12)
+    assert posted.startswith(MARKER.rstrip(" ->")) and "climate" in posted
+    reviewed = parse_reviewed(posted)
+    assert reviewed["head"] == head and "cluster:climate@local-a" in reviewed["units"]
+
+    plan_and_comment(cli, applied, tmp_path, head)  # planned again: the same comment, edited in place
+    assert len(github.comments_on(12)) == 1
+
+    after = merge(applied, actions, webhooks, base)
+    code, out, err = cli("apply", "--auto-approve", "--pr", "auto", "--base", base, "--head", "HEAD", "--repo", str(applied.path))
+    assert code == 0, out + err
+    assert "cluster climate on local-a: applied" in out
+    result = github.comments_on(12)[-1]
+    assert "climate" in result and "applied" in result
+    assert github.statuses[-1]["sha"] == after and github.statuses[-1]["state"] == "success"
+    token = "ghs_stand_in_token_value"
+    assert all(token not in body for body in github.comments_on(12)) and token not in out + err
+
+
+def test_apply_refuses_what_was_not_reviewed(applied, cli, github, webhooks, actions, tmp_path):
+    base, head = open_pull_request(applied, github, webhooks, actions)
+    plan_and_comment(cli, applied, tmp_path, head)
+    applied.replace("clusters/climate.yaml", "count: 2", "count: 8")  # pushed after the review, never planned
+    applied.commit("more nodes, unreviewed")
+    after = merge(applied, actions, webhooks, base)
+    code, out, err = cli("apply", "--auto-approve", "--pr", "auto", "--base", base, "--head", "HEAD", "--repo", str(applied.path))
+    assert code == 1
+    assert "the configuration of cluster:climate@local-a differs from the one reviewed on #12; plan again" in err
+    assert not (applied.path / ".reconcile" / "state" / "local-a" / "cluster-climate.tfstate").exists()
+    assert github.statuses[-1]["sha"] == after and github.statuses[-1]["state"] == "failure"
+
+
+def test_destroy_needs_the_label(applied, cli, github, webhooks, actions, tmp_path):
+    base = applied.git("rev-parse", "main").strip()
+    applied.git("checkout", "-q", "-b", "add-climate")
+    (applied.path / "clusters" / "dev.yaml").unlink()
+    head = applied.commit("Retire dev")
+    github.add_pull_request(12, "Retire dev", head_sha=head)
+    actions("pull_request", pull_request_event(webhooks, 12, head, base))
+    plan_and_comment(cli, applied, tmp_path, head)
+    assert "dev" in github.comments_on(12)[0]
+    merge(applied, actions, webhooks, base)
+    code, out, err = cli("apply", "--auto-approve", "--pr", "auto", "--base", base, "--head", "HEAD", "--repo", str(applied.path))
+    assert code == 1 and "reconcile:allow-destroy" in err
+    github.issues[12]["labels"].append("reconcile:allow-destroy")
+    code, out, err = cli("apply", "--auto-approve", "--pr", "auto", "--base", base, "--head", "HEAD", "--repo", str(applied.path))
+    assert code == 0, out + err
+
+
+def test_a_failed_comment_never_hides_the_apply(applied, cli, github, webhooks, actions, tmp_path):
+    base, head = open_pull_request(applied, github, webhooks, actions)
+    plan_and_comment(cli, applied, tmp_path, head)
+    merge(applied, actions, webhooks, base)
+    for _ in range(5):
+        github.fail("POST", r"/statuses/", 500)
+    code, out, err = cli("apply", "--auto-approve", "--pr", "auto", "--base", base, "--head", "HEAD", "--repo", str(applied.path))
+    assert "cluster climate on local-a: applied" in out
+    assert code == 1 and "could not report the outcome" in err
+
+
+def test_comment_for_a_moved_head_is_not_posted(applied, cli, github, webhooks, actions, tmp_path):
+    base, head = open_pull_request(applied, github, webhooks, actions)
+    out_dir = tmp_path / "comment"
+    cli("plan", "--comment-dir", str(out_dir), "--repo", str(applied.path), "--head", "HEAD")
+    github.issues[12]["head_sha"] = "f" * 40  # a newer push landed meanwhile
+    code, out, err = cli("comment", "--from", str(out_dir))
+    assert code == 1 and "has moved on" in err
+    assert github.comments_on(12) == []
