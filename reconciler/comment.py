@@ -14,8 +14,9 @@ import re
 from typing import Mapping
 
 from reconciler.affected import DESTROY
-from reconciler.render import counts_text, describe_change, moves, totals
-from reconciler.run import FAILED, OFFLINE, UNSUPPORTED, Assessment, UnitPlan
+from reconciler.plan import Change
+from reconciler.render import counts_text, moves, totals
+from reconciler.run import FAILED, OFFLINE, UNSUPPORTED, UnitPlan
 
 MARKER = "<!-- reconcile:plan -->"
 APPLY_MARKER = "<!-- reconcile:apply -->"
@@ -107,16 +108,26 @@ def summary(plans: list[UnitPlan], verdicts: Mapping[str, str], head_sha: str, r
     return "\n".join(lines) + "\n"
 
 
+def _diff_line(change: Change) -> str:
+    """One change as a line of a ```diff block: GitHub colours + green, - red, ! orange."""
+    reason = f", {change.reason.replace('_', ' ')}" if change.reason and change.action == "replace" else ""
+    return {
+        "create": f"+ {change.address}",
+        "delete": f"- {change.address}",
+        "update": f"! {change.address} (update in place)",
+        "replace": f"! {change.address} (replace{reason})",
+        "move": f"  {change.address} (moved from {change.previous_address})",
+        "forget": f"  {change.address} (forgotten: left in place, not destroyed)",
+    }.get(change.action, f"  {change.address} ({change.action})")
+
+
 def details(p: UnitPlan) -> str:
     unit = p.selected.unit
     head = f"{'DESTROY ' if p.selected.action == DESTROY else ''}{unit.title} [{unit.platform}]"
     lines = [f"<details><summary>{head}: {_status(p)}</summary>", "", "```diff"]
     if p.summary is not None:
         visible = p.summary.visible
-        for change in visible[:MAX_CHANGES_PER_UNIT]:
-            text = describe_change(change)
-            prefix = {"create": "+", "delete": "-", "replace": "!", "update": "!"}.get(change.action, " ")
-            lines.append(f"{prefix} {text}")
+        lines += [_diff_line(change) for change in visible[:MAX_CHANGES_PER_UNIT]]
         if len(visible) > MAX_CHANGES_PER_UNIT:
             lines.append(f"  … and {len(visible) - MAX_CHANGES_PER_UNIT} more")
         if p.summary.output_changes:
@@ -149,7 +160,6 @@ def split(header: str, blocks: list[str], limit: int = LIMIT) -> list[str]:
 
 
 def render_comment(
-    assessment: Assessment | None,
     plans: list[UnitPlan],
     verdicts: Mapping[str, str] | None,
     head_sha: str,

@@ -66,7 +66,7 @@ def run_url() -> str:
 
 def plan_comment(assessment: Assessment, plans: list[UnitPlan], verdicts: dict[str, str]) -> list[str]:
     head = assessment.head.snapshot.revision or ""
-    return comment.render_comment(assessment, plans, verdicts, head, run_url())
+    return comment.render_comment(plans, verdicts, head, run_url())
 
 
 def write_comment_dir(directory: Path, bodies: list[str], pr: int | None, head_sha: str) -> None:
