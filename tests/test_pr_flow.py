@@ -170,3 +170,17 @@ def test_comment_for_a_moved_head_is_not_posted(applied, cli, github, webhooks, 
     code, out, err = cli("comment", "--from", str(out_dir))
     assert code == 1 and "has moved on" in err
     assert github.comments_on(12) == []
+
+
+def test_drift_issue_follows_live_state(applied, cli, github, actions):
+    state = applied.path / ".reconcile" / "state" / "local-a" / "cluster-dev.reconcile.json"
+    record = json.loads(state.read_text())
+    state.write_text(json.dumps({**record, "config_hash": "applied-by-hand"}))  # live no longer matches git
+    code, out, err = cli("plan", "--all", "--drift-issue", "--repo", str(applied.path))
+    assert code == 2 and "drift issue #" in err
+    (issue,) = [i for i in github.issues.values() if "drift" in i["labels"]]
+    assert issue["state"] == "open" and "cluster dev on local-a" in issue["body"]
+    code, out, err = cli("apply", "--auto-approve", "--repo", str(applied.path))
+    assert code == 0, out + err
+    code, out, err = cli("plan", "--all", "--drift-issue", "--repo", str(applied.path))
+    assert code == 0 and issue["state"] == "closed"
