@@ -75,6 +75,11 @@ def check(cluster: Cluster, site: Site, role: str = PLACEMENT) -> Verdict:
     fits: list[PoolFit] = []
     if site.platform == "local" and cluster.network.public_login:
         reasons.append("network.public_login: a local site has no public addresses")
+    if site.platform == "gcp" and cluster.access.groups and "iam_domain" not in site.labels:
+        reasons.append(
+            f"access.groups: on gcp, access goes to Cloud Identity groups NAME@DOMAIN and site {site.name} "
+            "has no label iam_domain to name the domain (add e.g. `iam_domain: example.org` to its labels)"
+        )
     cat = catalog(site.platform)
     for pool, spec in cluster.node_pools.items():
         if cat is None:  # the local platform emulates any node

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Iterator, Mapping
 
 from reconciler import layers, portability
 from reconciler.errors import Location, Problems
@@ -104,9 +104,7 @@ def state_location(site: Site, stack: str) -> StateLocation:
 
 def _site_unit(site: Site, path: str) -> Unit:
     net = site.network
-    services_net = ipaddress.IPv4Network(net.services_subnet)
-    hosts = services_net.hosts()
-    gateway = str(next(hosts))
+    gateway, hosts, _ = usable_hosts(site.platform, ipaddress.IPv4Network(net.services_subnet))
     lz = site.services
     control_addresses = tuple(str(next(hosts)) for _ in range(lz.control_nodes.count))
     service_list = [
@@ -183,9 +181,7 @@ def _allocate_subnets(defs: Definitions, problems: Problems) -> dict[str, ipaddr
 def _cluster_unit(
     cluster: Cluster, site: Site, subnet: ipaddress.IPv4Network, defs: Definitions, problems: Problems
 ) -> Unit | None:
-    hosts = subnet.hosts()
-    gateway = str(next(hosts))
-    capacity = subnet.num_addresses - 3
+    gateway, hosts, capacity = usable_hosts(site.platform, subnet)
     needed = sum(p.count for p in cluster.node_pools.values())
     if needed > capacity:
         problems.add(
@@ -268,6 +264,19 @@ def _cluster_unit(
     )
     inputs = (*defs.cluster_files[cluster.name], defs.site_files[site.name])
     return Unit(CLUSTER, cluster.name, site.name, site.platform, inputs, (site_unit.key,), spec, _hash(spec), spec.state)
+
+
+def usable_hosts(platform: str, subnet: ipaddress.IPv4Network) -> tuple[str, Iterator[str], int]:
+    """(gateway, the addresses nodes and services may take in order, how many there are).
+
+    The gateway is the first host address on every platform; the platform's other reserved
+    addresses (AWS: .2 and .3) are skipped, so a spec never hands out an address the cloud keeps.
+    """
+    start, end = registry.reserved_hosts(platform)
+    first = int(subnet.network_address) + 1
+    last = int(subnet.broadcast_address) - 1 - end
+    free = range(first + start, last + 1)
+    return str(ipaddress.IPv4Address(first)), (str(ipaddress.IPv4Address(a)) for a in free), len(free)
 
 
 def _hash(spec) -> str:

@@ -55,7 +55,11 @@ def synthesize(units: Iterable[Unit], cache_dir: Path | None = None, removed: bo
                 platform.cluster(stack, unit.spec)
             return {unit.key: stack}
 
-        text = render_json(cdk.synthesize(build)[unit.key])
+        try:
+            text = render_json(cdk.synthesize(build)[unit.key])
+        except ValueError as exc:  # the platform refuses what it cannot build, saying what to change
+            files = ", ".join(unit.inputs)
+            raise NotSynthesizable(f"{unit.title} ({files}): {exc}") from None
         out[unit.key] = text
         cached = _cache_path(cache_dir, unit, removed)
         if cached is not None:

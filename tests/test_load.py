@@ -17,7 +17,7 @@ def problems(repo) -> list[str]:
 
 def test_examples_load(repo):
     defs = load(GitSource(repo.path).working_tree())
-    assert set(defs.sites) == {"local-a", "local-b", "gcp-zurich", "aws-zurich"}
+    assert set(defs.sites) == {"local-a", "local-b", "gcp-zurich", "gcp-netherlands", "aws-zurich", "aws-frankfurt"}
     assert {"dev", "gpu-ai", "slurm-hpc", "icon"} <= set(defs.clusters)
     icon = defs.clusters["icon"].node_pools["compute"]
     assert (icon.count, icon.cores, icon.memory_gb, icon.gpu.count, icon.gpu.model) == (1, 48, 1360, 8, "nvidia-a100-80gb")
@@ -61,10 +61,11 @@ def test_numbers_are_not_coerced_from_strings(repo):
 
 
 def test_unknown_site_lists_the_valid_ones(repo):
-    repo.replace("clusters/icon.yaml", "site: gcp-zurich", "site: gcp-zurch")
+    repo.replace("clusters/icon.yaml", "site: gcp-netherlands", "site: gcp-netherland")
     (found,) = problems(repo)
-    assert found.startswith("clusters/icon.yaml:7:9: error: placement.site: unknown site 'gcp-zurch'")
-    assert "sites: aws-zurich, gcp-zurich, local-a, local-b; did you mean 'gcp-zurich'?" in found
+    assert found.startswith("clusters/icon.yaml:7:9: error: placement.site: unknown site 'gcp-netherland'")
+    sites = "aws-frankfurt, aws-zurich, gcp-netherlands, gcp-zurich, local-a, local-b"
+    assert f"sites: {sites}; did you mean 'gcp-netherlands'?" in found
 
 
 def test_unknown_failover_site(repo):
@@ -124,7 +125,7 @@ def test_semantic_checks(repo):
 def test_all_problems_of_a_run_are_reported_together(repo):
     repo.write("sites/broken.yaml", "name: [\n")
     repo.replace("clusters/dev.yaml", "    cores: 8\n", "    cores: eight\n")
-    repo.replace("clusters/icon.yaml", "site: gcp-zurich", "site: nowhere")
+    repo.replace("clusters/icon.yaml", "site: gcp-netherlands", "site: nowhere")
     repo.replace("clusters/gpu-ai.yaml", "name: gpu-ai", "name: slurm-hpc")
     found = problems(repo)
     files = sorted({f.split(":")[0] for f in found})

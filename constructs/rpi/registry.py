@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 from functools import cache
 from pathlib import Path
 
@@ -12,20 +13,23 @@ KNOWN = ("local", "gcp", "aws")
 _HERE = Path(__file__).parent
 
 
+_IMPLEMENTATIONS = {"local": "LocalPlatform", "gcp": "GcpPlatform", "aws": "AwsPlatform"}
+
+
 def platform(name: str) -> Platform | None:
-    """The implementation of a platform, or None when it cannot be synthesized yet.
+    """The implementation of a platform, or None when it cannot be synthesized.
 
     Imported on demand: a platform's module imports cdktf, which starts Node.
     """
-    if name == "local":
-        from rpi.local import LocalPlatform
-
-        return LocalPlatform()
-    return None
+    if not implemented(name):
+        return None
+    module = importlib.import_module(f"rpi.{name}")
+    return getattr(module, _IMPLEMENTATIONS[name])()
 
 
 def implemented(name: str) -> bool:
-    return name == "local"
+    """Whether a platform's package is here, checked without importing it (no Node)."""
+    return name in _IMPLEMENTATIONS and (_HERE / name / "__init__.py").is_file()
 
 
 @cache
@@ -44,6 +48,17 @@ def code_digest(name: str) -> str:
         h.update(path.relative_to(_HERE).as_posix().encode())
         h.update(path.read_bytes())
     return h.hexdigest()
+
+
+# Addresses a platform keeps for itself in every subnet, besides the network and broadcast
+# addresses: (at the start, from the gateway at .1 on; at the end). AWS keeps .1 to .3 (router,
+# DNS, future use), Google Cloud .1 (gateway) and the second-to-last address.
+_RESERVED_HOSTS = {"local": (1, 0), "gcp": (1, 1), "aws": (3, 0)}
+
+
+def reserved_hosts(name: str) -> tuple[int, int]:
+    """How many host addresses of a subnet the platform reserves: (at the start, at the end)."""
+    return _RESERVED_HOSTS.get(name, (1, 0))
 
 
 # Resource types that hold data a person would miss: shared filesystems and buckets.
