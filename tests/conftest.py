@@ -156,3 +156,24 @@ def check_golden(path: Path, actual: str, update: bool) -> None:
         path.write_text(actual)
         return
     assert actual == path.read_text(), f"{path} differs: run scripts/test --update-golden and review the diff"
+
+
+def synthesize_stacks(platform_name: str, stacks: dict) -> dict[str, str]:
+    """{stack name: Terraform JSON text} for {stack name: spec}, all in one cdktf App."""
+    from reconciler.synth import render_json
+    from rpi import cdk, registry
+    from rpi.spec import ClusterSpec
+
+    platform = registry.platform(platform_name)
+
+    def build(app):
+        out = {}
+        for name, spec in stacks.items():
+            out[name] = cdk.new_stack(app, name)
+            if isinstance(spec, ClusterSpec):
+                platform.cluster(out[name], spec)
+            else:
+                platform.landing_zone(out[name], spec)
+        return out
+
+    return {name: render_json(doc) for name, doc in cdk.synthesize(build).items()}

@@ -1,0 +1,403 @@
+"""An AWS vCluster: its subnet in the site's VPC, one EC2 instance per node, shared storage,
+buckets, and IAM groups that reach the nodes through SSM Session Manager.
+
+The VPC and its private route table belong to the landing-zone stack; they are looked up by
+the Name tags that stack sets. Nodes keep the addresses the spec gives them, and every node
+boots with the cluster's cloud-init (`spec.user_data`: layers 2 and 3, the same bytes as on
+any other platform), through its pool's launch template.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import math
+
+from rpi import cdk
+from rpi.aws.landing_zone import (
+    aws,
+    bucket_name,
+    iam_role,
+    policy,
+    private_bucket,
+    private_route_table_name,
+    statement,
+    vpc_name,
+)
+from rpi.spec import ClusterSpec, ComputePool, StorageVolume
+
+# Public SSM parameters naming the current AMI. The NVIDIA image brings the GPU driver, CUDA
+# and the EFA software; every type in the AWS catalog is x86_64.
+IMAGES = {
+    "cpu": "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64",
+    "gpu": "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-amazon-linux-2023/latest/ami-id",
+}
+ROOT_VOLUME_GB = 100
+USER_DATA_LIMIT = 16 * 1024  # EC2 refuses more, counted before base64
+AWS_RESERVED_HOSTS = 3  # after the network address: router (.1), DNS (.2), reserved (.3)
+
+# FSx for Lustre on SSD takes 1200 GiB, 2400 GiB or a multiple of 2400 GiB (SCRATCH_2 and
+# PERSISTENT_2 alike), and PERSISTENT_2 needs a throughput per TiB: the smallest is enough
+# for /home and project data, and scratch has its own file system.
+LUSTRE_STEP_GIB = 2400
+LUSTRE_MIN_GIB = 1200
+LUSTRE_THROUGHPUT_MBPS_PER_TIB = 125
+LUSTRE_VERSION = "2.15"
+
+# Access roles that may open a session on every node; the others reach login nodes only.
+NODE_ROLES = ("admin", "operator")
+
+
+def build(stack, spec: ClusterSpec) -> None:
+    """Add the whole cluster to `stack` (backend and provider are set by the platform)."""
+    check(spec)
+    vpc, subnet = _subnet(stack, spec)
+    groups = _security_groups(stack, spec, vpc)
+    profile = _node_profile(stack, spec)
+    images: dict[str, str] = {}
+    instances = {pool.name: _pool(stack, spec, pool, subnet, groups, profile, images) for pool in spec.pools}
+    filesystems, buckets = _storage(stack, spec, subnet, groups["nodes"])
+    _access(stack, spec)
+
+    logins = [node.private_ip for pool in spec.pools if pool.role == "login" for node in instances[pool.name]]
+    ids = {h: node.id for pool in spec.pools for h, node in zip(pool.hostnames, instances[pool.name], strict=True)}
+    cdk.output(stack, "login_addresses", logins, "Where users connect")
+    cdk.output(stack, "node_count", sum(p.count for p in spec.pools), "Nodes in all pools")
+    cdk.output(stack, "nodes", {p.name: list(p.hostnames) for p in spec.pools}, "Hostnames per pool")
+    cdk.output(stack, "instance_ids", ids, "EC2 instance of each node")
+    cdk.output(stack, "subnet_id", subnet.id, "The cluster's subnet")
+    cdk.output(stack, "filesystems", filesystems, "Shared file systems: where to mount them from")
+    cdk.output(stack, "buckets", buckets, "Object storage")
+
+
+def check(spec: ClusterSpec) -> None:
+    """Refuse, with what to change, a spec this platform cannot build as asked."""
+    if spec.public_login:
+        raise ValueError(
+            f"cluster {spec.name}: public_login is not supported on aws yet (nodes live in a private subnet); "
+            "reach login nodes through SSM Session Manager or from network.allowed_cidrs"
+        )
+    for pool in spec.pools:
+        if not pool.machine_type:
+            raise ValueError(
+                f"cluster {spec.name}: node pool {pool.name} has no AWS machine type for {pool.node.cores} cores and "
+                f"{pool.node.memory_gb} GB in {spec.region} (the catalog resolved none; see `reconcile portability`)"
+            )
+    subnet = ipaddress.IPv4Network(spec.subnet.cidr)
+    reserved = {subnet.network_address + i for i in range(AWS_RESERVED_HOSTS + 1)} | {subnet.broadcast_address}
+    for pool in spec.pools:
+        for hostname, address in zip(pool.hostnames, pool.addresses, strict=True):
+            if ipaddress.IPv4Address(address) in reserved:
+                raise ValueError(
+                    f"cluster {spec.name}: node {hostname} has address {address}, which AWS reserves in {subnet} "
+                    f"(the first four and the last); node addresses must start at {subnet.network_address + 4}"
+                )
+    size = len(spec.user_data.encode())
+    if size > USER_DATA_LIMIT:
+        raise ValueError(f"cluster {spec.name}: cloud-init is {size} bytes, EC2 takes at most {USER_DATA_LIMIT}")
+
+
+# ---------------------------------------------------------------- network
+
+
+def _subnet(stack, spec: ClusterSpec):
+    """The site's VPC (looked up) and the cluster's subnet in it, routed out through the NAT gateway."""
+    data_vpc = aws("data_aws_vpc")
+    vpc = data_vpc.DataAwsVpc(
+        stack, "vpc", filter=[data_vpc.DataAwsVpcFilter(name="tag:Name", values=[vpc_name(spec.site)])]
+    )
+    subnet = aws("subnet").Subnet(
+        stack,
+        "subnet",
+        vpc_id=vpc.id,
+        cidr_block=spec.subnet.cidr,
+        availability_zone=spec.zone,
+        tags={"Name": spec.subnet.name},
+    )
+    data_table = aws("data_aws_route_table")
+    table = data_table.DataAwsRouteTable(
+        stack,
+        "private_route_table",
+        vpc_id=vpc.id,
+        filter=[data_table.DataAwsRouteTableFilter(name="tag:Name", values=[private_route_table_name(spec.site)])],
+    )
+    # Without it the subnet would use the VPC's main table: no way out, so no SSM and no packages.
+    aws("route_table_association").RouteTableAssociation(
+        stack, "subnet_routes", route_table_id=table.id, subnet_id=subnet.id
+    )
+    return vpc, subnet
+
+
+def _security_groups(stack, spec: ClusterSpec, vpc) -> dict:
+    """`nodes` for every node and file system, `login` in addition for login nodes.
+
+    EFA traffic is only allowed between members of one security group that lets all traffic
+    in from itself and out to itself; the same self rule carries Lustre, NFS and MPI.
+    """
+    make = aws("security_group").SecurityGroup
+    ingress = aws("vpc_security_group_ingress_rule").VpcSecurityGroupIngressRule
+    egress = aws("vpc_security_group_egress_rule").VpcSecurityGroupEgressRule
+    nodes = make(
+        stack,
+        "security_group_nodes",
+        name=f"{spec.name}-nodes",
+        description=f"Nodes and file systems of cluster {spec.name}",
+        vpc_id=vpc.id,
+    )
+    ingress(
+        stack,
+        "nodes_from_self",
+        security_group_id=nodes.id,
+        ip_protocol="-1",
+        referenced_security_group_id=nodes.id,
+        description="EFA, MPI, Lustre, NFS",
+    )
+    ingress(
+        stack,
+        "nodes_from_subnet",
+        security_group_id=nodes.id,
+        ip_protocol="-1",
+        cidr_ipv4=spec.subnet.cidr,
+        description="The cluster subnet",
+    )
+    egress(
+        stack,
+        "nodes_to_self",
+        security_group_id=nodes.id,
+        ip_protocol="-1",
+        referenced_security_group_id=nodes.id,
+        description="EFA needs it explicitly",
+    )
+    egress(
+        stack,
+        "nodes_egress",
+        security_group_id=nodes.id,
+        ip_protocol="-1",
+        cidr_ipv4="0.0.0.0/0",
+        description="Out through the NAT gateway",
+    )
+    login = make(
+        stack,
+        "security_group_login",
+        name=f"{spec.name}-login",
+        description=f"SSH to the login nodes of cluster {spec.name}",
+        vpc_id=vpc.id,
+    )
+    for index, cidr in enumerate(spec.allowed_cidrs):
+        ingress(
+            stack,
+            f"login_ssh_{index}",
+            security_group_id=login.id,
+            ip_protocol="tcp",
+            from_port=22,
+            to_port=22,
+            cidr_ipv4=cidr,
+            description="SSH from an allowed network",
+        )
+    return {"nodes": nodes, "login": login}
+
+
+# ---------------------------------------------------------------- nodes
+
+
+def _node_profile(stack, spec: ClusterSpec):
+    """What every node runs as: enough for SSM Session Manager, the only way in without SSH."""
+    role, _ = iam_role(
+        stack,
+        "node",
+        f"{spec.site}-{spec.name}-node",
+        {"Service": "ec2.amazonaws.com"},
+        ("AmazonSSMManagedInstanceCore",),
+    )
+    return aws("iam_instance_profile").IamInstanceProfile(stack, "node_profile", name=role.name, role=role.name)
+
+
+def _image(stack, kind: str, images: dict[str, str]) -> str:
+    """The current AMI of a kind, read once per stack from its public SSM parameter."""
+    if kind not in images:
+        parameter = aws("data_aws_ssm_parameter").DataAwsSsmParameter(stack, f"image_{kind}", name=IMAGES[kind])
+        images[kind] = parameter.insecure_value  # an AMI id is no secret; `value` would hide it in plans
+    return images[kind]
+
+
+def _pool(stack, spec: ClusterSpec, pool: ComputePool, subnet, groups: dict, profile, images: dict) -> list:
+    """A pool's launch template and one instance per node: returns the instances in hostname order."""
+    prefix = f"{spec.site}-{spec.name}-{pool.name}"
+    placement = None
+    if pool.placement == "compact" and pool.count >= 2:
+        # Nodes of a tightly coupled pool on the same network spine: lowest latency for MPI/NCCL.
+        placement = aws("placement_group").PlacementGroup(
+            stack, f"placement_{pool.name}", name=prefix, strategy="cluster"
+        )
+    image = _image(stack, "gpu" if pool.node.gpu_count else "cpu", images)
+    template = _launch_template(stack, spec, pool, prefix, profile, image)
+    version = cdk.cdktf.Token.as_string(template.latest_version)
+    security_groups = [groups["nodes"].id] + ([groups["login"].id] if pool.role == "login" else [])
+    tags = {"cluster": spec.name, "pool": pool.name, "role": pool.role}
+    if pool.node.local_ssd_gb:
+        # Instance-store NVMe comes with the machine type: nothing to attach, cloud-init formats it.
+        tags["local-nvme-gb"] = str(pool.node.local_ssd_gb)
+    instances = []
+    for index, (hostname, address) in enumerate(zip(pool.hostnames, pool.addresses, strict=True)):
+        interface = _interface(stack, pool, index, hostname, address, subnet, security_groups)
+        instances.append(
+            aws("instance").Instance(
+                stack,
+                f"node_{pool.name}_{index}",
+                launch_template={"id": template.id, "version": version},
+                primary_network_interface={"network_interface_id": interface.id},
+                placement_group=placement.name if placement else None,
+                tags={"Name": hostname, **tags},
+            )
+        )
+    return instances
+
+
+def _interface(stack, pool: ComputePool, index: int, hostname: str, address: str, subnet, security_groups: list):
+    """A node's primary network interface, holding its address (and EFA, when the type has it).
+
+    Not in the launch template: EC2 refuses a request with both template interfaces and an
+    instance-level subnet or address, and the address differs for every node of a pool.
+    """
+    return aws("network_interface").NetworkInterface(
+        stack,
+        f"node_{pool.name}_{index}_interface",
+        subnet_id=subnet.id,
+        private_ips=[address],
+        security_groups=security_groups,
+        interface_type="efa" if pool.fabric == "efa" else None,
+        tags={"Name": hostname},
+    )
+
+
+def _launch_template(stack, spec: ClusterSpec, pool: ComputePool, name: str, profile, image: str):
+    """What every node of a pool boots: type, image, cloud-init, root disk, metadata rules."""
+    module = aws("launch_template")
+    template = module.LaunchTemplate(
+        stack,
+        f"template_{pool.name}",
+        name=name,
+        instance_type=pool.machine_type,
+        image_id=image,
+        # Encoded here rather than with Terraform's base64encode: the same bytes, visible in the JSON.
+        user_data=base64.b64encode(spec.user_data.encode()).decode() if spec.user_data else None,
+        iam_instance_profile={"arn": profile.arn},
+        metadata_options={"http_endpoint": "enabled", "http_tokens": "required"},  # IMDSv2 only
+        block_device_mappings=[
+            module.LaunchTemplateBlockDeviceMappings(
+                device_name="/dev/xvda",  # the root device of Amazon Linux 2023 images
+                ebs={
+                    "volume_size": ROOT_VOLUME_GB,
+                    "volume_type": "gp3",
+                    "encrypted": "true",
+                    "delete_on_termination": "true",
+                },
+            )
+        ],
+        tags={"Name": name},
+    )
+    # The SSM parameter moves with every AMI release; following it would replace every node of
+    # a running cluster unasked. A new image is taken when the template is replaced on purpose.
+    template.add_override("lifecycle.ignore_changes", ["image_id"])
+    return template
+
+
+# ---------------------------------------------------------------- storage
+
+
+def lustre_capacity_gib(size_gb: int) -> int:
+    """The smallest FSx for Lustre SSD capacity holding `size_gb` (read as GiB: that only rounds up)."""
+    if size_gb <= LUSTRE_MIN_GIB:
+        return LUSTRE_MIN_GIB
+    return math.ceil(size_gb / LUSTRE_STEP_GIB) * LUSTRE_STEP_GIB
+
+
+def shared_on_lustre(spec: ClusterSpec) -> bool:
+    """/home and project data on Lustre where jobs read them hard: EFA pools, Slurm, applications."""
+    return any(p.fabric == "efa" for p in spec.pools) or spec.flavor in ("slurm", "application")
+
+
+def _storage(stack, spec: ClusterSpec, subnet, nodes) -> tuple[dict, dict]:
+    """File systems and buckets of the cluster: ({volume: mount facts}, {volume: bucket name})."""
+    filesystems, buckets = {}, {}
+    for volume in spec.storage:
+        if volume.kind == "object":
+            bucket = private_bucket(
+                stack, volume.name, bucket_name(spec.account, spec.name, volume.name), versioned=False
+            )
+            buckets[volume.name] = bucket.bucket
+        elif volume.kind == "scratch":
+            filesystems[volume.name] = _lustre(stack, spec, volume, "SCRATCH_2", subnet, nodes)
+        elif shared_on_lustre(spec):
+            filesystems[volume.name] = _lustre(stack, spec, volume, "PERSISTENT_2", subnet, nodes)
+        else:
+            filesystems[volume.name] = _efs(stack, spec, volume, subnet, nodes)
+    return filesystems, buckets
+
+
+def _lustre(stack, spec: ClusterSpec, volume: StorageVolume, deployment: str, subnet, nodes) -> dict:
+    persistent = deployment.startswith("PERSISTENT")
+    fs = aws("fsx_lustre_file_system").FsxLustreFileSystem(
+        stack,
+        f"storage_{volume.name}",
+        deployment_type=deployment,
+        storage_capacity=lustre_capacity_gib(volume.size_gb),
+        per_unit_storage_throughput=LUSTRE_THROUGHPUT_MBPS_PER_TIB if persistent else None,
+        file_system_type_version=LUSTRE_VERSION,
+        subnet_ids=[subnet.id],
+        security_group_ids=[nodes.id],
+        tags={"Name": f"{spec.name}-{volume.name}", "mount": volume.mount},
+    )
+    return {"type": "lustre", "mount": volume.mount, "dns_name": fs.dns_name, "mount_name": fs.mount_name}
+
+
+def _efs(stack, spec: ClusterSpec, volume: StorageVolume, subnet, nodes) -> dict:
+    """EFS grows with its data: `size_gb` is no limit to set, only what the cluster expects."""
+    fs = aws("efs_file_system").EfsFileSystem(
+        stack,
+        f"storage_{volume.name}",
+        creation_token=f"{spec.site}-{spec.name}-{volume.name}",  # makes a retried create idempotent
+        encrypted=True,
+        throughput_mode="elastic",
+        tags={"Name": f"{spec.name}-{volume.name}", "mount": volume.mount},
+    )
+    aws("efs_mount_target").EfsMountTarget(
+        stack, f"storage_{volume.name}_mount", file_system_id=fs.id, subnet_id=subnet.id, security_groups=[nodes.id]
+    )
+    return {"type": "efs", "mount": volume.mount, "dns_name": fs.dns_name}
+
+
+# ---------------------------------------------------------------- access
+
+
+def _access(stack, spec: ClusterSpec) -> None:
+    """One IAM group per access group, allowed to open SSM sessions on this cluster's nodes.
+
+    Which nodes is decided by their tags (`cluster`, and `role` for users), so nodes added later
+    are covered without touching the policy.
+    """
+    instances = f"arn:aws:ec2:{spec.region}:{spec.account}:instance/*"
+    documents = [
+        f"arn:aws:ssm:{spec.region}:{spec.account}:document/SSM-SessionManagerRunShell",
+        f"arn:aws:ssm:{spec.region}::document/AWS-StartSSHSession",
+    ]
+    for group in spec.access:
+        reach = {"ssm:resourceTag/cluster": spec.name}
+        if group.role not in NODE_ROLES:
+            reach["ssm:resourceTag/role"] = "login"
+        document = policy(
+            [
+                statement(["ssm:StartSession"], [instances], {"StringEquals": reach}, sid="ClusterNodes"),
+                statement(["ssm:StartSession"], documents, sid="SessionDocuments"),
+                # `$${` is Terraform's escape: IAM, not Terraform, fills in the user name.
+                statement(
+                    ["ssm:TerminateSession", "ssm:ResumeSession"],
+                    ["arn:aws:ssm:*:*:session/$${aws:username}-*"],
+                    sid="OwnSessions",
+                ),
+            ]
+        )
+        iam = aws("iam_group").IamGroup(stack, f"group_{group.name}", name=f"{spec.name}-{group.name}")
+        aws("iam_group_policy").IamGroupPolicy(
+            stack, f"group_{group.name}_sessions", name="ssm-sessions", group=iam.name, policy=document
+        )

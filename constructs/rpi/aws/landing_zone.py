@@ -1,0 +1,439 @@
+"""An AWS landing zone: the VPC and its routes, an EKS control plane, identities for the
+landing-zone services, registries, secrets and a state bucket.
+
+One stack per site. Cluster stacks find what they share with it (the VPC, the private route
+table) by the Name tags set here, through `vpc_name` and `private_route_table_name`, because a
+cluster stack cannot read another stack's resources. The small helpers at the end (policies,
+roles, private buckets) are the conventions both kinds of stack follow.
+
+Blocks inside a list are given as struct classes, never as dicts: jsii would pass a dict's
+snake_case keys through unconverted and cdktf would drop them, leaving `[{}]` in the JSON.
+
+Address plan of the VPC (`zone_subnets`): the services subnet from the spec is the private
+subnet of the first zone. Every zone also gets a public /24 (the first zone's holds the NAT
+gateway), and every zone after the first a private /24, so that EKS has private subnets in two
+zones. Those /24s come from the lower half of the VPC's range, because the clusters range is
+the upper half on every site (see README and `sites/`); the spec does not carry that range.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+import re
+from collections.abc import Sequence
+
+from rpi import cdk
+from rpi.spec import ComputePool, LandingZoneSpec, Service
+
+# Managed policies, by the role that needs them (AWS documents these for EKS).
+EKS_CLUSTER_POLICIES = ("AmazonEKSClusterPolicy",)
+EKS_NODE_POLICIES = ("AmazonEKSWorkerNodePolicy", "AmazonEKS_CNI_Policy", "AmazonEC2ContainerRegistryReadOnly")
+
+# The secrets each landing-zone service keeps in Secrets Manager: only the containers are
+# created here, the values are put in by whoever bootstraps the service (never in git).
+SERVICE_SECRETS = {"ldap": "ldap-admin", "keycloak": "keycloak-admin", "vault": "vault-unseal"}
+
+# m6i sizes by vCPU count; every size has 4 GiB of memory per vCPU.
+M6I_SIZES = {
+    2: "large",
+    4: "xlarge",
+    8: "2xlarge",
+    16: "4xlarge",
+    32: "8xlarge",
+    48: "12xlarge",
+    64: "16xlarge",
+    96: "24xlarge",
+    128: "32xlarge",
+}
+
+
+def aws(submodule: str):
+    """One submodule of the AWS provider package, loaded on its own (see `cdk.provider_module`)."""
+    return cdk.provider_module("aws", submodule)
+
+
+def vpc_name(site: str) -> str:
+    """The Name tag of a site's VPC: how a cluster stack finds it."""
+    return f"{site}-vpc"
+
+
+def private_route_table_name(site: str) -> str:
+    """The Name tag of the route table that sends private subnets out through the NAT gateway."""
+    return f"{site}-private"
+
+
+def build(stack, spec: LandingZoneSpec) -> None:
+    """Add the whole landing zone to `stack` (backend and provider are set by the platform)."""
+    network = _network(stack, spec)
+    control_plane = _control_plane_security_group(stack, spec, network["vpc"])
+    eks = _eks(stack, spec, network["private"], control_plane)
+    secrets = _secrets(stack, spec)
+    _service_identities(stack, spec, eks, secrets)
+    registries = _registries(stack, spec)
+    state = private_bucket(stack, "state", bucket_name(spec.account, spec.site, "state"), versioned=True)
+
+    cdk.output(stack, "vpc_id", network["vpc"].id, "The site's VPC")
+    cdk.output(stack, "subnet_ids", {name: s.id for name, s in sorted(network["subnets"].items())}, "Subnets by name")
+    cdk.output(stack, "eks_cluster_name", eks.name, "The control plane's EKS cluster")
+    cdk.output(stack, "eks_endpoint", eks.endpoint, "Private API endpoint of the EKS cluster")
+    cdk.output(stack, "ecr_urls", registries["ecr"], "Container registries")
+    cdk.output(stack, "buckets", {"state": state.bucket, **registries["buckets"]}, "S3 buckets")
+
+
+# ---------------------------------------------------------------- network
+
+
+def zone_subnets(cidr: str, reserved: Sequence[str], zone_count: int) -> list[tuple[str, str]]:
+    """(public, private) /24s for zone 0, 1, ...: zone i takes the i-th pair of free /24s.
+
+    Free means: in the lower half of `cidr` and overlapping none of `reserved` (the services
+    subnet). The pair of a zone depends only on its position, so adding a zone at the end never
+    renumbers another. Zone 0 keeps the services subnet as its private subnet, so the second /24
+    of its pair stays unused. At least two pairs are returned: EKS needs two zones.
+    """
+    network = ipaddress.IPv4Network(cidr)
+    if network.prefixlen > 23:
+        raise ValueError(
+            f"VPC {cidr} is too small: the landing zone carves /24s from its lower half (use /20 or larger)"
+        )
+    lower_half = next(network.subnets(prefixlen_diff=1))
+    taken = [ipaddress.IPv4Network(r) for r in reserved]
+    free = [block for block in lower_half.subnets(new_prefix=24) if not any(block.overlaps(t) for t in taken)]
+    pairs = max(zone_count, 2)
+    if len(free) < 2 * pairs:
+        raise ValueError(
+            f"VPC {cidr}: {2 * pairs} free /24s are needed in its lower half {lower_half} beside the services "
+            f"subnet for {pairs} zones, only {len(free)} are free (enlarge the VPC or shrink the services subnet)"
+        )
+    return [(str(free[2 * i]), str(free[2 * i + 1])) for i in range(pairs)]
+
+
+def _network(stack, spec: LandingZoneSpec) -> dict:
+    """VPC, subnets, internet and NAT gateways, routes. Returns the pieces others attach to."""
+    vpc = aws("vpc").Vpc(
+        stack,
+        "vpc",
+        cidr_block=spec.network.cidr,
+        enable_dns_support=True,  # EKS private endpoints and FSx/EFS names resolve through the VPC
+        enable_dns_hostnames=True,
+        tags={"Name": vpc_name(spec.site)},
+    )
+    services = spec.network.subnets
+    pairs = zone_subnets(spec.network.cidr, [s.cidr for s in services], len(spec.zones))
+    public = {f"public-{zone}": (pairs[i][0], zone) for i, zone in enumerate(spec.zones)}
+    private = {s.name: (s.cidr, spec.zones[0]) for s in services}  # the spec's subnets: first zone
+    for i, (label, zone) in enumerate(_private_zones(stack, spec), start=1):
+        private[f"private-{label}"] = (pairs[i][1], zone)
+    subnets = {name: _subnet(stack, spec.site, vpc, name, *place) for name, place in (public | private).items()}
+
+    igw = aws("internet_gateway").InternetGateway(
+        stack, "internet_gateway", vpc_id=vpc.id, tags={"Name": f"{spec.site}-igw"}
+    )
+    # One NAT gateway, in the first zone: private subnets of other zones lose egress when that
+    # zone is down, a trade of availability for cost that suits a landing zone's control traffic.
+    eip = aws("eip").Eip(stack, "nat_address", domain="vpc", tags={"Name": f"{spec.site}-nat"})
+    nat = aws("nat_gateway").NatGateway(
+        stack,
+        "nat_gateway",
+        allocation_id=eip.allocation_id,
+        subnet_id=subnets[f"public-{spec.zones[0]}"].id,
+        tags={"Name": f"{spec.site}-nat"},
+        depends_on=[igw],
+    )
+    # Routes as their own resources: inline route blocks in Terraform JSON need every attribute.
+    _route_table(stack, "public", vpc, f"{spec.site}-public", {n: subnets[n] for n in public}, gateway_id=igw.id)
+    _route_table(
+        stack,
+        "private",
+        vpc,
+        private_route_table_name(spec.site),
+        {n: subnets[n] for n in private},
+        nat_gateway_id=nat.id,
+    )
+    private_subnets = [subnets[n] for n in private]
+    return {"vpc": vpc, "subnets": subnets, "private": private_subnets}
+
+
+def _subnet(stack, site: str, vpc, name: str, cidr: str, zone: str):
+    return aws("subnet").Subnet(
+        stack, f"subnet_{name}", vpc_id=vpc.id, cidr_block=cidr, availability_zone=zone, tags={"Name": f"{site}-{name}"}
+    )
+
+
+def _private_zones(stack, spec: LandingZoneSpec) -> list[tuple[str, str]]:
+    """(label, zone) of the private subnets beside the services subnet: the site's other zones.
+
+    EKS refuses a cluster whose subnets are in fewer than two zones. A one-zone site gets its
+    second private subnet in the first other zone the region offers (a data source, sorted by
+    name by AWS): only the EKS control plane uses it, cluster nodes stay in the site's zone.
+    """
+    if len(spec.zones) >= 2:
+        return [(zone, zone) for zone in spec.zones[1:]]
+    zones = aws("data_aws_availability_zones")
+    others = zones.DataAwsAvailabilityZones(
+        stack,
+        "other_zones",
+        state="available",
+        exclude_names=[spec.zones[0]],
+        # Local and Wavelength Zones are opt-in: leaving them out keeps to the region's own zones.
+        filter=[zones.DataAwsAvailabilityZonesFilter(name="opt-in-status", values=["opt-in-not-required"])],
+    )
+    return [("other-zone", cdk.cdktf.Fn.element(others.names, 0))]
+
+
+def _route_table(stack, name: str, vpc, tag: str, subnets: dict, **target) -> None:
+    table = aws("route_table").RouteTable(stack, f"route_table_{name}", vpc_id=vpc.id, tags={"Name": tag})
+    aws("route").Route(
+        stack, f"route_{name}_default", route_table_id=table.id, destination_cidr_block="0.0.0.0/0", **target
+    )
+    associate = aws("route_table_association").RouteTableAssociation
+    for subnet_name, subnet in subnets.items():
+        associate(stack, f"route_{name}_{subnet_name}", route_table_id=table.id, subnet_id=subnet.id)
+
+
+def _control_plane_security_group(stack, spec: LandingZoneSpec, vpc):
+    """Landing-zone services answer inside the VPC only: nothing enters from the internet."""
+    group = aws("security_group").SecurityGroup(
+        stack,
+        "control_plane",
+        name=f"{spec.site}-control-plane",
+        description="Landing-zone services, reachable from the VPC",
+        vpc_id=vpc.id,
+    )
+    aws("vpc_security_group_ingress_rule").VpcSecurityGroupIngressRule(
+        stack,
+        "control_plane_from_vpc",
+        security_group_id=group.id,
+        ip_protocol="-1",
+        cidr_ipv4=spec.network.cidr,
+        description="Everything inside the VPC",
+    )
+    aws("vpc_security_group_egress_rule").VpcSecurityGroupEgressRule(
+        stack,
+        "control_plane_egress",
+        security_group_id=group.id,
+        ip_protocol="-1",
+        cidr_ipv4="0.0.0.0/0",
+        description="Out through the NAT gateway",
+    )
+    return group
+
+
+# ---------------------------------------------------------------- control plane
+
+
+def control_instance_type(pool: ComputePool) -> str:
+    """The m6i size for a control node: the smallest with 2 vCPUs per core and the memory asked.
+
+    A pool whose catalog type is resolved keeps it; m6i is the general-purpose default.
+    """
+    if pool.machine_type:
+        return pool.machine_type
+    vcpus = max(2 * pool.node.cores, math.ceil(pool.node.memory_gb / 4))
+    size = next((n for n in sorted(M6I_SIZES) if n >= vcpus), None)
+    if size is None:
+        raise ValueError(f"control nodes of {pool.node.cores} cores and {pool.node.memory_gb} GB exceed m6i.32xlarge")
+    return f"m6i.{M6I_SIZES[size]}"
+
+
+def _eks(stack, spec: LandingZoneSpec, private: list, control_plane):
+    """EKS with a private endpoint and a managed node group sized from the control-plane spec.
+
+    EKS gives the nodes their addresses in the private subnets: the control addresses of the
+    spec are not used on AWS.
+    """
+    role, attached = iam_role(
+        stack, "eks_cluster", f"{spec.site}-eks-cluster", {"Service": "eks.amazonaws.com"}, EKS_CLUSTER_POLICIES
+    )
+    # Kubernetes version left to EKS's default at creation: upgrades are deliberate, not drift.
+    cluster = aws("eks_cluster").EksCluster(
+        stack,
+        "eks",
+        name=f"{spec.site}-control",
+        role_arn=role.arn,
+        vpc_config={
+            "subnet_ids": [s.id for s in private],
+            "endpoint_private_access": True,
+            "endpoint_public_access": False,
+            "security_group_ids": [control_plane.id],
+        },
+        # Access entries only (no aws-auth ConfigMap); whoever applies, the CI apply role, administers it.
+        access_config={"authentication_mode": "API", "bootstrap_cluster_creator_admin_permissions": True},
+        depends_on=attached,  # EKS needs its policy before it can create its network interfaces
+    )
+    node_role, node_attached = iam_role(
+        stack, "eks_nodes", f"{spec.site}-eks-nodes", {"Service": "ec2.amazonaws.com"}, EKS_NODE_POLICIES
+    )
+    pool = spec.control_plane
+    aws("eks_node_group").EksNodeGroup(
+        stack,
+        "control_nodes",
+        cluster_name=cluster.name,
+        node_group_name=pool.name,
+        node_role_arn=node_role.arn,
+        subnet_ids=[s.id for s in private],
+        instance_types=[control_instance_type(pool)],
+        ami_type="AL2023_x86_64_STANDARD",
+        scaling_config={"desired_size": pool.count, "min_size": pool.count, "max_size": pool.count},
+        depends_on=node_attached,
+    )
+    # Pod Identity associations work only with this agent running on the nodes.
+    aws("eks_addon").EksAddon(
+        stack, "pod_identity_agent", cluster_name=cluster.name, addon_name="eks-pod-identity-agent"
+    )
+    return cluster
+
+
+def _secret_names(service: Service) -> list[str]:
+    names = [SERVICE_SECRETS[service.name]] if service.name in SERVICE_SECRETS else []
+    if dict(service.settings).get("provider") == "vault" and "vault-unseal" not in names:
+        names.append("vault-unseal")  # a secrets store that is Vault unseals like Vault
+    return names
+
+
+def _secrets(stack, spec: LandingZoneSpec) -> dict:
+    """Secrets Manager containers, one per secret a service needs: {name: secret}."""
+    names = sorted({name for service in spec.services for name in _secret_names(service)})
+    make = aws("secretsmanager_secret").SecretsmanagerSecret
+    return {
+        name: make(
+            stack,
+            f"secret_{name}",
+            name=f"{spec.site}/{name}",
+            description=f"{name} of site {spec.site}; the value is set outside git",
+        )
+        for name in names
+    }
+
+
+def _service_identities(stack, spec: LandingZoneSpec, eks, secrets: dict) -> None:
+    """Each service runs in its own namespace with a service account bound to its own IAM role.
+
+    EKS Pod Identity instead of IRSA: no OIDC provider to manage, one trust policy for all.
+    A role may read its own secrets and nothing else.
+    """
+    trust = {"Service": "pods.eks.amazonaws.com"}
+    for service in spec.services:
+        role, _ = iam_role(
+            stack,
+            f"service_{service.name}",
+            f"{spec.site}-{service.name}",
+            trust,
+            (),
+            actions=["sts:AssumeRole", "sts:TagSession"],
+        )
+        mine = [secrets[name].arn for name in _secret_names(service)]
+        if mine:
+            aws("iam_role_policy").IamRolePolicy(
+                stack,
+                f"service_{service.name}_secrets",
+                name="read-own-secrets",
+                role=role.name,
+                policy=policy([statement(["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"], mine)]),
+            )
+        aws("eks_pod_identity_association").EksPodIdentityAssociation(
+            stack,
+            f"service_{service.name}_identity",
+            cluster_name=eks.name,
+            namespace=service.name,
+            service_account=service.name,
+            role_arn=role.arn,
+        )
+
+
+def _registries(stack, spec: LandingZoneSpec) -> dict:
+    """ECR for container registries, one versioned bucket for the RPM and DEB repositories."""
+    ecr = {}
+    for registry in spec.registries:
+        if registry.format == "container":
+            module = aws("ecr_repository")
+            repo = module.EcrRepository(
+                stack,
+                f"registry_{registry.name}",
+                name=registry.name,
+                image_tag_mutability="IMMUTABLE",  # a tag always names the same image: reproducible clusters
+                image_scanning_configuration={"scan_on_push": True},
+                encryption_configuration=[module.EcrRepositoryEncryptionConfiguration(encryption_type="AES256")],
+            )
+            ecr[registry.name] = repo.repository_url
+    buckets = {}
+    if any(r.format in ("rpm", "deb") for r in spec.registries):
+        packages = private_bucket(stack, "packages", bucket_name(spec.account, spec.site, "packages"), versioned=True)
+        buckets["packages"] = packages.bucket
+    return {"ecr": ecr, "buckets": buckets}
+
+
+# ---------------------------------------------------------------- shared with cluster stacks
+
+
+def policy(statements: list[dict]) -> str:
+    """An IAM policy document as JSON text, keys sorted: the same bytes in every run."""
+    return json.dumps({"Version": "2012-10-17", "Statement": statements}, sort_keys=True)
+
+
+def statement(actions: list[str], resources: list[str], condition: dict | None = None, sid: str = "") -> dict:
+    out = {"Effect": "Allow", "Action": actions, "Resource": resources}
+    if condition:
+        out["Condition"] = condition
+    if sid:
+        out["Sid"] = sid
+    return out
+
+
+def iam_role(stack, construct_id: str, name: str, principal: dict, managed: Sequence[str], actions=("sts:AssumeRole",)):
+    """A role `principal` may assume, with AWS managed policies attached: (role, attachments)."""
+    trust = policy([{"Effect": "Allow", "Principal": principal, "Action": list(actions)}])
+    role = aws("iam_role").IamRole(stack, f"role_{construct_id}", name=name, assume_role_policy=trust)
+    attach = aws("iam_role_policy_attachment").IamRolePolicyAttachment
+    attached = [
+        attach(stack, f"role_{construct_id}_{_snake(arn)}", role=role.name, policy_arn=f"arn:aws:iam::aws:policy/{arn}")
+        for arn in managed
+    ]
+    return role, attached
+
+
+_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
+
+
+def bucket_name(*parts: str) -> str:
+    """A deterministic S3 bucket name; bucket names are global, so they start with the account."""
+    name = "-".join(parts).lower()
+    if not _BUCKET_NAME.match(name):
+        raise ValueError(f"S3 bucket name {name!r} is not valid: 3 to 63 lowercase letters, digits and hyphens")
+    return name
+
+
+def private_bucket(stack, construct_id: str, name: str, versioned: bool):
+    """An S3 bucket no one outside the account can read, encrypted at rest."""
+    s3 = aws("s3_bucket").S3Bucket(stack, f"bucket_{construct_id}", bucket=name)
+    aws("s3_bucket_public_access_block").S3BucketPublicAccessBlock(
+        stack,
+        f"bucket_{construct_id}_public_access",
+        bucket=s3.id,
+        block_public_acls=True,
+        block_public_policy=True,
+        ignore_public_acls=True,
+        restrict_public_buckets=True,
+    )
+    sse = aws("s3_bucket_server_side_encryption_configuration")
+    sse.S3BucketServerSideEncryptionConfigurationA(
+        stack,
+        f"bucket_{construct_id}_encryption",
+        bucket=s3.id,
+        rule=[
+            sse.S3BucketServerSideEncryptionConfigurationRuleA(
+                apply_server_side_encryption_by_default={"sse_algorithm": "AES256"}
+            )
+        ],
+    )
+    if versioned:
+        aws("s3_bucket_versioning").S3BucketVersioningA(
+            stack, f"bucket_{construct_id}_versioning", bucket=s3.id, versioning_configuration={"status": "Enabled"}
+        )
+    return s3
+
+
+def _snake(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
