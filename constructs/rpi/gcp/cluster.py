@@ -1,0 +1,580 @@
+"""A Google Cloud vCluster: its subnet in the site's VPC, one Compute Engine instance per node,
+Filestore for shared storage, buckets, firewall rules, and IAM that lets the access groups log
+in through OS Login.
+
+The VPC belongs to the landing-zone stack; it is looked up by the name that stack gives it.
+Egress needs nothing here: the site's Cloud NAT serves every subnet of the VPC, present and
+future. Nodes keep the names and addresses the spec gives them, and every node boots with the
+cluster's cloud-init (`spec.user_data`: layers 2 and 3, the same bytes as on any other
+platform) as its `user-data` metadata.
+
+Images (`IMAGES`): CPU nodes boot Google's HPC VM image (Rocky Linux 8 tuned for tightly
+coupled MPI, which Slurm on Google Cloud boots by default); GPU nodes boot the Rocky Linux 8
+accelerator image with the NVIDIA 580 driver preinstalled. Both are Rocky Linux 8, so Spack
+builds and Slurm run the same on every node of a cluster; a driver preinstalled in the image,
+not installed by cloud-init, keeps the cloud-init the same bytes on every platform. The
+driver branch is pinned in the family name: `-latest` would change it under a running cluster.
+Google's Rocky Linux images boot with Google's guest agent, and cloud-init is not part of every
+one of them: a small startup script (`CLOUD_INIT_SHIM`, which the guest agent runs) installs
+and runs cloud-init where the image lacks it, and does nothing where cloud-init already ran.
+
+Access: an access group `g` is the Google group `group:g@DOMAIN`, where DOMAIN is the site's
+label `iam_domain` (e.g. `iam_domain: swisstwins.ch` in `sites/gcp-zurich.yaml`). Group names
+in cluster definitions are bare names (`hpc-admins`) and the spec carries no domain, and an
+invented domain would grant access to whoever owns it, so `check` refuses a cluster with
+access groups on a site without that label, saying what to add. Groups get OS Login on the
+instances themselves, not on the project: users (role `user`) on the login nodes only,
+`admin` and `operator` as OS admin on every node. With them come IAP tunnelling to the
+login nodes (the only nodes SSH reaches from outside; admins go on from there) and acting as
+the nodes' service account, both of which an SSH session through IAP needs. The label is
+itself turned into a valid label value like any other (`swisstwins_ch`); only this module
+reads its raw value.
+
+Storage: shared volumes are Filestore instances reached through the site's private services
+access range (see the landing zone), exported to the cluster's subnet only. Scratch is the
+nodes' local SSD, not a network file system. Object storage is one bucket per volume.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from typing import Any, NamedTuple
+
+from rpi import cdk
+from rpi.catalog import MachineType, catalog
+from rpi.gcp.landing_zone import (
+    IAP_RANGE,
+    account_id,
+    bucket_name,
+    google,
+    network_name,
+    private_bucket,
+    resource_name,
+    role_id,
+    service_account_member,
+)
+from rpi.spec import ClusterSpec, ComputePool, NodeSpec, StorageVolume
+
+IMAGES = {
+    "cpu": "cloud-hpc-image-public/hpc-rocky-linux-8",
+    "gpu": "rocky-linux-accelerator-cloud/rocky-linux-8-optimized-gcp-nvidia-580",
+}
+# Run by Google's guest agent at every boot, after the network is up.
+CLOUD_INIT_SHIM = """\
+#!/bin/bash
+# cloud-init reads the user-data metadata; install and run it where the image lacks it.
+set -euo pipefail
+if ! command -v cloud-init >/dev/null; then
+  dnf -y install cloud-init
+  cloud-init init --local && cloud-init init
+  cloud-init modules --mode=config && cloud-init modules --mode=final
+fi
+"""
+BOOT_DISK_GB = 100
+BOOT_DISK_TYPE = "pd-balanced"  # offered on every series of the catalog (n2, c2, c3, a2, a3)
+METADATA_VALUE_LIMIT = 256 * 1024  # bytes in one metadata value; Compute Engine refuses more
+
+# Local SSD comes in disks of 375 GB, and a type takes only some counts of them: 1, 2, 4, 8,
+# 16 or 24, up to what the catalog says the type can hold, and at least as many as its size
+# needs (Google: "Choose a valid number of Local SSD disks"): (up to this many vCPUs, fewest).
+LOCAL_SSD_DISK_GB = 375
+LOCAL_SSD_COUNTS = (1, 2, 4, 8, 16, 24)
+FEWEST_LOCAL_SSDS = {
+    "n2": ((10, 1), (20, 2), (40, 4), (80, 8), (128, 16)),
+    "c2": ((8, 1), (16, 2), (30, 4), (60, 8)),
+}
+
+# Filestore: tier -> (smallest, largest, step) capacity in GiB. Basic tiers take any size in
+# between. Zonal is used only beyond what basic holds (63.9 TiB), so only its large range
+# (10 to 100 TiB in steps of 2.5 TiB) is here.
+FILESTORE_TIERS = {
+    "BASIC_HDD": (1024, 65433, 1),
+    "BASIC_SSD": (2560, 65433, 1),
+    "ZONAL": (10240, 102400, 2560),
+}
+
+NODE_ACCOUNT_ROLES = ("roles/logging.logWriter", "roles/monitoring.metricWriter", "roles/artifactregistry.reader")
+
+# Access roles that may log in on every node, as OS admins; the others reach login nodes only.
+NODE_ROLES = ("admin", "operator")
+IAM_DOMAIN_LABEL = "iam_domain"
+
+
+def build(stack, spec: ClusterSpec) -> None:
+    """Add the whole cluster to `stack` (backend and provider are set by the platform)."""
+    check(spec)
+    network, subnet = _subnet(stack, spec)
+    _firewall(stack, spec, network)
+    account = _node_account(stack, spec)
+    instances = {pool.name: _pool(stack, spec, pool, subnet, account) for pool in spec.pools}
+    filesystems, buckets = _storage(stack, spec, network)
+    _access(stack, spec, instances, account)
+
+    nodes = [node for pool in spec.pools for node in instances[pool.name]]
+    logins = [n.instance.network_interface.get(0).network_ip for n in nodes if n.role == "login"]
+    public = [n.public_address.address for n in nodes if n.public_address is not None]
+    links = {n.hostname: n.instance.self_link for n in nodes}
+    cdk.output(stack, "login_addresses", logins, "Where users connect")
+    cdk.output(stack, "node_count", sum(p.count for p in spec.pools), "Nodes in all pools")
+    cdk.output(stack, "nodes", {p.name: list(p.hostnames) for p in spec.pools}, "Hostnames per pool")
+    cdk.output(stack, "public_login_addresses", public, "Public addresses of the login nodes (network.public_login)")
+    cdk.output(stack, "instance_self_links", links, "Compute Engine instance of each node")
+    cdk.output(stack, "subnet_self_link", subnet.self_link, "The cluster's subnet")
+    cdk.output(stack, "filesystems", filesystems, "Shared file systems and scratch: where to mount them from")
+    cdk.output(stack, "buckets", buckets, "Object storage")
+
+
+def check(spec: ClusterSpec) -> None:
+    """Refuse, with what to change, a spec this platform cannot build as asked."""
+    cat = catalog("gcp")
+    for pool in spec.pools:
+        if not pool.machine_type:
+            raise ValueError(
+                f"cluster {spec.name}: node pool {pool.name} has no GCP machine type for {pool.node.cores} cores and "
+                f"{pool.node.memory_gb} GB in {spec.region} (the catalog resolved none; see `reconcile portability`)"
+            )
+        machine = cat.machine_types.get(pool.machine_type)
+        if machine is None:
+            raise ValueError(
+                f"cluster {spec.name}: node pool {pool.name} asks for {pool.machine_type}, which the gcp catalog "
+                "does not know (constructs/rpi/gcp/catalog.json)"
+            )
+        if pool.node.gpu_count and not machine.gpu_count and pool.node.gpu_model not in cat.gpu_models:
+            raise ValueError(
+                f"cluster {spec.name}: node pool {pool.name}: {pool.node.gpu_model} has no Google accelerator type "
+                "in the gcp catalog's gpu_models"
+            )
+        try:
+            local_ssd_disks(machine, pool.node.local_ssd_gb)
+        except ValueError as exc:
+            raise ValueError(f"cluster {spec.name}: node pool {pool.name}: {exc}") from None
+    subnet = ipaddress.IPv4Network(spec.subnet.cidr)
+    first, last = subnet.network_address, subnet.broadcast_address
+    reserved = {first, first + 1, last - 1, last}
+    for pool in spec.pools:
+        for hostname, address in zip(pool.hostnames, pool.addresses, strict=True):
+            if ipaddress.IPv4Address(address) in reserved:
+                raise ValueError(
+                    f"cluster {spec.name}: node {hostname} has address {address}, which Google Cloud reserves in "
+                    f"{subnet} (the first two and the last two); node addresses must lie in {first + 2}-{last - 2}"
+                )
+    size = len(spec.user_data.encode())
+    if size > METADATA_VALUE_LIMIT:
+        raise ValueError(
+            f"cluster {spec.name}: cloud-init is {size} bytes, a Compute Engine metadata value takes at most "
+            f"{METADATA_VALUE_LIMIT} (move large files out of layers 2 and 3, e.g. into the registry)"
+        )
+    for cidr in spec.allowed_cidrs:
+        if ipaddress.IPv4Network(cidr).prefixlen == 0:
+            raise ValueError(
+                f"cluster {spec.name}: network.allowed_cidrs holds {cidr}: this platform never opens SSH to the whole "
+                "internet; list the networks users come from"
+            )
+    if spec.public_login and not spec.allowed_cidrs:
+        raise ValueError(
+            f"cluster {spec.name}: public_login needs network.allowed_cidrs: without them no one could reach the "
+            "public address (IAP reaches login nodes without one)"
+        )
+    if spec.access and not dict(spec.labels).get(IAM_DOMAIN_LABEL):
+        raise ValueError(
+            f"cluster {spec.name}: access groups become Google groups <name>@<domain> on gcp, and site {spec.site} "
+            f"names no domain: add `{IAM_DOMAIN_LABEL}: <your Cloud Identity domain>` to the labels of site {spec.site}"
+        )
+    fast = shared_on_ssd(spec)
+    for volume in spec.storage:
+        if volume.kind == "shared":
+            try:
+                filestore_capacity_gib(filestore_tier(volume.size_gb, fast), volume.size_gb)
+            except ValueError as exc:
+                raise ValueError(f"cluster {spec.name}: storage.{volume.name}: {exc}") from None
+
+
+# ---------------------------------------------------------------- network
+
+
+def node_tag(cluster: str) -> str:
+    """The network tag every node of a cluster carries: what its firewall rules match."""
+    return f"{cluster}-node"
+
+
+def login_tag(cluster: str) -> str:
+    return f"{cluster}-login"
+
+
+def _subnet(stack, spec: ClusterSpec) -> tuple:
+    """The site's VPC (looked up) and the cluster's subnet in it."""
+    network = google("data_google_compute_network").DataGoogleComputeNetwork(
+        stack, "network", name=network_name(spec.site)
+    )
+    subnet = google("compute_subnetwork").ComputeSubnetwork(
+        stack,
+        "subnet",
+        name=resource_name(spec.site, spec.subnet.name),  # subnet names are per project and region
+        network=network.id,
+        region=spec.region,
+        ip_cidr_range=spec.subnet.cidr,
+        private_ip_google_access=True,  # Google APIs (logging, registries) without a public address
+    )
+    return network, subnet
+
+
+def _firewall(stack, spec: ClusterSpec, network) -> None:
+    """All traffic between the cluster's own nodes; SSH to its login nodes from the allowed
+    networks and from IAP. Other clusters of the site cannot reach these nodes."""
+    firewall = google("compute_firewall")
+    firewall.ComputeFirewall(
+        stack,
+        "firewall_internal",
+        name=resource_name(spec.site, spec.name, "internal"),
+        network=network.id,
+        direction="INGRESS",
+        source_tags=[node_tag(spec.name)],
+        target_tags=[node_tag(spec.name)],
+        allow=[firewall.ComputeFirewallAllow(protocol="all")],
+        description=f"MPI, Slurm and everything else between the nodes of cluster {spec.name}",
+    )
+    sources = list(dict.fromkeys([*spec.allowed_cidrs, IAP_RANGE]))
+    firewall.ComputeFirewall(
+        stack,
+        "firewall_ssh",
+        name=resource_name(spec.site, spec.name, "ssh"),
+        network=network.id,
+        direction="INGRESS",
+        source_ranges=sources,
+        target_tags=[login_tag(spec.name)],
+        allow=[firewall.ComputeFirewallAllow(protocol="tcp", ports=["22"])],
+        description=f"SSH to the login nodes of cluster {spec.name}: allowed networks and IAP",
+    )
+
+
+# ---------------------------------------------------------------- nodes
+
+
+def _node_account(stack, spec: ClusterSpec):
+    """What every node runs as: it may write logs and metrics and read the site's registries."""
+    account = google("service_account").ServiceAccount(
+        stack,
+        "node_account",
+        account_id=account_id(spec.site, "vc", spec.name),  # "vc": never a landing-zone account's name
+        display_name=f"Nodes of cluster {spec.name} on site {spec.site}",
+    )
+    for role in NODE_ACCOUNT_ROLES:
+        google("project_iam_member").ProjectIamMember(
+            stack,
+            f"node_account_{role_id(role)}",
+            project=spec.account,
+            role=role,
+            member=service_account_member(account),
+        )
+    return account
+
+
+def guest_accelerators(machine: MachineType, node: NodeSpec) -> list[tuple[str, int]]:
+    """(accelerator type, count) to attach to a node: none when the type has its GPUs built in.
+
+    Accelerator-optimized types (a2, a3, g2) come with their GPUs and refuse a
+    guest_accelerator block; a general-purpose type gets the node's GPUs attached.
+    """
+    if machine.gpu_count or not node.gpu_count:
+        return []
+    return [(catalog("gcp").gpu_models[node.gpu_model], node.gpu_count)]
+
+
+def local_ssd_disks(machine: MachineType, size_gb: int) -> int:
+    """How many 375 GB local SSD disks to attach for `size_gb` of local SSD.
+
+    0 when nothing is asked, when the type bundles its own (a2-ultragpu and a3 come with
+    theirs) or when it takes none.
+    """
+    if size_gb <= 0 or machine.local_ssd != "attachable":
+        return 0
+    most = machine.local_ssd_gb // LOCAL_SSD_DISK_GB
+    least = max(math.ceil(size_gb / LOCAL_SSD_DISK_GB), _fewest_local_ssds(machine))
+    count = next((c for c in LOCAL_SSD_COUNTS if least <= c <= most), None)
+    if count is None:
+        raise ValueError(
+            f"{size_gb} GB of local SSD do not fit on {machine.name}, which takes at most {most} disks of "
+            f"{LOCAL_SSD_DISK_GB} GB (lower local_ssd_gb)"
+        )
+    return count
+
+
+def _fewest_local_ssds(machine: MachineType) -> int:
+    if machine.family.startswith("a2-"):
+        return min(machine.gpu_count, 8)  # a2-highgpu-Ng takes at least N disks, 8 at most
+    steps = FEWEST_LOCAL_SSDS.get(machine.family.split("-")[0], ())
+    return next((fewest for vcpus, fewest in steps if machine.vcpus <= vcpus), 1)
+
+
+def local_ssd_gb(machine: MachineType, node: NodeSpec) -> int:
+    """The local SSD a node of `machine` has: the bundled disks, or the ones attached for it."""
+    if machine.local_ssd == "bundled":
+        return machine.local_ssd_gb
+    return local_ssd_disks(machine, node.local_ssd_gb) * LOCAL_SSD_DISK_GB
+
+
+def terraform_literal(text: str) -> str:
+    """`text` as a Terraform string that means exactly `text`.
+
+    Terraform reads `${` and `%{` in every string of its JSON as template syntax; cloud-init
+    scripts use both for themselves. (AWS base64-encodes its user data, so it needs no escape.)
+    """
+    return text.replace("${", "$${").replace("%{", "%%{")
+
+
+class Node(NamedTuple):
+    hostname: str
+    role: str
+    instance: Any  # google_compute_instance
+    public_address: Any  # google_compute_address, or None without network.public_login
+
+
+def _pool(stack, spec: ClusterSpec, pool: ComputePool, subnet, account) -> list[Node]:
+    """One instance per node, in hostname order."""
+    machine = catalog("gcp").machine_types[pool.machine_type]
+    module = google("compute_instance")
+    policy = None
+    if pool.placement == "compact" and pool.count >= 2:
+        # Nodes of a tightly coupled pool close together in the data centre: lowest latency for MPI/NCCL.
+        placement = google("compute_resource_policy")
+        policy = placement.ComputeResourcePolicy(
+            stack,
+            f"placement_{pool.name}",
+            name=resource_name(spec.site, spec.name, pool.name),
+            region=spec.region,
+            group_placement_policy={"collocation": "COLLOCATED"},
+        )
+    gpu = bool(pool.node.gpu_count or machine.gpu_count)
+    accelerators = [
+        module.ComputeInstanceGuestAccelerator(type=kind, count=count)
+        for kind, count in guest_accelerators(machine, pool.node)
+    ]
+    disks = local_ssd_disks(machine, pool.node.local_ssd_gb)
+    scratch = [module.ComputeInstanceScratchDisk(interface="NVME") for _ in range(disks)]
+    tags = [node_tag(spec.name)] + ([login_tag(spec.name)] if pool.role == "login" else [])
+    metadata = {"enable-oslogin": "TRUE"}  # IAM decides who logs in; SSH keys in metadata are ignored
+    if spec.user_data:
+        metadata |= {"user-data": terraform_literal(spec.user_data), "startup-script": CLOUD_INIT_SHIM}
+    public = spec.public_login and pool.role == "login"
+    nodes = []
+    for index, (hostname, address) in enumerate(zip(pool.hostnames, pool.addresses, strict=True)):
+        external = None
+        if public:
+            # A reserved address: the login node keeps it across replacements, so what users and
+            # their networks' allow lists know stays valid.
+            external = google("compute_address").ComputeAddress(
+                stack, f"node_{pool.name}_{index}_public", name=resource_name(spec.site, hostname), region=spec.region
+            )
+        instance = module.ComputeInstance(
+            stack,
+            f"node_{pool.name}_{index}",
+            name=hostname,
+            zone=spec.zone,
+            machine_type=pool.machine_type,
+            tags=tags,
+            labels={"pool": pool.name, "role": pool.role},
+            boot_disk={
+                "initialize_params": {
+                    "image": IMAGES["gpu" if gpu else "cpu"],
+                    "size": BOOT_DISK_GB,
+                    "type": BOOT_DISK_TYPE,
+                }
+            },
+            network_interface=[
+                module.ComputeInstanceNetworkInterface(
+                    subnetwork=subnet.id,
+                    network_ip=address,
+                    nic_type="GVNIC",  # required by c3, a3 and h3; the faster NIC on every other series
+                    access_config=[module.ComputeInstanceNetworkInterfaceAccessConfig(nat_ip=external.address)]
+                    if external is not None
+                    else None,
+                )
+            ],
+            guest_accelerator=accelerators or None,
+            scratch_disk=scratch or None,
+            # GPU nodes cannot live-migrate, and compact placement does not promise it: such a
+            # node is stopped for host maintenance and started again.
+            scheduling={"on_host_maintenance": "TERMINATE" if gpu or policy else "MIGRATE", "automatic_restart": True},
+            # Secure Boot on CPU nodes only: it refuses kernel modules unsigned by a key the firmware
+            # trusts, and a GPU driver's module need not be signed by one.
+            shielded_instance_config={
+                "enable_secure_boot": not gpu,
+                "enable_vtpm": True,
+                "enable_integrity_monitoring": True,
+            },
+            service_account={"email": account.email, "scopes": ["cloud-platform"]},  # IAM decides, not scopes
+            metadata=metadata,
+            resource_policies=[policy.id] if policy is not None else None,
+            # A new machine type is applied by stopping and starting the node: same disk, same address.
+            allow_stopping_for_update=True,
+        )
+        # The image family moves with every release; following it would replace every node of a
+        # running cluster unasked. A new image is taken when a node is replaced on purpose.
+        instance.add_override("lifecycle.ignore_changes", ["boot_disk[0].initialize_params[0].image"])
+        nodes.append(Node(hostname, pool.role, instance, external))
+    return nodes
+
+
+# ---------------------------------------------------------------- storage
+
+
+def shared_on_ssd(spec: ClusterSpec) -> bool:
+    """/home and project data on SSD where jobs read them hard: GPU pools, Slurm, applications."""
+    return any(p.node.gpu_count for p in spec.pools) or spec.flavor in ("slurm", "application")
+
+
+def filestore_tier(size_gb: int, fast: bool) -> str:
+    """Basic SSD for a fast volume, basic HDD otherwise; zonal beyond what a basic tier holds."""
+    tier = "BASIC_SSD" if fast else "BASIC_HDD"
+    return tier if size_gb <= FILESTORE_TIERS[tier][1] else "ZONAL"
+
+
+def filestore_capacity_gib(tier: str, size_gb: int) -> int:
+    """The smallest capacity of `tier` holding `size_gb` (read as GiB: that only rounds up)."""
+    smallest, largest, step = FILESTORE_TIERS[tier]
+    capacity = max(smallest, math.ceil(size_gb / step) * step)
+    if capacity > largest:
+        raise ValueError(
+            f"{size_gb} GB exceed the largest Filestore {tier} instance ({largest} GiB); split the data or "
+            "lower size_gb"
+        )
+    return capacity
+
+
+def _storage(stack, spec: ClusterSpec, network) -> tuple[dict, dict]:
+    """File systems and buckets of the cluster: ({volume: mount facts}, {volume: bucket name})."""
+    filesystems, buckets = {}, {}
+    for volume in spec.storage:
+        if volume.kind == "object":
+            bucket = private_bucket(
+                stack,
+                volume.name,
+                # With the site: a move that keeps the source's data leaves its bucket in place,
+                # and bucket names are global, so the target's bucket needs a name of its own.
+                bucket_name(spec.account, spec.site, spec.name, volume.name),
+                spec.region,
+                versioned=False,
+            )
+            buckets[volume.name] = bucket.name
+        elif volume.kind == "scratch":
+            filesystems[volume.name] = _scratch(spec, volume)
+        else:
+            filesystems[volume.name] = _filestore(stack, spec, volume, network)
+    return filesystems, buckets
+
+
+def _scratch(spec: ClusterSpec, volume: StorageVolume) -> dict:
+    """Scratch is each node's local SSD, striped by cloud-init: nothing to create here."""
+    machines = catalog("gcp").machine_types
+    per_pool = {p.name: local_ssd_gb(machines[p.machine_type], p.node) for p in spec.pools}
+    per_pool = {name: gb for name, gb in per_pool.items() if gb}
+    if not per_pool:
+        return {
+            "type": "none",
+            "mount": volume.mount,
+            "note": "no node has local SSD: give the compute pools local_ssd_gb to get scratch space",
+        }
+    return {"type": "local-ssd", "mount": volume.mount, "gb_per_node": per_pool}
+
+
+def _filestore(stack, spec: ClusterSpec, volume: StorageVolume, network) -> dict:
+    module = google("filestore_instance")
+    tier = filestore_tier(volume.size_gb, shared_on_ssd(spec))
+    capacity = filestore_capacity_gib(tier, volume.size_gb)
+    share = volume.name.replace("-", "_")[:16]  # share names: letters, digits and '_', at most 16
+    fs = module.FilestoreInstance(
+        stack,
+        f"storage_{volume.name}",
+        name=resource_name(spec.site, spec.name, volume.name),
+        location=spec.zone,
+        tier=tier,
+        file_shares={
+            "name": share,
+            "capacity_gb": capacity,
+            # Only this cluster's subnet mounts it; root on the nodes creates the home directories.
+            "nfs_export_options": [
+                module.FilestoreInstanceFileSharesNfsExportOptions(
+                    ip_ranges=[spec.subnet.cidr], access_mode="READ_WRITE", squash_mode="NO_ROOT_SQUASH"
+                )
+            ],
+        },
+        networks=[
+            module.FilestoreInstanceNetworks(
+                network=network.name, modes=["MODE_IPV4"], connect_mode="PRIVATE_SERVICE_ACCESS"
+            )
+        ],
+    )
+    # NFSv3 calls back into its clients (lock manager, status monitor) on ports the client
+    # picks: the rule admits the file system's own addresses and nothing else.
+    firewall = google("compute_firewall")
+    firewall.ComputeFirewall(
+        stack,
+        f"firewall_storage_{volume.name}",
+        name=resource_name(spec.site, spec.name, volume.name, "nfs"),
+        network=network.id,
+        direction="INGRESS",
+        source_ranges=fs.networks.get(0).ip_addresses,
+        target_tags=[node_tag(spec.name)],
+        allow=[firewall.ComputeFirewallAllow(protocol="all")],
+        description=f"NFS callbacks from file system {volume.name} to the nodes of cluster {spec.name}",
+    )
+    address = cdk.cdktf.Fn.element(fs.networks.get(0).ip_addresses, 0)
+    return {
+        "type": "filestore",
+        "tier": tier,
+        "capacity_gib": capacity,
+        "mount": volume.mount,
+        "source": f"{address}:/{share}",
+    }
+
+
+# ---------------------------------------------------------------- access
+
+
+def iam_domain(spec: ClusterSpec) -> str:
+    return dict(spec.labels)[IAM_DOMAIN_LABEL]
+
+
+def _access(stack, spec: ClusterSpec, instances: dict, account) -> None:
+    """Per access group: OS Login on the instances it may reach, IAP tunnelling to the login
+    nodes among them (admins go on to other nodes from there), and acting as the nodes'
+    service account (OS Login asks for it on instances that run as one)."""
+    if not spec.access:
+        return
+    login = google("compute_instance_iam_member").ComputeInstanceIamMember
+    tunnel = google("iap_tunnel_instance_iam_member").IapTunnelInstanceIamMember
+    act_as = google("service_account_iam_member").ServiceAccountIamMember
+    domain = iam_domain(spec)
+    for group in spec.access:
+        member = f"group:{group.name}@{domain}"
+        admin = group.role in NODE_ROLES
+        role = "roles/compute.osAdminLogin" if admin else "roles/compute.osLogin"
+        for pool in spec.pools:
+            if not admin and pool.role != "login":
+                continue
+            for index, node in enumerate(instances[pool.name]):
+                login(
+                    stack,
+                    f"group_{group.name}_login_{pool.name}_{index}",
+                    instance_name=node.instance.name,
+                    zone=spec.zone,
+                    role=role,
+                    member=member,
+                )
+                if pool.role == "login":  # the firewall lets IAP reach login nodes only
+                    tunnel(
+                        stack,
+                        f"group_{group.name}_iap_{pool.name}_{index}",
+                        instance=node.instance.name,
+                        zone=spec.zone,
+                        role="roles/iap.tunnelResourceAccessor",
+                        member=member,
+                    )
+        act_as(
+            stack,
+            f"group_{group.name}_act_as_nodes",
+            service_account_id=account.name,
+            role="roles/iam.serviceAccountUser",
+            member=member,
+        )

@@ -1,0 +1,537 @@
+"""A Google Cloud landing zone: the VPC with its NAT and firewall, a private GKE control plane,
+identities and secrets for the landing-zone services, Artifact Registry, and buckets.
+
+One stack per site. Cluster stacks find the VPC by its name (`network_name`), because a
+cluster stack cannot read another stack's resources. The small helpers at the end (names,
+buckets, IAM members) are the conventions both kinds of stack follow.
+
+Blocks inside a list are given as struct classes, never as dicts: jsii would pass a dict's
+snake_case keys through unconverted and cdktf would drop them, leaving `[{}]` in the JSON.
+
+Address plan of the VPC (`site_ranges`). The spec gives the services subnet; everything else
+the landing zone needs is carved from the lower half of the VPC's range, because the clusters
+range is the upper half on every site (see README and `sites/`; the spec does not carry it):
+GKE's pod and service ranges (secondary ranges of the services subnet), the /28 of GKE's
+control plane, and the private services access range that Filestore instances of every
+cluster take their addresses from. Cluster stacks therefore never have to coordinate
+addresses with each other: their subnets come from the clusters range, their file systems
+from the private services range.
+
+Firewall: Google Cloud denies all ingress that no rule allows. Each stack opens only what it
+owns: this one lets the VPC reach the control nodes and IAP reach them over SSH; a cluster
+stack opens its own nodes (see `cluster.py`).
+
+Every project-wide name (service accounts, secrets, GKE, firewall rules) starts with the site,
+because two sites may share a project (the example sites do). The project's APIs (compute,
+container, artifactregistry, secretmanager, file, servicenetworking, iap) are enabled when the
+project is set up: they belong to the project, not to one of the sites in it.
+
+The Kubernetes namespaces of the services are created by the services' own deployment (the
+kubernetes provider is not part of this stack); here each service gets the Google service
+account its Kubernetes service account `<name>/<name>` acts as through Workload Identity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+from collections.abc import Sequence
+
+from rpi import cdk
+from rpi.catalog import catalog
+from rpi.spec import ComputePool, LandingZoneSpec, Service
+
+# Where Identity-Aware Proxy's TCP forwarding comes from (Google documents this range).
+IAP_RANGE = "35.235.240.0/20"
+
+# Ranges carved from the lower half of the VPC, in this order, each in the first free block of
+# its size: largest first, so the small ones fill the gaps the large ones leave. A range added
+# at the end never moves the ones before it.
+SITE_RANGES = (
+    ("gke-pods", 20),  # a /24 per node at GKE's default of 110 pods: 16 control nodes
+    ("private-services", 20),  # Filestore takes a /29 (basic) or a /26 (zonal) per instance
+    ("gke-services", 24),
+    ("gke-control-plane", 28),  # GKE requires exactly a /28
+)
+
+# The secrets each landing-zone service keeps in Secret Manager: only the containers are
+# created here, the values are put in by whoever bootstraps the service (never in git).
+SERVICE_SECRETS = {"ldap": "ldap-admin", "keycloak": "keycloak-admin", "vault": "vault-unseal"}
+
+# What GKE nodes need: Google's minimal node role, and reading the site's own registries.
+GKE_NODE_ROLES = ("roles/container.defaultNodeServiceAccount", "roles/artifactregistry.reader")
+
+REGISTRY_FORMATS = {"container": "DOCKER", "deb": "APT", "rpm": "YUM"}
+
+CONTROL_FAMILY = "n2-standard"  # general purpose: control nodes run services, not jobs
+CONTROL_DISK_GB = 100
+
+# The MTU Google recommends for HPC: MPI and NFS move fewer, larger packets.
+VPC_MTU = 8896
+
+
+def google(submodule: str):
+    """One submodule of the Google provider package, loaded on its own (see `cdk.provider_module`)."""
+    return cdk.provider_module("google", submodule)
+
+
+def network_name(site: str) -> str:
+    """The name of a site's VPC: how a cluster stack finds it."""
+    return f"{site}-vpc"
+
+
+def control_tag(site: str) -> str:
+    """The network tag of the GKE control nodes, which the landing zone's firewall rules target."""
+    return f"{site}-control"
+
+
+def build(stack, spec: LandingZoneSpec) -> None:
+    """Add the whole landing zone to `stack` (backend and provider are set by the platform)."""
+    if spec.network.name != network_name(spec.site):
+        raise ValueError(
+            f"site {spec.site}: the VPC is named {spec.network.name!r}, but cluster stacks look for "
+            f"{network_name(spec.site)!r}"
+        )
+    ranges = site_ranges(spec.network.cidr, [s.cidr for s in spec.network.subnets])
+    network, subnets = _network(stack, spec, ranges)
+    _firewall(stack, spec, network)
+    gke = _gke(stack, spec, network, subnets["services"], ranges)
+    identities = _service_identities(stack, spec, gke)
+    _secrets(stack, spec, identities)
+    registries = _registries(stack, spec)
+    buckets = {
+        # Versioned: the services' own state (Vault storage, Terraform of the services layer).
+        "state": private_bucket(
+            stack, "state", bucket_name(spec.account, spec.site, "state"), spec.region, versioned=True
+        ),
+        # Not versioned: a build cache is rebuilt, old versions would only cost.
+        "build_cache": private_bucket(
+            stack, "build_cache", bucket_name(spec.account, spec.site, "build-cache"), spec.region, versioned=False
+        ),
+    }
+
+    cdk.output(stack, "network", network.name, "The site's VPC")
+    cdk.output(stack, "subnets", {name: s.self_link for name, s in sorted(subnets.items())}, "Subnets by name")
+    cdk.output(stack, "ranges", ranges, "Address ranges carved from the VPC's lower half")
+    cdk.output(stack, "gke_cluster_name", gke.name, "The control plane's GKE cluster")
+    # Not sensitive: a private address, reachable only from the VPC's authorized range, and
+    # hiding it would only make plans harder to read.
+    cdk.output(stack, "gke_endpoint", gke.endpoint, "Private endpoint of the GKE control plane")
+    cdk.output(stack, "registries", registries, "Artifact Registry repositories: where clients point")
+    cdk.output(stack, "buckets", {name: b.name for name, b in buckets.items()}, "Cloud Storage buckets")
+
+
+# ---------------------------------------------------------------- network
+
+
+def site_ranges(cidr: str, reserved: Sequence[str]) -> dict[str, str]:
+    """{range name: CIDR} for SITE_RANGES: each the first free block of its size in the lower half.
+
+    Free means: in the lower half of `cidr` and overlapping none of `reserved` (the services
+    subnet) nor a range taken before it.
+    """
+    network = ipaddress.IPv4Network(cidr)
+    lower_half = next(network.subnets(prefixlen_diff=1))
+    taken = [ipaddress.IPv4Network(r) for r in reserved]
+    out = {}
+    for name, prefix in SITE_RANGES:
+        blocks = lower_half.subnets(new_prefix=prefix) if prefix > lower_half.prefixlen else iter(())
+        block = next((b for b in blocks if not any(b.overlaps(t) for t in taken)), None)
+        if block is None:
+            raise ValueError(
+                f"VPC {cidr} is too small: the landing zone needs a free /{prefix} for {name} in its lower half "
+                f"{lower_half} beside the services subnet (use /16, or shrink the services subnet)"
+            )
+        taken.append(block)
+        out[name] = str(block)
+    return out
+
+
+def _network(stack, spec: LandingZoneSpec, ranges: dict[str, str]) -> tuple:
+    """VPC, subnets, Cloud Router with NAT, private services access. Returns (network, {name: subnet})."""
+    network = google("compute_network").ComputeNetwork(
+        stack,
+        "vpc",
+        name=spec.network.name,
+        auto_create_subnetworks=False,  # every subnet comes from the site's address plan
+        mtu=VPC_MTU,
+    )
+    subnetwork = google("compute_subnetwork")
+    subnets = {}
+    for subnet in spec.network.subnets:
+        secondary = []
+        if subnet.name == "services":  # GKE's nodes live here, its pods and services beside them
+            secondary = [
+                subnetwork.ComputeSubnetworkSecondaryIpRange(range_name=name, ip_cidr_range=ranges[name])
+                for name in ("gke-pods", "gke-services")
+            ]
+        subnets[subnet.name] = subnetwork.ComputeSubnetwork(
+            stack,
+            f"subnet_{subnet.name}",
+            name=f"{spec.site}-{subnet.name}",
+            network=network.id,
+            region=spec.region,
+            ip_cidr_range=subnet.cidr,
+            private_ip_google_access=True,  # Google APIs without a public address
+            secondary_ip_range=secondary or None,
+        )
+    router = google("compute_router").ComputeRouter(
+        stack, "router", name=f"{spec.site}-router", network=network.id, region=spec.region
+    )
+    # All subnets, present and future: the subnets that cluster stacks add get egress unasked.
+    google("compute_router_nat").ComputeRouterNat(
+        stack,
+        "nat",
+        name=f"{spec.site}-nat",
+        router=router.name,
+        region=spec.region,
+        nat_ip_allocate_option="AUTO_ONLY",
+        source_subnetwork_ip_ranges_to_nat="ALL_SUBNETWORKS_ALL_IP_RANGES",
+        log_config={"enable": True, "filter": "ERRORS_ONLY"},
+    )
+    # Private services access: Filestore instances of every cluster take addresses from here.
+    private_services = ipaddress.IPv4Network(ranges["private-services"])
+    allocation = google("compute_global_address").ComputeGlobalAddress(
+        stack,
+        "private_services_range",
+        name=f"{spec.site}-private-services",
+        purpose="VPC_PEERING",
+        address_type="INTERNAL",
+        address=str(private_services.network_address),
+        prefix_length=private_services.prefixlen,
+        network=network.id,
+    )
+    # Removing it fails while Google still holds producer resources behind it, for a while even
+    # after the last Filestore instance is gone: removing a site may have to wait and retry.
+    google("service_networking_connection").ServiceNetworkingConnection(
+        stack,
+        "private_services",
+        network=network.id,
+        service="servicenetworking.googleapis.com",
+        reserved_peering_ranges=[allocation.name],
+    )
+    return network, subnets
+
+
+def _firewall(stack, spec: LandingZoneSpec, network) -> None:
+    """The VPC may reach the control nodes (services answer there); IAP may open SSH to them."""
+    firewall = google("compute_firewall")
+    firewall.ComputeFirewall(
+        stack,
+        "firewall_internal",
+        name=f"{spec.site}-internal-to-control",
+        network=network.id,
+        direction="INGRESS",
+        source_ranges=[spec.network.cidr],
+        target_tags=[control_tag(spec.site)],
+        allow=[firewall.ComputeFirewallAllow(protocol="all")],
+        description="Landing-zone services answer to the whole VPC",
+    )
+    firewall.ComputeFirewall(
+        stack,
+        "firewall_iap_ssh",
+        name=f"{spec.site}-iap-ssh-to-control",
+        network=network.id,
+        direction="INGRESS",
+        source_ranges=[IAP_RANGE],
+        target_tags=[control_tag(spec.site)],
+        allow=[firewall.ComputeFirewallAllow(protocol="tcp", ports=["22"])],
+        description="SSH through Identity-Aware Proxy, for repairs",
+    )
+
+
+# ---------------------------------------------------------------- control plane
+
+
+def control_machine_type(pool: ComputePool, region: str) -> str:
+    """The smallest n2-standard type of the catalog with the cores and memory of a control node.
+
+    A pool whose catalog type is resolved keeps it; n2-standard is the general-purpose default.
+    """
+    if pool.machine_type:
+        return pool.machine_type
+    fitting = sorted(
+        (
+            m
+            for m in catalog("gcp").offered(region)
+            if m.family == CONTROL_FAMILY and m.cores >= pool.node.cores and m.memory_gb >= pool.node.memory_gb
+        ),
+        key=lambda m: (m.cores, m.memory_gb, m.name),
+    )
+    if not fitting:
+        raise ValueError(
+            f"control nodes of {pool.node.cores} cores and {pool.node.memory_gb} GB: no {CONTROL_FAMILY} type in "
+            f"{region} is that large (lower services.control_nodes in the site)"
+        )
+    return fitting[0].name
+
+
+def node_zones(count: int, zones: Sequence[str]) -> tuple[list[str], int]:
+    """(zones, nodes per zone) for a GKE node pool of `count` nodes on a site with `zones`.
+
+    GKE puts the same number of nodes in every zone of a pool, so the pool spans the most of
+    the site's zones (in order) that divide `count`: 3 nodes on 3 zones are one per zone,
+    3 nodes on 2 zones all go to the first zone. The total is always `count`.
+    """
+    spread = max(k for k in range(1, len(zones) + 1) if count % k == 0)
+    return list(zones[:spread]), count // spread
+
+
+def _gke(stack, spec: LandingZoneSpec, network, subnet, ranges: dict[str, str]):
+    """A private, regional GKE cluster with Workload Identity and one node pool sized from the spec.
+
+    Regional: the control plane survives the loss of a zone. Private: nodes have no public
+    address and the API answers only inside the VPC, so the services layer is deployed from
+    there. GKE gives the nodes their addresses in the services subnet: the control addresses
+    of the spec are not used on GCP.
+    """
+    container = google("container_cluster")
+    cluster = container.ContainerCluster(
+        stack,
+        "gke",
+        name=f"{spec.site}-control",
+        location=spec.region,
+        network=network.id,
+        subnetwork=subnet.id,
+        networking_mode="VPC_NATIVE",
+        ip_allocation_policy={
+            "cluster_secondary_range_name": "gke-pods",
+            "services_secondary_range_name": "gke-services",
+        },
+        private_cluster_config={
+            "enable_private_nodes": True,
+            "enable_private_endpoint": True,
+            "master_ipv4_cidr_block": ranges["gke-control-plane"],
+        },
+        master_authorized_networks_config={
+            "cidr_blocks": [
+                container.ContainerClusterMasterAuthorizedNetworksConfigCidrBlocks(
+                    cidr_block=spec.network.cidr, display_name="site VPC"
+                )
+            ]
+        },
+        workload_identity_config={"workload_pool": workload_pool(spec.account)},
+        # Kubernetes version left to the channel: upgrades come from GKE, not as drift.
+        release_channel={"channel": "REGULAR"},
+        # GKE requires a first node pool; ours is managed on its own below.
+        remove_default_node_pool=True,
+        initial_node_count=1,
+        # Removing a site is reviewed in its pull request's plan; Terraform's own guard (on by
+        # default for GKE) would only make that reviewed apply fail.
+        deletion_protection=False,
+    )
+    pool = spec.control_plane
+    account = google("service_account").ServiceAccount(
+        stack,
+        "gke_nodes",
+        account_id=account_id(spec.site, "gke-nodes"),
+        display_name=f"GKE control nodes of site {spec.site}",
+    )
+    granted = [
+        google("project_iam_member").ProjectIamMember(
+            stack,
+            f"gke_nodes_{role_id(role)}",
+            project=spec.account,
+            role=role,
+            member=service_account_member(account),
+        )
+        for role in GKE_NODE_ROLES
+    ]
+    zones, per_zone = node_zones(pool.count, spec.zones)
+    google("container_node_pool").ContainerNodePool(
+        stack,
+        "control_nodes",
+        name=pool.name,
+        cluster=cluster.id,
+        location=spec.region,
+        node_locations=zones,
+        node_count=per_zone,
+        node_config={
+            "machine_type": control_machine_type(pool, spec.region),
+            "disk_size_gb": CONTROL_DISK_GB,
+            "disk_type": "pd-balanced",
+            "service_account": account.email,
+            "oauth_scopes": ["https://www.googleapis.com/auth/cloud-platform"],  # IAM decides, not scopes
+            "workload_metadata_config": {"mode": "GKE_METADATA"},  # pods see their own identity only
+            "shielded_instance_config": {"enable_secure_boot": True, "enable_integrity_monitoring": True},
+            "tags": [control_tag(spec.site)],
+        },
+        management={"auto_repair": True, "auto_upgrade": True},
+        depends_on=granted,  # nodes write logs from their first boot
+    )
+    return cluster
+
+
+def workload_pool(project: str) -> str:
+    """The Workload Identity pool of a project's GKE clusters (one per project, named by Google)."""
+    return f"{project}.svc.id.goog"
+
+
+def _service_identities(stack, spec: LandingZoneSpec, gke) -> dict:
+    """Each service's Google service account, which its Kubernetes service account acts as.
+
+    {service name: service account}. The binding needs the project's Workload Identity pool,
+    which exists once a cluster with Workload Identity does: hence the explicit dependency.
+    """
+    make = google("service_account").ServiceAccount
+    bind = google("service_account_iam_member").ServiceAccountIamMember
+    identities = {}
+    for service in spec.services:
+        account = make(
+            stack,
+            f"service_{service.name}",
+            account_id=account_id(spec.site, service.name),
+            display_name=f"{service.name} of site {spec.site}",
+        )
+        bind(
+            stack,
+            f"service_{service.name}_workload_identity",
+            service_account_id=account.name,
+            role="roles/iam.workloadIdentityUser",
+            member=f"serviceAccount:{workload_pool(spec.account)}[{service.name}/{service.name}]",
+            depends_on=[gke],
+        )
+        identities[service.name] = account
+    return identities
+
+
+def _secret_names(service: Service) -> list[str]:
+    names = [SERVICE_SECRETS[service.name]] if service.name in SERVICE_SECRETS else []
+    if dict(service.settings).get("provider") == "vault" and "vault-unseal" not in names:
+        names.append("vault-unseal")  # a secrets store that is Vault unseals like Vault
+    return names
+
+
+def _secrets(stack, spec: LandingZoneSpec, identities: dict) -> dict:
+    """Secret Manager containers, one per secret a service needs; only that service may read it.
+
+    Replicated in the site's region only: a secret stays where the site's labels say its data
+    may be (user-managed replication; automatic replication would copy it worldwide).
+    """
+    module = google("secret_manager_secret")
+    grant = google("secret_manager_secret_iam_member").SecretManagerSecretIamMember
+    secrets = {}
+    for service in spec.services:
+        for name in _secret_names(service):
+            if name not in secrets:
+                secrets[name] = module.SecretManagerSecret(
+                    stack,
+                    f"secret_{name}",
+                    secret_id=f"{spec.site}-{name}",
+                    replication={
+                        "user_managed": {
+                            "replicas": [module.SecretManagerSecretReplicationUserManagedReplicas(location=spec.region)]
+                        }
+                    },
+                )
+            grant(
+                stack,
+                f"secret_{name}_{service.name}",
+                secret_id=secrets[name].secret_id,
+                role="roles/secretmanager.secretAccessor",
+                member=service_account_member(identities[service.name]),
+            )
+    return secrets
+
+
+def _registries(stack, spec: LandingZoneSpec) -> dict[str, str]:
+    """One Artifact Registry repository per registry: {name: the address clients configure}.
+
+    For APT the address is the project's repository root; the repository's name is the suite.
+    """
+    make = google("artifact_registry_repository").ArtifactRegistryRepository
+    out = {}
+    for registry in spec.registries:
+        fmt = REGISTRY_FORMATS[registry.format]
+        repo = make(
+            stack,
+            f"registry_{registry.format}",
+            repository_id=registry.name,
+            location=spec.region,
+            format=fmt,
+            description=f"{registry.format} packages of site {spec.site}",
+            # A tag always names the same image: reproducible clusters.
+            docker_config={"immutable_tags": True} if fmt == "DOCKER" else None,
+        )
+        host = f"{spec.region}-{fmt.lower()}.pkg.dev"
+        out[registry.name] = {
+            "DOCKER": f"{host}/{spec.account}/{repo.repository_id}",
+            "APT": f"https://{host}/projects/{spec.account}",
+            "YUM": f"https://{host}/projects/{spec.account}/{repo.repository_id}",
+        }[fmt]
+    return out
+
+
+# ---------------------------------------------------------------- shared with cluster stacks
+
+_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+def resource_name(*parts: str, limit: int = 63) -> str:
+    """A deterministic name for a project-wide resource: the parts joined with '-'.
+
+    Too long a name keeps its start and ends with 8 hex digits of its hash, so it stays
+    unique and the same in every run.
+    """
+    name = "-".join(parts).lower()
+    if len(name) > limit:
+        name = name[: limit - 9].rstrip("-") + "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
+    if not _NAME.match(name):
+        raise ValueError(f"{name!r} is not a valid Google Cloud name: lowercase letters, digits and '-'")
+    return name
+
+
+def account_id(*parts: str) -> str:
+    """A service account id (6 to 30 characters) from the parts, shortened like `resource_name`."""
+    name = resource_name(*parts, limit=30)
+    if len(name) < 6:
+        name = resource_name(name, "sa", limit=30)
+    return name
+
+
+def role_id(role: str) -> str:
+    """A construct id for an IAM role: `roles/logging.logWriter` -> `logging_logwriter`."""
+    return _snake(role.removeprefix("roles/"))
+
+
+def service_account_member(account) -> str:
+    return f"serviceAccount:{account.email}"
+
+
+_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{1,61}[a-z0-9]$")
+
+
+def bucket_name(*parts: str) -> str:
+    """A deterministic bucket name, shortened like `resource_name`; bucket names are global, so
+    they start with the project."""
+    name = "-".join(parts).lower()
+    if len(name) > 63:
+        name = name[:54].rstrip("-_") + "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
+    if not _BUCKET_NAME.match(name) or name.startswith("goog") or "google" in name:
+        raise ValueError(
+            f"bucket name {name!r} is not valid: lowercase letters, digits, '-' and '_', "
+            "not starting with 'goog' nor containing 'google'"
+        )
+    return name
+
+
+def private_bucket(stack, construct_id: str, name: str, region: str, versioned: bool):
+    """A bucket in the site's region that no one outside the project can read.
+
+    Uniform access: IAM alone decides, no object ACLs. Public access prevention enforced:
+    not even a later IAM grant to allUsers can open it.
+    """
+    return google("storage_bucket").StorageBucket(
+        stack,
+        f"bucket_{construct_id}",
+        name=name,
+        location=region.upper(),  # how the API reports it: no perpetual diff
+        uniform_bucket_level_access=True,
+        public_access_prevention="enforced",
+        versioning={"enabled": versioned},
+    )
+
+
+def _snake(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
