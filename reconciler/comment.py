@@ -1,162 +1,375 @@
 """PURE: the pull-request plan comment and the apply result, as GitHub-flavoured Markdown.
 
-Summary first (a table of every stack), warnings for destroys, moves and blocked plans, then
-each stack's changes folded. Only addresses and actions are ever shown, never values, so a
-sensitive value cannot reach a comment. Long plans are split below GitHub's 65,536-character
-limit; the first part always holds the whole summary. A hidden block records what was
-reviewed (each stack's configuration hash), so apply can refuse anything else.
+The plan comment reads top-down the way a reviewer works: a headline with the totals, a
+warning listing every destroy, move and plan that needs a decision, a table with one row per
+stack, then each stack's resource changes folded in <details>. Only resource addresses,
+actions and output names are shown, never values, so a sensitive value cannot reach a comment.
+
+Parts. GitHub refuses a body over 65,536 characters, so the comment is cut into parts of at
+most LIMIT characters. Every part starts with its numbered marker line, then MARKER, so one
+search for MARKER (or MARKER_PREFIX) finds them all. The first part holds the headline, the
+warnings and the table; only a table of hundreds of stacks continues at the top of the next
+parts. Details follow greedily in stack order.
+
+Reviewed block. Each part that summarizes stacks records, on a line of its own above its
+table, the head commit and every pending stack's action and configuration hash; apply
+refuses whatever differs. No other line starts with `<!--`: each starts with text of our own
+(`|`, `>`, `#`, a diff gutter, `<details>`, a sentence), and every value from a plan or a
+definition is escaped or indented, so nothing in a plan can forge that line.
+
+The renderer takes the unit plans, not the whole Assessment: everything it shows is in them.
 """
 
 from __future__ import annotations
 
+import html
 import json
 import re
-from typing import Mapping
+from collections.abc import Callable, Iterable, Mapping
 
-from reconciler.affected import DESTROY
+from reconciler.affected import APPLY, DESTROY
+from reconciler.apply import APPLIED, NOTHING, REFUSED, SKIPPED, ApplyResult
+from reconciler.apply import FAILED as APPLY_FAILED
 from reconciler.plan import Change
-from reconciler.render import counts_text, moves, totals
+from reconciler.render import counts_text, describe_change, moves, totals
+from reconciler.resolve import CLUSTER
 from reconciler.run import FAILED, OFFLINE, UNSUPPORTED, UnitPlan
 
 MARKER = "<!-- reconcile:plan -->"
+MARKER_PREFIX = MARKER.removesuffix(" -->")  # "<!-- reconcile:plan": every part's first line starts with it
 APPLY_MARKER = "<!-- reconcile:apply -->"
-LIMIT = 65_000  # GitHub refuses bodies over 65,536 characters; keep headroom
+LIMIT = 65_000  # GitHub refuses bodies over 65,536 characters: keep headroom
 MAX_CHANGES_PER_UNIT = 200
-MAX_SUMMARY_ROWS = 300
-_REVIEWED = re.compile(r"<!-- reconcile:reviewed (\{.*?\}) -->")
+MAX_WARNINGS = 50
+MAX_ERROR_LINES = 30
+MAX_CELL = 300
+MAX_NOTE = 1_000
+
+_REVIEWED_LINE = re.compile(r"^<!-- reconcile:reviewed (\{.*\}) -->\r?$", re.MULTILINE)
+_GUTTER = {"create": "+", "delete": "-", "replace": "-", "update": "!"}  # the colour GitHub gives a ```diff line
+_TABLE_HEAD = (
+    "| unit | platform | site | why | create | update | replace | destroy | portability | status |\n"
+    "|---|---|---|---|--:|--:|--:|--:|---|---|\n"
+)
+_FOOTER = (
+    "Merging applies exactly this plan: a stack whose configuration changes after this comment is refused "
+    "until it is planned again. Only addresses, actions and output names are shown here, never values."
+)
 
 
-def _part_marker(index: int, count: int) -> str:
-    return f"<!-- reconcile:plan part={index}/{count} -->"
+# ---------------------------------------------------------------- escaping
+
+
+def _inline(text: str, cap: int = MAX_CELL) -> str:
+    """Text from a definition or a plan, made inert in Markdown and HTML, on one line."""
+    text = " ".join(str(text).split())
+    if len(text) > cap:
+        text = text[: cap - 1] + "…"
+    return html.escape(text, quote=False)
 
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    return _inline(text).replace("|", "\\|")
 
 
-def _status(p: UnitPlan) -> str:
-    if p.blocked:
-        return "needs a decision"
-    if p.status == UNSUPPORTED:
-        return "not synthesizable yet"
-    if p.status == FAILED:
-        return "**plan failed**"
-    if p.status == OFFLINE:
-        return "offline (configuration diff)"
-    return "changes" if p.pending else "no changes"
+def _code(text: str) -> str:
+    """Text for a line inside a code block: kept verbatim, except that it cannot end the line."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
-def reviewed_block(plans: list[UnitPlan], head_sha: str) -> str:
-    units = {
-        p.selected.unit.key: {"action": p.selected.action, "config_hash": p.selected.unit.config_hash}
-        for p in plans
-        if p.pending
-    }
-    return f"<!-- reconcile:reviewed {json.dumps({'head': head_sha, 'units': units}, sort_keys=True, separators=(',', ':'))} -->"
+def _link(url: str) -> str:
+    return url.replace(" ", "%20").replace("(", "%28").replace(")", "%29")
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+# ---------------------------------------------------------------- reviewed block
+
+
+def reviewed_line(head_sha: str, units: Mapping[str, Mapping[str, str]]) -> str:
+    """The hidden line recording what was reviewed: compact JSON, keys sorted. `<` and `>` are
+    written as JSON escapes, so no key can close the HTML comment early."""
+    data = json.dumps({"head": head_sha, "units": units}, sort_keys=True, separators=(",", ":"))
+    data = data.replace("<", r"\u003c").replace(">", r"\u003e")
+    return f"<!-- reconcile:reviewed {data} -->"
+
+
+def _reviewed_entry(p: UnitPlan) -> tuple[str, dict[str, str]] | None:
+    if not p.pending:
+        return None
+    return p.selected.unit.key, {"action": p.selected.action, "config_hash": p.selected.unit.config_hash}
 
 
 def parse_reviewed(body: str) -> dict | None:
-    """What a plan comment says was reviewed: {"head": sha, "units": {key: {action, config_hash}}}."""
-    match = _REVIEWED.search(body or "")
-    return json.loads(match.group(1)) if match else None
+    """What a plan comment says was reviewed: {"head": sha, "units": {key: {action, config_hash}}}.
+
+    `body` is one part, or several parts joined (a table of hundreds of stacks records the
+    stacks of each part in that part). None when the text does not start with the plan marker,
+    holds no reviewed line, or holds lines that disagree: then nothing counts as reviewed.
+    """
+    if not body or not body.startswith(MARKER_PREFIX):
+        return None
+    head, units, found = None, {}, False
+    for match in _REVIEWED_LINE.finditer(body):
+        try:
+            data = json.loads(match.group(1))
+        except ValueError:
+            return None
+        if not isinstance(data, dict) or not isinstance(data.get("head"), str) or not isinstance(data.get("units"), dict):
+            return None
+        if found and data["head"] != head:
+            return None
+        head, found = data["head"], True
+        for key, entry in data["units"].items():
+            if not _well_formed(entry) or units.setdefault(key, entry) != entry:
+                return None
+    return {"head": head, "units": units} if found else None
 
 
-def summary(plans: list[UnitPlan], verdicts: Mapping[str, str], head_sha: str, run_url: str) -> str:
-    pending = [p for p in plans if p.pending]
-    counts = totals(plans)
-    lines = [f"### reconcile plan for `{head_sha[:7] or 'working tree'}`: "
-             + (f"{len(pending)} stack(s) to change" if pending else "nothing to do"), ""]
-    if pending:
-        lines += [f"**{counts_text(counts)}**", ""]
-    warnings = []
+def _well_formed(entry: object) -> bool:
+    return isinstance(entry, dict) and all(isinstance(entry.get(k), str) for k in ("action", "config_hash"))
+
+
+# ---------------------------------------------------------------- summary
+
+
+def _status(p: UnitPlan) -> str:
+    """The row's status, plainly: what was planned and what stands in the way."""
+    notes = ["**needs a decision**"] if p.blocked else []
+    if p.status == FAILED:
+        notes.append("**plan failed**")
+    elif p.status == UNSUPPORTED:
+        notes.append("not synthesizable yet")
+    elif p.status == OFFLINE:
+        notes.append("offline: configuration diff")
+    if p.summary is not None:
+        if p.summary.has_changes:
+            notes.append("changes")
+        elif p.pending:
+            notes.append("no resource changes, live record updated")
+        else:
+            notes.append("no changes")
+    return "; ".join(notes)
+
+
+def _verdict(p: UnitPlan, verdicts: Mapping[str, str]) -> str:
+    """Portability of what is applied, by unit key or cluster name; a destroy has none."""
+    unit = p.selected.unit
+    if p.selected.action == DESTROY:
+        return "—"
+    return verdicts.get(unit.key) or (verdicts.get(unit.name) if unit.kind == CLUSTER else None) or "—"
+
+
+def _move_halves(plans: list[UnitPlan]) -> dict[int, str]:
+    halves = {}
     for move in moves(plans):
+        halves[id(move.target)] = " (move 1/2)"
+        halves[id(move.source)] = " (move 2/2)"
+    return halves
+
+
+def _row(p: UnitPlan, verdicts: Mapping[str, str], half: str) -> str:
+    unit = p.selected.unit
+    name = f"{'**DESTROY** ' if p.selected.action == DESTROY else ''}{_cell(unit.title)}{half}"
+    counts = p.summary.counts if p.summary is not None else {}
+    cells = [
+        name, _cell(unit.platform), _cell(unit.site), _cell("; ".join(p.selected.reasons)),
+        *(f"{counts[a]:,}" if a in counts else "—" for a in ("create", "update", "replace", "delete")),
+        _cell(_verdict(p, verdicts)), _status(p),
+    ]
+    return "| " + " | ".join(cells) + " |\n"
+
+
+def _headline(plans: list[UnitPlan], head_sha: str) -> str:
+    changing = [p for p in plans if p.pending and p.status != UNSUPPORTED]
+    bits = [f"{_plural(len(changing), 'stack')} to change"] if changing else []
+    if unsupported := sum(1 for p in plans if p.status == UNSUPPORTED):
+        bits.append(f"{unsupported:,} not synthesizable yet")
+    if blocked := sum(1 for p in plans if p.blocked):
+        bits.append(f"{blocked:,} {'needs' if blocked == 1 else 'need'} a decision")
+    if failed := sum(1 for p in plans if p.status == FAILED):
+        bits.append(f"{_plural(failed, 'plan')} failed")
+    where = f"`{_inline(head_sha[:7])}`" if head_sha else "the working tree"
+    text = f"### reconcile plan for {where}: {', '.join(bits) or 'nothing to do'}\n\n"
+    if changing:
+        text += f"**{counts_text(totals(plans))}**\n\n"
+    elif not plans:
+        text += "Every checked stack matches git.\n\n"
+    return text
+
+
+def _alert(kind: str, items: list[str]) -> str:
+    if not items:
+        return ""
+    shown = items[:MAX_WARNINGS]
+    if len(items) > MAX_WARNINGS:
+        shown.append(f"… and {len(items) - MAX_WARNINGS:,} more: see the table")
+    return f"> [!{kind}]\n" + "".join(f"> - {item}\n" for item in shown) + "\n"
+
+
+def _warnings(plans: list[UnitPlan]) -> str:
+    """Destroys, moves, destructive changes and decisions first; failed plans after."""
+    warn = []
+    move_list = moves(plans)
+    for move in move_list:
         s, t = move.source.selected.unit, move.target.selected.unit
-        warnings.append(f"**MOVE** cluster `{move.cluster}`: {s.site} → {t.site} (create, check health, then destroy on {s.site})")
-    move_sources = {id(m.source) for m in moves(plans)}
+        text = (
+            f"**MOVE** cluster `{_inline(move.cluster)}`: {_inline(s.site)} [{_inline(s.platform)}] → "
+            f"{_inline(t.site)} [{_inline(t.platform)}]: created on {_inline(t.site)}, health-checked, "
+            f"then destroyed on {_inline(s.site)}"
+        )
+        if move.source.kept:
+            text += f"; its data stays in place: {', '.join(f'`{_inline(a)}`' for a in move.source.kept)}"
+        warn.append(text)
+    sources = {id(m.source) for m in move_list}
     for p in plans:
-        if p.selected.action == DESTROY and id(p) not in move_sources:
-            warnings.append(f"**DESTROY** {p.selected.unit.title}: {'; '.join(p.selected.reasons)}")
-        if p.blocked:
-            warnings.append(f"**NEEDS A DECISION** {p.selected.unit.title}: {p.blocked}")
-        if p.status == FAILED:
-            warnings.append(f"**PLAN FAILED** {p.selected.unit.title}")
-    if warnings:
-        lines += ["> [!WARNING]"] + [f"> - {w}" for w in warnings] + [""]
-    if plans:
-        lines += [
-            "| stack | platform | site | why | create | update | replace | destroy | portability | status |",
-            "|---|---|---|---|--:|--:|--:|--:|---|---|",
-        ]
-        for p in plans[:MAX_SUMMARY_ROWS]:
-            unit = p.selected.unit
-            c = p.summary.counts if p.summary is not None else {}
-            name = f"{'**DESTROY** ' if p.selected.action == DESTROY else ''}{unit.kind} `{unit.name}`"
-            lines.append(
-                "| " + " | ".join(
-                    _cell(x) for x in (
-                        name, unit.platform, unit.site, "; ".join(p.selected.reasons),
-                        str(c.get("create", "—")), str(c.get("update", "—")), str(c.get("replace", "—")),
-                        str(c.get("delete", "—")), verdicts.get(unit.key, "—"), _status(p),
-                    )
-                ) + " |"
+        unit, counts = p.selected.unit, p.summary.counts if p.summary is not None else {}
+        if p.selected.action == DESTROY and id(p) not in sources:
+            warn.append(f"**DESTROY** {_inline(unit.title)}: {_inline('; '.join(p.selected.reasons), MAX_NOTE)}")
+        elif p.selected.action == APPLY and (counts.get("delete") or counts.get("replace")):
+            warn.append(
+                f"**DESTROYS RESOURCES** in {_inline(unit.title)}: "
+                f"{counts['replace']:,} to replace, {counts['delete']:,} to destroy"
             )
-        if len(plans) > MAX_SUMMARY_ROWS:
-            lines.append(f"\n… {len(plans) - MAX_SUMMARY_ROWS} more stacks: see the JSON output of the run")
-    if run_url:
-        lines += ["", f"[Run]({run_url})"]
-    lines += ["", "Merging applies exactly this plan. A stack changed after this comment is refused until planned again."]
-    return "\n".join(lines) + "\n"
+        if p.blocked:
+            warn.append(f"**NEEDS A DECISION** {_inline(unit.title)}: {_inline(p.blocked, MAX_NOTE)}")
+    failed = [f"**PLAN FAILED** {_inline(p.selected.unit.title)}: see its details below" for p in plans if p.status == FAILED]
+    return _alert("WARNING", warn) + _alert("CAUTION", failed)
 
 
-def _diff_line(change: Change) -> str:
-    """One change as a line of a ```diff block: GitHub colours + green, - red, ! orange."""
-    reason = f", {change.reason.replace('_', ' ')}" if change.reason and change.action == "replace" else ""
-    return {
-        "create": f"+ {change.address}",
-        "delete": f"- {change.address}",
-        "update": f"! {change.address} (update in place)",
-        "replace": f"! {change.address} (replace{reason})",
-        "move": f"  {change.address} (moved from {change.previous_address})",
-        "forget": f"  {change.address} (forgotten: left in place, not destroyed)",
-    }.get(change.action, f"  {change.address} ({change.action})")
+def _summary(head_sha: str, top: str, rows: list[str], entries: list, more: int, tail: str) -> str:
+    text = reviewed_line(head_sha, dict(e for e in entries if e)) + "\n" + top
+    if rows:
+        text += _TABLE_HEAD + "".join(rows)
+    if more:
+        text += f"\n… {more:,} more units, see the following comments\n"
+    return text + ("\n" if rows or more else "") + tail
+
+
+def _continuation(head_sha: str, start: int, total: int, rows: list[str], entries: list) -> str:
+    recorded = dict(e for e in entries if e)
+    text = (reviewed_line(head_sha, recorded) + "\n") if recorded else ""
+    text += f"#### reconcile plan, summary continued: units {start + 1:,}–{start + len(rows):,} of {total:,}\n\n"
+    return text + _TABLE_HEAD + "".join(rows)
+
+
+def _most_that_fit(render: Callable[[int], str], available: int, room: int) -> int:
+    """The largest n (0..available) whose rendering fits in `room` characters."""
+    low, high = 0, available
+    while low < high:
+        middle = (low + high + 1) // 2
+        if len(render(middle)) <= room:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+# ---------------------------------------------------------------- details
+
+
+def _change_line(change: Change) -> str:
+    line = f"{_GUTTER.get(change.action, ' ')} {_code(describe_change(change))}"
+    if change.action == "forget":
+        line += " (forgotten: left in place, not destroyed)"
+    return line
 
 
 def details(p: UnitPlan) -> str:
+    """One stack's changes, folded: addresses and actions, output names, never values."""
     unit = p.selected.unit
-    head = f"{'DESTROY ' if p.selected.action == DESTROY else ''}{unit.title} [{unit.platform}]"
-    lines = [f"<details><summary>{head}: {_status(p)}</summary>", "", "```diff"]
+    outcome = counts_text(p.summary.counts) if p.summary is not None and p.summary.visible else _status(p).replace("**", "")
+    title = f"{'DESTROY ' if p.selected.action == DESTROY else ''}{unit.title} [{unit.platform}]: {outcome}"
+    lines = [f"<details><summary>{_inline(title)}</summary>", ""]
+    if p.blocked:
+        lines += [f"**Needs a decision:** {_inline(p.blocked, MAX_NOTE)}", ""]
+    if p.kept:
+        lines += [f"Keeps its data: {', '.join(f'`{_inline(a)}`' for a in p.kept)} left in place (storage.on_move: keep).", ""]
+    if p.status == UNSUPPORTED:
+        lines += [f"Not synthesizable yet: the {_inline(unit.platform)} platform is not implemented in this version.", ""]
+    elif p.status == OFFLINE:
+        lines += [
+            (
+                f"Offline: no {_inline(unit.platform)} credentials here, so this is the synthesized configuration "
+                "compared with the base revision; a live plan needs credentials."
+            ),
+            "",
+        ]
+    if p.status == FAILED:
+        error = p.error.splitlines() or ["(no output)"]
+        lines += ["The plan failed:", "", "```text"]
+        lines += [f"  {_code(line)}".replace("`", "'").rstrip() for line in error[:MAX_ERROR_LINES]]
+        if len(error) > MAX_ERROR_LINES:
+            lines.append(f"  … and {len(error) - MAX_ERROR_LINES:,} more lines in the run's output")
+        lines += ["```", ""]
     if p.summary is not None:
         visible = p.summary.visible
-        lines += [_diff_line(change) for change in visible[:MAX_CHANGES_PER_UNIT]]
-        if len(visible) > MAX_CHANGES_PER_UNIT:
-            lines.append(f"  … and {len(visible) - MAX_CHANGES_PER_UNIT} more")
+        if visible:
+            lines.append("```diff")
+            lines += [_change_line(change) for change in visible[:MAX_CHANGES_PER_UNIT]]
+            if len(visible) > MAX_CHANGES_PER_UNIT:
+                lines.append(f"  … and {len(visible) - MAX_CHANGES_PER_UNIT:,} more")
+            lines += ["```", ""]
+        else:
+            lines += ["No resource changes.", ""]
         if p.summary.output_changes:
-            lines.append(f"  outputs changed: {', '.join(p.summary.output_changes)}")
-        if not visible:
-            lines.append("  no resource changes")
-    elif p.error:
-        lines += [f"  {line}" for line in p.error.splitlines()[:50]]
-    else:
-        lines.append(f"  {_status(p)}")
-    lines += ["```", "", "</details>"]
+            names = ", ".join(f"`{_inline(name)}`" for name in p.summary.output_changes)
+            lines += [f"Outputs changed (names only): {names}", ""]
+    lines.append("</details>")
     return "\n".join(lines) + "\n"
 
 
+# ---------------------------------------------------------------- parts
+
+
+def part_marker(index: int, count: int) -> str:
+    return f"{MARKER_PREFIX} part={index}/{count} -->"
+
+
+def _room(limit: int) -> int:
+    """What a part holds after its two marker lines (sized for any plausible part count)."""
+    return limit - len(part_marker(99_999, 99_999)) - len(MARKER) - 2
+
+
+def _cut(text: str, room: int) -> str:
+    """Whole lines of `text` up to `room` characters, a note of what was left out, and the
+    code fence and <details> it leaves open closed again."""
+    if len(text) <= room:
+        return text
+    lines, kept, size = text.splitlines(keepends=True), [], 0
+    budget = room - 300  # the note and the closing tags
+    for line in lines:
+        if size + len(line) > budget:
+            break
+        kept.append(line)
+        size += len(line)
+    out = "".join(kept)
+    if not out.endswith("\n"):
+        out += "\n"
+    if sum(1 for line in kept if line.lstrip().startswith("```")) % 2:
+        out += "```\n"
+    out += f"\n*… cut to fit one comment: {len(lines) - len(kept):,} more lines are in the run's output.*\n"
+    open_details = out.count("<details>") - out.count("</details>")
+    out += "\n</details>\n" * max(open_details, 0)
+    return out
+
+
 def split(header: str, blocks: list[str], limit: int = LIMIT) -> list[str]:
-    """Bodies of at most `limit` characters: the header opens the first, blocks follow greedily.
-    Each body starts with a part marker (filled in once the count is known)."""
-    room = limit - len(_part_marker(999, 999)) - 2
-    if len(header) > room:
-        header = header[: room - 40] + "\n… (summary cut to fit)\n"
-    parts: list[str] = [header]
+    """Bodies of at most `limit` characters: the header opens the first, the blocks follow
+    greedily in order, and a block longer than a whole part is cut with a note. Every body
+    starts with its numbered marker line and MARKER."""
+    room = _room(limit)
+    parts = [_cut(header, room)]
     for block in blocks:
-        if len(block) > room:
-            block = block[: room - 60] + "\n```\n… (cut to fit one comment)\n</details>\n"
-        if len(parts[-1]) + len(block) + 1 > room:
-            parts.append("")
-        parts[-1] += "\n" + block
+        block = _cut(block, room)
+        if len(parts[-1]) + 1 + len(block) > room:
+            parts.append(block)
+        else:
+            parts[-1] += "\n" + block
     count = len(parts)
-    return [f"{_part_marker(i, count)}\n{body}" for i, body in enumerate(parts, start=1)]
+    return [f"{part_marker(i, count)}\n{MARKER}\n{body}" for i, body in enumerate(parts, start=1)]
 
 
 def render_comment(
@@ -165,22 +378,61 @@ def render_comment(
     head_sha: str,
     run_url: str = "",
 ) -> list[str]:
-    """The plan comment's parts. The first carries the summary and the reviewed block."""
-    header = f"{MARKER}\n{reviewed_block(plans, head_sha)}\n{summary(plans, verdicts or {}, head_sha, run_url)}"
-    return split(header, [details(p) for p in plans])
+    """The plan comment's parts, in order. `verdicts` maps a unit key or a cluster name to its
+    portability verdict. The first part holds the headline, the warnings and the summary
+    table (a table too long for it continues at the top of the next parts)."""
+    verdicts = verdicts or {}
+    halves = _move_halves(plans)
+    rows = [_row(p, verdicts, halves.get(id(p), "")) for p in plans]
+    entries = [_reviewed_entry(p) for p in plans]
+    top = _headline(plans, head_sha) + _warnings(plans)
+    tail = (f"[CI run]({_link(run_url)}) · " if run_url else "") + _FOOTER + "\n"
+    room = _room(LIMIT) - 1  # a block joins a part with a newline
+
+    def first(n: int) -> str:
+        return _summary(head_sha, top, rows[:n], entries[:n], len(rows) - n, tail)
+
+    in_first = _most_that_fit(first, len(rows), room)
+    blocks, shown = [], in_first
+    while shown < len(rows):
+
+        def chunk(n: int, start: int = shown) -> str:
+            return _continuation(head_sha, start, len(rows), rows[start : start + n], entries[start : start + n])
+
+        n = max(1, _most_that_fit(chunk, len(rows) - shown, room))
+        blocks.append(chunk(n))
+        shown += n
+    return split(first(in_first), blocks + [details(p) for p in plans])
 
 
-def render_apply_result(results, head_sha: str, run_url: str = "") -> str:
-    failed = [r for r in results if r.outcome in ("failed", "refused")]
-    title = "failed" if failed else "applied"
-    lines = [APPLY_MARKER, f"### reconcile apply of `{head_sha[:7]}`: {title}", ""]
-    if failed:
-        lines += ["> [!CAUTION]"] + [f"> {r.plan.selected.unit.title}: {r.outcome}" for r in failed] + [""]
-    lines += ["| stack | action | outcome | detail |", "|---|---|---|---|"]
+# ---------------------------------------------------------------- after apply
+
+
+def render_apply_result(results: Iterable[ApplyResult], head_sha: str, run_url: str = "") -> str:
+    """The outcome of an apply, one row per stack; failures, refusals and skips stand out."""
+    results = list(results)
+    tally: dict[str, int] = {}
     for r in results:
-        unit = r.plan.selected.unit
-        detail = (r.detail or "").splitlines()[0][:300] if r.detail else ""
-        lines.append(f"| {unit.title} | {r.plan.selected.action} | {r.outcome} | {_cell(detail)} |")
-    if run_url:
-        lines += ["", f"[Run]({run_url})"]
-    return "\n".join(lines) + "\n"
+        tally[r.outcome] = tally.get(r.outcome, 0) + 1
+    known = (APPLIED, NOTHING, APPLY_FAILED, REFUSED, SKIPPED)
+    counted = ", ".join(f"{tally[o]:,} {o}" for o in (*known, *sorted(set(tally) - set(known))) if tally.get(o))
+    bad = [r for r in results if r.outcome not in (APPLIED, NOTHING)]
+    where = f"`{_inline(head_sha[:7])}`" if head_sha else "the working tree"
+    body = f"{APPLY_MARKER}\n### reconcile apply of {where}: {'**failed**' if bad else 'done'} ({counted or 'nothing to apply'})\n\n"
+    body += _alert("CAUTION", [f"**{r.outcome.upper()}** {_inline(r.plan.selected.unit.title)}: {_first_line(r.detail)}" for r in bad])
+    tail = f"\n[CI run]({_link(run_url)})\n" if run_url else ""
+    if results:
+        body += "| unit | action | outcome | detail |\n|---|---|---|---|\n"
+    for i, r in enumerate(results):
+        outcome = f"**{r.outcome}**" if r.outcome not in (APPLIED, NOTHING) else r.outcome
+        row = f"| {_cell(r.plan.selected.unit.title)} | {r.plan.selected.action} | {outcome} | {_first_line(r.detail)} |\n"
+        if len(body) + len(row) + len(tail) + 100 > LIMIT:
+            body += f"\n… {len(results) - i:,} more units: see the run's output\n"
+            break
+        body += row
+    return body + tail
+
+
+def _first_line(text: str) -> str:
+    first = (text or "").strip().splitlines()[:1]
+    return _cell(first[0]) if first else ""
