@@ -4,6 +4,9 @@ Two scenarios, each run as a fresh `reconcile --dry-run` process, as a user runs
 - nothing affected: every local stack applied, nothing changed. Must not start Node at all.
 - one local cluster changed: clusters/dev.yaml gets one more node; the synthesis cache is
   cleared before each run, so each run synthesizes (Node, cdktf) and plans (the engine).
+- one GCP cluster changed: clusters/icon.yaml gets one more node; without credentials the
+  unit is synthesized at the base and at the head (the google provider loaded lazily) and
+  compared offline. The cache is cleared before each run.
 
 Printed per scenario: median and best wall time, peak RSS of the largest process in the run
 (reconcile itself, Node or the engine: RUSAGE_CHILDREN of a wrapper process), and whether
@@ -110,6 +113,15 @@ def main() -> int:
         cache = repo / ".reconcile" / "cache"
         results.append(
             scenario("one local cluster changed", dry_run, env, marker, args.repeat, expect=2,
+                     before=lambda: shutil.rmtree(cache, ignore_errors=True))
+        )
+        dev.write_text(text)
+        icon = repo / "clusters" / "icon.yaml"
+        icon_text = icon.read_text()
+        assert icon_text.count("    count: 1\n") == 1
+        icon.write_text(icon_text.replace("    count: 1\n", "    count: 2\n"))
+        results.append(
+            scenario("one GCP cluster changed", dry_run, env, marker, args.repeat, expect=2,
                      before=lambda: shutil.rmtree(cache, ignore_errors=True))
         )
     if args.json:

@@ -1,0 +1,120 @@
+"""One cluster definition on every platform, and the refusals that come before any synthesis.
+
+Real repositories built from the example definitions, the real catalogs, and (for the test
+marked slow) the real cdktf synthesis on local, gcp and aws.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+import pytest
+
+from reconciler.gitsource import GitSource
+from reconciler.run import desired
+from reconciler.synth import synthesize
+
+
+def place(repo, cluster: str, site: str) -> None:
+    """Change only the cluster's placement site (and drop that site from its failover list)."""
+    path = f"clusters/{cluster}.yaml"
+    text, count = re.subn(r"(placement:\n  site: )\S+", rf"\g<1>{site}", repo.read(path))
+    assert count == 1
+    failover = re.search(r"(?m)^failover: \[(.*)\]$", text)
+    others = [s for s in failover.group(1).split(", ") if s and s != site]
+    repo.write(path, text.replace(failover.group(0), f"failover: [{', '.join(others)}]"))
+
+
+def nothing_applied(repo) -> bool:
+    return not (repo.path / ".reconcile" / "state").exists()
+
+
+def test_icon_resolves_to_the_type_that_matches_its_node_exactly(repo):
+    spec = desired(GitSource(repo.path).working_tree()).units["cluster:icon@gcp-netherlands"].spec
+    compute = next(p for p in spec.pools if p.name == "compute")
+    assert compute.machine_type == "a2-ultragpu-8g"  # 48 cores, 1,360 GB, 8x A100 80 GB, 3,000 GB local SSD
+    node = compute.node
+    assert (node.cores, node.memory_gb, node.gpu_model, node.gpu_count, node.local_ssd_gb) == (
+        48,
+        1360,
+        "nvidia-a100-80gb",
+        8,
+        3000,
+    )
+
+
+def test_portability_matrix_explains_every_refusal(repo, cli):
+    code, out, _ = cli("portability", "--repo", str(repo.path), "--json")
+    assert code == 0
+    verdicts = {(v["cluster"], v["site"]): v for v in json.loads(out)["verdicts"]}
+    assert verdicts["icon", "gcp-netherlands"]["realizable"]
+    assert verdicts["icon", "gcp-netherlands"]["machine_types"]["compute"] == "a2-ultragpu-8g"
+    (why,) = verdicts["icon", "gcp-zurich"]["reasons"]
+    assert why == (
+        "node_pools.compute: nvidia-a100-80gb is not offered in europe-west6; offered in europe-west4, us-central1"
+    )
+    (why,) = verdicts["icon", "aws-frankfurt"]["reasons"]
+    assert "p4de.24xlarge lacks memory (1152 < 1360 GB)" in why
+    assert verdicts["icon", "local-a"]["realizable"]
+    assert verdicts["gpu-ai", "aws-frankfurt"]["machine_types"]["gpu"] == "p4de.24xlarge"
+    assert "a2-ultragpu-8g lacks local SSD (3000 < 7600 GB)" in verdicts["gpu-ai", "gcp-netherlands"]["reasons"][0]
+    assert verdicts["slurm-hpc", "aws-zurich"]["machine_types"]["compute"] == "c6i.32xlarge"
+
+
+def test_region_without_the_gpu_is_refused_before_synthesis(repo, cli):
+    place(repo, "icon", "gcp-zurich")
+    code, _, err = cli("--dry-run", "--repo", str(repo.path))
+    assert code == 1
+    assert err.startswith("clusters/icon.yaml:11:3: error: node_pools.compute: cluster icon cannot run on its placement site")
+    assert "nvidia-a100-80gb is not offered in europe-west6; offered in europe-west4, us-central1" in err
+    assert "nothing was planned or applied" in err
+    assert nothing_applied(repo)
+
+
+def test_impossible_node_spec_names_the_nearest_types(repo, cli):
+    repo.replace("clusters/icon.yaml", "memory_gb: 1360", "memory_gb: 4000")
+    code, _, err = cli("apply", "--auto-approve", "--repo", str(repo.path))
+    assert code == 1
+    assert "clusters/icon.yaml:11:3: error: node_pools.compute:" in err
+    assert "no type in europe-west4 has 48 cores, 4000 GB, 8x nvidia-a100-80gb, 3000 GB local SSD" in err
+    assert "nearest: a2-ultragpu-8g lacks memory (1360 < 4000 GB)" in err
+    assert nothing_applied(repo)
+
+
+def test_unknown_gpu_model_is_refused_with_the_valid_ones(repo, cli):
+    repo.replace("clusters/icon.yaml", "model: nvidia-a100-80gb", "model: nvidia-a100-90gb")
+    code, _, err = cli("validate", "--repo", str(repo.path))
+    assert code == 1
+    assert err.startswith("clusters/icon.yaml:17:14: error: node_pools.compute.gpu.model:")
+    assert "nvidia-a100-80gb" in err  # what would be valid
+    assert nothing_applied(repo)
+
+
+@pytest.mark.slow
+def test_one_definition_synthesizes_on_local_gcp_and_aws_with_only_its_site_changed(repo):
+    """The dev cluster, unchanged but for its site: three platforms, one cloud-init."""
+    documents, user_data = {}, {}
+    for site in ("local-a", "gcp-zurich", "aws-zurich"):
+        place(repo, "dev", site)
+        unit = desired(GitSource(repo.path).working_tree()).units[f"cluster:dev@{site}"]
+        (text,) = synthesize([unit]).values()
+        documents[site] = json.loads(text)
+        user_data[site] = unit.spec.user_data
+    assert user_data["local-a"] == user_data["gcp-zurich"] == user_data["aws-zurich"]
+
+    local = documents["local-a"]["resource"]["terraform_data"]
+    assert set(local) >= {"node_login_0", "node_compute_0", "node_compute_1", "storage_shared"}
+    gcp = documents["gcp-zurich"]["resource"]["google_compute_instance"]
+    assert sorted(i["name"] for i in gcp.values()) == ["dev-compute-0", "dev-compute-1", "dev-login-0"]
+    assert {i["machine_type"] for i in gcp.values()} == {"c2-standard-8", "c2-standard-16"}
+    for instance in gcp.values():  # Terraform's escapes for ${ and %{ are undone by Terraform itself
+        carried = instance["metadata"]["user-data"].replace("$${", "${").replace("%%{", "%{")
+        assert carried == user_data["gcp-zurich"]
+    aws = documents["aws-zurich"]["resource"]
+    assert sorted(i["tags"]["Name"] for i in aws["aws_instance"].values()) == ["dev-compute-0", "dev-compute-1", "dev-login-0"]
+    for template in aws["aws_launch_template"].values():
+        assert base64.b64decode(template["user_data"]).decode() == user_data["aws-zurich"]
+    for site, document in documents.items():
+        assert set(document["output"]) >= {"login_addresses", "node_count", "nodes"}, site
