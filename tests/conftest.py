@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -97,6 +98,15 @@ class Repo:
         text = self.read(rel)
         assert text.count(old) == 1, f"{old!r} is not unique in {rel}"
         self.write(rel, text.replace(old, new))
+
+    def place(self, cluster: str, site: str) -> None:
+        """Change only a cluster's placement site (and drop that site from its failover list)."""
+        path = f"clusters/{cluster}.yaml"
+        text, count = re.subn(r"(placement:\n  site: )\S+", rf"\g<1>{site}", self.read(path))
+        assert count == 1, path
+        failover = re.search(r"(?m)^failover: \[(.*)\]$", text)
+        others = [s for s in failover.group(1).split(", ") if s and s != site]
+        self.write(path, text.replace(failover.group(0), f"failover: [{', '.join(others)}]"))
 
     def commit(self, message: str = "change") -> str:
         git(self.path, "add", "-A")

@@ -8,23 +8,12 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 
 import pytest
 
 from reconciler.gitsource import GitSource
 from reconciler.run import desired
 from reconciler.synth import synthesize
-
-
-def place(repo, cluster: str, site: str) -> None:
-    """Change only the cluster's placement site (and drop that site from its failover list)."""
-    path = f"clusters/{cluster}.yaml"
-    text, count = re.subn(r"(placement:\n  site: )\S+", rf"\g<1>{site}", repo.read(path))
-    assert count == 1
-    failover = re.search(r"(?m)^failover: \[(.*)\]$", text)
-    others = [s for s in failover.group(1).split(", ") if s and s != site]
-    repo.write(path, text.replace(failover.group(0), f"failover: [{', '.join(others)}]"))
 
 
 def nothing_applied(repo) -> bool:
@@ -64,7 +53,7 @@ def test_portability_matrix_explains_every_refusal(repo, cli):
 
 
 def test_region_without_the_gpu_is_refused_before_synthesis(repo, cli):
-    place(repo, "icon", "gcp-zurich")
+    repo.place("icon", "gcp-zurich")
     code, _, err = cli("--dry-run", "--repo", str(repo.path))
     assert code == 1
     assert err.startswith("clusters/icon.yaml:11:3: error: node_pools.compute: cluster icon cannot run on its placement site")
@@ -97,7 +86,7 @@ def test_one_definition_synthesizes_on_local_gcp_and_aws_with_only_its_site_chan
     """The dev cluster, unchanged but for its site: three platforms, one cloud-init."""
     documents, user_data = {}, {}
     for site in ("local-a", "gcp-zurich", "aws-zurich"):
-        place(repo, "dev", site)
+        repo.place("dev", site)
         unit = desired(GitSource(repo.path).working_tree()).units[f"cluster:dev@{site}"]
         (text,) = synthesize([unit]).values()
         documents[site] = json.loads(text)

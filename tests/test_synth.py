@@ -13,6 +13,8 @@ GOLDEN_UNITS = {
     "site:local-a": "local/landing-zone-local-a.tf.json",
     "cluster:dev@local-a": "local/cluster-dev.tf.json",
     "cluster:slurm-hpc@local-b": "local/cluster-slurm-hpc.tf.json",
+    "cluster:gpu-ai@local-a": "local/cluster-gpu-ai.tf.json",  # re-placed: every flavor on every platform
+    "cluster:icon@local-b": "local/cluster-icon.tf.json",
 }
 
 
@@ -23,6 +25,8 @@ def synth_out(cli, repo, out) -> dict[str, bytes]:
 
 
 def test_golden_terraform_json(repo, update_golden):
+    repo.place("gpu-ai", "local-a")
+    repo.place("icon", "local-b")
     units = desired(GitSource(repo.path).working_tree()).units
     documents = synthesize([units[k] for k in GOLDEN_UNITS])
     for key, name in GOLDEN_UNITS.items():
