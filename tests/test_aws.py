@@ -377,8 +377,8 @@ def test_storage_by_flavor(synthesized):
     gpu = doc(synthesized, "cluster-gpu-ai")  # gpu flavor, but EFA nodes: Lustre
     assert resources(gpu, "aws_fsx_lustre_file_system")["storage_shared"]["storage_capacity"] == 4800
     assert sorted(b["bucket"] for b in resources(gpu, "aws_s3_bucket").values()) == [
-        "111122223333-gpu-ai-checkpoints",
-        "111122223333-gpu-ai-datasets",
+        "111122223333-aws-frankfurt-gpu-ai-checkpoints",
+        "111122223333-aws-frankfurt-gpu-ai-datasets",
     ]
 
 

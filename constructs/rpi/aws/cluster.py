@@ -322,9 +322,10 @@ def _storage(stack, spec: ClusterSpec, subnet, nodes) -> tuple[dict, dict]:
     filesystems, buckets = {}, {}
     for volume in spec.storage:
         if volume.kind == "object":
-            bucket = private_bucket(
-                stack, volume.name, bucket_name(spec.account, spec.name, volume.name), versioned=False
-            )
+            # The site is part of the name: bucket names are global, and a move that keeps its
+            # data leaves the source's bucket in place while the target creates its own.
+            name = bucket_name(spec.account, spec.site, spec.name, volume.name)
+            bucket = private_bucket(stack, volume.name, name, versioned=False)
             buckets[volume.name] = bucket.bucket
         elif volume.kind == "scratch":
             filesystems[volume.name] = _lustre(stack, spec, volume, "SCRATCH_2", subnet, nodes)
