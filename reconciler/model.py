@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 NAME_PATTERN = r"^[a-z]([a-z0-9-]{0,38}[a-z0-9])?$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description="lower-case letters, digits and '-', 1-40 characters")]
@@ -297,9 +297,15 @@ class Cluster(Strict):
             raise ValueError("flavor gpu needs at least one node pool with gpu")
         if self.flavor == "slurm" and self.services.scheduler is None:
             raise ValueError("flavor slurm needs services.scheduler")
-        if self.placement.site in self.failover:
-            raise ValueError(f"failover lists the placement site {self.placement.site}")
         return self
+
+    @field_validator("failover")
+    @classmethod
+    def _not_where_it_runs(cls, failover: list[str], info: ValidationInfo) -> list[str]:
+        placement = info.data.get("placement")
+        if placement is not None and placement.site in failover:
+            raise ValueError(f"failover lists the placement site {placement.site}: a cluster fails over elsewhere")
+        return failover
 
 
 # Fields a profile may not set: they say which cluster this is and where it runs.

@@ -130,3 +130,9 @@ def test_all_problems_of_a_run_are_reported_together(repo):
     found = problems(repo)
     files = sorted({f.split(":")[0] for f in found})
     assert files == ["clusters/dev.yaml", "clusters/gpu-ai.yaml", "clusters/icon.yaml", "clusters/slurm-hpc.yaml", "sites/broken.yaml"]
+
+
+def test_failover_to_where_it_runs_points_at_the_failover_list(repo):
+    repo.replace("clusters/dev.yaml", "failover: [local-b]", "failover: [local-b, local-a]")
+    (found,) = problems(repo)
+    assert found.startswith("clusters/dev.yaml:7:11: error: failover: failover lists the placement site local-a")
