@@ -72,6 +72,17 @@ class Service:
     address: str
     settings: tuple[tuple[str, str], ...] = ()
 
+    def secret_names(self) -> list[str]:
+        """The secrets this service keeps in the platform's secret store. Platforms create only
+        the containers; the values are put in by whoever bootstraps the service, never in git."""
+        names = [SERVICE_SECRETS[self.name]] if self.name in SERVICE_SECRETS else []
+        if dict(self.settings).get("provider") == "vault" and "vault-unseal" not in names:
+            names.append("vault-unseal")  # a secrets store that is Vault unseals like Vault
+        return names
+
+
+SERVICE_SECRETS = {"ldap": "ldap-admin", "keycloak": "keycloak-admin", "vault": "vault-unseal"}
+
 
 @dataclass(frozen=True)
 class Registry:

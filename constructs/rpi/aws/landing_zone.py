@@ -25,15 +25,12 @@ import re
 from collections.abc import Sequence
 
 from rpi import cdk
-from rpi.spec import ComputePool, LandingZoneSpec, Service
+from rpi.spec import ComputePool, LandingZoneSpec
 
 # Managed policies, by the role that needs them (AWS documents these for EKS).
 EKS_CLUSTER_POLICIES = ("AmazonEKSClusterPolicy",)
 EKS_NODE_POLICIES = ("AmazonEKSWorkerNodePolicy", "AmazonEKS_CNI_Policy", "AmazonEC2ContainerRegistryReadOnly")
 
-# The secrets each landing-zone service keeps in Secrets Manager: only the containers are
-# created here, the values are put in by whoever bootstraps the service (never in git).
-SERVICE_SECRETS = {"ldap": "ldap-admin", "keycloak": "keycloak-admin", "vault": "vault-unseal"}
 
 # m6i sizes by vCPU count; every size has 4 GiB of memory per vCPU.
 M6I_SIZES = {
@@ -286,16 +283,9 @@ def _eks(stack, spec: LandingZoneSpec, private: list, control_plane):
     return cluster
 
 
-def _secret_names(service: Service) -> list[str]:
-    names = [SERVICE_SECRETS[service.name]] if service.name in SERVICE_SECRETS else []
-    if dict(service.settings).get("provider") == "vault" and "vault-unseal" not in names:
-        names.append("vault-unseal")  # a secrets store that is Vault unseals like Vault
-    return names
-
-
 def _secrets(stack, spec: LandingZoneSpec) -> dict:
     """Secrets Manager containers, one per secret a service needs: {name: secret}."""
-    names = sorted({name for service in spec.services for name in _secret_names(service)})
+    names = sorted({name for service in spec.services for name in service.secret_names()})
     make = aws("secretsmanager_secret").SecretsmanagerSecret
     return {
         name: make(
@@ -324,7 +314,7 @@ def _service_identities(stack, spec: LandingZoneSpec, eks, secrets: dict) -> Non
             (),
             actions=["sts:AssumeRole", "sts:TagSession"],
         )
-        mine = [secrets[name].arn for name in _secret_names(service)]
+        mine = [secrets[name].arn for name in service.secret_names()]
         if mine:
             aws("iam_role_policy").IamRolePolicy(
                 stack,

@@ -40,7 +40,7 @@ from collections.abc import Sequence
 
 from rpi import cdk
 from rpi.catalog import catalog
-from rpi.spec import ComputePool, LandingZoneSpec, Service
+from rpi.spec import ComputePool, LandingZoneSpec
 
 # Where Identity-Aware Proxy's TCP forwarding comes from (Google documents this range).
 IAP_RANGE = "35.235.240.0/20"
@@ -55,9 +55,6 @@ SITE_RANGES = (
     ("gke-control-plane", 28),  # GKE requires exactly a /28
 )
 
-# The secrets each landing-zone service keeps in Secret Manager: only the containers are
-# created here, the values are put in by whoever bootstraps the service (never in git).
-SERVICE_SECRETS = {"ldap": "ldap-admin", "keycloak": "keycloak-admin", "vault": "vault-unseal"}
 
 # What GKE nodes need: Google's minimal node role, and reading the site's own registries.
 GKE_NODE_ROLES = ("roles/container.defaultNodeServiceAccount", "roles/artifactregistry.reader")
@@ -396,13 +393,6 @@ def _service_identities(stack, spec: LandingZoneSpec, gke) -> dict:
     return identities
 
 
-def _secret_names(service: Service) -> list[str]:
-    names = [SERVICE_SECRETS[service.name]] if service.name in SERVICE_SECRETS else []
-    if dict(service.settings).get("provider") == "vault" and "vault-unseal" not in names:
-        names.append("vault-unseal")  # a secrets store that is Vault unseals like Vault
-    return names
-
-
 def _secrets(stack, spec: LandingZoneSpec, identities: dict) -> dict:
     """Secret Manager containers, one per secret a service needs; only that service may read it.
 
@@ -413,7 +403,7 @@ def _secrets(stack, spec: LandingZoneSpec, identities: dict) -> dict:
     grant = google("secret_manager_secret_iam_member").SecretManagerSecretIamMember
     secrets = {}
     for service in spec.services:
-        for name in _secret_names(service):
+        for name in service.secret_names():
             if name not in secrets:
                 secrets[name] = module.SecretManagerSecret(
                     stack,
