@@ -70,7 +70,12 @@ def gcs_backend(stack: Stack, bucket: str, prefix: str) -> None:
 
 
 def s3_backend(stack: Stack, bucket: str, key: str, region: str) -> None:
-    cdktf.S3Backend(stack, bucket=bucket, key=key, region=region, encrypt=True, use_lockfile=True)
+    """Encrypted state in S3, locked by Terraform's lock file (Terraform/OpenTofu 1.10+).
+
+    cdktf 0.21.0's S3Backend does not know `use_lockfile` (a TypeError), so it goes in as an override.
+    """
+    backend = cdktf.S3Backend(stack, bucket=bucket, key=key, region=region, encrypt=True)
+    backend.add_override("use_lockfile", True)
 
 
 PROVIDER_PACKAGES = {"google": "cdktf_cdktf_provider_google", "aws": "cdktf_cdktf_provider_aws"}

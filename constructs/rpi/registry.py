@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import ipaddress
 from functools import cache
 from pathlib import Path
 
 from rpi.platform import Platform
 
-KNOWN = ("local", "gcp", "aws")
 _HERE = Path(__file__).parent
-
-
 _IMPLEMENTATIONS = {"local": "LocalPlatform", "gcp": "GcpPlatform", "aws": "AwsPlatform"}
 
 
@@ -59,6 +57,13 @@ _RESERVED_HOSTS = {"local": (1, 0), "gcp": (1, 1), "aws": (3, 0)}
 def reserved_hosts(name: str) -> tuple[int, int]:
     """How many host addresses of a subnet the platform reserves: (at the start, at the end)."""
     return _RESERVED_HOSTS.get(name, (1, 0))
+
+
+def reserved_addresses(name: str, subnet: ipaddress.IPv4Network) -> set[ipaddress.IPv4Address]:
+    """Every address of `subnet` no node may take on the platform, network and broadcast included."""
+    start, end = reserved_hosts(name)
+    first, last = subnet.network_address, subnet.broadcast_address
+    return {first + i for i in range(start + 1)} | {last - i for i in range(end + 1)}
 
 
 # Resource types that hold data a person would miss: shared filesystems and buckets.

@@ -21,11 +21,7 @@ class AwsPlatform:
     name = "aws"
 
     def backend(self, stack, state: StateLocation) -> None:
-        # What `cdk.s3_backend` means to write: it passes `use_lockfile=`, which cdktf 0.21.0's
-        # S3Backend does not know (TypeError), so the option goes in as an override here. Once
-        # cdk.py does the same, this becomes `cdk.s3_backend(...)` with the same bytes.
-        backend = cdk.cdktf.S3Backend(stack, bucket=state.bucket, key=state.key, region=state.region, encrypt=True)
-        backend.add_override("use_lockfile", True)  # S3-native locking (Terraform/OpenTofu 1.10+)
+        cdk.s3_backend(stack, state.bucket, state.key, state.region)
 
     def landing_zone(self, stack, spec: LandingZoneSpec) -> None:
         self.backend(stack, spec.state)

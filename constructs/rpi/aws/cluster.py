@@ -13,7 +13,7 @@ import base64
 import ipaddress
 import math
 
-from rpi import cdk
+from rpi import cdk, registry
 from rpi.aws.landing_zone import (
     aws,
     bucket_name,
@@ -34,7 +34,6 @@ IMAGES = {
 }
 ROOT_VOLUME_GB = 100
 USER_DATA_LIMIT = 16 * 1024  # EC2 refuses more, counted before base64
-AWS_RESERVED_HOSTS = 3  # after the network address: router (.1), DNS (.2), reserved (.3)
 
 # FSx for Lustre on SSD takes 1200 GiB, 2400 GiB or a multiple of 2400 GiB (SCRATCH_2 and
 # PERSISTENT_2 alike), and PERSISTENT_2 needs a throughput per TiB: the smallest is enough
@@ -84,7 +83,7 @@ def check(spec: ClusterSpec) -> None:
                 f"{pool.node.memory_gb} GB in {spec.region} (the catalog resolved none; see `reconcile portability`)"
             )
     subnet = ipaddress.IPv4Network(spec.subnet.cidr)
-    reserved = {subnet.network_address + i for i in range(AWS_RESERVED_HOSTS + 1)} | {subnet.broadcast_address}
+    reserved = registry.reserved_addresses("aws", subnet)  # router (.1), DNS (.2), reserved (.3)
     for pool in spec.pools:
         for hostname, address in zip(pool.hostnames, pool.addresses, strict=True):
             if ipaddress.IPv4Address(address) in reserved:

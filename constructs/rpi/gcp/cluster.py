@@ -41,7 +41,7 @@ import ipaddress
 import math
 from typing import Any, NamedTuple
 
-from rpi import cdk
+from rpi import cdk, registry
 from rpi.catalog import MachineType, catalog
 from rpi.gcp.landing_zone import (
     IAP_RANGE,
@@ -151,7 +151,7 @@ def check(spec: ClusterSpec) -> None:
             raise ValueError(f"cluster {spec.name}: node pool {pool.name}: {exc}") from None
     subnet = ipaddress.IPv4Network(spec.subnet.cidr)
     first, last = subnet.network_address, subnet.broadcast_address
-    reserved = {first, first + 1, last - 1, last}
+    reserved = registry.reserved_addresses("gcp", subnet)  # gateway (.1) and the second-to-last
     for pool in spec.pools:
         for hostname, address in zip(pool.hostnames, pool.addresses, strict=True):
             if ipaddress.IPv4Address(address) in reserved:
