@@ -32,6 +32,7 @@ from rpi.spec import (
     Subnet,
     canonical,
     digest,
+    network_name,
 )
 
 SITE, CLUSTER = "site", "cluster"
@@ -123,7 +124,7 @@ def _site_unit(site: Site, path: str) -> Unit:
         zones=tuple(site.zones),
         labels=tuple(sorted(site.labels.items())),
         network=Network(
-            name=f"{site.name}-vpc",
+            name=network_name(site.name),
             cidr=net.cidr,
             subnets=(Subnet("services", net.services_subnet, gateway),),
         ),

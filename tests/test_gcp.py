@@ -254,7 +254,7 @@ def test_nothing_is_open_to_the_internet(synthesized):
 
 
 def test_landing_zone_network(synthesized, example):
-    from rpi.gcp.landing_zone import network_name
+    from rpi.spec import network_name
 
     lz = doc(synthesized, "landing-zone")
     (vpc,) = resources(lz, "google_compute_network").values()

@@ -152,6 +152,12 @@ class ClusterSpec:
     keep_data_on_move: bool | None = None  # storage.on_move: True keep, False drop, None undecided
 
 
+def network_name(site: str) -> str:
+    """The name of a site's network: its landing zone creates it, cluster stacks look it up by it
+    (a cluster stack cannot read another stack's resources)."""
+    return f"{site}-vpc"
+
+
 def canonical(value) -> str:
     """Canonical JSON of a spec: the same text for the same spec on any machine."""
     return json.dumps(dataclasses.asdict(value), sort_keys=True, separators=(",", ":"))

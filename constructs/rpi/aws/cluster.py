@@ -22,9 +22,8 @@ from rpi.aws.landing_zone import (
     private_bucket,
     private_route_table_name,
     statement,
-    vpc_name,
 )
-from rpi.spec import ClusterSpec, ComputePool, StorageVolume
+from rpi.spec import ClusterSpec, ComputePool, StorageVolume, network_name
 
 # Public SSM parameters naming the current AMI. The NVIDIA image brings the GPU driver, CUDA
 # and the EFA software; every type in the AWS catalog is x86_64.
@@ -103,7 +102,7 @@ def _subnet(stack, spec: ClusterSpec):
     """The site's VPC (looked up) and the cluster's subnet in it, routed out through the NAT gateway."""
     data_vpc = aws("data_aws_vpc")
     vpc = data_vpc.DataAwsVpc(
-        stack, "vpc", filter=[data_vpc.DataAwsVpcFilter(name="tag:Name", values=[vpc_name(spec.site)])]
+        stack, "vpc", filter=[data_vpc.DataAwsVpcFilter(name="tag:Name", values=[network_name(spec.site)])]
     )
     subnet = aws("subnet").Subnet(
         stack,

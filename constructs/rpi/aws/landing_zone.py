@@ -2,7 +2,7 @@
 landing-zone services, registries, secrets and a state bucket.
 
 One stack per site. Cluster stacks find what they share with it (the VPC, the private route
-table) by the Name tags set here, through `vpc_name` and `private_route_table_name`, because a
+table) by the Name tags set here, through `rpi.spec.network_name` and `private_route_table_name`, because a
 cluster stack cannot read another stack's resources. The small helpers at the end (policies,
 roles, private buckets) are the conventions both kinds of stack follow.
 
@@ -49,11 +49,6 @@ M6I_SIZES = {
 def aws(submodule: str):
     """One submodule of the AWS provider package, loaded on its own (see `cdk.provider_module`)."""
     return cdk.provider_module("aws", submodule)
-
-
-def vpc_name(site: str) -> str:
-    """The Name tag of a site's VPC: how a cluster stack finds it."""
-    return f"{site}-vpc"
 
 
 def private_route_table_name(site: str) -> str:
@@ -115,7 +110,7 @@ def _network(stack, spec: LandingZoneSpec) -> dict:
         cidr_block=spec.network.cidr,
         enable_dns_support=True,  # EKS private endpoints and FSx/EFS names resolve through the VPC
         enable_dns_hostnames=True,
-        tags={"Name": vpc_name(spec.site)},
+        tags={"Name": spec.network.name},
     )
     services = spec.network.subnets
     pairs = zone_subnets(spec.network.cidr, [s.cidr for s in services], len(spec.zones))

@@ -48,13 +48,12 @@ from rpi.gcp.landing_zone import (
     account_id,
     bucket_name,
     google,
-    network_name,
     private_bucket,
     resource_name,
     role_id,
     service_account_member,
 )
-from rpi.spec import ClusterSpec, ComputePool, NodeSpec, StorageVolume
+from rpi.spec import ClusterSpec, ComputePool, NodeSpec, StorageVolume, network_name
 
 IMAGES = {
     "cpu": "cloud-hpc-image-public/hpc-rocky-linux-8",

@@ -1,7 +1,7 @@
 """A Google Cloud landing zone: the VPC with its NAT and firewall, a private GKE control plane,
 identities and secrets for the landing-zone services, Artifact Registry, and buckets.
 
-One stack per site. Cluster stacks find the VPC by its name (`network_name`), because a
+One stack per site. Cluster stacks find the VPC by its name (`rpi.spec.network_name`), because a
 cluster stack cannot read another stack's resources. The small helpers at the end (names,
 buckets, IAM members) are the conventions both kinds of stack follow.
 
@@ -73,11 +73,6 @@ def google(submodule: str):
     return cdk.provider_module("google", submodule)
 
 
-def network_name(site: str) -> str:
-    """The name of a site's VPC: how a cluster stack finds it."""
-    return f"{site}-vpc"
-
-
 def control_tag(site: str) -> str:
     """The network tag of the GKE control nodes, which the landing zone's firewall rules target."""
     return f"{site}-control"
@@ -85,11 +80,6 @@ def control_tag(site: str) -> str:
 
 def build(stack, spec: LandingZoneSpec) -> None:
     """Add the whole landing zone to `stack` (backend and provider are set by the platform)."""
-    if spec.network.name != network_name(spec.site):
-        raise ValueError(
-            f"site {spec.site}: the VPC is named {spec.network.name!r}, but cluster stacks look for "
-            f"{network_name(spec.site)!r}"
-        )
     ranges = site_ranges(spec.network.cidr, [s.cidr for s in spec.network.subnets])
     network, subnets = _network(stack, spec, ranges)
     _firewall(stack, spec, network)
