@@ -225,11 +225,18 @@ def cmd_apply(settings: Settings, args) -> int:
         sys.stdout.write(render.plans_text(assessment, plans, name))
     if any(p.status == FAILED for p in plans):
         raise ReconcileError("some plans failed; nothing was applied")
-    pr = ghflow.pr_number(getattr(args, "pr", None), _event())
-    gh = ghflow.connect(args.github_repo) if pr is not None else None
-    labels = gh.labels(pr) if gh is not None else set()
+    event = _event()
+    pr, gh, unmatched = ghflow.pr_number(getattr(args, "pr", None), event), None, ""
+    if getattr(args, "pr", None) == "auto" and event is not None and event.name == "push":
+        gh = ghflow.connect(args.github_repo)  # which pull request a push merged is GitHub's to say
+        found = ghflow.merged_pull_request(gh, assessment.head.snapshot.revision or event.head_sha or "")
+        pr, unmatched = (found, "") if isinstance(found, int) else (None, found)
+    gh = gh or (ghflow.connect(args.github_repo) if pr is not None else None)
+    labels = gh.labels(pr) if pr is not None else set()
     ghflow.gate_destroys(assessment, plans, args.allow_destroy or ghflow.ALLOW_DESTROY_LABEL in labels)
-    if gh is not None:
+    if unmatched:
+        ghflow.refuse_unreviewed(plans, f"{unmatched}, so no reviewed plan applies; merge through a pull request")
+    elif pr is not None:
         ghflow.gate_reviewed(plans, ghflow.reviewed_plan(gh, pr), pr)
     refused = [p for p in plans if p.blocked and p.pending]
     for p in refused:

@@ -235,6 +235,8 @@ def _warnings(plans: list[UnitPlan]) -> str:
             )
         if p.blocked:
             warn.append(f"**NEEDS A DECISION** {_inline(unit.title)}: {_inline(p.blocked, MAX_NOTE)}")
+        if p.probe:
+            warn.append(f"**RUNS ON THE APPLY RUNNER** {_inline(unit.title)}: its health check is new or changed: `{_inline(p.probe, MAX_NOTE).replace('`', chr(39))}`")
     failed = [f"**PLAN FAILED** {_inline(p.selected.unit.title)}: see its details below" for p in plans if p.status == FAILED]
     return _alert("WARNING", warn) + _alert("CAUTION", failed)
 
@@ -287,6 +289,11 @@ def details(p: UnitPlan) -> str:
         lines += [f"**Needs a decision:** {_inline(p.blocked, MAX_NOTE)}", ""]
     if p.kept:
         lines += [f"Keeps its data: {', '.join(f'`{_inline(a)}`' for a in p.kept)} left in place (storage.on_move: keep).", ""]
+    if p.probe:
+        lines += [
+            "Health check, new or changed; it runs on the apply runner, with no tokens or cloud credentials:",
+            "", "```text", f"  {_code(p.probe)}".replace("`", "'"), "```", "",
+        ]
     if p.status == UNSUPPORTED:
         lines += [f"Not synthesizable yet: the {_inline(unit.platform)} platform is not implemented in this version.", ""]
     elif p.status == OFFLINE:

@@ -39,7 +39,10 @@ class ProcessRunner:
     env: dict[str, str]
 
     def run(self, workdir: Path, args: list[str]) -> tuple[int, str, str]:
-        done = subprocess.run([*self.command, f"-chdir={workdir}", *args], capture_output=True, text=True, env=self.env)
+        # umask 077: the state files the engine creates (state, backup, lock) are the owner's only
+        done = subprocess.run(
+            [*self.command, f"-chdir={workdir}", *args], capture_output=True, text=True, env=self.env, umask=0o077
+        )
         return done.returncode, done.stdout, done.stderr
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,15 +35,10 @@ def parse(name: str, payload: dict) -> Event:
             merged=bool(pr.get("merged")),
         )
     if name == "push":
-        return Event(name=name, repository=repository, pr=merged_pr(payload), base_sha=payload.get("before"), head_sha=payload.get("after"))
+        # No pull request: which one a push merged is asked of the API (ghflow.merged_pull_request),
+        # never read from the commit message, which whoever wrote the commit chose.
+        return Event(name=name, repository=repository, base_sha=payload.get("before"), head_sha=payload.get("after"))
     return Event(name=name, repository=repository)
-
-
-def merged_pr(payload: dict) -> int | None:
-    """The pull request a push to main merged, from GitHub's merge or squash commit message."""
-    message = ((payload.get("head_commit") or {}).get("message") or "").split("\n", 1)[0]
-    match = re.match(r"Merge pull request #(\d+) ", message) or re.search(r"\(#(\d+)\)$", message)
-    return int(match.group(1)) if match else None
 
 
 def read(name: str | None, path: str | None) -> Event | None:

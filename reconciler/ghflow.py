@@ -54,6 +54,17 @@ def pr_number(value: str | None, event: Event | None) -> int | None:
     return int(value)
 
 
+def merged_pull_request(gh: GitHub, sha: str) -> int | str:
+    """The one pull request whose merge made `sha` (GitHub's association, merged, with that merge
+    commit), or why there is not exactly one. A commit message names whatever its author wrote."""
+    merged = sorted(number for number, was_merged, merge_sha in gh.pulls_of_commit(sha) if was_merged and merge_sha == sha)
+    if len(merged) == 1:
+        return merged[0]
+    if not merged:
+        return f"no merged pull request has {sha[:7]} as its merge commit"
+    return f"{sha[:7]} is the merge commit of several pull requests ({', '.join(f'#{n}' for n in merged)})"
+
+
 def run_url() -> str:
     env = os.environ
     if env.get("GITHUB_RUN_ID") and env.get("GITHUB_REPOSITORY"):
@@ -112,18 +123,26 @@ def reviewed_plan(gh: GitHub, pr: int) -> dict | None:
 
 def gate_reviewed(plans: list[UnitPlan], reviewed: dict | None, pr: int) -> None:
     """Refuse every pending stack whose configuration is not the one reviewed on #pr."""
-    units = (reviewed or {}).get("units", {})
+    if reviewed is None:
+        refuse_unreviewed(plans, f"no reviewed plan was found on #{pr}; plan it on a pull request first")
+        return
+    units = reviewed.get("units", {})
     for p in plans:
         if not p.pending or p.blocked:
             continue
         key, action = p.selected.unit.key, p.selected.action
         seen = units.get(key)
-        if reviewed is None:
-            p.blocked = f"no reviewed plan was found on #{pr}; plan it on a pull request first"
-        elif seen is None or seen.get("action") != action:
+        if seen is None or seen.get("action") != action:
             p.blocked = f"#{pr}'s reviewed plan did not {action} {key}; plan again"
         elif seen.get("config_hash") != p.selected.unit.config_hash:
             p.blocked = f"the configuration of {key} differs from the one reviewed on #{pr}; plan again"
+
+
+def refuse_unreviewed(plans: list[UnitPlan], reason: str) -> None:
+    """Refuse every pending stack: nothing here can be matched with a review."""
+    for p in plans:
+        if p.pending and not p.blocked:
+            p.blocked = reason
 
 
 def gate_destroys(assessment: Assessment, plans: list[UnitPlan], allowed: bool) -> None:

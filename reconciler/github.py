@@ -154,6 +154,14 @@ class GitHub:
         pull = self._call(f"reading pull request #{number}", lambda: self.repo.pull_request(number))
         return pull.head.sha
 
+    def pulls_of_commit(self, sha: str) -> list[tuple[int, bool, str | None]]:
+        """The pull requests GitHub associates with a commit: (number, merged, merge commit)."""
+        commit = self._call(f"reading commit {sha[:7]}", lambda: self.repo.commit(sha))
+        if commit is None:
+            raise GitHubError(f"commit {sha} not found in {self.owner}/{self.name}")
+        pulls = self._call(f"listing the pull requests of {sha[:7]}", lambda: list(commit.associated_pull_requests()))
+        return [(p.number, p.merged_at is not None, p.merge_commit_sha) for p in pulls]
+
     def labels(self, number: int) -> set[str]:
         issue = self._issue(number)
         return {label.name for label in self._call("reading labels", lambda: list(issue.labels()))}

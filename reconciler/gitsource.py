@@ -28,6 +28,13 @@ def is_definition_path(path: str) -> bool:
     return len(parts) == 3 and parts[0] == "clusters" and parts[1] == "profiles"
 
 
+def is_yaml_under_definitions(path: str) -> bool:
+    """Any YAML file below sites/ or clusters/: what a snapshot holds, so that a file in a
+    folder that is not read is reported instead of silently ignored."""
+    parts = PurePosixPath(path).parts
+    return path.endswith(YAML_SUFFIXES) and len(parts) >= 2 and parts[0] in DEFINITION_DIRS
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """The definition files of one revision (or of the working tree)."""
@@ -100,7 +107,7 @@ class GitSource:
             except KeyError:
                 continue
             for item in tree.traverse():
-                if item.type == "blob" and is_definition_path(item.path):
+                if item.type == "blob" and is_yaml_under_definitions(item.path):
                     files[item.path] = item.data_stream.read()
         label = rev if rev == sha else f"{rev} ({sha[:7]})"
         return Snapshot(label=label, revision=sha, dirty=False, files=files)
@@ -113,7 +120,7 @@ class GitSource:
                 continue
             for path in sorted(base.rglob("*")):
                 rel = path.relative_to(self.root).as_posix()
-                if path.is_file() and is_definition_path(rel):
+                if path.is_file() and is_yaml_under_definitions(rel):
                     files[rel] = path.read_bytes()
         head = self.head()
         dirty = head is None or files != self.at_revision(head).files

@@ -1,20 +1,30 @@
-"""ADAPTER over live state: the record of what was last applied to each stack.
+"""ADAPTER over live state: the record of what was last applied to each stack, and the checks
+that come before a stack's state is trusted.
 
-The record (revision, configuration hash, time, engine) is kept beside the stack's state, in
-the same backend, never only on a runner's disk. Local sites keep it next to the state file;
-GCS and S3 sites need credentials, and without them the live state is UNKNOWN.
+The record (revision, configuration hash, time, engine, and the state's lineage and serial at
+that apply) is kept beside the stack's state, in the same backend, never only on a runner's
+disk. Local sites keep it next to the state file; GCS and S3 sites need credentials, and
+without them the live state is UNKNOWN.
+
+State is never trusted blindly: before a stack is planned, its state must parse, belong to
+the stack the record names (lineage) and be no older than the last apply (serial). A state
+that fails is not planned over: planning it would propose to create everything that exists.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import os
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from reconciler.errors import ReconcileError
 from reconciler.resolve import Unit
 from rpi.spec import StateLocation
 
 RECORD_SUFFIX = ".reconcile.json"
+BACKUP_SUFFIX = ".backup"  # Terraform's local backend keeps the state it started from here
+FILE_MODE, DIRECTORY_MODE = 0o600, 0o700
 
 
 class _Unknown:
@@ -23,6 +33,10 @@ class _Unknown:
 
 
 UNKNOWN = _Unknown()
+
+
+class StateLocationError(ReconcileError):
+    """A local state path that leaves the state root (through `..` or a symlink)."""
 
 
 @dataclass(frozen=True)
@@ -41,10 +55,49 @@ class LiveRecord:
     state_backend: str
     state_bucket: str
     state_key: str
+    state_lineage: str = ""  # of the state this apply wrote; "" in records older than the check
+    state_serial: int = -1
+    resources: int = -1
 
     @property
     def state(self) -> StateLocation:
         return StateLocation(self.state_backend, self.state_bucket, self.state_key)
+
+    @classmethod
+    def load(cls, path: Path) -> "LiveRecord":
+        known = {f.name for f in fields(cls)}
+        try:
+            return cls(**{k: v for k, v in json.loads(path.read_text()).items() if k in known})
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise ReconcileError(f"the live record {path} cannot be read ({exc}); restore it or remove it") from None
+
+
+@dataclass(frozen=True)
+class StateHeader:
+    """What identifies one version of a Terraform state."""
+
+    lineage: str
+    serial: int
+    resources: int
+
+
+def read_header(path: Path) -> StateHeader | str:
+    """The state's lineage, serial and resource count, or why it is not a usable state."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return "is missing"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    if not raw.strip():
+        return f"is empty ({len(raw)} bytes)"
+    try:
+        document = json.loads(raw)
+    except ValueError as exc:
+        return f"is not valid JSON ({len(raw)} bytes, {exc.msg} at byte {exc.pos}: truncated?)"
+    if not isinstance(document, dict) or not isinstance(document.get("serial"), int) or not document.get("lineage"):
+        return "is not a Terraform state (no lineage or serial)"
+    return StateHeader(str(document["lineage"]), document["serial"], len(document.get("resources") or []))
 
 
 class LiveStore:
@@ -59,24 +112,87 @@ class LiveStore:
     def _record_file(self, state: StateLocation) -> Path:
         return self.state_file(state).with_suffix(RECORD_SUFFIX)
 
+    def check_location(self, state: StateLocation) -> None:
+        """A local state path stays below the state root once symlinks are resolved, and is
+        neither the root itself nor inside a .git directory."""
+        if state.backend != "local":
+            return
+        root = self.state_root.resolve()
+        for path in (self.state_root / state.bucket, self.state_file(state)):
+            real = path.resolve()
+            if real == root or not real.is_relative_to(root):
+                raise StateLocationError(
+                    f"{path} resolves to {real}, outside the state root {root}: a symlink must not lead state elsewhere"
+                )
+            if ".git" in real.relative_to(root).parts:
+                raise StateLocationError(f"{path} resolves to {real}, inside a .git directory")
+
     def read(self, unit: Unit) -> LiveRecord | None | _Unknown:
         if unit.state.backend != "local":
             return UNKNOWN
         record = self._record_file(unit.state)
         if record.is_file():
-            return LiveRecord(**json.loads(record.read_text()))
+            return LiveRecord.load(record)
         state = self.state_file(unit.state)
         if state.is_file() and _has_resources(state):
-            return _record(unit, "", None, False, "", "")
+            return _record(unit, "", None, False, "", "", None)
         return None
 
+    def verify(self, unit: Unit, record: object) -> str | None:
+        """Why the stack's state must not be planned over, or None when it can be trusted.
+
+        Checked: the state parses as a Terraform state; if the last apply was recorded, the
+        state is still there, has that apply's lineage and is not older than it.
+        """
+        if unit.state.backend != "local":
+            return None
+        path = self.state_file(unit.state)
+        applied = isinstance(record, LiveRecord) and bool(record.config_hash)
+        if not path.exists() and not applied:
+            return None  # never applied: there is nothing to trust
+        header = read_header(path)
+        problem = None
+        if isinstance(header, str):
+            problem = header
+        elif applied and record.state_lineage and header.lineage != record.state_lineage:
+            problem = f"has lineage {header.lineage}, but the last apply wrote lineage {record.state_lineage}: it is another stack's state"
+        elif applied and header.serial < record.state_serial:
+            problem = f"is older than the last apply (serial {header.serial}, the last apply wrote serial {record.state_serial})"
+        if problem is None:
+            return None
+        when = f" at {record.applied_at}" if applied and record.applied_at else ""
+        lines = [f"the state of {unit.title} ({path}) {problem}; the last apply{when} recorded it in {self._record_file(unit.state)}."]
+        lines.append("Nothing was planned for this stack: a plan over this state would propose to create what already exists.")
+        lines += self._restore_advice(path, record if applied else None)
+        return "\n".join(lines)
+
+    def _restore_advice(self, path: Path, record: LiveRecord | None) -> list[str]:
+        backup = path.with_name(path.name + BACKUP_SUFFIX)
+        header = read_header(backup)
+        if isinstance(header, StateHeader) and (record is None or not record.state_lineage or header.lineage == record.state_lineage):
+            return [
+                f"The last good state is in {backup} (serial {header.serial}, {header.resources} resources), which the engine "
+                "kept before its last write. Resources that an interrupted apply created after that are not in it.",
+                f"To restore it: cp -p {backup} {path}   then plan again.",
+            ]
+        why = "does not exist" if isinstance(header, str) and header == "is missing" else (
+            header if isinstance(header, str) else f"holds another stack's state (lineage {header.lineage})"
+        )
+        return [
+            f"The engine's backup {backup} {why}.",
+            f"Restore {path} from a copy of the site's state directory; if nothing of this stack exists any more, "
+            f"remove {path} and its record to start it afresh.",
+        ]
+
     def write(self, unit: Unit, revision: str | None, dirty: bool, applied_at: str, engine: str) -> None:
-        path = self._record_file(unit.state)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        record = _record(unit, unit.config_hash, revision, dirty, applied_at, engine)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(record), indent=2, sort_keys=True) + "\n")
-        tmp.replace(path)
+        """Record an apply. Called after the engine has written the state, whose header is kept."""
+        state = self.state_file(unit.state)
+        header = read_header(state)
+        for written in (state, state.with_name(state.name + BACKUP_SUFFIX)):
+            if written.is_file():
+                written.chmod(FILE_MODE)
+        record = _record(unit, unit.config_hash, revision, dirty, applied_at, engine, header if isinstance(header, StateHeader) else None)
+        _write_atomic(self._record_file(unit.state), json.dumps(asdict(record), indent=2, sort_keys=True) + "\n")
 
     def forget(self, unit: Unit) -> None:
         """After a destroy: the stack no longer exists."""
@@ -87,10 +203,32 @@ class LiveStore:
         directory = self.state_root / bucket
         if not directory.is_dir():
             return []
-        return [LiveRecord(**json.loads(p.read_text())) for p in sorted(directory.glob(f"*{RECORD_SUFFIX}"))]
+        return [LiveRecord.load(p) for p in sorted(directory.glob(f"*{RECORD_SUFFIX}"))]
 
 
-def _record(unit: Unit, config_hash: str, revision, dirty, applied_at, engine) -> LiveRecord:
+def _write_atomic(path: Path, text: str) -> None:
+    """Write a file that is never seen half-written: a private temporary file, flushed to disk,
+    then renamed over the old one, then the directory flushed."""
+    path.parent.mkdir(mode=DIRECTORY_MODE, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def _record(unit: Unit, config_hash: str, revision, dirty, applied_at, engine, header: StateHeader | None) -> LiveRecord:
     return LiveRecord(
         unit=unit.key,
         kind=unit.kind,
@@ -106,12 +244,13 @@ def _record(unit: Unit, config_hash: str, revision, dirty, applied_at, engine) -
         state_backend=unit.state.backend,
         state_bucket=unit.state.bucket,
         state_key=unit.state.key,
+        state_lineage=header.lineage if header else "",
+        state_serial=header.serial if header else -1,
+        resources=header.resources if header else -1,
     )
 
 
 def _has_resources(state_file: Path) -> bool:
-    """True unless the state is readable and empty: an unreadable state is left to the engine to report."""
-    try:
-        return bool(json.loads(state_file.read_text() or "{}").get("resources"))
-    except (ValueError, AttributeError):
-        return True
+    """True unless the state is readable and empty: an unreadable state is left to `verify`."""
+    header = read_header(state_file)
+    return not isinstance(header, StateHeader) or header.resources > 0

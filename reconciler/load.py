@@ -7,6 +7,7 @@ read and checked before anything is reported, so one run shows every problem.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,8 +20,8 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from reconciler.errors import Location, Problem, Problems
-from reconciler.gitsource import Snapshot
-from reconciler.model import CLUSTER_ONLY_FIELDS, Cluster, Site
+from reconciler.gitsource import Snapshot, is_definition_path
+from reconciler.model import CLUSTER_ONLY_FIELDS, Cluster, LocalState, Site
 
 Path_ = tuple[Any, ...]  # a field path inside a document: ("node_pools", "compute", "cores")
 
@@ -52,19 +53,41 @@ class Definitions:
     cluster_files: Mapping[str, tuple[str, ...]]  # cluster name -> its file, then the profiles it composes
     files: Mapping[str, bytes]
     cluster_spots: Mapping[str, Mapping[Path_, Spot]] = field(default_factory=dict)  # where each field was set
+    site_spots: Mapping[str, Mapping[Path_, Spot]] = field(default_factory=dict)
+
+    def locate_site(self, site: str, path: Path_) -> Location:
+        """Where a site's field was written; the file's top if unknown."""
+        spots = self.site_spots.get(site, {})
+        return _spot_at(spots, path, Location(self.site_files[site], 1, 1))
 
     def locate(self, cluster: str, path: Path_) -> Location:
         """Where a cluster's field was written (in its file or a profile); the file's top if unknown."""
-        spots = self.cluster_spots.get(cluster, {})
-        while path and path not in spots:
-            path = path[:-1]
-        return spots[path].key if path else Location(self.cluster_files[cluster][0], 1, 1)
+        return _spot_at(self.cluster_spots.get(cluster, {}), path, Location(self.cluster_files[cluster][0], 1, 1))
+
+
+def _spot_at(spots: Mapping[Path_, Spot], path: Path_, top: Location) -> Location:
+    """The key of the deepest field of `path` that was written, else `top`."""
+    while path and path not in spots:
+        path = path[:-1]
+    return spots[path].key if path else top
 
 
 def load(snapshot: Snapshot) -> Definitions:
     """Parse, compose and validate a snapshot. Raises InvalidDefinitions with every problem."""
     problems = Problems()
-    docs = {path: doc for path, raw in sorted(snapshot.files.items()) if (doc := _parse(path, raw, problems))}
+    for path in sorted(snapshot.files):
+        if not is_definition_path(path):
+            problems.add(
+                Location(path, 1, 1),
+                "",
+                "this file is not read: definitions live in sites/*.yaml, clusters/*.yaml and clusters/profiles/*.yaml",
+                "move it there, or out of sites/ and clusters/",
+            )
+    docs = {
+        path: doc
+        for path, raw in sorted(snapshot.files.items())
+        if is_definition_path(path) and (doc := _parse(path, raw, problems))
+    }
 
     profiles = {PurePosixPath(p).stem: d for p, d in docs.items() if p.startswith("clusters/profiles/")}
     for doc in profiles.values():
@@ -76,17 +99,22 @@ def load(snapshot: Snapshot) -> Definitions:
     # error still takes part and one run reports everything.
     _check_unique("site", site_docs, problems)
     _check_unique("cluster", cluster_docs, problems)
+    for doc in site_docs + cluster_docs:
+        _check_file_name(doc, problems)
     site_names = {d.data["name"] for d in site_docs if isinstance(d.data.get("name"), str)}
     for doc in cluster_docs:
         _check_sites(doc, site_names, problems)
 
     sites: dict[str, Site] = {}
     site_files: dict[str, str] = {}
+    site_spots: dict[str, dict[Path_, Spot]] = {}
     for doc in site_docs:
         site = _validate(Site, doc.data, doc.spots, Location(doc.path, 1, 1), problems)
         if site is not None and site.name not in sites:
             sites[site.name] = site
             site_files[site.name] = doc.path
+            site_spots[site.name] = doc.spots
+    _check_sites_apart(sites, site_spots, problems)
 
     clusters: dict[str, Cluster] = {}
     cluster_files: dict[str, tuple[str, ...]] = {}
@@ -100,6 +128,8 @@ def load(snapshot: Snapshot) -> Definitions:
             clusters[cluster.name] = cluster
             cluster_files[cluster.name] = (doc.path, *(profiles[p].path for p in cluster.profiles))
             cluster_spots[cluster.name] = composed.spots
+    for name, cluster in clusters.items():
+        _check_zone(cluster, sites.get(cluster.placement.site), cluster_spots[name], problems)
 
     problems.raise_if_any()
     return Definitions(
@@ -109,6 +139,7 @@ def load(snapshot: Snapshot) -> Definitions:
         cluster_files=cluster_files,
         files=snapshot.files,
         cluster_spots=cluster_spots,
+        site_spots=site_spots,
     )
 
 
@@ -376,3 +407,77 @@ def _check_sites(doc: Document, site_names: set[str], problems: Problems) -> Non
     for at, name in refs:
         if name not in site_names:
             problems.add(doc.spots[at].value, _dotted(at), f"unknown site {name!r}", _choices("sites", name, site_names))
+
+
+def _check_file_name(doc: Document, problems: Problems) -> None:
+    """`sites/x.yaml` defines `name: x`: one name for the file a person opens and the unit it makes."""
+    name = doc.data.get("name")
+    stem = PurePosixPath(doc.path).stem
+    if isinstance(name, str) and name != stem:
+        problems.add(
+            doc.spots[("name",)].value,
+            "name",
+            f"name {name!r} differs from the file name {PurePosixPath(doc.path).name!r}",
+            f"rename the file to {name}{PurePosixPath(doc.path).suffix} or set name: {stem}",
+        )
+
+
+def _check_zone(cluster: Cluster, site: Site | None, spots: Mapping[Path_, Spot], problems: Problems) -> None:
+    zone = cluster.placement.zone
+    if site is None or zone is None or zone in site.zones:
+        return
+    where = spots[("placement", "zone")].value
+    problems.add(where, "placement.zone", f"zone {zone!r} is not a zone of site {site.name}", _choices("zones", zone, site.zones))
+
+
+def state_namespace(site: Site) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(the store, the path inside it) of a site's state, normalized: two sites collide when
+    their stores are the same and one path is the other or lies inside it."""
+    state = site.state
+    if isinstance(state, LocalState):
+        return ("local",), tuple(state.directory.split("/"))
+    return (state.backend, state.bucket), tuple(p for p in state.directory.split("/") if p)
+
+
+def _state_field(site: Site) -> Path_:
+    return ("state", {"local": "path", "gcs": "prefix", "s3": "key_prefix"}[site.state.backend])
+
+
+def _describe_state(site: Site) -> str:
+    state = site.state
+    if isinstance(state, LocalState):
+        return f"local directory {state.directory}"
+    scheme = "gs" if state.backend == "gcs" else "s3"
+    return f"{scheme}://{state.bucket}/{state.directory}"
+
+
+def _check_sites_apart(sites: Mapping[str, Site], spots: Mapping[str, Mapping[Path_, Spot]], problems: Problems) -> None:
+    """Sites never share state or address space: either would let one site's apply change, or
+    destroy, another's resources, and clusters could not move between overlapping networks."""
+    ordered = sorted(sites.values(), key=lambda s: s.name)
+    for i, one in enumerate(ordered):
+        for other in ordered[i + 1 :]:
+            (store_a, path_a), (store_b, path_b) = state_namespace(one), state_namespace(other)
+            shorter = min(len(path_a), len(path_b))
+            if store_a == store_b and path_a[:shorter] == path_b[:shorter]:
+                for here, there in ((one, other), (other, one)):
+                    where = _spot_at(spots[there.name], _state_field(there), Location("", 0, 0))
+                    if path_a == path_b:
+                        relation = f"the same place as site {there.name}'s ({where})"
+                    else:
+                        relation = f"nested with site {there.name}'s {_describe_state(there)} ({where})"
+                    problems.add(
+                        _spot_at(spots[here.name], _state_field(here), Location("", 0, 0)),
+                        ".".join(_state_field(here)),
+                        f"site {here.name} keeps its state in {_describe_state(here)}, {relation}",
+                        "every site needs a state location of its own: sharing one lets a site's apply change or destroy another's stacks",
+                    )
+            net_a, net_b = ipaddress.IPv4Network(one.network.cidr), ipaddress.IPv4Network(other.network.cidr)
+            if net_a.overlaps(net_b):
+                for here, there, net in ((one, other, net_b), (other, one, net_a)):
+                    problems.add(
+                        spots[here.name][("network", "cidr")].value,
+                        "network.cidr",
+                        f"{here.network.cidr} overlaps site {there.name}'s {net}",
+                        f"{spots[there.name][('network', 'cidr')].value}; site networks must be disjoint so clusters can move between them",
+                    )

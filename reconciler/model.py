@@ -119,23 +119,45 @@ class LocalState(Strict):
     path: str = Field(".reconcile/state", description="Directory for state files, relative to the repository root")
 
     @model_validator(mode="after")
-    def _relative(self) -> "LocalState":
-        if self.path.startswith("/") or ".." in self.path.split("/"):
-            raise ValueError("path must be relative to the repository root and stay inside it")
+    def _inside(self) -> "LocalState":
+        parts = [part for part in self.path.split("/") if part not in ("", ".")]
+        if self.path.startswith("/") or ".." in parts or "\\" in self.path:
+            raise ValueError("path must be relative to the state root and stay inside it, e.g. .reconcile/state/NAME")
+        if not parts:
+            raise ValueError("path must name a directory below the state root, not the state root itself")
+        if parts[0] == ".git":
+            raise ValueError("path must not be inside .git")
         return self
+
+    @property
+    def directory(self) -> str:
+        """The path in one spelling: `./a//b/` and `a/b` are the same directory."""
+        return "/".join(part for part in self.path.split("/") if part not in ("", "."))
+
+
+def _clean_prefix(value: str) -> str:
+    return "/".join(part for part in value.split("/") if part)
 
 
 class GcsState(Strict):
     backend: Literal["gcs"]
-    bucket: str
+    bucket: str = Field(min_length=3)
     prefix: str = "reconcile"
+
+    @property
+    def directory(self) -> str:
+        return _clean_prefix(self.prefix)
 
 
 class S3State(Strict):
     backend: Literal["s3"]
-    bucket: str
+    bucket: str = Field(min_length=3)
     key_prefix: str = "reconcile"
     region: str | None = None
+
+    @property
+    def directory(self) -> str:
+        return _clean_prefix(self.key_prefix)
 
 
 StateBackend = Annotated[Union[LocalState, GcsState, S3State], Field(discriminator="backend")]

@@ -83,6 +83,7 @@ def resolve(defs: Definitions) -> dict[str, Unit]:
         unit = _cluster_unit(cluster, site, subnet, defs, problems)
         if unit is not None:
             units[unit.key] = unit
+    _check_state_unique(units.values(), defs, problems)
     problems.raise_if_any()
     return dict(sorted(units.items(), key=lambda kv: (kv[1].kind != SITE, kv[0])))
 
@@ -93,11 +94,25 @@ def resolve(defs: Definitions) -> dict[str, Unit]:
 def state_location(site: Site, stack: str) -> StateLocation:
     state = site.state
     if isinstance(state, LocalState):
-        return StateLocation("local", state.path, f"{stack}.tfstate")
+        return StateLocation("local", state.directory, f"{stack}.tfstate")
     if isinstance(state, GcsState):
-        return StateLocation("gcs", state.bucket, f"{state.prefix}/{stack}")
+        return StateLocation("gcs", state.bucket, f"{state.directory}/{stack}".lstrip("/"))
     assert isinstance(state, S3State)
-    return StateLocation("s3", state.bucket, f"{state.key_prefix}/{stack}.tfstate", state.region or site.region)
+    return StateLocation("s3", state.bucket, f"{state.directory}/{stack}.tfstate".lstrip("/"), state.region or site.region)
+
+
+def _check_state_unique(units, defs: Definitions, problems: Problems) -> None:
+    """One state location per stack. Sites whose state places differ cannot collide (load
+    checks that), so this holds by construction; it is checked because a collision destroys."""
+    seen: dict[tuple[str, str, str], Unit] = {}
+    for unit in units:
+        first = seen.setdefault((unit.state.backend, unit.state.bucket, unit.state.key), unit)
+        if first is not unit:
+            problems.add(
+                defs.locate_site(unit.site, ("state",)),
+                "state",
+                f"{unit.title} and {first.title} would share the state {unit.state.bucket}/{unit.state.key}",
+            )
 
 
 # ---------------------------------------------------------------- landing zones

@@ -11,18 +11,19 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler import affected
+from reconciler import affected, health
 from reconciler.affected import APPLY, DESTROY, Selected
 from reconciler.engine import Engine
-from reconciler.errors import InvalidDefinitions, ReconcileError
+from reconciler.errors import InvalidDefinitions, Location, Problems, ReconcileError
 from reconciler.gitsource import GitSource, Snapshot
-from reconciler.live import UNKNOWN, LiveRecord, LiveStore
+from reconciler.live import UNKNOWN, LiveRecord, LiveStore, StateLocationError
 from reconciler.load import Definitions, load
 from reconciler.plan import PlanSummary, config_diff, summarize
-from reconciler.resolve import Unit, resolve
+from reconciler.resolve import CLUSTER, Unit, resolve
 from reconciler.settings import Settings
 from reconciler.synth import render_json, synthesize
 from rpi import registry
+from rpi.spec import ClusterSpec
 
 PLANNED, OFFLINE, UNSUPPORTED, FAILED = "planned", "offline", "not synthesizable yet", "failed"
 
@@ -77,6 +78,7 @@ class UnitPlan:
     workdir: Path | None = None
     blocked: str = ""  # why apply must refuse this plan until the definition decides
     kept: tuple[str, ...] = ()  # data-holding resources a move leaves in place (forgotten, not destroyed)
+    probe: str = ""  # the definition's health probe, when it is new or changed: it will run on the apply runner
 
     @property
     def record_outdated(self) -> bool:
@@ -121,6 +123,7 @@ def assess(settings: Settings, store: LiveStore, head_snapshot: Snapshot | None 
             note = f"base {base_rev[:7]} does not validate: comparing with live state only"
 
     units = {**(base.units if base else {}), **head.units}
+    _check_state_locations(store, head, units)
     live = {key: store.read(unit) for key, unit in units.items()}
     local_dirs = {u.state.bucket for u in units.values() if u.state.backend == "local"}
     orphans = [r for d in sorted(local_dirs) for r in store.records_under(d)]
@@ -131,6 +134,18 @@ def assess(settings: Settings, store: LiveStore, head_snapshot: Snapshot | None 
     return Assessment(head, base, note, live, selected)
 
 
+def _check_state_locations(store: LiveStore, head: Desired, units: dict[str, Unit]) -> None:
+    """Every local state path stays inside the state root, symlinks resolved, before any is read."""
+    problems = Problems()
+    for unit in units.values():
+        try:
+            store.check_location(unit.state)
+        except StateLocationError as exc:
+            where = head.definitions.locate_site(unit.site, ("state", "path")) if unit.site in head.definitions.sites else Location("")
+            problems.add(where, "state.path", str(exc))
+    problems.raise_if_any()
+
+
 def plan(settings: Settings, assessment: Assessment, engine: Engine | None, store: LiveStore) -> list[UnitPlan]:
     """Synthesize and plan every selected unit that can be; one unit's failure does not stop the rest.
 
@@ -138,6 +153,8 @@ def plan(settings: Settings, assessment: Assessment, engine: Engine | None, stor
     of the synthesized stack against the base revision's.
     """
     plans = [UnitPlan(s, PLANNED if s.unit.synthesizable else UNSUPPORTED) for s in assessment.selected]
+    for p in plans:
+        p.probe = _new_probe(p.selected, assessment.base)
     for p in plans:
         if p.status == PLANNED and not has_credentials(p.selected.unit.platform):
             p.status = OFFLINE
@@ -159,6 +176,10 @@ def plan(settings: Settings, assessment: Assessment, engine: Engine | None, stor
     for p in work:
         unit = p.selected.unit
         p.workdir = settings.work_dir / "stacks" / unit.site / unit.stack
+        untrusted = store.verify(unit, assessment.live.get(unit.key))
+        if untrusted:
+            p.status, p.error = FAILED, untrusted
+            continue
         try:
             _prepare(p.workdir, documents[unit.key])
             backend = {"path": str(store.state_file(unit.state))} if unit.state.backend == "local" else {}
@@ -167,6 +188,17 @@ def plan(settings: Settings, assessment: Assessment, engine: Engine | None, stor
         except ReconcileError as exc:
             p.status, p.error = FAILED, str(exc)
     return plans
+
+
+def _new_probe(selected: Selected, base: Desired | None) -> str:
+    """The cluster's own health probe, if the base revision did not already have it."""
+    unit = selected.unit
+    if selected.action != APPLY or not isinstance(unit.spec, ClusterSpec) or not health.describe(unit.spec):
+        return ""
+    before = [u.spec for u in (base.units.values() if base else ()) if u.kind == CLUSTER and u.name == unit.name]
+    if any(health.describe(spec) == health.describe(unit.spec) for spec in before):
+        return ""
+    return health.describe(unit.spec)
 
 
 def _protect_data(p: UnitPlan, assessment: Assessment, document: str, cache: Path) -> str:

@@ -182,8 +182,16 @@ class StandIn:
     def add_pull_request(self, number: int, title: str, labels=(), head_sha: str = "0" * 40) -> None:
         self.issues[number] = {
             "number": number, "title": title, "body": "", "state": "open", "labels": list(labels),
-            "pull_request": True, "head_sha": head_sha,
+            "pull_request": True, "head_sha": head_sha, "merged_at": None, "merge_commit_sha": None,
+            "commits": [head_sha],
         }
+
+    def merge_pull_request(self, number: int, merge_commit_sha: str) -> None:
+        """GitHub's side of a merge: the pull request is closed, merged, and associated with the merge commit."""
+        self.issues[number].update(
+            state="closed", merged_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), merge_commit_sha=merge_commit_sha,
+        )
+        self.issues[number]["commits"].append(merge_commit_sha)
 
     def fail(self, method: str, path: str, status: int, after_effect: bool = False, headers=None, message: str = "Server Error") -> None:
         self.faults.append(Fault(method, re.compile(path), status, after_effect, headers or {}, message))
@@ -341,6 +349,24 @@ class StandIn:
             pull.update(number=issue["number"], title=issue["title"], state=issue["state"], url=f"{self._base()}/pulls/{issue['number']}")
             pull["head"]["sha"] = issue["head_sha"]
             return 200, pull
+        if template == "/repos/{owner}/{repo}/commits/{ref}" and method == "GET":
+            commit = self.api.example(operation, "200")
+            commit.update(sha=params["ref"], url=f"{self._base()}/commits/{params['ref']}")
+            return 200, commit
+        if template == "/repos/{owner}/{repo}/commits/{commit_sha}/pulls" and method == "GET":
+            sha = params["commit_sha"]
+            found = [i for i in sorted(self.issues.values(), key=lambda i: i["number"]) if i.get("pull_request") and sha in i["commits"]]
+            out = []
+            for issue in found:
+                pull = self._list_item(operation)["responses"]["200"]["content"]["application/json"]["examples"]["default"]["value"]
+                pull = copy.deepcopy(pull)
+                pull.update(
+                    number=issue["number"], title=issue["title"], state=issue["state"], merged_at=issue["merged_at"],
+                    merge_commit_sha=issue["merge_commit_sha"], url=f"{self._base()}/pulls/{issue['number']}",
+                )
+                pull["head"]["sha"] = issue["head_sha"]
+                out.append(pull)
+            return 200, out
         if template == "/repos/{owner}/{repo}/issues" and method == "GET":
             wanted = set(filter(None, (query.get("labels", [""])[0]).split(",")))
             state = query.get("state", ["open"])[0]

@@ -75,12 +75,18 @@ def test_unknown_failover_site(repo):
 
 
 def test_two_clusters_with_one_name(repo):
-    repo.replace("clusters/gpu-ai.yaml", "name: gpu-ai", "name: dev")
+    repo.write("clusters/dev.yml", repo.read("clusters/dev.yaml"))
     found = problems(repo)
     assert found == [
-        "clusters/dev.yaml:2:7: error: name: cluster name 'dev' is defined twice (also in clusters/gpu-ai.yaml:2:7; names must be unique)",
-        "clusters/gpu-ai.yaml:2:7: error: name: cluster name 'dev' is defined twice (also in clusters/dev.yaml:2:7; names must be unique)",
+        "clusters/dev.yaml:2:7: error: name: cluster name 'dev' is defined twice (also in clusters/dev.yml:2:7; names must be unique)",
+        "clusters/dev.yml:2:7: error: name: cluster name 'dev' is defined twice (also in clusters/dev.yaml:2:7; names must be unique)",
     ]
+
+
+def test_a_name_that_is_not_its_file_name(repo):
+    repo.replace("clusters/gpu-ai.yaml", "name: gpu-ai", "name: dev")
+    found = problems(repo)
+    assert "clusters/gpu-ai.yaml:2:7: error: name: name 'dev' differs from the file name 'gpu-ai.yaml' (rename the file to dev.yaml or set name: gpu-ai)" in found
 
 
 def test_errors_in_a_profile_point_at_the_profile(repo):

@@ -91,10 +91,11 @@ def plan_and_comment(cli, applied, tmp_path, head):
     assert code == 0, err
 
 
-def merge(applied, actions, webhooks, base, number=12):
+def merge(applied, github, actions, webhooks, base, number=12):
     applied.git("checkout", "-q", "main")
     applied.git("merge", "-q", "--no-ff", "add-climate", "-m", f"Merge pull request #{number} from swisstwins/add-climate")
     after = applied.git("rev-parse", "HEAD").strip()
+    github.merge_pull_request(number, after)
     actions("push", push_event(webhooks, base, after, f"Merge pull request #{number} from swisstwins/add-climate"))
     return after
 
@@ -110,7 +111,7 @@ def test_pull_request_to_apply(applied, cli, github, webhooks, actions, tmp_path
     plan_and_comment(cli, applied, tmp_path, head)  # planned again: the same comment, edited in place
     assert len(github.comments_on(12)) == 1
 
-    after = merge(applied, actions, webhooks, base)
+    after = merge(applied, github, actions, webhooks, base)
     code, out, err = cli("apply", "--auto-approve", "--pr", "auto", "--base", base, "--head", "HEAD", "--repo", str(applied.path))
     assert code == 0, out + err
     assert "cluster climate on local-a: applied" in out
@@ -126,7 +127,7 @@ def test_apply_refuses_what_was_not_reviewed(applied, cli, github, webhooks, act
     plan_and_comment(cli, applied, tmp_path, head)
     applied.replace("clusters/climate.yaml", "count: 2", "count: 8")  # pushed after the review, never planned
     applied.commit("more nodes, unreviewed")
-    after = merge(applied, actions, webhooks, base)
+    after = merge(applied, github, actions, webhooks, base)
     code, out, err = cli("apply", "--auto-approve", "--pr", "auto", "--base", base, "--head", "HEAD", "--repo", str(applied.path))
     assert code == 1
     assert "the configuration of cluster:climate@local-a differs from the one reviewed on #12; plan again" in err
@@ -143,7 +144,7 @@ def test_destroy_needs_the_label(applied, cli, github, webhooks, actions, tmp_pa
     actions("pull_request", pull_request_event(webhooks, 12, head, base))
     plan_and_comment(cli, applied, tmp_path, head)
     assert "dev" in github.comments_on(12)[0]
-    merge(applied, actions, webhooks, base)
+    merge(applied, github, actions, webhooks, base)
     code, out, err = cli("apply", "--auto-approve", "--pr", "auto", "--base", base, "--head", "HEAD", "--repo", str(applied.path))
     assert code == 1 and "reconcile:allow-destroy" in err
     github.issues[12]["labels"].append("reconcile:allow-destroy")
@@ -154,7 +155,7 @@ def test_destroy_needs_the_label(applied, cli, github, webhooks, actions, tmp_pa
 def test_a_failed_comment_never_hides_the_apply(applied, cli, github, webhooks, actions, tmp_path):
     base, head = open_pull_request(applied, github, webhooks, actions)
     plan_and_comment(cli, applied, tmp_path, head)
-    merge(applied, actions, webhooks, base)
+    merge(applied, github, actions, webhooks, base)
     for _ in range(5):
         github.fail("POST", r"/statuses/", 500)
     code, out, err = cli("apply", "--auto-approve", "--pr", "auto", "--base", base, "--head", "HEAD", "--repo", str(applied.path))
