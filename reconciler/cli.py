@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import traceback
+from datetime import datetime, timezone
 from pathlib import Path
 
 from reconciler import comment, failover, ghflow, portability, render
@@ -17,7 +18,7 @@ from reconciler.errors import Exit, InvalidDefinitions, NotConfirmed, ReconcileE
 from reconciler.gitsource import GitSource, Snapshot
 from reconciler.live import LiveStore
 from reconciler.load import load
-from reconciler.run import FAILED, PLANNED, Assessment, UnitPlan, assess, desired, plan
+from reconciler.run import FAILED, PLANNED, Assessment, UnitPlan, assess, check_state_locations, desired, plan
 from reconciler.settings import Settings
 from reconciler.synth import synthesize
 
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("portability", "show which sites each cluster can run on (placement and failover), and why not"),
         ("failover", "re-place every cluster of a site that is down at its first realizable failover site"),
         ("comment", "post a plan comment written by `plan --comment-dir` (GitHub Actions, trusted job)"),
+        ("restore-state", "put a stack's last good state back after a damaged write (local state)"),
     ):
         command = sub.add_parser(name, help=text, description=text)
         _common(command, top=False)
@@ -77,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("--auto-approve", action="store_true", help="apply without asking")
             command.add_argument("--allow-destroy", action="store_true", help="allow destroying stacks whose definitions were removed")
             command.add_argument("--parallelism", type=int, default=DEFAULT_PARALLELISM, help=f"stacks applied at once (default {DEFAULT_PARALLELISM})")
+        if name == "restore-state":
+            command.add_argument("unit", help="the unit, e.g. cluster:dev@local-a (as the plan names it)")
         if name == "synth":
             command.add_argument("--out", required=True, help="directory to write SITE/STACK/cdk.tf.json into")
         if name == "failover":
@@ -140,6 +144,7 @@ def _emit(document: dict) -> None:
 def cmd_validate(settings: Settings, args) -> int:
     source = GitSource(settings.root)
     state = desired(source.working_tree() if settings.head is None else source.at_revision(settings.head))
+    check_state_locations(LiveStore(settings.state_root), state, state.units)
     units = list(state.units.values())
     if settings.output_json:
         verdicts = [v.as_dict() for v in portability.matrix(state.definitions)]
@@ -285,6 +290,20 @@ def _confirm(count: int) -> None:
         raise NotConfirmed("apply cancelled; nothing was changed")
 
 
+def cmd_restore_state(settings: Settings, args) -> int:
+    source = GitSource(settings.root)
+    state = desired(source.working_tree() if settings.head is None else source.at_revision(settings.head))
+    unit = state.units.get(args.unit)
+    if unit is None:
+        raise ReconcileError(f"no unit {args.unit!r} at {state.snapshot.label}; units: {', '.join(state.units)}")
+    store = LiveStore(settings.state_root)
+    check_state_locations(store, state, {unit.key: unit})
+    now = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+    print(store.restore(unit, now))
+    print("plan again: the stack is planned against the restored state")
+    return Exit.OK
+
+
 def cmd_synth(settings: Settings, args) -> int:
     source = GitSource(settings.root)
     state = desired(source.working_tree() if settings.head is None else source.at_revision(settings.head))
@@ -385,4 +404,5 @@ COMMANDS = {
     "apply": cmd_apply,
     "synth": cmd_synth,
     "portability": cmd_portability,
+    "restore-state": cmd_restore_state,
 }

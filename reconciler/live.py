@@ -163,26 +163,61 @@ class LiveStore:
         when = f" at {record.applied_at}" if applied and record.applied_at else ""
         lines = [f"the state of {unit.title} ({path}) {problem}; the last apply{when} recorded it in {self._record_file(unit.state)}."]
         lines.append("Nothing was planned for this stack: a plan over this state would propose to create what already exists.")
-        lines += self._restore_advice(path, record if applied else None)
+        lines += self._restore_advice(unit, path, record if applied else None)
         return "\n".join(lines)
 
-    def _restore_advice(self, path: Path, record: LiveRecord | None) -> list[str]:
+    def _restore_advice(self, unit: Unit, path: Path, record: LiveRecord | None) -> list[str]:
         backup = path.with_name(path.name + BACKUP_SUFFIX)
-        header = read_header(backup)
-        if isinstance(header, StateHeader) and (record is None or not record.state_lineage or header.lineage == record.state_lineage):
+        header = self._usable_backup(backup, record)
+        if isinstance(header, StateHeader):
+            behind = ""
+            if record is not None and 0 <= header.serial < record.state_serial:
+                behind = " It is older than the last recorded apply, so what that apply created is not in it."
             return [
                 f"The last good state is in {backup} (serial {header.serial}, {header.resources} resources), which the engine "
-                "kept before its last write. Resources that an interrupted apply created after that are not in it.",
-                f"To restore it: cp -p {backup} {path}   then plan again.",
+                f"kept before its last write. Resources that an interrupted apply created after that are not in it.{behind}",
+                f"To restore it: reconcile restore-state {unit.key}   (the damaged file is kept beside it), then plan again.",
             ]
-        why = "does not exist" if isinstance(header, str) and header == "is missing" else (
-            header if isinstance(header, str) else f"holds another stack's state (lineage {header.lineage})"
-        )
         return [
-            f"The engine's backup {backup} {why}.",
+            f"The engine's backup {backup} {header}.",
             f"Restore {path} from a copy of the site's state directory; if nothing of this stack exists any more, "
-            f"remove {path} and its record to start it afresh.",
+            f"remove {path} and {self._record_file(unit.state)} to start it afresh.",
         ]
+
+    @staticmethod
+    def _usable_backup(backup: Path, record: LiveRecord | None) -> StateHeader | str:
+        header = read_header(backup)
+        if isinstance(header, str):
+            return "does not exist" if header == "is missing" else header
+        if record is not None and record.state_lineage and header.lineage != record.state_lineage:
+            return f"holds another stack's state (lineage {header.lineage})"
+        return header
+
+    def restore(self, unit: Unit, now: str) -> str:
+        """Put the engine's backup back as the stack's state, keep the damaged file beside it,
+        and mark the record so the next run plans the stack against the restored state."""
+        if unit.state.backend != "local":
+            raise ReconcileError(f"{unit.title} keeps its state in {unit.state.backend}: restore an earlier version of the object there")
+        path = self.state_file(unit.state)
+        record = self.read(unit)
+        record = record if isinstance(record, LiveRecord) else None
+        if self.verify(unit, record) is None:
+            raise ReconcileError(f"the state of {unit.title} ({path}) is sound: nothing to restore")
+        backup = path.with_name(path.name + BACKUP_SUFFIX)
+        header = self._usable_backup(backup, record)
+        if isinstance(header, str):
+            raise ReconcileError(f"cannot restore {unit.title}: the engine's backup {backup} {header}")
+        kept = path.with_name(f"{path.name}.damaged-{now.replace(':', '')}")
+        if path.exists():
+            os.replace(path, kept)
+        _write_atomic(path, backup.read_text())
+        # An empty configuration hash reads as "live state differs from git": the next plan
+        # compares the restored state with the definition and shows what is missing.
+        base = record or _record(unit, "", None, False, "", "", None)
+        restored = LiveRecord(**{**asdict(base), "config_hash": "", "state_lineage": header.lineage, "state_serial": header.serial, "resources": header.resources})
+        _write_atomic(self._record_file(unit.state), json.dumps(asdict(restored), indent=2, sort_keys=True) + "\n")
+        moved = f"; the damaged file is now {kept}" if kept.exists() else ""
+        return f"restored {path} from {backup} (serial {header.serial}, {header.resources} resources){moved}"
 
     def write(self, unit: Unit, revision: str | None, dirty: bool, applied_at: str, engine: str) -> None:
         """Record an apply. Called after the engine has written the state, whose header is kept."""

@@ -123,7 +123,7 @@ def assess(settings: Settings, store: LiveStore, head_snapshot: Snapshot | None 
             note = f"base {base_rev[:7]} does not validate: comparing with live state only"
 
     units = {**(base.units if base else {}), **head.units}
-    _check_state_locations(store, head, units)
+    check_state_locations(store, head, units)
     live = {key: store.read(unit) for key, unit in units.items()}
     local_dirs = {u.state.bucket for u in units.values() if u.state.backend == "local"}
     orphans = [r for d in sorted(local_dirs) for r in store.records_under(d)]
@@ -134,7 +134,7 @@ def assess(settings: Settings, store: LiveStore, head_snapshot: Snapshot | None 
     return Assessment(head, base, note, live, selected)
 
 
-def _check_state_locations(store: LiveStore, head: Desired, units: dict[str, Unit]) -> None:
+def check_state_locations(store: LiveStore, head: Desired, units: dict[str, Unit]) -> None:
     """Every local state path stays inside the state root, symlinks resolved, before any is read."""
     problems = Problems()
     for unit in units.values():
