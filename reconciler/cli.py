@@ -229,6 +229,9 @@ def cmd_apply(settings: Settings, args) -> int:
     if not settings.output_json:
         sys.stdout.write(render.plans_text(assessment, plans, name))
     if any(p.status == FAILED for p in plans):
+        if settings.output_json:  # the plans carry each failure; a bare error would hide them
+            _emit({**render.plans_json(assessment, plans, name, int(Exit.FAILED)), "error": "some plans failed; nothing was applied"})
+            return Exit.FAILED
         raise ReconcileError("some plans failed; nothing was applied")
     event = _event()
     pr, gh, unmatched = ghflow.pr_number(getattr(args, "pr", None), event), None, ""

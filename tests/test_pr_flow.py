@@ -185,3 +185,32 @@ def test_drift_issue_follows_live_state(applied, cli, github, actions):
     assert code == 0, out + err
     code, out, err = cli("plan", "--all", "--drift-issue", "--repo", str(applied.path))
     assert code == 0 and issue["state"] == "closed"
+
+
+def test_the_merged_pull_request_comes_from_the_api_not_the_commit_message(applied, cli, github, webhooks, actions, tmp_path):
+    github.add_pull_request(7, "Unrelated, labelled to allow destroys", labels=["reconcile:allow-destroy"])
+    base, head = open_pull_request(applied, github, webhooks, actions)
+    plan_and_comment(cli, applied, tmp_path, head)
+    applied.git("checkout", "-q", "main")
+    applied.git("merge", "-q", "--no-ff", "add-climate", "-m", "Add cluster climate (#7)")  # the author names #7
+    after = applied.git("rev-parse", "HEAD").strip()
+    github.merge_pull_request(12, after)
+    actions("push", push_event(webhooks, base, after, "Add cluster climate (#7)"))
+    code, out, err = cli("apply", "--auto-approve", "--pr", "auto", "--base", base, "--head", "HEAD", "--repo", str(applied.path))
+    assert code == 0, out + err
+    assert "cluster climate on local-a: applied" in out
+    assert github.comments_on(7) == []  # #7 is neither read for a review nor reported on
+    assert "applied" in github.comments_on(12)[-1]
+
+
+def test_a_push_that_no_pull_request_merged_applies_nothing(applied, cli, github, webhooks, actions):
+    base = applied.git("rev-parse", "main").strip()
+    github.add_pull_request(12, "Reviewed elsewhere")
+    applied.write("clusters/climate.yaml", CLIMATE)
+    after = applied.commit("Add cluster climate (#12)")  # pushed straight to main, naming a pull request
+    actions("push", push_event(webhooks, base, after, "Add cluster climate (#12)"))
+    code, out, err = cli("apply", "--auto-approve", "--pr", "auto", "--base", base, "--head", "HEAD", "--repo", str(applied.path))
+    assert code == 1
+    assert f"no merged pull request has {after[:7]} as its merge commit, so no reviewed plan applies" in err
+    assert not (applied.path / ".reconcile" / "state" / "local-a" / "cluster-climate.tfstate").exists()
+    assert github.statuses[-1]["sha"] == after and github.statuses[-1]["state"] == "failure"
