@@ -72,19 +72,28 @@ def select(
         if live.get(key, UNKNOWN) is None:
             continue  # removed before it was ever applied: nothing exists to destroy
         selected.append(Selected(unit, DESTROY, (_removed_reason(unit, head),)))
-    # A move's target is always in the run: its health gates the destroy of the source.
+    for record in orphans:
+        if record.unit not in head and record.unit not in gone:
+            unit = Unit(
+                record.kind, record.name, record.site, record.platform, (), (), None, "", record.state
+            )
+            # Live on a site where neither revision places it: if git places the cluster
+            # elsewhere, this is the source of a move (a revert moves it back), else an orphan.
+            target = move_target(unit, head)
+            reason = (
+                f"moved back to {target.site}: live here, but git places it on {target.site}; destroy here"
+                if target is not None
+                else "in live state but defined neither at base nor at head"
+            )
+            selected.append(Selected(unit, DESTROY, (reason,)))
+    # A move's target is always in the run: its health gates the destroy of the source, on
+    # every run until the source is gone (a move whose target failed stays unfinished).
     chosen = {s.unit.key for s in selected}
     for s in list(selected):
         target = move_target(s.unit, head) if s.action == DESTROY else None
         if target is not None and target.key not in chosen:
             selected.append(Selected(target, APPLY, ("target of a move: checked before the source is destroyed",)))
             chosen.add(target.key)
-    for record in orphans:
-        if record.unit not in head and record.unit not in gone:
-            unit = Unit(
-                record.kind, record.name, record.site, record.platform, (), (), None, "", record.state
-            )
-            selected.append(Selected(unit, DESTROY, ("in live state but defined neither at base nor at head",)))
     return order(selected)
 
 

@@ -10,7 +10,7 @@ import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
-from reconciler import comment, failover, ghflow, portability, render
+from reconciler import comment, failover, gate, ghflow, portability, render
 from reconciler import event as event_module
 from reconciler.apply import APPLIED, DEFAULT_PARALLELISM, FAILED as APPLY_FAILED, NOTHING, REFUSED, apply
 from reconciler.engine import CHOICES, select_engine
@@ -18,7 +18,7 @@ from reconciler.errors import Exit, InvalidDefinitions, NotConfirmed, ReconcileE
 from reconciler.gitsource import GitSource, Snapshot
 from reconciler.live import LiveStore
 from reconciler.load import load
-from reconciler.run import FAILED, PLANNED, Assessment, UnitPlan, assess, check_state_locations, desired, plan
+from reconciler.run import FAILED, OFFLINE, PLANNED, UNSUPPORTED, Assessment, UnitPlan, assess, check_state_locations, desired, plan
 from reconciler.settings import Settings
 from reconciler.synth import synthesize
 
@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "apply":
             command.add_argument("--auto-approve", action="store_true", help="apply without asking")
             command.add_argument("--allow-destroy", action="store_true", help="allow destroying stacks whose definitions were removed")
+            command.add_argument("--allow-data-loss", action="store_true", help="allow destroying or replacing resources that hold data")
             command.add_argument("--parallelism", type=int, default=DEFAULT_PARALLELISM, help=f"stacks applied at once (default {DEFAULT_PARALLELISM})")
         if name == "restore-state":
             command.add_argument("unit", help="the unit, e.g. cluster:dev@local-a (as the plan names it)")
@@ -241,17 +242,29 @@ def cmd_apply(settings: Settings, args) -> int:
         pr, unmatched = (found, "") if isinstance(found, int) else (None, found)
     gh = gh or (ghflow.connect(args.github_repo) if pr is not None else None)
     labels = gh.labels(pr) if pr is not None else set()
-    ghflow.gate_destroys(assessment, plans, args.allow_destroy or ghflow.ALLOW_DESTROY_LABEL in labels)
     if unmatched:
         ghflow.refuse_unreviewed(plans, f"{unmatched}, so no reviewed plan applies; merge through a pull request")
     elif pr is not None:
         ghflow.gate_reviewed(plans, ghflow.reviewed_plan(gh, pr), pr)
+    decisions = gate.Decisions(
+        destroy=args.allow_destroy or gate.ALLOW_DESTROY_LABEL in labels,
+        data_loss=args.allow_data_loss or gate.ALLOW_DATA_LOSS_LABEL in labels,
+    )
+    refused_by_gate = gate.refusals(plans, assessment.head.units, decisions)
+    for p in plans:
+        p.blocked = refused_by_gate.get(gate.plan_id(p), p.blocked)
     refused = [p for p in plans if p.blocked and p.pending]
     for p in refused:
         sys.stderr.write(f"refused: {p.selected.unit.title}: {p.blocked}\n")
     runnable = [p for p in plans if p.pending and p.status == PLANNED and not p.blocked]
+    unapplied = [p for p in plans if p.pending and p.status in (OFFLINE, UNSUPPORTED) and not p.blocked]
+    for p in unapplied:
+        why = f"planned offline, no {p.selected.unit.platform} credentials here" if p.status == OFFLINE else p.status
+        sys.stderr.write(f"not applied: {p.selected.unit.title}: {why}; its changes are still pending\n")
+    # In the apply workflow every unit is expected to apply: one that cannot is a failure there.
+    expected_all = os.environ.get("GITHUB_ACTIONS") == "true" and unapplied
     if not runnable and not refused:
-        code = _plan_exit(plans)
+        code = Exit.FAILED if expected_all else _plan_exit(plans)
         if settings.output_json:
             _emit(render.plans_json(assessment, plans, name, int(code)))
         return code
@@ -260,7 +273,7 @@ def cmd_apply(settings: Settings, args) -> int:
     results = apply(plans, engine, store, assessment.head.snapshot, args.parallelism)
     failed = [r for r in results if r.outcome in (APPLY_FAILED, REFUSED)]
     left = [r for r in results if r.outcome not in (APPLIED, NOTHING, APPLY_FAILED, REFUSED)]
-    code = Exit.FAILED if failed else (Exit.CHANGES if left else Exit.OK)
+    code = Exit.FAILED if failed or expected_all else (Exit.CHANGES if left else Exit.OK)
     if settings.output_json:
         document = render.plans_json(assessment, plans, name, int(code))
         outcome = {r.plan.selected.unit.key: {"outcome": r.outcome, "detail": r.detail} for r in results}

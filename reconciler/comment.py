@@ -235,6 +235,9 @@ def _warnings(plans: list[UnitPlan]) -> str:
             )
         if p.blocked:
             warn.append(f"**NEEDS A DECISION** {_inline(unit.title)}: {_inline(p.blocked, MAX_NOTE)}")
+        if p.summary is not None and p.summary.data_lost:
+            lost = ", ".join(f"`{_inline(a)}`" for a in p.summary.data_lost[:20])
+            warn.append(f"**DESTROYS DATA** in {_inline(unit.title)}: {lost}")
         if p.probe:
             warn.append(f"**RUNS ON THE APPLY RUNNER** {_inline(unit.title)}: its health check is new or changed: `{_inline(p.probe, MAX_NOTE).replace('`', chr(39))}`")
     failed = [f"**PLAN FAILED** {_inline(p.selected.unit.title)}: see its details below" for p in plans if p.status == FAILED]

@@ -15,13 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler import comment
-from reconciler.affected import DESTROY, move_target
 from reconciler.errors import ReconcileError
 from reconciler.event import Event
 from reconciler.github import PUBLIC_API, GitHub, GitHubError
 from reconciler.run import Assessment, UnitPlan
 
-ALLOW_DESTROY_LABEL = "reconcile:allow-destroy"
 STATUS_CONTEXT = "reconcile/apply"
 DRIFT_TITLE = "Drift: live state differs from git"
 
@@ -143,20 +141,6 @@ def refuse_unreviewed(plans: list[UnitPlan], reason: str) -> None:
     for p in plans:
         if p.pending and not p.blocked:
             p.blocked = reason
-
-
-def gate_destroys(assessment: Assessment, plans: list[UnitPlan], allowed: bool) -> None:
-    """A destroy of a removed definition is applied only with an explicit signal. The source of a
-    move is reviewed as part of the move (its data by storage.on_move)."""
-    for p in plans:
-        unit = p.selected.unit
-        if p.selected.action != DESTROY or p.blocked or move_target(unit, assessment.head.units) is not None:
-            continue
-        if not allowed:
-            p.blocked = (
-                f"destroying {unit.title} needs an explicit decision: the `{ALLOW_DESTROY_LABEL}` label on the "
-                "pull request, or --allow-destroy"
-            )
 
 
 # ---------------------------------------------------------------- after apply

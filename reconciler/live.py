@@ -219,6 +219,27 @@ class LiveStore:
         moved = f"; the damaged file is now {kept}" if kept.exists() else ""
         return f"restored {path} from {backup} (serial {header.serial}, {header.resources} resources){moved}"
 
+    def resources(self, unit: Unit) -> list[tuple[str, str, dict]]:
+        """(type, name, attributes) of each managed resource in a stack's local state; [] when it
+        cannot be read here. Attributes of dynamic type ({"value", "type"}) are unwrapped."""
+        if unit.state.backend != "local":
+            return []
+        try:
+            document = json.loads(self.state_file(unit.state).read_text())
+        except (OSError, ValueError):
+            return []
+        out = []
+        for resource in document.get("resources") or []:
+            if resource.get("mode") != "managed":
+                continue
+            for instance in resource.get("instances") or []:
+                attributes = {
+                    k: v["value"] if isinstance(v, dict) and set(v) == {"value", "type"} else v
+                    for k, v in (instance.get("attributes") or {}).items()
+                }
+                out.append((resource["type"], resource["name"], attributes))
+        return out
+
     def write(self, unit: Unit, revision: str | None, dirty: bool, applied_at: str, engine: str) -> None:
         """Record an apply. Called after the engine has written the state, whose header is kept."""
         state = self.state_file(unit.state)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
+
+HoldsData = Callable[[str, dict], bool]  # (resource type, its attributes or body) -> holds data?
 
 ACTIONS = ("create", "update", "replace", "delete")
 
@@ -14,6 +16,12 @@ class Change:
     action: str  # create | update | replace | delete | read | move | no-op
     previous_address: str = ""
     reason: str = ""  # Terraform's action_reason, e.g. replace_because_cannot_update
+    holds_data: bool = False  # the resource as it is now holds data (a filesystem, a bucket)
+
+    @property
+    def loses_data(self) -> bool:
+        """Destroying or replacing a resource that holds data loses the data."""
+        return self.holds_data and self.action in ("delete", "replace")
 
 
 @dataclass(frozen=True)
@@ -36,6 +44,10 @@ class PlanSummary:
     def visible(self) -> tuple[Change, ...]:
         return tuple(c for c in self.changes if c.action not in ("no-op", "read"))
 
+    @property
+    def data_lost(self) -> tuple[str, ...]:
+        return tuple(c.address for c in self.changes if c.loses_data)
+
 
 def action_of(actions: list[str], previous_address: str = "") -> str:
     if actions == ["no-op"]:
@@ -47,19 +59,26 @@ def action_of(actions: list[str], previous_address: str = "") -> str:
     return "+".join(actions)
 
 
-def summarize(plan: dict[str, Any]) -> PlanSummary:
-    """Per-resource actions from plan JSON. Values are never copied: only addresses and actions."""
+def _never(resource_type: str, body: dict) -> bool:
+    return False
+
+
+def summarize(plan: dict[str, Any], holds_data: HoldsData = _never) -> PlanSummary:
+    """Per-resource actions from plan JSON. Values are never copied: only addresses, actions and
+    whether the resource holds data (asked of `holds_data` with its attributes before the change)."""
     changes = []
     for rc in plan.get("resource_changes", []):
         if rc.get("mode") == "data":
             continue
         previous = rc.get("previous_address", "")
+        before = rc["change"].get("before")
         changes.append(
             Change(
                 address=rc["address"],
                 action=action_of(rc["change"]["actions"], previous),
                 previous_address=previous,
                 reason=rc.get("action_reason", ""),
+                holds_data=isinstance(before, dict) and holds_data(rc.get("type", ""), before),
             )
         )
     outputs = tuple(
@@ -77,7 +96,7 @@ def _resources(document: dict | None) -> dict[str, dict]:
     return out
 
 
-def config_diff(base: dict | None, head: dict | None) -> PlanSummary:
+def config_diff(base: dict | None, head: dict | None, holds_data: HoldsData = _never) -> PlanSummary:
     """A configuration-level diff between two synthesized documents, for when no live plan can run
     (no credentials). It cannot tell an update from a replace: only a live plan can."""
     before, after = _resources(base), _resources(head)
@@ -91,7 +110,7 @@ def config_diff(base: dict | None, head: dict | None) -> PlanSummary:
             action = "update"
         else:
             action = "no-op"
-        changes.append(Change(address, action))
+        changes.append(Change(address, action, holds_data=address in before and holds_data(address.split(".")[0], before[address])))
     outputs_before = (base or {}).get("output") or {}
     outputs_after = (head or {}).get("output") or {}
     changed_outputs = tuple(sorted(k for k in set(outputs_before) | set(outputs_after) if outputs_before.get(k) != outputs_after.get(k)))

@@ -89,6 +89,8 @@ def plans_text(assessment: Assessment, plans: list[UnitPlan], engine_name: str |
             lines.append(f"    BLOCKED: {p.blocked}")
         if p.kept:
             lines.append(f"    keeps its data: {', '.join(p.kept)} left in place (storage.on_move: keep)")
+        if p.summary is not None and p.summary.data_lost:
+            lines.append(f"    DESTROYS DATA: {', '.join(p.summary.data_lost)}")
         if p.probe:
             lines.append(f"    health check, new or changed (runs on the apply runner, scrubbed environment): {p.probe}")
         if p.status == UNSUPPORTED:

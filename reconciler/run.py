@@ -166,7 +166,7 @@ def plan(settings: Settings, assessment: Assessment, engine: Engine | None, stor
     }
     for p in wanted:
         if p.selected.action == DESTROY:
-            documents[p.selected.unit.key] = _protect_data(p, assessment, documents[p.selected.unit.key], cache)
+            documents[p.selected.unit.key] = _protect_data(p, assessment, documents[p.selected.unit.key], cache, store)
     for p in plans:
         if p.status == OFFLINE:
             p.summary = _offline(p, assessment, documents, cache)
@@ -184,7 +184,7 @@ def plan(settings: Settings, assessment: Assessment, engine: Engine | None, stor
             _prepare(p.workdir, documents[unit.key])
             backend = {"path": str(store.state_file(unit.state))} if unit.state.backend == "local" else {}
             engine.init(p.workdir, backend)
-            p.summary = summarize(engine.plan(p.workdir))
+            p.summary = summarize(engine.plan(p.workdir), _holds_data(unit.platform))
         except ReconcileError as exc:
             p.status, p.error = FAILED, str(exc)
     return plans
@@ -201,20 +201,26 @@ def _new_probe(selected: Selected, base: Desired | None) -> str:
     return health.describe(unit.spec)
 
 
-def _protect_data(p: UnitPlan, assessment: Assessment, document: str, cache: Path) -> str:
+def _holds_data(platform: str):
+    return lambda resource_type, body: registry.holds_data(platform, resource_type, body)
+
+
+def _protect_data(p: UnitPlan, assessment: Assessment, document: str, cache: Path, store: LiveStore) -> str:
     """A move never destroys data silently: the definition says keep (the source stack forgets
-    its shared filesystems and buckets, which stay) or drop; until it does, apply refuses."""
+    its shared filesystems and buckets, which stay) or drop; until it does, apply refuses.
+
+    The source's data-holding resources come from its definition, or, for a copy known only
+    from live state (a move reverted outside the compared revisions), from its state."""
     unit = p.selected.unit
     target = affected.move_target(unit, assessment.head.units)
-    if target is None or unit.spec is None:
+    if target is None:
         return document
-    source = json.loads(synthesize([unit], cache)[unit.key])
-    data = sorted(
-        f"{rtype}.{name}"
-        for rtype, by_name in (source.get("resource") or {}).items()
-        for name, body in by_name.items()
-        if registry.holds_data(unit.platform, rtype, body)
-    )
+    if unit.spec is not None:
+        source = json.loads(synthesize([unit], cache)[unit.key])
+        bodies = [(rtype, name, body) for rtype, by_name in (source.get("resource") or {}).items() for name, body in by_name.items()]
+    else:
+        bodies = store.resources(unit)
+    data = sorted(f"{rtype}.{name}" for rtype, name, body in bodies if registry.holds_data(unit.platform, rtype, body))
     decision = target.spec.keep_data_on_move
     if not data or decision is False:
         return document
@@ -236,7 +242,7 @@ def _offline(p: UnitPlan, assessment: Assessment, documents: dict[str, str], cac
     base_unit = assessment.base.units.get(key) if assessment.base else None
     before = json.loads(synthesize([base_unit], cache)[key]) if base_unit is not None else None
     after = json.loads(documents[key])
-    return config_diff(before, after)
+    return config_diff(before, after, _holds_data(p.selected.unit.platform))
 
 
 def _prepare(workdir: Path, document: str) -> None:

@@ -7,6 +7,7 @@ configuration hash, so Node (cdktf) starts only when a unit's desired state is n
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Iterable
@@ -73,5 +74,7 @@ def synthesize(units: Iterable[Unit], cache_dir: Path | None = None, removed: bo
 def _cache_path(cache_dir: Path | None, unit: Unit, removed: bool) -> Path | None:
     if cache_dir is None:
         return None
-    suffix = "removed" if removed else "desired"
-    return cache_dir / f"{unit.config_hash}-{suffix}.tf.json"
+    if removed:  # only the backend: one per state location (an orphan's config hash is "")
+        where = hashlib.sha256(f"{registry.code_digest(unit.platform)}\0{unit.state}".encode()).hexdigest()[:32]
+        return cache_dir / f"{where}-removed.tf.json"
+    return cache_dir / f"{unit.config_hash}-desired.tf.json"

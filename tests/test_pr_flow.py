@@ -149,6 +149,9 @@ def test_destroy_needs_the_label(applied, cli, github, webhooks, actions, tmp_pa
     assert code == 1 and "reconcile:allow-destroy" in err
     github.issues[12]["labels"].append("reconcile:allow-destroy")
     code, out, err = cli("apply", "--auto-approve", "--pr", "auto", "--base", base, "--head", "HEAD", "--repo", str(applied.path))
+    assert code == 1 and "reconcile:allow-data-loss" in err  # dev's shared filesystem holds data
+    github.issues[12]["labels"].append("reconcile:allow-data-loss")
+    code, out, err = cli("apply", "--auto-approve", "--pr", "auto", "--base", base, "--head", "HEAD", "--repo", str(applied.path))
     assert code == 0, out + err
 
 

@@ -132,6 +132,9 @@ def test_removed_definition_is_destroyed_explicitly(applied, cli):
     assert code == 1 and "destroying cluster dev on local-a needs an explicit decision" in err
     assert "terraform_data.node_compute_0" in state_resources(applied, "local-a", "cluster-dev")
     code, out, err = cli("apply", "--auto-approve", "--allow-destroy", "--repo", str(applied.path))
+    assert code == 1 and "would destroy data (terraform_data.storage_shared)" in err  # its shared filesystem
+    assert "terraform_data.storage_shared" in state_resources(applied, "local-a", "cluster-dev")
+    code, out, err = cli("apply", "--auto-approve", "--allow-destroy", "--allow-data-loss", "--repo", str(applied.path))
     assert code == 0, err
     assert state_resources(applied, "local-a", "cluster-dev") == []
     code, out, err = cli("--dry-run", "--repo", str(applied.path))
