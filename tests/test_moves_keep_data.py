@@ -1,0 +1,152 @@
+"""Moves never lose data: each case reproduces a way the earlier main lost data or half-applied
+a change, on the real engine with local sites, and shows what happens now."""
+
+from __future__ import annotations
+
+import json
+
+from reconciler import gate
+from reconciler.affected import APPLY, DESTROY, Selected
+from reconciler.plan import Change, PlanSummary
+from reconciler.resolve import CLUSTER, SITE, Unit
+from reconciler.run import OFFLINE, PLANNED, UnitPlan
+from rpi.spec import StateLocation
+
+
+def resources(repo, site: str, stack: str = "cluster-dev") -> list[str]:
+    path = repo.path / ".reconcile" / "state" / site / f"{stack}.tfstate"
+    if not path.exists():
+        return []
+    return sorted(f"{r['type']}.{r['name']}" for r in json.loads(path.read_text()).get("resources", []))
+
+
+def record(repo, site: str, stack: str = "cluster-dev"):
+    path = repo.path / ".reconcile" / "state" / site / f"{stack}.reconcile.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def place_dev(repo, site: str, on_move: str = "") -> None:
+    other = "local-a" if site == "local-b" else "local-b"
+    text = repo.read("clusters/dev.yaml")
+    for here in ("local-a", "local-b"):
+        text = text.replace(f"site: {here}\nfailover: [{'local-b' if here == 'local-a' else 'local-a'}]", f"site: {site}\nfailover: [{other}]")
+    if on_move:
+        text = text.replace("storage:\n", f"storage:\n  on_move: {on_move}\n")
+    repo.write("clusters/dev.yaml", text)
+
+
+def apply(cli, repo, *extra):
+    return cli("apply", "--auto-approve", "--repo", str(repo.path), *extra)
+
+
+def test_reverting_a_move_is_blocked_and_destroys_nothing(applied, cli):
+    place_dev(applied, "local-b", on_move="keep")  # moved, uncommitted, and applied
+    code, out, err = apply(cli, applied)
+    assert code == 0, out + err
+    assert "terraform_data.storage_shared" in resources(applied, "local-b")
+
+    applied.git("checkout", "clusters/dev.yaml")  # back to local-a, which says nothing of its data
+    code, out, err = cli("--dry-run", "--repo", str(applied.path))
+    assert "why: moved back to local-a: live here, but git places it on local-a; destroy here" in out
+    assert "MOVE cluster dev: local-b [local] -> local-a [local]" in out
+    assert "BLOCKED: the move would destroy data (terraform_data.storage_shared)" in out
+    code, out, err = apply(cli, applied)
+    assert code == 1
+    assert "terraform_data.storage_shared" in resources(applied, "local-b")  # the data is still there
+    assert "terraform_data.node_compute_0" in resources(applied, "local-b")  # and so is the cluster
+    assert resources(applied, "local-a") == []  # no half of the move ran
+    assert "refused: cluster dev on local-a: it is one change with destroying cluster dev on local-b" in err
+
+
+def test_a_blocked_move_creates_nothing(applied, cli):
+    place_dev(applied, "local-b")  # no storage.on_move: the destroy half is blocked
+    code, out, err = apply(cli, applied)
+    assert code == 1
+    assert "refused: cluster dev on local-b: it is one change with destroying cluster dev on local-a" in err
+    assert resources(applied, "local-b") == [] and record(applied, "local-b") is None
+    assert "terraform_data.storage_shared" in resources(applied, "local-a")
+
+
+def test_a_move_whose_target_failed_stays_unfinished_after_merge(applied, cli):
+    probe = "health_check:\n  command: [sh, -c, 'test -e \"$HOME/healthy-marker\"']\n  timeout_s: 1\n"
+    applied.git("checkout", "-q", "-b", "move-dev")
+    place_dev(applied, "local-b", on_move="drop")
+    applied.write("clusters/dev.yaml", applied.read("clusters/dev.yaml") + probe)
+    applied.commit("move dev to local-b")
+    code, out, err = apply(cli, applied)
+    assert code == 1 and "health check failed, the source stays" in out
+
+    applied.git("checkout", "-q", "main")
+    applied.git("merge", "-q", "--no-ff", "move-dev", "-m", "Merge move-dev")
+    for _ in range(2):  # on main the compared revisions are equal: the source is known from live state only
+        code, out, err = apply(cli, applied, "--allow-destroy", "--allow-data-loss")
+        assert code == 1, out + err
+        assert "cluster dev on local-b: failed: health check failed, the source stays" in out
+        assert "cluster dev on local-a: skipped: cluster:dev@local-b did not succeed" in out
+        assert "terraform_data.storage_shared" in resources(applied, "local-a")
+        assert "terraform_data.node_compute_0" in resources(applied, "local-a")
+
+
+def test_an_apply_of_offline_plans_only_names_what_it_did_not_apply(applied, cli, monkeypatch):
+    applied.replace("sites/gcp-zurich.yaml", "    count: 3\n", "    count: 5\n")
+    code, out, err = apply(cli, applied)
+    assert code == 2, out + err  # the change is still pending
+    assert "not applied: site gcp-zurich: planned offline, no gcp credentials here; its changes are still pending" in err
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")  # the apply workflow expects every unit to apply
+    code, out, err = apply(cli, applied)
+    assert code == 1 and "not applied: site gcp-zurich" in err
+
+
+# ---------------------------------------------------------------- the gate on its own
+
+
+def _unit(kind: str, name: str, site: str, keep=None) -> Unit:
+    spec = type("Spec", (), {"keep_data_on_move": keep})() if kind == CLUSTER else None
+    return Unit(kind, name, site, "local", (f"clusters/{name}.yaml",), (), spec, "h", StateLocation("local", site, f"{name}.tfstate"))
+
+
+def _plan(unit: Unit, action: str, *changes: Change) -> UnitPlan:
+    return UnitPlan(Selected(unit, action, ("test",)), PLANNED, PlanSummary(changes or (Change("terraform_data.x", "create"),)))
+
+
+DATA = Change("terraform_data.storage_shared", "delete", holds_data=True)
+NODE = Change("terraform_data.node_0", "delete")
+
+
+def test_gate_refuses_data_loss_without_a_decision_and_the_whole_group():
+    source, target = _unit(CLUSTER, "dev", "local-a"), _unit(CLUSTER, "dev", "local-b")
+    other = _unit(CLUSTER, "web", "local-a")
+    plans = [_plan(target, APPLY), _plan(source, DESTROY, DATA, NODE), _plan(other, APPLY)]
+    refused = gate.refusals(plans, {target.key: target, other.key: other}, gate.Decisions())
+    assert set(refused) == {(DESTROY, source.key), (APPLY, target.key)}
+    assert "would destroy data (terraform_data.storage_shared)" in refused[(DESTROY, source.key)]
+    assert refused[(APPLY, target.key)].startswith("it is one change with destroying cluster dev on local-a")
+    assert gate.refusals(plans, {target.key: target, other.key: other}, gate.Decisions(data_loss=True)) == {}
+
+
+def test_gate_lets_a_move_that_drops_its_data_through():
+    source, target = _unit(CLUSTER, "dev", "local-a"), _unit(CLUSTER, "dev", "local-b", keep=False)
+    plans = [_plan(target, APPLY), _plan(source, DESTROY, DATA)]
+    assert gate.refusals(plans, {target.key: target}, gate.Decisions()) == {}
+
+
+def test_gate_keeps_a_site_with_the_clusters_removed_with_it():
+    site, cluster = _unit(SITE, "local-c", "local-c"), _unit(CLUSTER, "dev", "local-c")
+    plans = [_plan(cluster, DESTROY, NODE), _plan(site, DESTROY, NODE)]
+    assert set(gate.refusals(plans, {}, gate.Decisions())) == {(DESTROY, site.key), (DESTROY, cluster.key)}
+    plans = [_plan(cluster, DESTROY, DATA), _plan(site, DESTROY, NODE)]
+    refused = gate.refusals(plans, {}, gate.Decisions(destroy=True))
+    assert "would destroy data" in refused[(DESTROY, cluster.key)]
+    assert refused[(DESTROY, site.key)].startswith("it is one change with destroying cluster dev on local-c")
+
+
+def test_gate_passes_what_is_not_pending_and_keeps_earlier_refusals():
+    unit = _unit(CLUSTER, "dev", "local-a")
+    idle = UnitPlan(Selected(unit, APPLY, ("test",)), PLANNED, PlanSummary(()))
+    assert gate.refusals([idle], {unit.key: unit}, gate.Decisions()) == {}
+    reviewed = _plan(unit, APPLY)
+    reviewed.blocked = "differs from the reviewed plan"
+    assert gate.refusals([reviewed], {unit.key: unit}, gate.Decisions(True, True)) == {(APPLY, unit.key): "differs from the reviewed plan"}
+    offline = _plan(unit, APPLY)
+    offline.status = OFFLINE
+    assert gate.refusals([offline], {unit.key: unit}, gate.Decisions()) == {}
