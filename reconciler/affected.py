@@ -59,6 +59,8 @@ def select(
         record = live.get(key, UNKNOWN)
         if record is None:
             reasons.append("never applied")
+        elif isinstance(record, LiveRecord) and record.interrupted_at:
+            reasons.append(f"last apply was interrupted at {record.interrupted_at}")
         elif isinstance(record, LiveRecord) and record.config_hash != unit.config_hash:
             when = f" (last applied at {record.revision[:7]})" if record.revision else ""
             reasons.append(f"live state differs from git{when}")

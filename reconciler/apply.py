@@ -11,7 +11,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from reconciler import health
+from reconciler import health, interrupt
 from reconciler.affected import APPLY, DESTROY
 from reconciler.engine import Engine
 from reconciler.errors import ReconcileError
@@ -21,6 +21,7 @@ from reconciler.resolve import CLUSTER, SITE
 from reconciler.run import PLANNED, UnitPlan
 
 APPLIED, SKIPPED, FAILED, NOTHING, REFUSED = "applied", "skipped", "failed", "no changes", "refused"
+INTERRUPTED, NOT_STARTED = "interrupted", "not started"
 DEFAULT_PARALLELISM = 4
 
 
@@ -60,8 +61,12 @@ def apply(
     waiting = list(plans)
     running: dict[Future, UnitPlan] = {}
     ok = {APPLIED, NOTHING}
-    with ThreadPoolExecutor(max_workers=max(1, parallelism), thread_name_prefix="apply") as pool:
+    with interrupt.applying(), ThreadPoolExecutor(max_workers=max(1, parallelism), thread_name_prefix="apply") as pool:
         while waiting or running:
+            if interrupt.requested():  # no new stack starts; the running ones stop gracefully
+                for p in waiting:
+                    results[_id(p)] = ApplyResult(p, NOT_STARTED, f"{interrupt.received()} came first")
+                waiting = []
             for p in list(waiting):
                 needs = blockers(p, plans)
                 failed = sorted(key for need in needs if (r := results.get(need)) and r.outcome not in ok for key in need[1:])
@@ -106,4 +111,8 @@ def _apply_one(p: UnitPlan, engine: Engine, store: LiveStore, head: Snapshot, ga
             return ApplyResult(p, FAILED, f"health check failed, the source stays: {verdict.detail}")
         return ApplyResult(p, outcome, f"healthy: {verdict.detail}")
     except ReconcileError as exc:
+        if interrupt.requested():
+            now = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+            store.mark_interrupted(unit, now)
+            return ApplyResult(p, INTERRUPTED, f"the engine stopped at {interrupt.received()} and wrote its state")
         return ApplyResult(p, FAILED, str(exc))

@@ -10,9 +10,9 @@ import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
-from reconciler import comment, failover, gate, ghflow, portability, render
+from reconciler import comment, failover, gate, ghflow, interrupt, portability, render
 from reconciler import event as event_module
-from reconciler.apply import APPLIED, DEFAULT_PARALLELISM, FAILED as APPLY_FAILED, NOTHING, REFUSED, apply
+from reconciler.apply import APPLIED, DEFAULT_PARALLELISM, FAILED as APPLY_FAILED, INTERRUPTED, NOT_STARTED, NOTHING, REFUSED, apply
 from reconciler.engine import CHOICES, select_engine
 from reconciler.errors import Exit, InvalidDefinitions, NotConfirmed, ReconcileError
 from reconciler.gitsource import GitSource, Snapshot
@@ -93,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    with interrupt.handled():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     as_json = "--json" in (argv if argv is not None else sys.argv[1:])
     try:
@@ -121,15 +126,20 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.write(render.problems_text(exc.problems))
         return Exit.FAILED
     except ReconcileError as exc:
+        stopped = interrupt.requested() or isinstance(exc, interrupt.Interrupted)
+        code = Exit.INTERRUPTED if stopped else exc.exit_code
         if as_json:
-            _emit({"error": str(exc), "exit_code": int(exc.exit_code)})
+            _emit({"error": str(exc), "exit_code": int(code)})
         else:
-            sys.stderr.write(f"error: {exc}\n")
-        return exc.exit_code
+            sys.stderr.write(f"{'interrupted' if stopped else 'error'}: {exc}\n")
+        return code
     except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
-        return Exit.FAILED
+        sys.stderr.write("interrupted: nothing more was started\n")
+        return Exit.INTERRUPTED
     except Exception:  # a bug: say so, with the traceback
+        if interrupt.requested():  # a helper process (Node) stopped by the same Ctrl-C: not a bug
+            sys.stderr.write(f"interrupted: {interrupt.received()} received; nothing more was started\n")
+            return Exit.INTERRUPTED
         traceback.print_exc()
         sys.stderr.write("internal error: this is a bug in reconcile, please report it with the traceback above\n")
         return Exit.INTERNAL
@@ -274,6 +284,8 @@ def cmd_apply(settings: Settings, args) -> int:
     failed = [r for r in results if r.outcome in (APPLY_FAILED, REFUSED)]
     left = [r for r in results if r.outcome not in (APPLIED, NOTHING, APPLY_FAILED, REFUSED)]
     code = Exit.FAILED if failed or expected_all else (Exit.CHANGES if left else Exit.OK)
+    if any(r.outcome in (INTERRUPTED, NOT_STARTED) for r in results):
+        code = Exit.INTERRUPTED
     if settings.output_json:
         document = render.plans_json(assessment, plans, name, int(code))
         outcome = {r.plan.selected.unit.key: {"outcome": r.outcome, "detail": r.detail} for r in results}

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from reconciler import interrupt
 from reconciler.errors import EngineError, ReconcileError
 
 CHOICES = ("auto", "tofu", "terraform", "embedded")
@@ -40,9 +41,7 @@ class ProcessRunner:
 
     def run(self, workdir: Path, args: list[str]) -> tuple[int, str, str]:
         # umask 077: the state files the engine creates (state, backup, lock) are the owner's only
-        done = subprocess.run(
-            [*self.command, f"-chdir={workdir}", *args], capture_output=True, text=True, env=self.env, umask=0o077
-        )
+        done = interrupt.run([*self.command, f"-chdir={workdir}", *args], text=True, env=self.env, umask=0o077)
         return done.returncode, done.stdout, done.stderr
 
 

@@ -13,6 +13,7 @@ class Exit(enum.IntEnum):
     FAILED = 1  # invalid input or a failed operation
     CHANGES = 2  # changes are pending (dry-run / plan)
     INTERNAL = 3  # a bug: please report it
+    INTERRUPTED = 130  # stopped by SIGINT or SIGTERM (128 + SIGINT, the shell's convention)
 
 
 @dataclass(frozen=True, order=True)

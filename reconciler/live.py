@@ -58,6 +58,7 @@ class LiveRecord:
     state_lineage: str = ""  # of the state this apply wrote; "" in records older than the check
     state_serial: int = -1
     resources: int = -1
+    interrupted_at: str = ""  # an apply of this stack was stopped by an interrupt at this time
 
     @property
     def state(self) -> StateLocation:
@@ -249,6 +250,15 @@ class LiveStore:
                 written.chmod(FILE_MODE)
         record = _record(unit, unit.config_hash, revision, dirty, applied_at, engine, header if isinstance(header, StateHeader) else None)
         _write_atomic(self._record_file(unit.state), json.dumps(asdict(record), indent=2, sort_keys=True) + "\n")
+
+    def mark_interrupted(self, unit: Unit, now: str) -> None:
+        """An apply was interrupted: its state may hold part of the change. The record says so,
+        and the next run plans the stack whatever its configuration hash says."""
+        if unit.state.backend != "local":
+            return
+        current = self.read(unit)
+        base = current if isinstance(current, LiveRecord) else _record(unit, "", None, False, "", "", None)
+        _write_atomic(self._record_file(unit.state), json.dumps({**asdict(base), "interrupted_at": now}, indent=2, sort_keys=True) + "\n")
 
     def forget(self, unit: Unit) -> None:
         """After a destroy: the stack no longer exists."""

@@ -11,7 +11,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler import affected, health
+from reconciler import affected, health, interrupt
 from reconciler.affected import APPLY, DESTROY, Selected
 from reconciler.engine import Engine
 from reconciler.errors import InvalidDefinitions, Location, Problems, ReconcileError
@@ -83,7 +83,7 @@ class UnitPlan:
     @property
     def record_outdated(self) -> bool:
         return self.selected.action == APPLY and any(
-            r == "never applied" or r.startswith("live state differs") for r in self.selected.reasons
+            r == "never applied" or r.startswith(("live state differs", "last apply was interrupted")) for r in self.selected.reasons
         )
 
     @property
@@ -160,10 +160,15 @@ def plan(settings: Settings, assessment: Assessment, engine: Engine | None, stor
             p.status = OFFLINE
     cache = settings.work_dir / "cache" / "synth"
     wanted = [p for p in plans if p.status in (PLANNED, OFFLINE)]
-    documents = {
-        **synthesize([p.selected.unit for p in wanted if p.selected.action == APPLY], cache),
-        **synthesize([p.selected.unit for p in wanted if p.selected.action == DESTROY], cache, removed=True),
-    }
+    try:
+        documents = {
+            **synthesize([p.selected.unit for p in wanted if p.selected.action == APPLY], cache),
+            **synthesize([p.selected.unit for p in wanted if p.selected.action == DESTROY], cache, removed=True),
+        }
+    except Exception:
+        interrupt.checkpoint("during synthesis")  # Node stopped by the terminal's Ctrl-C: say so, no traceback
+        raise
+    interrupt.checkpoint("after synthesis, before planning")
     for p in wanted:
         if p.selected.action == DESTROY:
             documents[p.selected.unit.key] = _protect_data(p, assessment, documents[p.selected.unit.key], cache, store)
@@ -174,6 +179,7 @@ def plan(settings: Settings, assessment: Assessment, engine: Engine | None, stor
     if work and engine is None:
         raise ReconcileError("an engine is needed to plan")
     for p in work:
+        interrupt.checkpoint("while planning: nothing was applied")
         unit = p.selected.unit
         p.workdir = settings.work_dir / "stacks" / unit.site / unit.stack
         untrusted = store.verify(unit, assessment.live.get(unit.key))
@@ -186,6 +192,7 @@ def plan(settings: Settings, assessment: Assessment, engine: Engine | None, stor
             engine.init(p.workdir, backend)
             p.summary = summarize(engine.plan(p.workdir), _holds_data(unit.platform))
         except ReconcileError as exc:
+            interrupt.checkpoint("while planning: nothing was applied")
             p.status, p.error = FAILED, str(exc)
     return plans
 

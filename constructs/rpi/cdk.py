@@ -6,10 +6,12 @@ this one file. Importing it starts Node (jsii): import it only when something mu
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import importlib.util
 import json
 import os
+import shutil
 import sys
 import tempfile
 import types
@@ -17,6 +19,24 @@ from pathlib import Path
 from typing import Any, Callable
 
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
+
+
+def _node_in_a_session_of_its_own() -> None:
+    """A terminal's Ctrl-C goes to this process's whole group. Node (the jsii kernel) is put in
+    a session of its own, so that it is never stopped under our feet: reconcile stops, and
+    stops Node cleanly on exit, instead of writing to a dead pipe."""
+    node = shutil.which("node")
+    if "JSII_NODE" in os.environ or os.name != "posix" or node is None:
+        return
+    directory = tempfile.mkdtemp(prefix="reconcile-jsii-")
+    wrapper = Path(directory) / "node"
+    wrapper.write_text(f"#!{sys.executable}\nimport os, sys\nos.setsid()\nos.execv({node!r}, [{node!r}, *sys.argv[1:]])\n")
+    wrapper.chmod(0o700)
+    os.environ["JSII_NODE"] = str(wrapper)
+    atexit.register(shutil.rmtree, directory, True)  # after jsii's own exit hook, which runs first
+
+
+_node_in_a_session_of_its_own()
 
 import cdktf  # noqa: E402
 

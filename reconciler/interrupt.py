@@ -1,0 +1,100 @@
+"""SIGINT and SIGTERM: stop the way Terraform does, never half-way through a write.
+
+The first signal sets a flag: no new stack starts, and every running engine process (each in
+a session of its own, so a terminal's Ctrl-C reaches it only through here) gets one SIGINT,
+its own graceful stop: it finishes the resource it is on, writes its state and releases its
+lock. Work in progress ends, and the run reports what finished and what was interrupted, with
+exit code 130. A second signal is passed on too: engines then stop at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import subprocess
+import threading
+
+from reconciler.errors import Exit, ReconcileError
+
+_requested = threading.Event()
+_lock = threading.Lock()
+_processes: set[subprocess.Popen] = set()
+_received: list[str] = []
+_applying = threading.Event()
+
+
+class Interrupted(ReconcileError):
+    """The run was stopped by SIGINT or SIGTERM."""
+
+    exit_code = Exit.INTERRUPTED
+
+
+@contextlib.contextmanager
+def handled():
+    """SIGINT and SIGTERM are handled here for the length of one run, then as before."""
+    _requested.clear()
+    _received.clear()
+    if threading.current_thread() is not threading.main_thread():  # only the main thread can
+        yield
+        return
+    previous = {signum: signal.signal(signum, _on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _on_signal(signum, frame) -> None:
+    _received.append(signal.Signals(signum).name)
+    _requested.set()
+    with _lock:
+        running = list(_processes)
+    for process in running:
+        try:
+            process.send_signal(signal.SIGINT)
+        except ProcessLookupError:
+            pass
+    if not running and not _applying.is_set():
+        # Nothing is being written (loading, synthesis, a prompt): stop right here.
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def applying():
+    """While stacks are applied, a signal never stops this process mid-step: it only stops
+    new stacks from starting and stops the engines gracefully."""
+    _applying.set()
+    try:
+        yield
+    finally:
+        _applying.clear()
+
+
+def requested() -> bool:
+    return _requested.is_set()
+
+
+def received() -> str:
+    return _received[0] if _received else "an interrupt"
+
+
+def checkpoint(where: str) -> None:
+    """Stop here, between two steps, if an interrupt came."""
+    if _requested.is_set():
+        raise Interrupted(f"{received()} received {where}")
+
+
+def run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
+    """`subprocess.run` for an engine command: in a session of its own, stopped through here."""
+    process = subprocess.Popen(argv, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+    with _lock:
+        _processes.add(process)
+    try:
+        if _requested.is_set():  # the signal came while it started: it still gets its graceful stop
+            process.send_signal(signal.SIGINT)
+        out, err = process.communicate()
+    finally:
+        with _lock:
+            _processes.discard(process)
+    return subprocess.CompletedProcess(argv, process.returncode, out, err)
