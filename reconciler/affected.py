@@ -30,7 +30,7 @@ def changed_files(base: Mapping[str, bytes] | None, head: Mapping[str, bytes]) -
     return frozenset(p for p in set(base) | set(head) if base.get(p) != head.get(p))
 
 
-def file_reason(unit: Unit, path: str) -> str:
+def file_reason(path: str) -> str:
     if path.startswith("sites/"):
         return f"site changed: {path}"
     if path.startswith("clusters/profiles/"):
@@ -53,7 +53,7 @@ def select(
         previous = base.get(key) if base is not None else None
         if base is not None and previous is None:
             reasons.append(_new_reason(unit, base))
-        reasons += [file_reason(unit, p) for p in unit.inputs if p in changed]
+        reasons += [file_reason(p) for p in unit.inputs if p in changed]
         if previous is not None and previous.config_hash != unit.config_hash and not reasons:
             reasons.append(f"{unit.platform} platform code changed")
         record = live.get(key, UNKNOWN)

@@ -189,9 +189,11 @@ def _unit_json(p: UnitPlan) -> dict:
         "pending": p.pending,
         "blocked": p.blocked,
         "kept": list(p.kept),
+        "health_probe": p.probe,
     }
     if p.summary is not None:
         out["changes"] = p.summary.counts
+        out["destroys_data"] = list(p.summary.data_lost)
         out["resources"] = [
             {"address": c.address, "action": c.action, "previous_address": c.previous_address, "reason": c.reason}
             for c in p.summary.visible

@@ -138,3 +138,31 @@ def test_applies_go_sites_first_then_clusters_then_destroys():
     live = {SITE_A.key: record(SITE_A), WEB_A.key: record(WEB_A), SITE_B.key: None, "cluster:dev@b": None}
     got = [(a, k) for a, k, _ in chosen(select(head, base, frozenset(), live))]
     assert got == [(APPLY, "site:b"), (APPLY, "cluster:dev@b"), (DESTROY, "cluster:web@a")]
+
+
+def test_without_a_base_only_live_state_selects():
+    head = keyed(SITE_A, DEV_A)
+    got = chosen(select(head, None, frozenset({"clusters/dev.yaml"}), {"site:a": record(SITE_A), "cluster:dev@a": None}))
+    assert got == [(APPLY, "cluster:dev@a", ("cluster file changed: clusters/dev.yaml", "never applied"))]
+
+
+def test_a_removed_definition_whose_live_state_is_unknown_is_still_destroyed():
+    base, head = keyed(SITE_A, WEB_A, DEV_A), keyed(SITE_A)
+    live = {SITE_A.key: record(SITE_A), WEB_A.key: None}  # web never applied; dev cannot be read here
+    got = chosen(select(head, base, frozenset(), live))
+    assert got == [(DESTROY, "cluster:dev@a", ("definition removed: clusters/dev.yaml",))]
+
+
+def test_an_orphan_unit_is_what_its_record_says_and_no_more():
+    (orphan,) = select(keyed(SITE_A), keyed(SITE_A), frozenset(), live_of(SITE_A), orphans=[record(WEB_A)])
+    unit = orphan.unit
+    assert (unit.kind, unit.name, unit.site, unit.platform) == (CLUSTER, "web", "a", "local")
+    assert (unit.inputs, unit.depends_on, unit.spec, unit.config_hash) == ((), (), None, "")
+    assert unit.state == StateLocation("local", "a", "cluster-web.tfstate")
+
+
+def test_a_move_target_joins_the_run_once_whatever_the_number_of_sources():
+    dev_c = unit(CLUSTER, "dev", "c")
+    base, head = keyed(SITE_A, SITE_B, DEV_A), keyed(SITE_A, SITE_B, DEV_B)
+    got = chosen(select(head, base, frozenset(), live_of(SITE_A, SITE_B, DEV_A, DEV_B), orphans=[record(dev_c)]))
+    assert [(a, k) for a, k, _ in got] == [(APPLY, "cluster:dev@b"), (DESTROY, "cluster:dev@a"), (DESTROY, "cluster:dev@c")]

@@ -150,3 +150,28 @@ def test_gate_passes_what_is_not_pending_and_keeps_earlier_refusals():
     offline = _plan(unit, APPLY)
     offline.status = OFFLINE
     assert gate.refusals([offline], {unit.key: unit}, gate.Decisions()) == {}
+
+
+def test_gate_messages_say_what_to_decide_and_where():
+    site, source, target = _unit(SITE, "local-c", "local-c"), _unit(CLUSTER, "dev", "local-a"), _unit(CLUSTER, "dev", "local-b")
+    changed = _unit(CLUSTER, "web", "local-a")
+    plans = [_plan(site, DESTROY, NODE), _plan(target, APPLY), _plan(source, DESTROY, DATA), _plan(changed, APPLY, Change("terraform_data.storage_shared", "replace", holds_data=True))]
+    refused = gate.refusals(plans, {target.key: target, changed.key: changed}, gate.Decisions())
+    assert refused == {
+        (DESTROY, site.key): "destroying site local-c needs an explicit decision: the `reconcile:allow-destroy` label on the pull request, or --allow-destroy",
+        (DESTROY, source.key): "destroying cluster dev on local-a would destroy data (terraform_data.storage_shared); that needs an explicit decision: "
+        "the `reconcile:allow-data-loss` label on the pull request, or --allow-data-loss; or storage.on_move in clusters/dev.yaml",
+        (APPLY, target.key): "it is one change with destroying cluster dev on local-a, which is refused: no part of it applies",
+        (APPLY, changed.key): "this change to cluster web on local-a would destroy data (terraform_data.storage_shared); that needs an explicit decision: "
+        "the `reconcile:allow-data-loss` label on the pull request, or --allow-data-loss",
+    }
+    target.spec.keep_data_on_move = None
+    refused = gate.refusals([_plan(target, APPLY, Change("terraform_data.a", "delete", holds_data=True), Change("terraform_data.b", "replace", holds_data=True)), _plan(source, DESTROY, NODE)], {target.key: target}, gate.Decisions())
+    assert refused[(APPLY, target.key)].startswith("this change to cluster dev on local-b would destroy data (terraform_data.a, terraform_data.b);")
+    assert refused[(DESTROY, source.key)] == "it is one change with applying cluster dev on local-b, which is refused: no part of it applies"
+
+
+def test_gate_passes_a_plan_that_has_no_summary():
+    unit = _unit(CLUSTER, "dev", "local-a")
+    unsupported = UnitPlan(Selected(unit, APPLY, ("test",)), "not synthesizable yet")
+    assert unsupported.pending and gate.refusals([unsupported], {unit.key: unit}, gate.Decisions()) == {}
