@@ -244,25 +244,7 @@ def cmd_apply(settings: Settings, args) -> int:
             _emit({**render.plans_json(assessment, plans, name, int(Exit.FAILED)), "error": "some plans failed; nothing was applied"})
             return Exit.FAILED
         raise ReconcileError("some plans failed; nothing was applied")
-    event = _event()
-    pr, gh, unmatched = ghflow.pr_number(getattr(args, "pr", None), event), None, ""
-    if getattr(args, "pr", None) == "auto" and event is not None and event.name == "push":
-        gh = ghflow.connect(args.github_repo)  # which pull request a push merged is GitHub's to say
-        found = ghflow.merged_pull_request(gh, assessment.head.snapshot.revision or event.head_sha or "")
-        pr, unmatched = (found, "") if isinstance(found, int) else (None, found)
-    gh = gh or (ghflow.connect(args.github_repo) if pr is not None else None)
-    labels = gh.labels(pr) if pr is not None else set()
-    if unmatched:
-        ghflow.refuse_unreviewed(plans, f"{unmatched}, so no reviewed plan applies; merge through a pull request")
-    elif pr is not None:
-        ghflow.gate_reviewed(plans, ghflow.reviewed_plan(gh, pr), pr)
-    decisions = gate.Decisions(
-        destroy=args.allow_destroy or gate.ALLOW_DESTROY_LABEL in labels,
-        data_loss=args.allow_data_loss or gate.ALLOW_DATA_LOSS_LABEL in labels,
-    )
-    refused_by_gate = gate.refusals(plans, assessment.head.units, decisions)
-    for p in plans:
-        p.blocked = refused_by_gate.get(gate.plan_id(p), p.blocked)
+    pr, gh = _refuse_what_may_not_run(args, assessment, plans)
     refused = [p for p in plans if p.blocked and p.pending]
     for p in refused:
         sys.stderr.write(f"refused: {p.selected.unit.title}: {p.blocked}\n")
@@ -308,6 +290,31 @@ def cmd_apply(settings: Settings, args) -> int:
         if problems and code == Exit.OK:
             code = Exit.FAILED
     return code
+
+
+def _refuse_what_may_not_run(args, assessment: Assessment, plans: list[UnitPlan]):
+    """Mark every plan that may not run (`blocked`): what the pull request did not review, then
+    the gate over the decisions given by flags or labels. Returns the pull request and adapter."""
+    event = _event()
+    pr, gh, unmatched = ghflow.pr_number(getattr(args, "pr", None), event), None, ""
+    if getattr(args, "pr", None) == "auto" and event is not None and event.name == "push":
+        gh = ghflow.connect(args.github_repo)  # which pull request a push merged is GitHub's to say
+        found = ghflow.merged_pull_request(gh, assessment.head.snapshot.revision or event.head_sha or "")
+        pr, unmatched = (found, "") if isinstance(found, int) else (None, found)
+    gh = gh or (ghflow.connect(args.github_repo) if pr is not None else None)
+    labels = gh.labels(pr) if pr is not None else set()
+    if unmatched:
+        ghflow.refuse_unreviewed(plans, f"{unmatched}, so no reviewed plan applies; merge through a pull request")
+    elif pr is not None:
+        ghflow.gate_reviewed(plans, ghflow.reviewed_plan(gh, pr), pr)
+    decisions = gate.Decisions(
+        destroy=args.allow_destroy or gate.ALLOW_DESTROY_LABEL in labels,
+        data_loss=args.allow_data_loss or gate.ALLOW_DATA_LOSS_LABEL in labels,
+    )
+    refused = gate.refusals(plans, assessment.head.units, decisions)
+    for p in plans:
+        p.blocked = refused.get(gate.plan_id(p), p.blocked)
+    return pr, gh
 
 
 def _confirm(count: int) -> None:

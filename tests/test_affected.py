@@ -162,7 +162,13 @@ def test_an_orphan_unit_is_what_its_record_says_and_no_more():
 
 
 def test_a_move_target_joins_the_run_once_whatever_the_number_of_sources():
-    dev_c = unit(CLUSTER, "dev", "c")
-    base, head = keyed(SITE_A, SITE_B, DEV_A), keyed(SITE_A, SITE_B, DEV_B)
-    got = chosen(select(head, base, frozenset(), live_of(SITE_A, SITE_B, DEV_A, DEV_B), orphans=[record(dev_c)]))
+    head = keyed(SITE_A, SITE_B, DEV_B)  # up to date itself: it joins only as the target
+    orphans = [record(DEV_A), record(unit(CLUSTER, "dev", "c"))]
+    got = chosen(select(head, head, frozenset(), live_of(SITE_A, SITE_B, DEV_B), orphans=orphans))
     assert [(a, k) for a, k, _ in got] == [(APPLY, "cluster:dev@b"), (DESTROY, "cluster:dev@a"), (DESTROY, "cluster:dev@c")]
+
+
+def test_a_new_cluster_beside_others_is_new_not_moved():
+    base, head = keyed(SITE_A, WEB_A), keyed(SITE_A, WEB_A, DEV_A)
+    got = chosen(select(head, base, frozenset(), {**live_of(SITE_A, WEB_A), DEV_A.key: None}))
+    assert got == [(APPLY, "cluster:dev@a", ("new definition: clusters/dev.yaml", "never applied"))]

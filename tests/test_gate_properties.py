@@ -60,13 +60,16 @@ def scenarios(draw):
     return plans, head, decisions
 
 
+def over_random_runs(test):
+    """Hypothesis over `scenarios()`: a fixed seed and a bounded number of examples."""
+    return seed(20261201)(settings(max_examples=400, deadline=None)(given(scenarios())(test)))
+
+
 def runs(p: UnitPlan, refused) -> bool:
     return p.pending and gate.plan_id(p) not in refused
 
 
-@seed(20261201)
-@settings(max_examples=400, deadline=None)
-@given(scenarios())
+@over_random_runs
 def test_no_data_is_destroyed_without_a_decision(scenario):
     plans, head, decisions = scenario
     refused = gate.refusals(plans, head, decisions)
@@ -77,9 +80,7 @@ def test_no_data_is_destroyed_without_a_decision(scenario):
         assert decisions.data_loss or (target is not None and target.spec.keep_data_on_move is False)
 
 
-@seed(20261201)
-@settings(max_examples=400, deadline=None)
-@given(scenarios())
+@over_random_runs
 def test_no_removed_definition_is_destroyed_without_a_decision(scenario):
     plans, head, decisions = scenario
     refused = gate.refusals(plans, head, decisions)
@@ -98,9 +99,7 @@ def together(p: UnitPlan, q: UnitPlan) -> bool:
     return move or site
 
 
-@seed(20261201)
-@settings(max_examples=400, deadline=None)
-@given(scenarios())
+@over_random_runs
 def test_no_change_group_is_half_applied(scenario):
     plans, head, decisions = scenario
     refused = gate.refusals(plans, head, decisions)

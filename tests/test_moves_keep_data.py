@@ -171,6 +171,15 @@ def test_gate_messages_say_what_to_decide_and_where():
     assert refused[(DESTROY, source.key)] == "it is one change with applying cluster dev on local-b, which is refused: no part of it applies"
 
 
+def test_gate_refuses_an_idle_move_target_with_its_refused_source():
+    """The target was applied by an earlier run; its source's destroy is refused: the target
+    is refused too, so that the run reports the move as not done."""
+    source, target = _unit(CLUSTER, "dev", "local-a"), _unit(CLUSTER, "dev", "local-b")
+    idle = UnitPlan(Selected(target, APPLY, ("target of a move",)), PLANNED, PlanSummary(()))
+    refused = gate.refusals([idle, _plan(source, DESTROY, DATA)], {target.key: target}, gate.Decisions())
+    assert set(refused) == {(APPLY, target.key), (DESTROY, source.key)}
+
+
 def test_gate_passes_a_plan_that_has_no_summary():
     unit = _unit(CLUSTER, "dev", "local-a")
     unsupported = UnitPlan(Selected(unit, APPLY, ("test",)), "not synthesizable yet")
