@@ -99,6 +99,48 @@ def select(
     return order(selected)
 
 
+def together(a: Selected, b: Selected) -> bool:
+    """Whether two selected units are one change, applied all or nothing: the two halves of a
+    move (a cluster destroyed on one site, applied or destroyed on another), or a removed site
+    and the destroy of a cluster on it."""
+    u, v = a.unit, b.unit
+    if a is b:
+        return False
+    if u.kind == v.kind == CLUSTER:
+        return u.name == v.name and u.site != v.site and DESTROY in (a.action, b.action)
+    return {u.kind, v.kind} == {SITE, CLUSTER} and a.action == b.action == DESTROY and u.site == v.site
+
+
+def groups(selected: list[Selected]) -> list[list[Selected]]:
+    """The selected units in change groups (`together`, closed transitively), in selection order."""
+    owner = list(range(len(selected)))
+
+    def root(i: int) -> int:
+        while owner[i] != i:
+            i = owner[i]
+        return i
+
+    for i, a in enumerate(selected):
+        for k in range(i + 1, len(selected)):
+            if together(a, selected[k]):
+                owner[root(k)] = root(i)
+    out: dict[int, list[Selected]] = {}
+    for i, s in enumerate(selected):
+        out.setdefault(root(i), []).append(s)
+    return list(out.values())
+
+
+def scoped(selected: list[Selected], sites: frozenset[str], units: frozenset[str]) -> list[Selected]:
+    """Only the units on `sites` or named in `units`, with the rest of each one's change group
+    (a move scoped by its source still creates its target first)."""
+    if not sites and not units:
+        return selected
+    kept = {
+        id(s) for group in groups(selected) if any(s.unit.site in sites or s.unit.key in units for s in group) for s in group
+    }
+    return [s for s in selected if id(s) in kept]
+
+
 def move_target(unit: Unit, head: Mapping[str, Unit]) -> Unit | None:
     """The copy of a cluster on another site at head, when `unit` is its old placement."""
     if unit.kind != CLUSTER:

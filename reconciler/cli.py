@@ -44,6 +44,12 @@ def _common(parser: argparse.ArgumentParser, top: bool) -> None:
     parser.add_argument("--all", action="store_true", default=False if top else argparse.SUPPRESS, help="plan every stack, changed or not (drift)")
 
 
+def _scope(parser: argparse.ArgumentParser, top: bool) -> None:
+    default = [] if top else argparse.SUPPRESS
+    parser.add_argument("--site", action="append", default=default, dest="sites", help="only this site's units, and the rest of their change groups (repeatable)")
+    parser.add_argument("--unit", action="append", default=default, dest="units", help="only this unit, e.g. cluster:dev@local-a, and the rest of its change group (repeatable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="reconcile",
@@ -52,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--dry-run", action="store_true", help="plan what differs from git and change nothing (the same as `plan`)")
     _common(parser, top=True)
+    _scope(parser, top=True)
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     for name, text in (
         ("validate", "check every definition and show the units they make"),
@@ -66,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=text, description=text)
         _common(command, top=False)
         if name in ("plan", "apply"):
+            _scope(command, top=False)
             command.add_argument("--pr", help="pull request number, or 'auto' for the GitHub Actions event's")
             command.add_argument("--github-repo", help="OWNER/NAME (default: GITHUB_REPOSITORY)")
         if name == "plan":
@@ -117,6 +125,8 @@ def _main(argv: list[str] | None) -> int:
             output_json=args.json,
             select_all=args.all,
             auto_approve=getattr(args, "auto_approve", False),
+            sites=frozenset(getattr(args, "sites", ())),
+            units=frozenset(getattr(args, "units", ())),
         )
         return COMMANDS[command](settings, args)
     except InvalidDefinitions as exc:

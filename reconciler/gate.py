@@ -13,8 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+from reconciler import affected
 from reconciler.affected import APPLY, DESTROY, move_target
-from reconciler.resolve import CLUSTER, SITE, Unit
+from reconciler.resolve import Unit
 from reconciler.run import UnitPlan
 
 ALLOW_DESTROY_LABEL = "reconcile:allow-destroy"
@@ -36,33 +37,10 @@ def plan_id(p: UnitPlan) -> PlanId:
 
 
 def change_groups(plans: Sequence[UnitPlan]) -> list[list[UnitPlan]]:
-    """Plans that must apply together: the halves of each move (one cluster, two sites), and
-    a removed site with its clusters' destroys. Every other plan is a group of its own."""
-    parent = {plan_id(p): plan_id(p) for p in plans}
-
-    def root(x: PlanId) -> PlanId:
-        while parent[x] != x:
-            x = parent[x]
-        return x
-
-    def join(a: UnitPlan, b: UnitPlan) -> None:
-        parent[root(plan_id(a))] = root(plan_id(b))
-
-    clusters = [p for p in plans if p.selected.unit.kind == CLUSTER]
-    for p in plans:
-        unit = p.selected.unit
-        for q in clusters:
-            other = q.selected.unit
-            if q is p:
-                continue
-            if unit.kind == CLUSTER and other.name == unit.name and other.site != unit.site and DESTROY in (p.selected.action, q.selected.action):
-                join(p, q)  # a move: the target's create and the source's destroy
-            if unit.kind == SITE and p.selected.action == DESTROY and q.selected.action == DESTROY and other.site == unit.site:
-                join(p, q)  # a site goes with the clusters removed with it
-    groups: dict[PlanId, list[UnitPlan]] = {}
-    for p in plans:
-        groups.setdefault(root(plan_id(p)), []).append(p)
-    return list(groups.values())
+    """Plans that must apply together (`affected.together`): the halves of each move, and a
+    removed site with its clusters' destroys. Every other plan is a group of its own."""
+    by_selected = {id(p.selected): p for p in plans}
+    return [[by_selected[id(s)] for s in group] for group in affected.groups([p.selected for p in plans])]
 
 
 def refusals(plans: Sequence[UnitPlan], head: Mapping[str, Unit], decisions: Decisions) -> dict[PlanId, str]:

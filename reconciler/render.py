@@ -118,6 +118,8 @@ def plans_text(assessment: Assessment, plans: list[UnitPlan], engine_name: str |
         lines.append("")
     if assessment.up_to_date:
         lines.append("Up to date: " + ", ".join(u.title for u in assessment.up_to_date))
+    if assessment.out_of_scope:
+        lines.append("Left out by --site/--unit, still to do: " + ", ".join(s.unit.title for s in assessment.out_of_scope))
     if assessment.unchecked:
         lines.append(
             "Not checked (live state in gcs/s3 needs credentials; unchanged in git): "
@@ -162,6 +164,7 @@ def plans_json(assessment: Assessment, plans: list[UnitPlan], engine_name: str |
         "units": [_unit_json(p) for p in plans],
         "up_to_date": [u.key for u in assessment.up_to_date],
         "unchecked": [u.key for u in assessment.unchecked],
+        "out_of_scope": [s.unit.key for s in assessment.out_of_scope],
         "totals": totals(plans),
         "moves": [
             {"cluster": m.cluster, "from": m.source.selected.unit.site, "to": m.target.selected.unit.site,

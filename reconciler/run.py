@@ -56,16 +56,17 @@ class Assessment:
     base_note: str  # why there is no base, or what it is
     live: dict[str, object]
     selected: list[Selected]
+    out_of_scope: tuple[Selected, ...] = ()  # would be selected, but --site/--unit leave them out
 
     @property
     def unchecked(self) -> list[Unit]:
         """Units whose live state cannot be read here (cloud backends without credentials)."""
-        chosen = {s.unit.key for s in self.selected}
+        chosen = {s.unit.key for s in (*self.selected, *self.out_of_scope)}
         return [u for k, u in self.head.units.items() if k not in chosen and self.live.get(k) is UNKNOWN]
 
     @property
     def up_to_date(self) -> list[Unit]:
-        chosen = {s.unit.key for s in self.selected}
+        chosen = {s.unit.key for s in (*self.selected, *self.out_of_scope)}
         return [u for k, u in self.head.units.items() if k not in chosen and isinstance(self.live.get(k), LiveRecord)]
 
 
@@ -131,7 +132,19 @@ def assess(settings: Settings, store: LiveStore, head_snapshot: Snapshot | None 
     selected = affected.select(
         head.units, base.units if base else None, changed, live, orphans, settings.select_all
     )
-    return Assessment(head, base, note, live, selected)
+    _check_scope(settings, units)
+    in_scope = affected.scoped(selected, settings.sites, settings.units)
+    left_out = tuple(s for s in selected if s not in in_scope)
+    return Assessment(head, base, note, live, in_scope, left_out)
+
+
+def _check_scope(settings: Settings, units: dict[str, Unit]) -> None:
+    """--site and --unit name what exists at the base or the head."""
+    sites = {u.site for u in units.values()}
+    if unknown := sorted(settings.sites - sites):
+        raise ReconcileError(f"--site {unknown[0]}: no such site (sites: {', '.join(sorted(sites))})")
+    if unknown := sorted(settings.units - set(units)):
+        raise ReconcileError(f"--unit {unknown[0]}: no such unit (units: {', '.join(units)})")
 
 
 def check_state_locations(store: LiveStore, head: Desired, units: dict[str, Unit]) -> None:

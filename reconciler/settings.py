@@ -18,6 +18,8 @@ class Settings:
     output_json: bool = False
     select_all: bool = False
     auto_approve: bool = False
+    sites: frozenset[str] = frozenset()  # --site: only these sites' units (and the rest of their change groups)
+    units: frozenset[str] = frozenset()  # --unit: only these units (likewise)
 
     @classmethod
     def build(cls, root: str | Path, **overrides) -> "Settings":

@@ -184,3 +184,22 @@ def test_gate_passes_a_plan_that_has_no_summary():
     unit = _unit(CLUSTER, "dev", "local-a")
     unsupported = UnitPlan(Selected(unit, APPLY, ("test",)), "not synthesizable yet")
     assert unsupported.pending and gate.refusals([unsupported], {unit.key: unit}, gate.Decisions()) == {}
+
+
+def test_site_and_unit_scope_an_apply_and_keep_change_groups_whole(repo, cli):
+    code, out, err = cli("apply", "--auto-approve", "--repo", str(repo.path), "--site", "local-b")
+    assert code == 0, out + err
+    assert "Left out by --site/--unit, still to do: site local-a, cluster dev on local-a" in out
+    assert resources(repo, "local-b", "landing-zone") and resources(repo, "local-a", "landing-zone") == []
+    code, out, err = cli("apply", "--auto-approve", "--repo", str(repo.path), "--unit", "site:local-a")
+    assert code == 0, out + err
+    assert resources(repo, "local-a", "landing-zone") and resources(repo, "local-a") == []  # dev is not in scope
+    code, out, err = apply(cli, repo)
+    assert code == 0, out + err
+
+    place_dev(repo, "local-b", on_move="keep")
+    code, out, err = cli("--dry-run", "--json", "--repo", str(repo.path), "--unit", "cluster:dev@local-a")
+    keys = [(u["action"], u["key"]) for u in json.loads(out)["units"]]
+    assert keys == [(APPLY, "cluster:dev@local-b"), (DESTROY, "cluster:dev@local-a")]  # the whole move
+    code, out, err = cli("--dry-run", "--repo", str(repo.path), "--site", "local-c")
+    assert code == 1 and "--site local-c: no such site (sites: aws-frankfurt, aws-zurich," in err
