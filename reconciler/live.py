@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from reconciler.errors import ReconcileError
@@ -136,7 +136,7 @@ class LiveStore:
             return LiveRecord.load(record)
         state = self.state_file(unit.state)
         if state.is_file() and _has_resources(state):
-            return _record(unit, "", None, False, "", "", None)
+            return _unrecorded(unit)
         return None
 
     def verify(self, unit: Unit, record: object) -> str | None:
@@ -168,7 +168,7 @@ class LiveStore:
         return "\n".join(lines)
 
     def _restore_advice(self, unit: Unit, path: Path, record: LiveRecord | None) -> list[str]:
-        backup = path.with_name(path.name + BACKUP_SUFFIX)
+        backup = _backup_of(path)
         header = self._usable_backup(backup, record)
         if isinstance(header, StateHeader):
             behind = ""
@@ -204,7 +204,7 @@ class LiveStore:
         record = record if isinstance(record, LiveRecord) else None
         if self.verify(unit, record) is None:
             raise ReconcileError(f"the state of {unit.title} ({path}) is sound: nothing to restore")
-        backup = path.with_name(path.name + BACKUP_SUFFIX)
+        backup = _backup_of(path)
         header = self._usable_backup(backup, record)
         if isinstance(header, str):
             raise ReconcileError(f"cannot restore {unit.title}: the engine's backup {backup} {header}")
@@ -214,9 +214,10 @@ class LiveStore:
         _write_atomic(path, backup.read_text())
         # An empty configuration hash reads as "live state differs from git": the next plan
         # compares the restored state with the definition and shows what is missing.
-        base = record or _record(unit, "", None, False, "", "", None)
-        restored = LiveRecord(**{**asdict(base), "config_hash": "", "state_lineage": header.lineage, "state_serial": header.serial, "resources": header.resources})
-        _write_atomic(self._record_file(unit.state), json.dumps(asdict(restored), indent=2, sort_keys=True) + "\n")
+        restored = replace(
+            record or _unrecorded(unit), config_hash="", state_lineage=header.lineage, state_serial=header.serial, resources=header.resources
+        )
+        self._save(restored)
         moved = f"; the damaged file is now {kept}" if kept.exists() else ""
         return f"restored {path} from {backup} (serial {header.serial}, {header.resources} resources){moved}"
 
@@ -245,11 +246,10 @@ class LiveStore:
         """Record an apply. Called after the engine has written the state, whose header is kept."""
         state = self.state_file(unit.state)
         header = read_header(state)
-        for written in (state, state.with_name(state.name + BACKUP_SUFFIX)):
+        for written in (state, _backup_of(state)):
             if written.is_file():
                 written.chmod(FILE_MODE)
-        record = _record(unit, unit.config_hash, revision, dirty, applied_at, engine, header if isinstance(header, StateHeader) else None)
-        _write_atomic(self._record_file(unit.state), json.dumps(asdict(record), indent=2, sort_keys=True) + "\n")
+        self._save(_record(unit, unit.config_hash, revision, dirty, applied_at, engine, header if isinstance(header, StateHeader) else None))
 
     def mark_interrupted(self, unit: Unit, now: str) -> None:
         """An apply was interrupted: its state may hold part of the change. The record says so,
@@ -257,8 +257,10 @@ class LiveStore:
         if unit.state.backend != "local":
             return
         current = self.read(unit)
-        base = current if isinstance(current, LiveRecord) else _record(unit, "", None, False, "", "", None)
-        _write_atomic(self._record_file(unit.state), json.dumps({**asdict(base), "interrupted_at": now}, indent=2, sort_keys=True) + "\n")
+        self._save(replace(current if isinstance(current, LiveRecord) else _unrecorded(unit), interrupted_at=now))
+
+    def _save(self, record: LiveRecord) -> None:
+        _write_atomic(self._record_file(record.state), json.dumps(asdict(record), indent=2, sort_keys=True) + "\n")
 
     def forget(self, unit: Unit) -> None:
         """After a destroy: the stack no longer exists."""
@@ -270,6 +272,15 @@ class LiveStore:
         if not directory.is_dir():
             return []
         return [LiveRecord.load(p) for p in sorted(directory.glob(f"*{RECORD_SUFFIX}"))]
+
+
+def _backup_of(state_file: Path) -> Path:
+    return state_file.with_name(state_file.name + BACKUP_SUFFIX)
+
+
+def _unrecorded(unit: Unit) -> LiveRecord:
+    """A stack whose state exists but whose apply was never recorded (an interrupted first apply)."""
+    return _record(unit, "", None, False, "", "", None)
 
 
 def _write_atomic(path: Path, text: str) -> None:

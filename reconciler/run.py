@@ -134,7 +134,8 @@ def assess(settings: Settings, store: LiveStore, head_snapshot: Snapshot | None 
     )
     _check_scope(settings, units)
     in_scope = affected.scoped(selected, settings.sites, settings.units)
-    left_out = tuple(s for s in selected if s not in in_scope)
+    kept = {id(s) for s in in_scope}
+    left_out = tuple(s for s in selected if id(s) not in kept)
     return Assessment(head, base, note, live, in_scope, left_out)
 
 
@@ -166,8 +167,9 @@ def plan(settings: Settings, assessment: Assessment, engine: Engine | None, stor
     of the synthesized stack against the base revision's.
     """
     plans = [UnitPlan(s, PLANNED if s.unit.synthesizable else UNSUPPORTED) for s in assessment.selected]
+    base_probes = {u.name: health.describe(u.spec) for u in (assessment.base.units.values() if assessment.base else ()) if u.kind == CLUSTER}
     for p in plans:
-        p.probe = _new_probe(p.selected, assessment.base)
+        p.probe = _new_probe(p.selected, base_probes)
     for p in plans:
         if p.status == PLANNED and not has_credentials(p.selected.unit.platform):
             p.status = OFFLINE
@@ -210,15 +212,14 @@ def plan(settings: Settings, assessment: Assessment, engine: Engine | None, stor
     return plans
 
 
-def _new_probe(selected: Selected, base: Desired | None) -> str:
-    """The cluster's own health probe, if the base revision did not already have it."""
+def _new_probe(selected: Selected, base_probes: dict[str, str]) -> str:
+    """The cluster's own health probe, if the base revision (`base_probes`, by cluster name) did
+    not already have it."""
     unit = selected.unit
-    if selected.action != APPLY or not isinstance(unit.spec, ClusterSpec) or not health.describe(unit.spec):
+    if selected.action != APPLY or not isinstance(unit.spec, ClusterSpec):
         return ""
-    before = [u.spec for u in (base.units.values() if base else ()) if u.kind == CLUSTER and u.name == unit.name]
-    if any(health.describe(spec) == health.describe(unit.spec) for spec in before):
-        return ""
-    return health.describe(unit.spec)
+    probe = health.describe(unit.spec)
+    return "" if base_probes.get(unit.name) == probe else probe
 
 
 def _holds_data(platform: str):
