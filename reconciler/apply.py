@@ -96,13 +96,18 @@ def _apply_one(p: UnitPlan, engine: Engine, store: LiveStore, head: Snapshot, ga
     unit = p.selected.unit
     try:
         if p.pending:
+            now = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+            if p.kept:  # recorded first: the volumes this apply lets go of are never untracked
+                store.retain(unit, p.kept, head.revision, now)
             if p.summary.has_changes:
                 engine.apply(p.workdir)
             if p.selected.action == DESTROY:
                 store.forget(unit)
             else:
-                now = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
                 store.write(unit, head.revision, head.dirty, now, engine.name)
+                adopted = {v.id for v in p.adopted} | {v.adopt for v in getattr(unit.spec, "storage", ()) if v.adopt}
+                if adopted:
+                    store.release(unit.state, adopted)
         outcome = APPLIED if p.pending else NOTHING
         if not gate:
             return ApplyResult(p, outcome)

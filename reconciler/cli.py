@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import traceback
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from reconciler.apply import APPLIED, DEFAULT_PARALLELISM, FAILED as APPLY_FAILE
 from reconciler.engine import CHOICES, select_engine
 from reconciler.errors import Exit, InvalidDefinitions, NotConfirmed, ReconcileError
 from reconciler.gitsource import GitSource, Snapshot
-from reconciler.live import LiveStore
+from reconciler.live import LiveStore, volume_name
 from reconciler.load import load
 from reconciler.run import FAILED, OFFLINE, PLANNED, UNSUPPORTED, Assessment, UnitPlan, assess, check_state_locations, desired, plan
 from reconciler.settings import Settings
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("failover", "re-place every cluster of a site that is down at its first realizable failover site"),
         ("comment", "post a plan comment written by `plan --comment-dir` (GitHub Actions, trusted job)"),
         ("restore-state", "put a stack's last good state back after a damaged write (local state)"),
+        ("volumes", "list the data volumes of the local sites: retained by a move (storage.on_move: keep) and in use"),
     ):
         command = sub.add_parser(name, help=text, description=text)
         _common(command, top=False)
@@ -187,7 +189,7 @@ def _plan_all(settings: Settings) -> tuple[Assessment, list[UnitPlan], object, L
     store = LiveStore(settings.state_root)
     assessment = assess(settings, store)
     needs_engine = any(s.unit.synthesizable for s in assessment.selected)
-    engine = select_engine(settings.engine, settings.work_dir) if needs_engine else None
+    engine = select_engine(settings.engine, settings.work_dir, settings.state_root) if needs_engine else None
     return assessment, plan(settings, assessment, engine, store), engine, store
 
 
@@ -349,6 +351,36 @@ def cmd_restore_state(settings: Settings, args) -> int:
     return Exit.OK
 
 
+def cmd_volumes(settings: Settings, args) -> int:
+    """Retained volumes first (what a move kept and nothing uses), then volumes in use."""
+    source = GitSource(settings.root)
+    state = desired(source.working_tree() if settings.head is None else source.at_revision(settings.head))
+    store = LiveStore(settings.state_root)
+    check_state_locations(store, state, state.units)
+    sites = {u.site: u.state for u in state.units.values() if u.kind == "site"}
+    rows, unreadable = [], []
+    for site, location in sorted(sites.items()):
+        if location.backend != "local":
+            unreadable.append(site)
+            continue
+        for v in store.retained(location.bucket):
+            rows.append({**asdict(v), "status": "retained", "stack": ""})
+        for v in store.in_use(location.bucket):
+            stack = v.stack
+            cluster = stack.removeprefix("cluster-") if stack.startswith("cluster-") else ""
+            rows.append(
+                {"id": v.id, "address": v.address, "site": site, "cluster": cluster, "volume": volume_name(v.address),
+                 "kind": v.kind, "stack": stack, "path": v.path, "status": "in use", "size_gb": v.size_gb}
+            )
+    if settings.output_json:
+        _emit({"volumes": rows, "not_checked": unreadable, "exit_code": 0})
+        return Exit.OK
+    sys.stdout.write(render.volumes_text(rows))
+    if unreadable:
+        print(f"Not checked (state in gcs/s3 needs credentials): {', '.join(unreadable)}")
+    return Exit.OK
+
+
 def cmd_synth(settings: Settings, args) -> int:
     source = GitSource(settings.root)
     state = desired(source.working_tree() if settings.head is None else source.at_revision(settings.head))
@@ -407,7 +439,7 @@ def cmd_failover(settings: Settings, args) -> int:
         proposed = Snapshot(f"failover of {args.site} (proposed)", snapshot.revision, True, after)
         assessment = assess(settings, store, proposed)
         needs_engine = any(s.unit.synthesizable for s in assessment.selected)
-        engine = select_engine(settings.engine, settings.work_dir) if needs_engine else None
+        engine = select_engine(settings.engine, settings.work_dir, settings.state_root) if needs_engine else None
         plans = plan(settings, assessment, engine, store)
         if not refused:
             code = _plan_exit(plans)
@@ -450,4 +482,5 @@ COMMANDS = {
     "synth": cmd_synth,
     "portability": cmd_portability,
     "restore-state": cmd_restore_state,
+    "volumes": cmd_volumes,
 }

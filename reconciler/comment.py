@@ -292,6 +292,9 @@ def details(p: UnitPlan) -> str:
         lines += [f"**Needs a decision:** {_inline(p.blocked, MAX_NOTE)}", ""]
     if p.kept:
         lines += [f"Keeps its data: {', '.join(f'`{_inline(a)}`' for a in p.kept)} left in place (storage.on_move: keep).", ""]
+    if p.adopted:
+        adopted = ", ".join(f"`{_inline(v.id)}` as `{_inline(v.address)}`" for v in p.adopted)
+        lines += [f"Adopts retained volumes (kept by an earlier move): {adopted}.", ""]
     if p.probe:
         lines += [
             "Health check, new or changed; it runs on the apply runner, with no tokens or cloud credentials:",

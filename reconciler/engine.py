@@ -85,8 +85,11 @@ class Engine:
         return json.loads(self._run(workdir, "show", "-json", "-no-color"))
 
 
-def engine_env(work_dir: Path) -> dict[str, str]:
-    """An environment that never reads the user's CLI config and never phones home."""
+def engine_env(work_dir: Path, state_root: Path) -> dict[str, str]:
+    """An environment that never reads the user's CLI config and never phones home.
+
+    RECONCILE_STATE_ROOT tells the local platform's volumes where they live: synthesized
+    stacks name them relative to it, so the JSON is the same in every clone."""
     work_dir.mkdir(parents=True, exist_ok=True)
     rc = work_dir / "terraformrc"
     if not rc.exists():
@@ -97,15 +100,16 @@ def engine_env(work_dir: Path) -> dict[str, str]:
         TF_IN_AUTOMATION="1",
         TF_INPUT="0",
         CHECKPOINT_DISABLE="1",
+        RECONCILE_STATE_ROOT=str(state_root.resolve()),
     )
     return env
 
 
-def select_engine(choice: str, work_dir: Path) -> Engine:
+def select_engine(choice: str, work_dir: Path, state_root: Path) -> Engine:
     """`auto`: tofu, else terraform, else the embedded engine."""
     if choice not in CHOICES:
         raise ReconcileError(f"unknown engine {choice!r}; choose one of {', '.join(CHOICES)}")
-    env = engine_env(work_dir)
+    env = engine_env(work_dir, state_root)
     for binary in ("tofu", "terraform"):
         if choice in ("auto", binary):
             path = shutil.which(binary)

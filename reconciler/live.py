@@ -13,6 +13,7 @@ that fails is not planned over: planning it would propose to create everything t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, fields, replace
@@ -235,10 +236,7 @@ class LiveStore:
             if resource.get("mode") != "managed":
                 continue
             for instance in resource.get("instances") or []:
-                attributes = {
-                    k: v["value"] if isinstance(v, dict) and set(v) == {"value", "type"} else v
-                    for k, v in (instance.get("attributes") or {}).items()
-                }
+                attributes = {k: _unwrap(v) for k, v in (instance.get("attributes") or {}).items()}
                 out.append((resource["type"], resource["name"], attributes))
         return out
 
@@ -266,12 +264,182 @@ class LiveStore:
         """After a destroy: the stack no longer exists."""
         self._record_file(unit.state).unlink(missing_ok=True)
 
+    # ------------------------------------------------------------ retained volumes
+
+    def volume_path(self, state: StateLocation, volume_id: str) -> Path:
+        """The directory of a local-platform volume (rpi.local.volume_root)."""
+        return self.state_root / state.bucket / VOLUMES_DIR / volume_id
+
+    def retain(self, unit: Unit, addresses: tuple[str, ...], revision: str | None, now: str) -> list[RetainedVolume]:
+        """Record the volumes a stack is about to let go of. Written before the apply that
+        forgets them: a record whose volume is still in a stack's state counts as in use, so an
+        apply that fails or is killed leaves nothing untracked and nothing doubly owned."""
+        if unit.state.backend != "local":
+            return []
+        attributes = {f"{t}.{n}": a for t, n, a in self.resources(unit)}
+        kept = []
+        for address in addresses:
+            found = attributes.get(address)
+            if not found or not found.get("id"):
+                continue
+            facts = found.get("input") if isinstance(found.get("input"), dict) else {}
+            local = unit.platform == "local"
+            kept.append(
+                RetainedVolume(
+                    id=str(found["id"]),
+                    address=address,
+                    platform=unit.platform,
+                    site=unit.site,
+                    cluster=unit.name,
+                    volume=volume_name(address),
+                    kind=str(facts.get("kind", "")),
+                    size_gb=int(facts.get("size_gb") or 0),
+                    retained_at=now,
+                    revision=revision,
+                    from_stack=unit.stack,
+                    path=str(self.volume_path(unit.state, str(found["id"]))) if local else "",
+                )
+            )
+        directory = self.state_root / unit.state.bucket / RETAINED_DIR
+        for volume in kept:
+            _write_atomic(directory / volume.file_name, json.dumps(asdict(volume), indent=2, sort_keys=True) + "\n")
+        return kept
+
+    def in_use(self, bucket: str) -> list[VolumeInUse]:
+        """Every data volume that a stack's state in one local state directory holds."""
+        directory = self.state_root / bucket
+        found = []
+        for state_file in sorted(directory.glob("*.tfstate")) if directory.is_dir() else ():
+            try:
+                document = json.loads(state_file.read_text())
+            except (OSError, ValueError):
+                continue
+            for resource in document.get("resources") or []:
+                if resource.get("mode") != "managed" or not resource.get("name", "").startswith(_VOLUME_PREFIXES):
+                    continue
+                for instance in resource.get("instances") or []:
+                    attributes = instance.get("attributes") or {}
+                    rid = str(attributes.get("id") or "")
+                    facts = _unwrap(attributes.get("input"))
+                    facts = facts if isinstance(facts, dict) else {}
+                    if rid:
+                        path = directory / VOLUMES_DIR / rid
+                        found.append(
+                            VolumeInUse(
+                                rid,
+                                f"{resource['type']}.{resource['name']}",
+                                state_file.stem,
+                                str(facts.get("kind", "")),
+                                int(facts.get("size_gb") or 0),
+                                str(path) if path.is_dir() else "",
+                            )
+                        )
+        return found
+
+    def retained(self, bucket: str) -> list[RetainedVolume]:
+        """The volumes retained in one local state directory that no stack holds again, oldest first."""
+        directory = self.state_root / bucket / RETAINED_DIR
+        if not directory.is_dir():
+            return []
+        used = {v.id for v in self.in_use(bucket)}
+        known = {f.name for f in fields(RetainedVolume)}
+        out = []
+        for path in sorted(directory.glob("*.json")):
+            try:
+                volume = RetainedVolume(**{k: v for k, v in json.loads(path.read_text()).items() if k in known})
+            except (ValueError, TypeError, AttributeError) as exc:
+                raise ReconcileError(f"the retained-volume record {path} cannot be read ({exc}); restore it or remove it") from None
+            if volume.id not in used:
+                out.append(volume)
+        return sorted(out, key=lambda v: (v.retained_at, v.id))
+
+    def adoptable(self, unit: Unit, addresses: dict[str, str]) -> dict[str, RetainedVolume]:
+        """{address: retained volume} for the data volumes of `unit` (`addresses`: address ->
+        kind) that its state does not hold and that this cluster left retained on this site:
+        the newest such volume of the same platform, name and kind."""
+        if unit.state.backend != "local" or not addresses:
+            return {}
+        have = {f"{t}.{n}" for t, n, _ in self.resources(unit)}
+        out = {}
+        for volume in self.retained(unit.state.bucket):
+            kind = addresses.get(volume.address)
+            if kind is None or volume.address in have or volume.cluster != unit.name or volume.platform != unit.platform:
+                continue
+            if volume.kind and kind and volume.kind != kind:
+                continue
+            out[volume.address] = volume  # sorted oldest first: the newest wins
+        return out
+
+    def release(self, state: StateLocation, volume_ids: set[str]) -> None:
+        """A retained volume is no longer retained: a stack adopted it, or it was destroyed."""
+        directory = self.state_root / state.bucket / RETAINED_DIR
+        for path in sorted(directory.glob("*.json")) if directory.is_dir() else ():
+            try:
+                rid = json.loads(path.read_text()).get("id")
+            except (OSError, ValueError, AttributeError):
+                continue
+            if rid in volume_ids:
+                path.unlink(missing_ok=True)
+
     def records_under(self, bucket: str) -> list[LiveRecord]:
         """Every record in one local state directory, to find stacks that git no longer names."""
         directory = self.state_root / bucket
         if not directory.is_dir():
             return []
         return [LiveRecord.load(p) for p in sorted(directory.glob(f"*{RECORD_SUFFIX}"))]
+
+
+RETAINED_DIR = "retained"  # beside the state: one record per volume a move kept
+VOLUMES_DIR = "volumes"  # local platform: one directory per volume, named by its resource id
+_VOLUME_PREFIXES = ("storage_", "bucket_")  # how platforms name a volume's resource
+
+
+@dataclass(frozen=True)
+class RetainedVolume:
+    """A data-holding resource that a stack let go of (storage.on_move: keep) and that still
+    exists: kept in the site's live records until a cluster adopts it or a reviewed destroy
+    removes it."""
+
+    id: str  # the resource id: what an import block names, and what `storage.<v>.from` takes
+    address: str  # type.name in the stack that kept it; a returning cluster's stack uses the same
+    platform: str
+    site: str
+    cluster: str
+    volume: str
+    kind: str
+    size_gb: int
+    retained_at: str
+    revision: str | None
+    from_stack: str
+    path: str = ""  # the local platform's directory, "" on clouds
+
+    @property
+    def file_name(self) -> str:
+        return hashlib.sha256(self.id.encode()).hexdigest()[:16] + ".json"
+
+
+@dataclass(frozen=True)
+class VolumeInUse:
+    id: str
+    address: str
+    stack: str
+    kind: str
+    size_gb: int
+    path: str = ""
+
+
+def volume_name(address: str) -> str:
+    """`terraform_data.storage_shared` -> `shared`: the volume a data resource is."""
+    name = address.rsplit(".", 1)[-1]
+    for prefix in _VOLUME_PREFIXES:
+        if name.startswith(prefix):
+            return name[len(prefix):]
+    return name
+
+
+def _unwrap(value):
+    """terraform_data keeps attributes of dynamic type as {"value", "type"}."""
+    return value["value"] if isinstance(value, dict) and set(value) == {"value", "type"} else value
 
 
 def _backup_of(state_file: Path) -> Path:

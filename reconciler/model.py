@@ -25,6 +25,15 @@ def _cidr(value: str) -> str:
 
 Cidr = Annotated[str, AfterValidator(_cidr), Field(description="IPv4 network, e.g. 10.10.0.0/16")]
 
+VolumeId = Annotated[
+    str,
+    Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,254}$",
+        description="The id of an existing volume (as `reconcile volumes` lists it, or the cloud's resource id): "
+        "this volume is that one, imported instead of created",
+    ),
+]
+
 Platform = Literal["local", "gcp", "aws"]
 Flavor = Literal["minimal", "gpu", "slurm", "application"]
 GpuModel = Literal[
@@ -221,6 +230,7 @@ class NodePool(Strict):
 class SharedFilesystem(Strict):
     size_gb: int = Field(ge=100)
     mount: str = "/home"
+    from_: VolumeId | None = Field(None, alias="from")
 
 
 class Scratch(Strict):
@@ -231,6 +241,7 @@ class Scratch(Strict):
 class Bucket(Strict):
     name: Name
     purpose: str = ""
+    from_: VolumeId | None = Field(None, alias="from")
 
 
 class Storage(Strict):

@@ -17,6 +17,7 @@ class Change:
     previous_address: str = ""
     reason: str = ""  # Terraform's action_reason, e.g. replace_because_cannot_update
     holds_data: bool = False  # the resource as it is now holds data (a filesystem, a bucket)
+    imported: bool = False  # an import block brings an existing resource under this stack
 
     @property
     def loses_data(self) -> bool:
@@ -34,15 +35,15 @@ class PlanSummary:
 
     @property
     def counts(self) -> dict[str, int]:
-        return {action: self.count(action) for action in (*ACTIONS, "move")}
+        return {**{action: self.count(action) for action in (*ACTIONS, "move")}, "import": sum(c.imported for c in self.changes)}
 
     @property
     def has_changes(self) -> bool:
-        return any(c.action not in ("no-op", "read") for c in self.changes) or bool(self.output_changes)
+        return bool(self.visible) or bool(self.output_changes)
 
     @property
     def visible(self) -> tuple[Change, ...]:
-        return tuple(c for c in self.changes if c.action not in ("no-op", "read"))
+        return tuple(c for c in self.changes if c.imported or c.action not in ("no-op", "read"))
 
     @property
     def data_lost(self) -> tuple[str, ...]:
@@ -79,6 +80,7 @@ def summarize(plan: dict[str, Any], holds_data: HoldsData = _never) -> PlanSumma
                 previous_address=previous,
                 reason=rc.get("action_reason", ""),
                 holds_data=isinstance(before, dict) and holds_data(rc.get("type", ""), before),
+                imported=bool(rc["change"].get("importing")),
             )
         )
     outputs = tuple(

@@ -33,6 +33,8 @@ def describe_change(change: Change) -> str:
         text = f"{symbol} {change.address} (moved from {change.previous_address})"
     elif change.action == "replace" and change.reason:
         text += f" ({change.reason.replace('_', ' ')})"
+    if change.imported:
+        text += " (imported: an existing resource)"
     return text
 
 
@@ -41,6 +43,8 @@ def counts_text(counts: dict[str, int]) -> str:
     text = ", ".join(f"{counts[a]} {words[a]}" for a in ACTIONS)
     if counts.get("move"):
         text += f", {counts['move']} to move"
+    if counts.get("import"):
+        text += f", {counts['import']} to import"
     return text
 
 
@@ -89,6 +93,8 @@ def plans_text(assessment: Assessment, plans: list[UnitPlan], engine_name: str |
             lines.append(f"    BLOCKED: {p.blocked}")
         if p.kept:
             lines.append(f"    keeps its data: {', '.join(p.kept)} left in place (storage.on_move: keep)")
+        for v in p.adopted:
+            lines.append(f"    adopts retained volume {v.id} as {v.address} (kept by {v.from_stack} at {v.retained_at})")
         if p.summary is not None and p.summary.data_lost:
             lines.append(f"    DESTROYS DATA: {', '.join(p.summary.data_lost)}")
         if p.probe:
@@ -130,7 +136,7 @@ def plans_text(assessment: Assessment, plans: list[UnitPlan], engine_name: str |
 
 
 def totals(plans: Iterable[UnitPlan]) -> dict[str, int]:
-    out = {a: 0 for a in (*ACTIONS, "move")}
+    out = {a: 0 for a in (*ACTIONS, "move", "import")}
     for p in plans:
         if p.summary is not None:
             for action, n in p.summary.counts.items():
@@ -192,6 +198,7 @@ def _unit_json(p: UnitPlan) -> dict:
         "pending": p.pending,
         "blocked": p.blocked,
         "kept": list(p.kept),
+        "adopts": [{"id": v.id, "address": v.address, "retained_at": v.retained_at} for v in p.adopted],
         "health_probe": p.probe,
     }
     if p.summary is not None:
@@ -204,6 +211,20 @@ def _unit_json(p: UnitPlan) -> dict:
     if p.error:
         out["error"] = p.error
     return out
+
+
+def volumes_text(rows: list[dict]) -> str:
+    """`reconcile volumes`: one line per volume, retained ones first."""
+    if not rows:
+        return "no volumes at the local sites\n"
+    lines = []
+    for r in rows:
+        status = f"retained since {r['retained_at']} (kept by {r['from_stack']})" if r["status"] == "retained" else f"in use by {r['stack']}"
+        size = f"{r['size_gb']} GB" if r.get("size_gb") else "-"
+        lines.append(f"{r['site']:<12} {r['id']:<38} {r['cluster'] or '-':<12} {r['volume']:<10} {size:>8}  {status}")
+        if r.get("path"):
+            lines.append(f"{'':12} {r['path']}")
+    return "\n".join(lines) + "\n"
 
 
 def problems_text(problems: list[Problem]) -> str:

@@ -236,12 +236,13 @@ def _cluster_unit(
         )
     storage = []
     if cluster.storage.shared:
-        storage.append(StorageVolume("shared", "shared", cluster.storage.shared.size_gb, cluster.storage.shared.mount))
+        shared = cluster.storage.shared
+        storage.append(StorageVolume("shared", "shared", shared.size_gb, shared.mount, adopt=shared.from_ or ""))
     if cluster.storage.scratch:
         storage.append(
             StorageVolume("scratch", "scratch", cluster.storage.scratch.size_gb, cluster.storage.scratch.mount)
         )
-    storage += [StorageVolume(b.name, "object", 0, "") for b in cluster.storage.object]
+    storage += [StorageVolume(b.name, "object", 0, "", adopt=b.from_ or "") for b in cluster.storage.object]
     site_unit = _site_unit(site, defs.site_files[site.name])
     scheduler = cluster.services.scheduler
     env = cluster.environment

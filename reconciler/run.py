@@ -16,13 +16,13 @@ from reconciler.affected import APPLY, DESTROY, Selected
 from reconciler.engine import Engine
 from reconciler.errors import InvalidDefinitions, Location, Problems, ReconcileError
 from reconciler.gitsource import GitSource, Snapshot
-from reconciler.live import UNKNOWN, LiveRecord, LiveStore, StateLocationError
+from reconciler.live import UNKNOWN, LiveRecord, LiveStore, RetainedVolume, StateLocationError
 from reconciler.load import Definitions, load
 from reconciler.plan import PlanSummary, config_diff, summarize
 from reconciler.resolve import CLUSTER, Unit, resolve
 from reconciler.settings import Settings
 from reconciler.synth import render_json, synthesize
-from rpi import registry
+from rpi import local_volumes, registry
 from rpi.spec import ClusterSpec
 
 PLANNED, OFFLINE, UNSUPPORTED, FAILED = "planned", "offline", "not synthesizable yet", "failed"
@@ -80,6 +80,7 @@ class UnitPlan:
     blocked: str = ""  # why apply must refuse this plan until the definition decides
     kept: tuple[str, ...] = ()  # data-holding resources a move leaves in place (forgotten, not destroyed)
     probe: str = ""  # the definition's health probe, when it is new or changed: it will run on the apply runner
+    adopted: tuple[RetainedVolume, ...] = ()  # retained volumes this apply takes back (import blocks)
 
     @property
     def record_outdated(self) -> bool:
@@ -185,8 +186,13 @@ def plan(settings: Settings, assessment: Assessment, engine: Engine | None, stor
         raise
     interrupt.checkpoint("after synthesis, before planning")
     for p in wanted:
+        key = p.selected.unit.key
         if p.selected.action == DESTROY:
-            documents[p.selected.unit.key] = _protect_data(p, assessment, documents[p.selected.unit.key], cache, store)
+            documents[key] = _protect_data(p, assessment, documents[key], cache, store)
+        elif p.selected.unit.kind == CLUSTER:
+            documents[key] = _adopt_volumes(p, assessment, documents[key], store)
+        if p.selected.unit.platform == "local":
+            documents[key] = _destroy_volume_directories(p.selected.unit, documents[key], store)
     for p in plans:
         if p.status == OFFLINE:
             p.summary = _offline(p, assessment, documents, cache)
@@ -255,6 +261,61 @@ def _protect_data(p: UnitPlan, assessment: Assessment, document: str, cache: Pat
     protected = json.loads(document)
     protected["removed"] = [{"from": address, "lifecycle": {"destroy": False}} for address in data]
     return render_json(protected)
+
+
+def _adopt_volumes(p: UnitPlan, assessment: Assessment, document: str, store: LiveStore) -> str:
+    """A cluster that comes back to a site where it left a volume (storage.on_move: keep) takes
+    that volume back instead of creating an empty one: an import block with its resource id.
+
+    A volume adopted explicitly (`storage.<volume>.from`) must exist: on the local platform its
+    directory is checked here, before anything is planned."""
+    unit = p.selected.unit
+    synthesized = json.loads(document)
+    bodies = {
+        f"{rtype}.{name}": body for rtype, by_name in (synthesized.get("resource") or {}).items() for name, body in by_name.items()
+    }
+    for volume in unit.spec.storage if unit.platform == "local" else ():
+        if not volume.adopt:
+            continue
+        path = store.volume_path(unit.state, volume.adopt)
+        problem = ""
+        if "/" in volume.adopt or volume.adopt in (".", ".."):
+            problem = f"{volume.adopt!r} is not a volume id of the local platform (one name, as `reconcile volumes` lists it)"
+        elif not path.is_dir():
+            problem = f"there is no volume {volume.adopt!r} on site {unit.site} ({path} does not exist); `reconcile volumes` lists the volumes there"
+        if problem:
+            where = assessment.head.definitions.locate(unit.name, ("storage", volume.name if volume.kind != "object" else "object", "from"))
+            p.status, p.error = FAILED, f"{where}: storage.{volume.name}.from: {problem}"
+            return document
+    explicit = {f"{i['to']}" for i in synthesized.get("import") or ()}
+    data = {
+        address: str((body.get("input") or {}).get("kind", ""))
+        for address, body in bodies.items()
+        if address not in explicit and registry.holds_data(unit.platform, address.split(".", 1)[0], body)
+    }
+    adoptions = store.adoptable(unit, data)
+    if not adoptions:
+        return document
+    p.adopted = tuple(adoptions[a] for a in sorted(adoptions))
+    synthesized["import"] = [*(synthesized.get("import") or ()), *({"to": v.address, "id": v.id} for v in p.adopted)]
+    return render_json(synthesized)
+
+
+def _destroy_volume_directories(unit: Unit, document: str, store: LiveStore) -> str:
+    """A local volume whose configuration is gone (its cluster removed or moved, or the volume
+    dropped from the definition) is destroyed through a `removed` block that carries its
+    destroy-time provisioner, so its directory goes with it. Volumes a move keeps already have
+    a `removed` block (destroy = false) and are left alone."""
+    synthesized = json.loads(document)
+    configured = {f"{t}.{n}" for t, by_name in (synthesized.get("resource") or {}).items() for n in by_name}
+    configured |= {block["from"] for block in synthesized.get("removed") or ()}
+    gone = sorted(
+        {f"{t}.{n}" for t, n, _ in store.resources(unit) if n.startswith("storage_")} - configured
+    )
+    if not gone:
+        return document
+    synthesized["removed"] = [*(synthesized.get("removed") or ()), *(local_volumes.removed_block(a, unit.state) for a in gone)]
+    return render_json(synthesized)
 
 
 def _offline(p: UnitPlan, assessment: Assessment, documents: dict[str, str], cache: Path) -> PlanSummary:

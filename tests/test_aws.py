@@ -78,7 +78,15 @@ def specs(example) -> dict:
     out = {"landing-zone": lz, **{f"cluster-{name}": on_aws(example, name) for name in FLAVORS}}
     out["variant-one-zone"] = dataclasses.replace(lz, zones=lz.zones[:1])
     out["variant-ssh"] = dataclasses.replace(out["cluster-dev"], allowed_cidrs=("192.0.2.0/24", "198.51.100.0/24"))
+    for name in ("dev", "gpu-ai"):
+        spec = out[f"cluster-{name}"]
+        adopted = tuple(dataclasses.replace(v, adopt=ADOPT.get(v.name, "")) for v in spec.storage)
+        out[f"variant-adopted-{name}"] = dataclasses.replace(spec, storage=adopted)
     return out
+
+
+# Volumes adopted with storage.<volume>.from: an EFS file system's id, and a bucket's name.
+ADOPT = {"shared": "fs-0123456789abcdef0", "datasets": "kept-datasets"}
 
 
 @pytest.fixture(scope="module")
@@ -456,3 +464,16 @@ def test_refusals_say_what_to_change(specs):
         check(reserved)
     with pytest.raises(ValueError, match="public_login is not supported"):
         check(dataclasses.replace(spec, public_login=True))
+
+
+def test_an_adopted_volume_is_imported_and_not_replaced(synthesized):
+    """storage.<volume>.from: an import block with the resource id. An EFS file system was
+    created with a token of its own, which would force a replacement: it is ignored."""
+    dev = doc(synthesized, "variant-adopted-dev")
+    assert dev["import"] == [{"id": ADOPT["shared"], "to": "aws_efs_file_system.storage_shared"}]
+    assert resources(dev, "aws_efs_file_system")["storage_shared"]["lifecycle"] == {"ignore_changes": ["creation_token"]}
+    gpu = doc(synthesized, "variant-adopted-gpu-ai")
+    imports = {i["to"]: i["id"] for i in gpu["import"]}
+    assert imports["aws_s3_bucket.bucket_datasets"] == "kept-datasets"
+    assert resources(gpu, "aws_s3_bucket")["bucket_datasets"]["bucket"] == "kept-datasets"
+    assert "import" not in doc(synthesized, "cluster-dev")

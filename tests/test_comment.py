@@ -142,7 +142,7 @@ def test_summary_first_with_counts_verdicts_and_statuses():
     plans, verdicts = basic()
     (body,) = render_comment(plans, verdicts, HEAD, RUN)
     assert "### reconcile plan for `4f0c2a1`: 3 stacks to change" in body
-    assert "**9 to create, 1 to update, 0 to replace, 0 to destroy**" in body
+    assert "**9 to create, 1 to update, 0 to replace, 0 to destroy, 1 to import**" in body  # identity.plan.json imports one
     rows = {row.split(" | ")[0]: row for row in table_rows(body)}
     assert "| realizable | changes |" in rows["| cluster dev on local-a"], "verdict by unit key"
     assert "| realizable; cannot fail over to gcp-zurich |" in rows["| cluster hpc on local-a"], "verdict by cluster name"

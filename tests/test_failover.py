@@ -45,7 +45,7 @@ def test_move_then_fail_back(applied, cli):
     settings = Settings.build(applied.path, engine="embedded")
     store = LiveStore(settings.state_root)
     assessment = run.assess(settings, store)
-    witness = Witness(select_engine("embedded", settings.work_dir), applied)
+    witness = Witness(select_engine("embedded", settings.work_dir, settings.state_root), applied)
     plans = run.plan(settings, assessment, witness.engine, store)
     results = apply(plans, witness, store, assessment.head.snapshot)
     assert {r.plan.selected.unit.key: r.outcome for r in results}["cluster:dev@local-a"] == APPLIED

@@ -130,7 +130,13 @@ def specs(example) -> dict:
     )
     compute = next(p for p in dev.pools if p.name == "compute")
     out["variant-local-ssd"] = with_pool(dev, "compute", node=dataclasses.replace(compute.node, local_ssd_gb=1000))
+    gpu = out["cluster-gpu-ai"]
+    out["variant-adopted"] = dataclasses.replace(gpu, storage=tuple(dataclasses.replace(v, adopt=ADOPT.get(v.name, "")) for v in gpu.storage))
     return out
+
+
+# Volumes adopted with storage.<volume>.from: a Filestore instance's id, and a bucket's name.
+ADOPT = {"shared": "projects/swisstwins-ai/locations/europe-west4-b/instances/kept-home", "datasets": "kept-datasets"}
 
 
 @pytest.fixture(scope="module")
@@ -667,3 +673,18 @@ def test_refusals_say_what_to_change(specs):
     huge = tuple(dataclasses.replace(v, size_gb=200_000) for v in spec.storage)
     with pytest.raises(ValueError, match="storage.shared: 200000 GB exceed the largest Filestore ZONAL"):
         check(dataclasses.replace(spec, storage=huge))
+
+
+def test_an_adopted_volume_is_imported_under_its_own_name(synthesized):
+    """storage.<volume>.from: an import block with the resource id, and the name the id carries,
+    so that the import is not followed by a replacement."""
+    adopted = doc(synthesized, "variant-adopted")
+    imports = {i["to"]: i["id"] for i in adopted["import"]}
+    assert imports == {
+        "google_filestore_instance.storage_shared": ADOPT["shared"],
+        "google_storage_bucket.bucket_datasets": ADOPT["datasets"],
+    }
+    assert resources(adopted, "google_filestore_instance")["storage_shared"]["name"] == "kept-home"
+    assert resources(adopted, "google_storage_bucket")["bucket_datasets"]["name"] == "kept-datasets"
+    assert resources(adopted, "google_storage_bucket")["bucket_checkpoints"]["name"] != "kept-datasets"
+    assert "import" not in doc(synthesized, "cluster-gpu-ai")

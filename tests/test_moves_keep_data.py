@@ -4,6 +4,7 @@ a change, on the real engine with local sites, and shows what happens now."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from reconciler import gate
 from reconciler.affected import APPLY, DESTROY, Selected
@@ -203,3 +204,76 @@ def test_site_and_unit_scope_an_apply_and_keep_change_groups_whole(repo, cli):
     assert keys == [(APPLY, "cluster:dev@local-b"), (DESTROY, "cluster:dev@local-a")]  # the whole move
     code, out, err = cli("--dry-run", "--repo", str(repo.path), "--site", "local-c")
     assert code == 1 and "--site local-c: no such site (sites: aws-frankfurt, aws-zurich," in err
+
+
+# ---------------------------------------------------------------- retained volumes
+
+
+def volumes(cli, repo) -> list[dict]:
+    code, out, err = cli("volumes", "--json", "--repo", str(repo.path))
+    assert code == 0, out + err
+    return json.loads(out)["volumes"]
+
+
+def volume_of(cli, repo, site: str, cluster: str = "dev", status: str = "in use") -> dict:
+    (found,) = [v for v in volumes(cli, repo) if (v["site"], v["cluster"], v["volume"], v["status"]) == (site, cluster, "shared", status)]
+    return found
+
+
+def test_a_kept_volume_is_listed_and_taken_back_when_the_cluster_returns(applied, cli):
+    first = volume_of(cli, applied, "local-a")
+    marker = Path(first["path"]) / "written-before-the-move.txt"
+    marker.write_text("results of a month of jobs\n")
+
+    place_dev(applied, "local-b", on_move="keep")
+    code, out, err = apply(cli, applied)
+    assert code == 0, out + err
+    retained = volume_of(cli, applied, "local-a", status="retained")
+    assert retained["id"] == first["id"] and retained["size_gb"] == 500 and retained["from_stack"] == "cluster-dev"
+    assert marker.read_text() == "results of a month of jobs\n"  # kept: forgotten by the stack, not destroyed
+    code, out, err = cli("volumes", "--repo", str(applied.path))
+    assert f"local-a      {first['id']}" in out and "retained since" in out
+
+    place_dev(applied, "local-a")  # back (on_move: keep stays): the kept volume is adopted, not created anew
+    code, out, err = cli("--dry-run", "--repo", str(applied.path))
+    assert f"adopts retained volume {first['id']} as terraform_data.storage_shared" in out
+    assert "~ terraform_data.storage_shared (imported: an existing resource)" in out
+    code, out, err = apply(cli, applied)
+    assert code == 0, out + err
+    assert volume_of(cli, applied, "local-a")["id"] == first["id"]
+    assert marker.read_text() == "results of a month of jobs\n"
+    assert volume_of(cli, applied, "local-b", status="retained")  # what dev wrote there is kept in turn
+    assert not [v for v in volumes(cli, applied) if v["site"] == "local-a" and v["status"] == "retained"]
+
+    code, out, err = cli("--dry-run", "--repo", str(applied.path))  # converged: nothing left to do
+    assert code == 0, out + err
+
+
+def test_a_move_that_drops_its_data_removes_the_volume(applied, cli):
+    first = volume_of(cli, applied, "local-a")
+    place_dev(applied, "local-b", on_move="drop")
+    code, out, err = apply(cli, applied)
+    assert code == 0, out + err
+    assert not Path(first["path"]).exists()
+    assert not [v for v in volumes(cli, applied) if v["status"] == "retained"]
+
+
+def test_from_adopts_a_retained_volume_explicitly_and_must_name_one_that_exists(applied, cli):
+    place_dev(applied, "local-b", on_move="keep")
+    assert apply(cli, applied)[0] == 0
+    kept = volume_of(cli, applied, "local-a", status="retained")
+    (Path(kept["path"]) / "dataset.csv").write_text("a,b\n")
+
+    text = applied.read("clusters/dev.yaml").replace("name: dev\n", "name: analysis\n").replace("site: local-b", "site: local-a")
+    text = text.replace("failover: [local-a]", "failover: [local-b]")
+    applied.write("clusters/analysis.yaml", text.replace("    size_gb: 500\n", "    size_gb: 500\n    from: nope\n"))
+    code, out, err = cli("--dry-run", "--repo", str(applied.path))
+    assert code == 1
+    assert "clusters/analysis.yaml:" in out and "storage.shared.from: there is no volume 'nope' on site local-a" in out
+
+    applied.write("clusters/analysis.yaml", text.replace("    size_gb: 500\n", f"    size_gb: 500\n    from: {kept['id']}\n"))
+    code, out, err = apply(cli, applied)
+    assert code == 0, out + err
+    taken = volume_of(cli, applied, "local-a", cluster="analysis")
+    assert taken["id"] == kept["id"] and (Path(taken["path"]) / "dataset.csv").read_text() == "a,b\n"
+    assert not [v for v in volumes(cli, applied) if v["site"] == "local-a" and v["status"] == "retained"]

@@ -21,7 +21,7 @@ def fixture(name: str) -> dict:
 
 def test_basic_counts_creates_and_ignores_data_sources():
     summary = summarize(fixture("basic.plan.json"))
-    assert summary.counts == {"create": 7, "update": 0, "replace": 0, "delete": 0, "move": 0}
+    assert summary.counts == {"create": 7, "update": 0, "replace": 0, "delete": 0, "move": 0, "import": 0}
     assert "data.null_data_source.baz" not in [c.address for c in summary.changes]
     assert "module.foo.null_resource.aliased" in [c.address for c in summary.visible]
 

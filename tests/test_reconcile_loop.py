@@ -61,7 +61,7 @@ def test_editing_a_cluster_selects_only_that_cluster(applied, cli):
     assert unit["key"] == "cluster:dev@local-a"
     assert unit["reasons"][0] == "cluster file changed: clusters/dev.yaml"
     # one more node, and the cluster facts handed to every node (layer 2) list it
-    assert unit["changes"] == {"create": 1, "update": 1, "replace": 0, "delete": 0, "move": 0}
+    assert unit["changes"] == {"create": 1, "update": 1, "replace": 0, "delete": 0, "move": 0, "import": 0}
     assert [r["address"] for r in unit["resources"]] == ["terraform_data.node_compute_2", "terraform_data.user_environment"]
 
 

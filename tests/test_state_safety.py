@@ -100,8 +100,9 @@ def test_state_and_record_files_are_the_owners_only(applied):
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
     files = sorted(p.name for p in directory.iterdir())
     assert "cluster-dev.tfstate" in files and "cluster-dev.reconcile.json" in files
-    for path in directory.iterdir():
-        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    for path in directory.rglob("*"):  # the volumes' directories (local platform) too
+        assert stat.S_IMODE(path.stat().st_mode) == (0o700 if path.is_dir() else 0o600), path
+    assert any((directory / "volumes").iterdir())
 
 
 # ---------------------------------------------------------------- 2. state checked before it is trusted

@@ -63,6 +63,16 @@ def data_resource(stack: Stack, name: str, attributes: dict[str, Any], replace_o
     return resource
 
 
+def provisioners(resource, blocks: list[dict]) -> None:
+    """Provisioners of a resource, as Terraform JSON: [{"local-exec": {...}}, ...]."""
+    resource.add_override("provisioner", blocks)
+
+
+def adopt(resource, resource_id: str) -> None:
+    """An import block: the resource is the existing one with this id, not a new one."""
+    resource.import_from(resource_id)
+
+
 def output(stack: Stack, name: str, value: Any, description: str = "", sensitive: bool = False) -> None:
     cdktf.TerraformOutput(stack, name, value=value, description=description or None, sensitive=sensitive)
 

@@ -40,6 +40,7 @@ def code_digest(name: str) -> str:
     h = hashlib.sha256()
     files = [_HERE / "spec.py", _HERE / "cdk.py", _HERE / "platform.py"]
     package = _HERE / name
+    files += sorted(_HERE.glob(f"{name}_*.py"))  # pure helpers of a platform, kept outside its package (no Node)
     if package.is_dir():
         files += sorted(p for p in package.rglob("*") if p.suffix in (".py", ".json"))
     for path in files:

@@ -55,6 +55,7 @@ class StorageVolume:
     kind: str  # shared | scratch | object
     size_gb: int  # 0 for object storage: it grows
     mount: str  # "" for object storage
+    adopt: str = ""  # storage.<volume>.from: the id of an existing volume this one is (an import)
 
 
 @dataclass(frozen=True)

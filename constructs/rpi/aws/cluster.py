@@ -322,8 +322,10 @@ def _storage(stack, spec: ClusterSpec, subnet, nodes) -> tuple[dict, dict]:
         if volume.kind == "object":
             # The site is part of the name: bucket names are global, and a move that keeps its
             # data leaves the source's bucket in place while the target creates its own.
-            name = bucket_name(spec.account, spec.site, spec.name, volume.name)
+            name = volume.adopt or bucket_name(spec.account, spec.site, spec.name, volume.name)
             bucket = private_bucket(stack, volume.name, name, versioned=False)
+            if volume.adopt:  # a bucket's id is its name
+                cdk.adopt(bucket, volume.adopt)
             buckets[volume.name] = bucket.bucket
         elif volume.kind == "scratch":
             filesystems[volume.name] = _lustre(stack, spec, volume, "SCRATCH_2", subnet, nodes)
@@ -347,6 +349,8 @@ def _lustre(stack, spec: ClusterSpec, volume: StorageVolume, deployment: str, su
         security_group_ids=[nodes.id],
         tags={"Name": f"{spec.name}-{volume.name}", "mount": volume.mount},
     )
+    if volume.adopt:
+        cdk.adopt(fs, volume.adopt)
     return {"type": "lustre", "mount": volume.mount, "dns_name": fs.dns_name, "mount_name": fs.mount_name}
 
 
@@ -360,6 +364,9 @@ def _efs(stack, spec: ClusterSpec, volume: StorageVolume, subnet, nodes) -> dict
         throughput_mode="elastic",
         tags={"Name": f"{spec.name}-{volume.name}", "mount": volume.mount},
     )
+    if volume.adopt:  # an adopted file system was created with a token of its own
+        cdk.adopt(fs, volume.adopt)
+        fs.add_override("lifecycle", {"ignore_changes": ["creation_token"]})
     aws("efs_mount_target").EfsMountTarget(
         stack, f"storage_{volume.name}_mount", file_system_id=fs.id, subnet_id=subnet.id, security_groups=[nodes.id]
     )

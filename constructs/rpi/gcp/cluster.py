@@ -451,10 +451,12 @@ def _storage(stack, spec: ClusterSpec, network) -> tuple[dict, dict]:
                 volume.name,
                 # With the site: a move that keeps the source's data leaves its bucket in place,
                 # and bucket names are global, so the target's bucket needs a name of its own.
-                bucket_name(spec.account, spec.site, spec.name, volume.name),
+                volume.adopt or bucket_name(spec.account, spec.site, spec.name, volume.name),
                 spec.region,
                 versioned=False,
             )
+            if volume.adopt:  # a bucket's id is its name
+                cdk.adopt(bucket, volume.adopt)
             buckets[volume.name] = bucket.name
         elif volume.kind == "scratch":
             filesystems[volume.name] = _scratch(spec, volume)
@@ -485,7 +487,8 @@ def _filestore(stack, spec: ClusterSpec, volume: StorageVolume, network) -> dict
     fs = module.FilestoreInstance(
         stack,
         f"storage_{volume.name}",
-        name=resource_name(spec.site, spec.name, volume.name),
+        # An adopted instance keeps its name: projects/P/locations/ZONE/instances/NAME
+        name=volume.adopt.rsplit("/", 1)[-1] if volume.adopt else resource_name(spec.site, spec.name, volume.name),
         location=spec.zone,
         tier=tier,
         file_shares={
@@ -504,6 +507,8 @@ def _filestore(stack, spec: ClusterSpec, volume: StorageVolume, network) -> dict
             )
         ],
     )
+    if volume.adopt:
+        cdk.adopt(fs, volume.adopt)
     # NFSv3 calls back into its clients (lock manager, status monitor) on ports the client
     # picks: the rule admits the file system's own addresses and nothing else.
     firewall = google("compute_firewall")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 
 from rpi import cdk
+from rpi import local_volumes as volumes
 from rpi.spec import ClusterSpec, ComputePool, LandingZoneSpec, StateLocation
 
 
@@ -65,12 +66,16 @@ class LocalPlatform:
         for pool in spec.pools:
             _pool(stack, pool, zone=spec.zone)
         for volume in spec.storage:
-            cdk.data_resource(
+            # No replace_on: the kind follows from the volume's name, and a trigger would turn
+            # the import of a kept volume into its replacement.
+            resource = cdk.data_resource(
                 stack,
                 f"storage_{volume.name}",
                 {"name": f"{spec.name}-{volume.name}", "kind": volume.kind, "size_gb": volume.size_gb, "mount": volume.mount},
-                replace_on={"kind": volume.kind},
             )
+            cdk.provisioners(resource, volumes.provisioners(spec.state))
+            if volume.adopt:
+                cdk.adopt(resource, volume.adopt)
         for group in spec.access:
             cdk.data_resource(stack, f"group_{group.name}", {"name": group.name, "role": group.role, "cluster": spec.name})
         logins = [a for p in spec.pools if p.role == "login" for a in p.addresses]
@@ -99,6 +104,12 @@ class LocalPlatform:
                 "identity": {s.name: s.address for s in spec.identity_endpoints},
                 "cloud_init_sha256": hashlib.sha256(spec.user_data.encode()).hexdigest(),
             },
+        )
+        cdk.output(
+            stack,
+            "volumes",
+            {v.name: f"${{terraform_data.storage_{v.name}.id}}" for v in spec.storage},
+            f"Volume ids: their directories are under {volumes.volume_root(spec.state)}",
         )
         cdk.output(stack, "login_addresses", logins, "Where users connect")
         cdk.output(stack, "node_count", sum(p.count for p in spec.pools), "Nodes in all pools")
