@@ -11,7 +11,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from reconciler import health, interrupt
+from reconciler import datacopy, health, interrupt
 from reconciler.affected import APPLY, DESTROY
 from reconciler.engine import Engine
 from reconciler.errors import ReconcileError
@@ -91,6 +91,25 @@ def apply(
     return [results[_id(p)] for p in plans]
 
 
+def _copy_data(p: UnitPlan, store: LiveStore) -> list[str]:
+    """storage.on_move: copy, before the source is destroyed: each volume into the target's
+    volume of the same resource, frozen, verified. What was copied, one line per volume."""
+    if not p.copies:
+        return []
+    target = p.copy_target
+    ids = {f"{t}.{n}": str(a.get("id") or "") for t, n, a in store.resources(target)}
+    done = []
+    for plan in p.copies:
+        if not ids.get(plan.address):
+            raise datacopy.CopyError(f"{target.title} has no {plan.address} to copy {plan.volume} into; the source stays")
+        copied = datacopy.copy(plan, store.volume_path(target.state, ids[plan.address]))
+        done.append(
+            f"copied {copied.volume} to {target.site} ({copied.files:,} files, {copied.bytes:,} bytes; "
+            f"{copied.sent:,} bytes sent), verified by checksums, then destroyed here"
+        )
+    return done
+
+
 def _apply_one(p: UnitPlan, engine: Engine, store: LiveStore, head: Snapshot, gate: bool) -> ApplyResult:
     """Apply one saved plan and record it; a move's target must then pass its health check."""
     unit = p.selected.unit
@@ -99,10 +118,13 @@ def _apply_one(p: UnitPlan, engine: Engine, store: LiveStore, head: Snapshot, ga
             now = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
             if p.kept:  # recorded first: the volumes this apply lets go of are never untracked
                 store.retain(unit, p.kept, head.revision, now)
+            copied = _copy_data(p, store)  # raises: the source stays
             if p.summary.has_changes:
                 engine.apply(p.workdir)
             if p.selected.action == DESTROY:
                 store.forget(unit)
+                if copied:
+                    return ApplyResult(p, APPLIED, "; ".join(copied))
             else:
                 store.write(unit, head.revision, head.dirty, now, engine.name)
                 adopted = {v.id for v in p.adopted} | {v.adopt for v in getattr(unit.spec, "storage", ()) if v.adopt}

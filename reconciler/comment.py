@@ -31,7 +31,7 @@ from reconciler.affected import APPLY, DESTROY
 from reconciler.apply import APPLIED, NOTHING, REFUSED, SKIPPED, ApplyResult
 from reconciler.apply import FAILED as APPLY_FAILED
 from reconciler.plan import Change
-from reconciler.render import counts_text, describe_change, moves, totals
+from reconciler.render import copies_text, counts_text, describe_change, moves, totals
 from reconciler.resolve import CLUSTER
 from reconciler.run import FAILED, OFFLINE, UNSUPPORTED, UnitPlan
 
@@ -237,7 +237,8 @@ def _warnings(plans: list[UnitPlan]) -> str:
             warn.append(f"**NEEDS A DECISION** {_inline(unit.title)}: {_inline(p.blocked, MAX_NOTE)}")
         if p.summary is not None and p.summary.data_lost:
             lost = ", ".join(f"`{_inline(a)}`" for a in p.summary.data_lost[:20])
-            warn.append(f"**DESTROYS DATA** in {_inline(unit.title)}: {lost}")
+            when = " (once its copy is verified)" if p.copies_cover_data else ""
+            warn.append(f"**DESTROYS DATA**{when} in {_inline(unit.title)}: {lost}")
         if p.probe:
             warn.append(f"**RUNS ON THE APPLY RUNNER** {_inline(unit.title)}: its health check is new or changed: `{_inline(p.probe, MAX_NOTE).replace('`', chr(39))}`")
     failed = [f"**PLAN FAILED** {_inline(p.selected.unit.title)}: see its details below" for p in plans if p.status == FAILED]
@@ -292,6 +293,14 @@ def details(p: UnitPlan) -> str:
         lines += [f"**Needs a decision:** {_inline(p.blocked, MAX_NOTE)}", ""]
     if p.kept:
         lines += [f"Keeps its data: {', '.join(f'`{_inline(a)}`' for a in p.kept)} left in place (storage.on_move: keep).", ""]
+    if p.copies:
+        lines += [
+            f"Copies its data to {_inline(p.copy_target.site)} first (storage.on_move: copy): {_inline(copies_text(p.copies))}. "
+            "Steps: bulk copy while live, freeze the source (read-only), final pass, verify checksums, then destroy here.",
+            "",
+        ]
+    if p.copy_note:
+        lines += [f"**No copy:** {_inline(p.copy_note, MAX_NOTE)}", ""]
     if p.adopted:
         adopted = ", ".join(f"`{_inline(v.id)}` as `{_inline(v.address)}`" for v in p.adopted)
         lines += [f"Adopts retained volumes (kept by an earlier move): {adopted}.", ""]

@@ -60,7 +60,7 @@ def refusals(plans: Sequence[UnitPlan], head: Mapping[str, Unit], decisions: Dec
                 f"destroying {unit.title} needs an explicit decision: the `{ALLOW_DESTROY_LABEL}` label on the "
                 "pull request, or --allow-destroy"
             )
-        elif lost and not decisions.data_loss and not (target is not None and _drops_data(target)):
+        elif lost and not decisions.data_loss and not (target is not None and _decided(target, p)):
             refused[plan_id(p)] = (
                 f"{'destroying' if p.selected.action == DESTROY else 'this change to'} {unit.title} would destroy data "
                 f"({', '.join(lost)}); that needs an explicit decision: the `{ALLOW_DATA_LOSS_LABEL}` label on the "
@@ -78,8 +78,10 @@ def refusals(plans: Sequence[UnitPlan], head: Mapping[str, Unit], decisions: Dec
     return refused
 
 
-def _drops_data(target: Unit) -> bool:
-    return getattr(target.spec, "keep_data_on_move", None) is False
+def _decided(target: Unit, p: UnitPlan) -> bool:
+    """The definition decided: drop the data, or copy it, where the plan copies all it loses."""
+    on_move = getattr(target.spec, "on_move", "")
+    return on_move == "drop" or (on_move == "copy" and p.copies_cover_data)
 
 
 def _half(p: UnitPlan) -> str:

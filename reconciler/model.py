@@ -248,10 +248,11 @@ class Storage(Strict):
     shared: SharedFilesystem | None = None
     scratch: Scratch | None = None
     object: list[Bucket] = []
-    on_move: Literal["keep", "drop"] | None = Field(
+    on_move: Literal["keep", "drop", "copy"] | None = Field(
         None,
         description="When the cluster moves: keep the source's shared filesystem and buckets (the source stack "
-        "forgets them, the data stays) or drop them (destroyed). A move of a cluster holding data needs one.",
+        "forgets them, the data stays), drop them (destroyed), or copy them to the target (bulk copy, freeze, final "
+        "pass, checksum verification, and only then the source is destroyed). A move of a cluster holding data needs one.",
     )
 
 

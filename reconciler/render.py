@@ -95,8 +95,14 @@ def plans_text(assessment: Assessment, plans: list[UnitPlan], engine_name: str |
             lines.append(f"    keeps its data: {', '.join(p.kept)} left in place (storage.on_move: keep)")
         for v in p.adopted:
             lines.append(f"    adopts retained volume {v.id} as {v.address} (kept by {v.from_stack} at {v.retained_at})")
+        if p.copies:
+            lines.append(f"    copies its data to {p.copy_target.site} first (storage.on_move: copy): {copies_text(p.copies)}")
+            lines.append("      steps: bulk copy while live; freeze the source (read-only); final pass; verify checksums; then destroy here")
+        if p.copy_note:
+            lines.append(f"    NO COPY: {p.copy_note}")
         if p.summary is not None and p.summary.data_lost:
-            lines.append(f"    DESTROYS DATA: {', '.join(p.summary.data_lost)}")
+            when = " (once its copy is verified)" if p.copies_cover_data else ""
+            lines.append(f"    DESTROYS DATA{when}: {', '.join(p.summary.data_lost)}")
         if p.probe:
             lines.append(f"    health check, new or changed (runs on the apply runner, scrubbed environment): {p.probe}")
         if p.status == UNSUPPORTED:
@@ -198,6 +204,8 @@ def _unit_json(p: UnitPlan) -> dict:
         "pending": p.pending,
         "blocked": p.blocked,
         "kept": list(p.kept),
+        "copies": [{"volume": c.volume, "address": c.address, "files": c.files, "bytes": c.bytes} for c in p.copies],
+        "copy_note": p.copy_note,
         "adopts": [{"id": v.id, "address": v.address, "retained_at": v.retained_at} for v in p.adopted],
         "health_probe": p.probe,
     }
@@ -211,6 +219,18 @@ def _unit_json(p: UnitPlan) -> dict:
     if p.error:
         out["error"] = p.error
     return out
+
+
+def copies_text(copies) -> str:
+    return "; ".join(f"{c.volume} ({c.files:,} files, {_size(c.bytes)})" for c in copies)
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:,} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
 
 
 def volumes_text(rows: list[dict]) -> str:

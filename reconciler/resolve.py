@@ -277,7 +277,7 @@ def _cluster_unit(
         health_command=tuple(cluster.health_check.command) if cluster.health_check else (),
         health_url=cluster.health_check.url if cluster.health_check else "",
         health_timeout_s=cluster.health_check.timeout_s if cluster.health_check else 600,
-        keep_data_on_move=None if cluster.storage.on_move is None else cluster.storage.on_move == "keep",
+        on_move=cluster.storage.on_move or "",
     )
     inputs = (*defs.cluster_files[cluster.name], defs.site_files[site.name])
     return Unit(CLUSTER, cluster.name, site.name, site.platform, inputs, (site_unit.key,), spec, _hash(spec), spec.state)

@@ -11,12 +11,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler import affected, health, interrupt
+from reconciler import affected, datacopy, health, interrupt
 from reconciler.affected import APPLY, DESTROY, Selected
 from reconciler.engine import Engine
 from reconciler.errors import InvalidDefinitions, Location, Problems, ReconcileError
 from reconciler.gitsource import GitSource, Snapshot
-from reconciler.live import UNKNOWN, LiveRecord, LiveStore, RetainedVolume, StateLocationError
+from reconciler.live import UNKNOWN, LiveRecord, LiveStore, RetainedVolume, StateLocationError, volume_name
 from reconciler.load import Definitions, load
 from reconciler.plan import PlanSummary, config_diff, summarize
 from reconciler.resolve import CLUSTER, Unit, resolve
@@ -81,6 +81,15 @@ class UnitPlan:
     kept: tuple[str, ...] = ()  # data-holding resources a move leaves in place (forgotten, not destroyed)
     probe: str = ""  # the definition's health probe, when it is new or changed: it will run on the apply runner
     adopted: tuple[RetainedVolume, ...] = ()  # retained volumes this apply takes back (import blocks)
+    copies: tuple[datacopy.VolumeCopy, ...] = ()  # storage.on_move: copy, before this source is destroyed
+    copy_target: Unit | None = None  # where the copies go
+    copy_note: str = ""  # why no copy is possible (the source cannot be read)
+
+    @property
+    def copies_cover_data(self) -> bool:
+        """Every data-holding resource this plan destroys is copied first (storage.on_move: copy)."""
+        lost = self.summary.data_lost if self.summary is not None else ()
+        return bool(lost) and set(lost) <= {c.address for c in self.copies}
 
     @property
     def record_outdated(self) -> bool:
@@ -248,19 +257,47 @@ def _protect_data(p: UnitPlan, assessment: Assessment, document: str, cache: Pat
     else:
         bodies = store.resources(unit)
     data = sorted(f"{rtype}.{name}" for rtype, name, body in bodies if registry.holds_data(unit.platform, rtype, body))
-    decision = target.spec.keep_data_on_move
-    if not data or decision is False:
+    decision = target.spec.on_move
+    if not data or decision == "drop":
         return document
-    if decision is None:
+    if not decision:
         p.blocked = (
-            f"the move would destroy data ({', '.join(data)}); set storage.on_move to keep or drop in "
+            f"the move would destroy data ({', '.join(data)}); set storage.on_move to keep, drop or copy in "
             f"{target.inputs[0]}"
         )
         return document
+    if decision == "copy":
+        _plan_copies(p, target, data, store)
+        return document  # the source's volumes are destroyed once their copies are verified
     p.kept = tuple(data)
     protected = json.loads(document)
     protected["removed"] = [{"from": address, "lifecycle": {"destroy": False}} for address in data]
     return render_json(protected)
+
+
+def _plan_copies(p: UnitPlan, target: Unit, data: list[str], store: LiveStore) -> None:
+    """What `storage.on_move: copy` will copy, with an estimate; or why it cannot."""
+    unit = p.selected.unit
+    if unit.platform != "local" or target.platform != "local":
+        p.blocked = (
+            f"storage.on_move: copy from {unit.platform} to {target.platform} is not built yet (only between local sites): "
+            f"keep or drop the data in {target.inputs[0]}, or copy it yourself"
+        )
+        return
+    ids = {f"{t}.{n}": str(a.get("id") or "") for t, n, a in store.resources(unit)}
+    p.copy_target = target
+    for address in data:
+        source = store.volume_path(unit.state, ids[address]) if ids.get(address) else None
+        if source is None or not source.is_dir():
+            p.copy_note = (
+                f"no copy is possible: the source volume {address} ({source or 'not in the state'}) cannot be read here, "
+                "so the target starts without its data (that needs the data decision)"
+            )
+            p.copies = ()
+            return
+        p.copies += (datacopy.estimate(volume_name(address), address, source),)
+    if why := datacopy.unavailable():
+        p.blocked = f"storage.on_move: copy cannot run here: {why}"
 
 
 def _adopt_volumes(p: UnitPlan, assessment: Assessment, document: str, store: LiveStore) -> str:

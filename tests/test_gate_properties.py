@@ -1,14 +1,16 @@
 """Property tests of the gate (Hypothesis, fixed seed, bounded): over random plans and
-decisions, no data-holding resource is ever destroyed without `drop` or a decision covering
-it, no destroy of a removed definition runs without the destroy decision, and no change
+decisions, no data-holding resource is ever destroyed without `drop`, a verified copy
+(`copy`, where the plan copies all it loses) or a decision covering it, no destroy of a removed definition runs without the destroy decision, and no change
 group (the two halves of a move; a site with its clusters) is ever half-applied."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from hypothesis import given, seed, settings
 from hypothesis import strategies as st
 
-from reconciler import gate
+from reconciler import datacopy, gate
 from reconciler.affected import APPLY, DESTROY, Selected, move_target
 from reconciler.plan import Change, PlanSummary
 from reconciler.resolve import CLUSTER, SITE, Unit
@@ -21,7 +23,7 @@ CLUSTERS = ("dev", "web", "hpc")
 
 class Spec:
     def __init__(self, keep):
-        self.keep_data_on_move = keep
+        self.on_move = {True: "keep", False: "drop", None: ""}.get(keep, keep)
 
 
 def _unit(kind: str, name: str, site: str, keep=None) -> Unit:
@@ -39,7 +41,7 @@ changes = st.lists(
 def scenarios(draw):
     """Plans for a random subset of (kind, name, site, action), the head they were made for, and decisions."""
     head_clusters = {name: draw(st.sampled_from(SITES)) for name in draw(st.sets(st.sampled_from(CLUSTERS)))}
-    keep = {name: draw(st.sampled_from([None, True, False])) for name in head_clusters}
+    keep = {name: draw(st.sampled_from([None, True, False, "copy"])) for name in head_clusters}
     head = {}
     for name, site in head_clusters.items():
         u = _unit(CLUSTER, name, site, keep[name])
@@ -55,6 +57,11 @@ def scenarios(draw):
             p.status, p.summary = "not synthesizable yet", None
         if draw(st.integers(0, 9)) == 0:
             p.blocked = "blocked elsewhere"
+        if action == DESTROY and p.summary is not None and draw(st.booleans()):  # copies of some of what it loses
+            lost = [c.address for c in p.summary.changes if c.loses_data]
+            p.copies = tuple(
+                datacopy.VolumeCopy(a.split(".")[-1], a, Path("/nonexistent"), 1, 1) for a in lost if draw(st.booleans())
+            )
         plans.append(p)
     decisions = gate.Decisions(destroy=draw(st.booleans()), data_loss=draw(st.booleans()))
     return plans, head, decisions
@@ -77,7 +84,8 @@ def test_no_data_is_destroyed_without_a_decision(scenario):
         if not runs(p, refused) or p.summary is None or not p.summary.data_lost:
             continue
         target = move_target(p.selected.unit, head) if p.selected.action == DESTROY else None
-        assert decisions.data_loss or (target is not None and target.spec.keep_data_on_move is False)
+        copied = set(p.summary.data_lost) <= {c.address for c in p.copies}
+        assert decisions.data_loss or (target is not None and (target.spec.on_move == "drop" or (target.spec.on_move == "copy" and copied)))
 
 
 @over_random_runs

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from reconciler import gate
+from reconciler import datacopy, gate
 from reconciler.affected import APPLY, DESTROY, Selected
 from reconciler.plan import Change, PlanSummary
 from reconciler.resolve import CLUSTER, SITE, Unit
@@ -102,7 +102,7 @@ def test_an_apply_of_offline_plans_only_names_what_it_did_not_apply(applied, cli
 
 
 def _unit(kind: str, name: str, site: str, keep=None) -> Unit:
-    spec = type("Spec", (), {"keep_data_on_move": keep})() if kind == CLUSTER else None
+    spec = type("Spec", (), {"on_move": {True: "keep", False: "drop", None: ""}[keep]})() if kind == CLUSTER else None
     return Unit(kind, name, site, "local", (f"clusters/{name}.yaml",), (), spec, "h", StateLocation("local", site, f"{name}.tfstate"))
 
 
@@ -166,7 +166,7 @@ def test_gate_messages_say_what_to_decide_and_where():
         (APPLY, changed.key): "this change to cluster web on local-a would destroy data (terraform_data.storage_shared); that needs an explicit decision: "
         "the `reconcile:allow-data-loss` label on the pull request, or --allow-data-loss",
     }
-    target.spec.keep_data_on_move = None
+    target.spec.on_move = ""
     refused = gate.refusals([_plan(target, APPLY, Change("terraform_data.a", "delete", holds_data=True), Change("terraform_data.b", "replace", holds_data=True)), _plan(source, DESTROY, NODE)], {target.key: target}, gate.Decisions())
     assert refused[(APPLY, target.key)].startswith("this change to cluster dev on local-b would destroy data (terraform_data.a, terraform_data.b);")
     assert refused[(DESTROY, source.key)] == "it is one change with applying cluster dev on local-b, which is refused: no part of it applies"
@@ -277,3 +277,22 @@ def test_from_adopts_a_retained_volume_explicitly_and_must_name_one_that_exists(
     taken = volume_of(cli, applied, "local-a", cluster="analysis")
     assert taken["id"] == kept["id"] and (Path(taken["path"]) / "dataset.csv").read_text() == "a,b\n"
     assert not [v for v in volumes(cli, applied) if v["site"] == "local-a" and v["status"] == "retained"]
+
+
+def test_gate_lets_a_copy_through_only_where_it_copies_all_the_data_it_loses():
+    source, target = _unit(CLUSTER, "dev", "local-a"), _unit(CLUSTER, "dev", "local-b")
+    target.spec.on_move = "copy"
+    other = Change("terraform_data.storage_datasets", "delete", holds_data=True)
+    copied = _plan(source, DESTROY, DATA, other)
+    copied.copies = tuple(datacopy.VolumeCopy(a.split("_")[-1], a, Path("/src"), 1, 1) for a in (DATA.address, other.address))
+    assert gate.refusals([_plan(target, APPLY), copied], {target.key: target}, gate.Decisions()) == {}
+
+    partly = _plan(source, DESTROY, DATA, other)
+    partly.copies = copied.copies[:1]
+    refused = gate.refusals([_plan(target, APPLY), partly], {target.key: target}, gate.Decisions())
+    assert "would destroy data (terraform_data.storage_shared, terraform_data.storage_datasets)" in refused[(DESTROY, source.key)]
+
+    nothing = _plan(source, DESTROY, DATA)  # the source cannot be read (a failover): no copy is possible
+    nothing.copy_note = "no copy is possible"
+    assert (DESTROY, source.key) in gate.refusals([_plan(target, APPLY), nothing], {target.key: target}, gate.Decisions())
+    assert gate.refusals([_plan(target, APPLY), nothing], {target.key: target}, gate.Decisions(data_loss=True)) == {}

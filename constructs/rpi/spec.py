@@ -150,7 +150,7 @@ class ClusterSpec:
     health_command: tuple[str, ...] = ()  # the cluster's own health probe, if it names one
     health_url: str = ""
     health_timeout_s: int = 600
-    keep_data_on_move: bool | None = None  # storage.on_move: True keep, False drop, None undecided
+    on_move: str = ""  # storage.on_move: keep | drop | copy, "" undecided
 
 
 def network_name(site: str) -> str:
