@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("--auto-approve", action="store_true", help="apply without asking")
             command.add_argument("--allow-destroy", action="store_true", help="allow destroying stacks whose definitions were removed")
             command.add_argument("--allow-data-loss", action="store_true", help="allow destroying or replacing resources that hold data")
+            command.add_argument("--allow-replace", action="store_true", help="allow changes that replace every resource of a stack")
             command.add_argument("--parallelism", type=int, default=DEFAULT_PARALLELISM, help=f"stacks applied at once (default {DEFAULT_PARALLELISM})")
         if name == "restore-state":
             command.add_argument("unit", help="the unit, e.g. cluster:dev@local-a (as the plan names it)")
@@ -317,11 +318,18 @@ def _refuse_what_may_not_run(args, assessment: Assessment, plans: list[UnitPlan]
     labels = gh.labels(pr) if pr is not None else set()
     if unmatched:
         ghflow.refuse_unreviewed(plans, f"{unmatched}, so no reviewed plan applies; merge through a pull request")
-    elif pr is not None:
-        ghflow.gate_reviewed(plans, ghflow.reviewed_plan(gh, pr), pr)
+    shown = None  # at a terminal: the decisions cover the plan just shown
+    if pr is not None:
+        reviewed = ghflow.reviewed_plan(gh, pr)
+        ghflow.gate_reviewed(plans, reviewed, pr)
+        shown = {key: entry.get("needs") or {} for key, entry in (reviewed or {}).get("units", {}).items()}
+    elif unmatched:
+        shown = {}
     decisions = gate.Decisions(
         destroy=args.allow_destroy or gate.ALLOW_DESTROY_LABEL in labels,
         data_loss=args.allow_data_loss or gate.ALLOW_DATA_LOSS_LABEL in labels,
+        replace=args.allow_replace or gate.ALLOW_REPLACE_LABEL in labels,
+        shown=shown,
     )
     refused = gate.refusals(plans, assessment.head.units, decisions)
     for p in plans:

@@ -27,6 +27,7 @@ import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 
+from reconciler import gate
 from reconciler.affected import APPLY, DESTROY
 from reconciler.apply import APPLIED, NOTHING, REFUSED, SKIPPED, ApplyResult
 from reconciler.apply import FAILED as APPLY_FAILED
@@ -99,7 +100,9 @@ def reviewed_line(head_sha: str, units: Mapping[str, Mapping[str, str]]) -> str:
 def _reviewed_entry(p: UnitPlan) -> tuple[str, dict[str, str]] | None:
     if not p.pending:
         return None
-    return p.selected.unit.key, {"action": p.selected.action, "config_hash": p.selected.unit.config_hash}
+    entry = {"action": p.selected.action, "config_hash": p.selected.unit.config_hash}
+    needs = gate.needs(p)
+    return p.selected.unit.key, {**entry, "needs": needs} if needs else entry
 
 
 def parse_reviewed(body: str) -> dict | None:
@@ -129,7 +132,11 @@ def parse_reviewed(body: str) -> dict | None:
 
 
 def _well_formed(entry: object) -> bool:
-    return isinstance(entry, dict) and all(isinstance(entry.get(k), str) for k in ("action", "config_hash"))
+    return (
+        isinstance(entry, dict)
+        and all(isinstance(entry.get(k), str) for k in ("action", "config_hash"))
+        and isinstance(entry.get("needs", {}), dict)
+    )
 
 
 # ---------------------------------------------------------------- summary
@@ -239,6 +246,8 @@ def _warnings(plans: list[UnitPlan]) -> str:
             lost = ", ".join(f"`{_inline(a)}`" for a in p.summary.data_lost[:20])
             when = " (once its copy is verified)" if p.copies_cover_data else ""
             warn.append(f"**DESTROYS DATA**{when} in {_inline(unit.title)}: {lost}")
+        if p.summary is not None and p.summary.replaces_all:
+            warn.append(f"**REPLACES EVERY RESOURCE** of {_inline(unit.title)}: needs the `{gate.ALLOW_REPLACE_LABEL}` label")
         if p.probe:
             warn.append(f"**RUNS ON THE APPLY RUNNER** {_inline(unit.title)}: its health check is new or changed: `{_inline(p.probe, MAX_NOTE).replace('`', chr(39))}`")
     failed = [f"**PLAN FAILED** {_inline(p.selected.unit.title)}: see its details below" for p in plans if p.status == FAILED]

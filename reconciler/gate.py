@@ -20,16 +20,54 @@ from reconciler.run import UnitPlan
 
 ALLOW_DESTROY_LABEL = "reconcile:allow-destroy"
 ALLOW_DATA_LOSS_LABEL = "reconcile:allow-data-loss"
+ALLOW_REPLACE_LABEL = "reconcile:allow-replace"
 
 PlanId = tuple[str, str]  # (action, unit key): one unit can be destroyed and applied in one run
 
 
 @dataclass(frozen=True)
 class Decisions:
-    """What a person allowed: a flag locally, a pull-request label in the pull-request flow."""
+    """What a person allowed: a flag locally, a pull-request label in the pull-request flow.
+
+    In the pull-request flow a decision covers only what the reviewed plan showed (`shown`:
+    unit key -> `needs(plan)` as the reviewed comment recorded it): a label never extends to a
+    stack or a resource that was not on the plan the reviewers read."""
 
     destroy: bool = False
     data_loss: bool = False
+    replace: bool = False
+    shown: Mapping[str, Mapping] | None = None  # None: decided at a terminal, over the plan just shown
+
+
+def needs(p: UnitPlan) -> dict:
+    """What of this plan a decision would have to cover, per class: recorded in the reviewed
+    comment, so that a decision is bound to it."""
+    summary = p.summary
+    wanted = {
+        "destroy": p.selected.action == DESTROY,
+        "data": sorted(summary.data_lost) if summary is not None else [],
+        "replace_all": bool(summary is not None and summary.replaces_all),
+    }
+    return {k: v for k, v in wanted.items() if v}  # only what applies: one line holds hundreds of stacks
+
+
+def _covers(decisions: Decisions, decision: str, p: UnitPlan) -> bool:
+    if not getattr(decisions, decision):
+        return False
+    if decisions.shown is None:
+        return True
+    shown = decisions.shown.get(p.selected.unit.key) or {}
+    if decision == "data_loss":
+        return set(needs(p).get("data", ())) <= set(shown.get("data") or ())
+    return bool(shown.get("destroy" if decision == "destroy" else "replace_all"))
+
+
+def _unreviewed(decisions: Decisions, decision: str, p: UnitPlan) -> str:
+    """Why a decision that was given does not cover this plan, or ""."""
+    if not getattr(decisions, decision) or decisions.shown is None:
+        return ""
+    label = {"destroy": ALLOW_DESTROY_LABEL, "data_loss": ALLOW_DATA_LOSS_LABEL, "replace": ALLOW_REPLACE_LABEL}[decision]
+    return f"; the `{label}` decision covers only what the reviewed plan showed, and it did not show this: plan again"
 
 
 def plan_id(p: UnitPlan) -> PlanId:
@@ -55,16 +93,23 @@ def refusals(plans: Sequence[UnitPlan], head: Mapping[str, Unit], decisions: Dec
         unit = p.selected.unit
         target = move_target(unit, head) if p.selected.action == DESTROY else None
         lost = p.summary.data_lost if p.summary is not None else ()
-        if p.selected.action == DESTROY and target is None and not decisions.destroy:
+        if p.selected.action == DESTROY and target is None and not _covers(decisions, "destroy", p):
             refused[plan_id(p)] = (
                 f"destroying {unit.title} needs an explicit decision: the `{ALLOW_DESTROY_LABEL}` label on the "
-                "pull request, or --allow-destroy"
+                "pull request, or --allow-destroy" + _unreviewed(decisions, "destroy", p)
             )
-        elif lost and not decisions.data_loss and not (target is not None and _decided(target, p)):
+        elif lost and not _covers(decisions, "data_loss", p) and not (target is not None and _decided(target, p)):
             refused[plan_id(p)] = (
                 f"{'destroying' if p.selected.action == DESTROY else 'this change to'} {unit.title} would destroy data "
                 f"({', '.join(lost)}); that needs an explicit decision: the `{ALLOW_DATA_LOSS_LABEL}` label on the "
                 "pull request, or --allow-data-loss" + (f"; or storage.on_move in {target.inputs[0]}" if target is not None else "")
+                + _unreviewed(decisions, "data_loss", p)
+            )
+        elif p.summary is not None and p.summary.replaces_all and not _covers(decisions, "replace", p):
+            refused[plan_id(p)] = (
+                f"this change replaces every resource of {unit.title} ({p.summary.count('replace')}); that needs an explicit "
+                f"decision: the `{ALLOW_REPLACE_LABEL}` label on the pull request, or --allow-replace"
+                + _unreviewed(decisions, "replace", p)
             )
     for group in change_groups(plans):
         first = next((p for p in group if plan_id(p) in refused), None)

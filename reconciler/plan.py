@@ -46,6 +46,13 @@ class PlanSummary:
         return tuple(c for c in self.changes if c.imported or c.action not in ("no-op", "read"))
 
     @property
+    def replaces_all(self) -> bool:
+        """Every resource that exists is replaced (two at least): a change that rebuilds the whole
+        stack, such as a new zone or network, rather than a change to some part of it."""
+        existing = [c for c in self.changes if c.action not in ("create", "read")]
+        return len(existing) >= 2 and all(c.action == "replace" for c in existing)
+
+    @property
     def data_lost(self) -> tuple[str, ...]:
         return tuple(c.address for c in self.changes if c.loses_data)
 

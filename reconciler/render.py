@@ -103,6 +103,8 @@ def plans_text(assessment: Assessment, plans: list[UnitPlan], engine_name: str |
         if p.summary is not None and p.summary.data_lost:
             when = " (once its copy is verified)" if p.copies_cover_data else ""
             lines.append(f"    DESTROYS DATA{when}: {', '.join(p.summary.data_lost)}")
+        if p.summary is not None and p.summary.replaces_all:
+            lines.append(f"    REPLACES EVERY RESOURCE ({p.summary.count('replace')}): a decision is needed (--allow-replace)")
         if p.probe:
             lines.append(f"    health check, new or changed (runs on the apply runner, scrubbed environment): {p.probe}")
         if p.status == UNSUPPORTED:

@@ -331,7 +331,8 @@ def test_reviewed_block_round_trips_and_lists_only_pending_stacks():
         "head": HEAD,
         "units": {
             "cluster:dev@local-a": {"action": "apply", "config_hash": config_hash(CLUSTER, "dev", "local-a")},
-            "cluster:old@local-a": {"action": "destroy", "config_hash": config_hash(CLUSTER, "old", "local-a")},
+            # what a decision must cover is recorded with it: a label is bound to what was shown
+            "cluster:old@local-a": {"action": "destroy", "config_hash": config_hash(CLUSTER, "old", "local-a"), "needs": {"destroy": True}},
         },
     }
     assert parse_reviewed("no block here") is None and parse_reviewed("") is None

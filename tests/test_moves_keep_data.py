@@ -296,3 +296,23 @@ def test_gate_lets_a_copy_through_only_where_it_copies_all_the_data_it_loses():
     nothing.copy_note = "no copy is possible"
     assert (DESTROY, source.key) in gate.refusals([_plan(target, APPLY), nothing], {target.key: target}, gate.Decisions())
     assert gate.refusals([_plan(target, APPLY), nothing], {target.key: target}, gate.Decisions(data_loss=True)) == {}
+
+
+def test_gate_binds_a_decision_to_what_was_shown_and_asks_for_one_to_replace_everything():
+    cluster = _unit(CLUSTER, "dev", "local-a")
+    removed = _plan(cluster, DESTROY, DATA, NODE)
+    shown_all = {cluster.key: {"destroy": True, "data": [DATA.address]}}
+    allow = gate.Decisions(destroy=True, data_loss=True, shown=shown_all)
+    assert gate.refusals([removed], {}, allow) == {}
+    refused = gate.refusals([removed], {}, gate.Decisions(destroy=True, data_loss=True, shown={cluster.key: {"destroy": True}}))
+    assert refused[(DESTROY, cluster.key)].endswith(
+        "the `reconcile:allow-data-loss` decision covers only what the reviewed plan showed, and it did not show this: plan again"
+    )
+    assert (DESTROY, cluster.key) in gate.refusals([removed], {}, gate.Decisions(destroy=True, data_loss=True, shown={}))
+
+    rebuilt = _plan(cluster, APPLY, Change("terraform_data.node_0", "replace"), Change("terraform_data.node_1", "replace"), Change("terraform_data.extra", "create"))
+    assert rebuilt.summary.replaces_all and gate.needs(rebuilt) == {"replace_all": True}
+    assert "replaces every resource of cluster dev on local-a (2)" in gate.refusals([rebuilt], {cluster.key: cluster}, gate.Decisions())[(APPLY, cluster.key)]
+    assert gate.refusals([rebuilt], {cluster.key: cluster}, gate.Decisions(replace=True)) == {}
+    partly = _plan(cluster, APPLY, Change("terraform_data.node_0", "replace"), Change("terraform_data.node_1", "update"))
+    assert not partly.summary.replaces_all and gate.refusals([partly], {cluster.key: cluster}, gate.Decisions()) == {}

@@ -217,3 +217,24 @@ def test_a_push_that_no_pull_request_merged_applies_nothing(applied, cli, github
     assert f"no merged pull request has {after[:7]} as its merge commit, so no reviewed plan applies" in err
     assert not (applied.path / ".reconcile" / "state" / "local-a" / "cluster-climate.tfstate").exists()
     assert github.statuses[-1]["sha"] == after and github.statuses[-1]["state"] == "failure"
+
+
+def test_a_label_covers_only_what_the_reviewed_plan_showed(applied, cli, github, webhooks, actions, tmp_path):
+    """The reviewed block records what each decision must cover; a label does not reach a
+    destroy the reviewed plan did not show (here: a comment from before that record existed)."""
+    base = applied.git("rev-parse", "main").strip()
+    applied.git("checkout", "-q", "-b", "add-climate")
+    (applied.path / "clusters" / "dev.yaml").unlink()
+    head = applied.commit("Retire dev")
+    github.add_pull_request(12, "Retire dev", labels=["reconcile:allow-destroy", "reconcile:allow-data-loss"], head_sha=head)
+    actions("pull_request", pull_request_event(webhooks, 12, head, base))
+    plan_and_comment(cli, applied, tmp_path, head)
+    (comment_id,) = list(github.comments)
+    body = github.comments[comment_id]["body"]
+    assert ',"needs":{"data":["terraform_data.storage_shared"],"destroy":true}' in body
+    github.comments[comment_id]["body"] = body.replace(',"needs":{"data":["terraform_data.storage_shared"],"destroy":true}', "")
+    merge(applied, github, actions, webhooks, base)
+    code, out, err = cli("apply", "--auto-approve", "--pr", "auto", "--base", base, "--head", "HEAD", "--repo", str(applied.path))
+    assert code == 1
+    assert "the `reconcile:allow-destroy` decision covers only what the reviewed plan showed, and it did not show this" in err
+    assert (applied.path / ".reconcile" / "state" / "local-a" / "cluster-dev.reconcile.json").exists()
