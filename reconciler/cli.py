@@ -321,7 +321,7 @@ def _refuse_what_may_not_run(args, assessment: Assessment, plans: list[UnitPlan]
     shown = None  # at a terminal: the decisions cover the plan just shown
     if pr is not None:
         reviewed = ghflow.reviewed_plan(gh, pr)
-        ghflow.gate_reviewed(plans, reviewed, pr)
+        ghflow.gate_reviewed(plans, reviewed, pr, gh.pull_request_head(pr))
         shown = {key: entry.get("needs") or {} for key, entry in (reviewed or {}).get("units", {}).items()}
     elif unmatched:
         shown = {}

@@ -17,7 +17,7 @@ from pathlib import Path
 from reconciler import comment
 from reconciler.errors import ReconcileError
 from reconciler.event import Event
-from reconciler.github import PUBLIC_API, GitHub, GitHubError
+from reconciler.github import DEFAULT_AUTHOR, PUBLIC_API, GitHub, GitHubError
 from reconciler.run import Assessment, UnitPlan
 
 STATUS_CONTEXT = "reconcile/apply"
@@ -38,7 +38,8 @@ def connect(repository: str | None) -> GitHub:
     repository = repository or os.environ.get("GITHUB_REPOSITORY")
     if not repository:
         raise ReconcileError("no repository: pass --github-repo OWNER/NAME or set GITHUB_REPOSITORY")
-    return GitHub(repository, token, os.environ.get("GITHUB_API_URL") or PUBLIC_API)
+    author = os.environ.get("RECONCILE_BOT_LOGIN") or DEFAULT_AUTHOR
+    return GitHub(repository, token, os.environ.get("GITHUB_API_URL") or PUBLIC_API, author=author)
 
 
 def pr_number(value: str | None, event: Event | None) -> int | None:
@@ -111,18 +112,27 @@ def post_comment_dir(gh: GitHub, directory: Path, expect_head: str | None) -> in
 
 
 def reviewed_plan(gh: GitHub, pr: int) -> dict | None:
-    """The reviewed block of the sticky plan comment on #pr, if there is one."""
-    for body in gh.comments(pr):
+    """The reviewed block of our own sticky plan comment on #pr, if there is one: a block in
+    anybody else's comment is ignored, whatever it says."""
+    for body in gh.own_comments(pr):
         reviewed = comment.parse_reviewed(body)
         if reviewed is not None:
             return reviewed
     return None
 
 
-def gate_reviewed(plans: list[UnitPlan], reviewed: dict | None, pr: int) -> None:
-    """Refuse every pending stack whose configuration is not the one reviewed on #pr."""
+def gate_reviewed(plans: list[UnitPlan], reviewed: dict | None, pr: int, pr_head: str) -> None:
+    """Refuse every pending stack whose configuration is not the one reviewed on #pr, and
+    everything if the reviewed plan was not made for the pull request's last head commit."""
     if reviewed is None:
         refuse_unreviewed(plans, f"no reviewed plan was found on #{pr}; plan it on a pull request first")
+        return
+    if reviewed.get("head") != pr_head:
+        refuse_unreviewed(
+            plans,
+            f"#{pr}'s reviewed plan was made for {str(reviewed.get('head'))[:7]}, but its last head commit is {pr_head[:7]}: "
+            "plan the pull request again",
+        )
         return
     units = reviewed.get("units", {})
     for p in plans:

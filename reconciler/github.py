@@ -34,6 +34,10 @@ class Posted:
     deleted: int
 
 
+# Who posts: GITHUB_TOKEN acts as the Actions bot. A GitHub App or a PAT posts as its own
+# login, which RECONCILE_BOT_LOGIN names. Only comments by this login are read or edited.
+DEFAULT_AUTHOR = "github-actions[bot]"
+
 def _part_key(body: str, marker: str) -> str | None:
     """The first line of a part ('<!-- reconcile:plan part=2/3 -->'), or None if not ours."""
     first = body.split("\n", 1)[0]
@@ -51,6 +55,7 @@ class GitHub:
         attempts: int = 5,
         backoff_s: float = 2.0,
         sleep: Callable[[float], None] = time.sleep,
+        author: str = DEFAULT_AUTHOR,
     ):
         owner, _, name = repository.partition("/")
         if not owner or not name:
@@ -61,6 +66,7 @@ class GitHub:
         else:  # GitHub Enterprise Server: github3 wants the host URL and adds /api/v3 itself
             self.gh = github3.GitHubEnterprise(re.sub(r"/api/v3$", "", api_url), token=token)
         self.owner, self.name = owner, name
+        self.author = author  # the login this token posts as: only its comments are ours
         self.attempts, self.backoff_s, self.sleep = attempts, backoff_s, sleep
         self._repo = None
 
@@ -101,10 +107,14 @@ class GitHub:
             raise GitHubError(f"#{number} not found in {self.owner}/{self.name}")
         return issue
 
-    def _ours(self, issue, marker: str) -> dict[str, object]:
+    def _own(self, issue) -> list:
+        """The comments on an issue that this token's identity wrote; nobody else's count."""
         comments = self._call("listing comments", lambda: list(issue.comments()))
+        return [c for c in comments if c.user is not None and c.user.login == self.author]
+
+    def _ours(self, issue, marker: str) -> dict[str, object]:
         found = {}
-        for comment in comments:
+        for comment in self._own(issue):
             key = _part_key(comment.body or "", marker)
             if key is not None and key not in found:
                 found[key] = comment
@@ -145,9 +155,9 @@ class GitHub:
         issue = self._issue(number)
         return self._call("posting a comment", lambda: issue.create_comment(body)).id
 
-    def comments(self, number: int) -> list[str]:
-        issue = self._issue(number)
-        return [c.body or "" for c in self._call("listing comments", lambda: list(issue.comments()))]
+    def own_comments(self, number: int) -> list[str]:
+        """The bodies of the comments on #number written by this token's identity."""
+        return [c.body or "" for c in self._own(self._issue(number))]
 
     def pull_request_head(self, number: int) -> str:
         """The commit a pull request's head points at now."""

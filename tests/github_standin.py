@@ -148,6 +148,8 @@ def _full_media_type(payload):
     return payload
 
 
+BOT = "github-actions[bot]"  # who GITHUB_TOKEN acts as
+
 class StandIn:
     """The API of one repository, in memory."""
 
@@ -162,6 +164,7 @@ class StandIn:
         self.faults: list[Fault] = []
         self.lock = threading.Lock()
         self._ids = 1000
+        self.tokens: dict[str, str] = {}  # token -> login; any other token is the Actions bot's
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -195,6 +198,19 @@ class StandIn:
 
     def fail(self, method: str, path: str, status: int, after_effect: bool = False, headers=None, message: str = "Server Error") -> None:
         self.faults.append(Fault(method, re.compile(path), status, after_effect, headers or {}, message))
+
+    def add_user(self, login: str) -> str:
+        """Another GitHub user; returns a token that acts as them."""
+        token = f"ghp_{login.replace('-', '_')}_token"
+        self.tokens[token] = login
+        return token
+
+    def comment_as(self, login: str, number: int, body: str) -> int:
+        """A comment written by another user, as if they had posted it on the web."""
+        cid = self._next_id()
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        self.comments[cid] = {"id": cid, "issue": number, "body": body, "created_at": now, "updated_at": now, "user": login}
+        return cid
 
     def comments_on(self, number: int) -> list[str]:
         return [c["body"] for c in sorted(self.comments.values(), key=lambda c: c["id"]) if c["issue"] == number]
@@ -249,8 +265,10 @@ class StandIn:
         if not path.startswith(PREFIX):
             return self._violation(f"{method} {path}: outside {PREFIX}", 404)
         path = path[len(PREFIX):]
-        if not (headers.get("Authorization") or "").split(" ")[-1]:
+        token = (headers.get("Authorization") or "").split(" ")[-1]
+        if not token:
             return 401, {"message": "Requires authentication"}, {}
+        actor = self.tokens.get(token, BOT)
         found = self.api.route(method, path)
         if found is None:
             return self._violation(f"{method} {path}: no such operation in GitHub's API description", 404)
@@ -264,7 +282,7 @@ class StandIn:
         if fault is not None and not fault.after_effect:
             self.faults.remove(fault)
             return fault.status, {"message": fault.message}, fault.headers
-        status, payload = self.operate(method, template, params, query, body, operation)
+        status, payload = self.operate(method, template, params, query, body, operation, actor)
         if fault is not None:
             self.faults.remove(fault)
             return fault.status, {"message": fault.message}, fault.headers
@@ -306,6 +324,8 @@ class StandIn:
             created_at=comment["created_at"],
             updated_at=comment["updated_at"],
         )
+        login = comment.get("user", BOT)
+        out["user"] = dict(self._user(), login=login, type="Bot" if login.endswith("[bot]") else "User")
         return out
 
     def _user(self) -> dict:
@@ -328,7 +348,8 @@ class StandIn:
             out.pop("pull_request", None)
         return out
 
-    def operate(self, method, template, params, query, body, operation):
+    def operate(self, method, template, params, query, body, operation, actor=None):
+        actor = actor or BOT
         now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         if (params.get("owner"), params.get("repo")) != (self.owner, self.repo) and "owner" in params:
             return 404, {"message": "Not Found"}
@@ -382,7 +403,7 @@ class StandIn:
                 return 404, {"message": "Not Found"}
             if method == "POST":
                 cid = self._next_id()
-                self.comments[cid] = {"id": cid, "issue": number, "body": body["body"], "created_at": now, "updated_at": now}
+                self.comments[cid] = {"id": cid, "issue": number, "body": body["body"], "created_at": now, "updated_at": now, "user": actor}
                 return 201, self._comment(operation, "201", self.comments[cid])
             found = [c for c in sorted(self.comments.values(), key=lambda c: c["id"]) if c["issue"] == number]
             page, per_page = int(query.get("page", ["1"])[0]), int(query.get("per_page", ["30"])[0])
@@ -392,6 +413,8 @@ class StandIn:
             comment = self.comments.get(int(params["comment_id"]))
             if comment is None:
                 return 404, {"message": "Not Found"}
+            if method in ("DELETE", "PATCH") and comment["user"] != actor:
+                return 403, {"message": "Resource not accessible by integration"}  # only its author edits a comment here
             if method == "DELETE":
                 del self.comments[comment["id"]]
                 return 204, None

@@ -238,3 +238,44 @@ def test_a_label_covers_only_what_the_reviewed_plan_showed(applied, cli, github,
     assert code == 1
     assert "the `reconcile:allow-destroy` decision covers only what the reviewed plan showed, and it did not show this" in err
     assert (applied.path / ".reconcile" / "state" / "local-a" / "cluster-dev.reconcile.json").exists()
+
+
+# ---------------------------------------------------------------- only our own comments count
+
+
+def test_another_users_marker_comment_is_left_alone(applied, cli, github, webhooks, actions, tmp_path):
+    base, head = open_pull_request(applied, github, webhooks, actions)
+    theirs = github.comment_as("mallory", 12, MARKER + "\nthis is not the plan")
+    plan_and_comment(cli, applied, tmp_path, head)
+    plan_and_comment(cli, applied, tmp_path, head)  # again: our sticky comment is edited, theirs never
+    assert github.comments[theirs]["body"] == MARKER + "\nthis is not the plan"
+    ours = [c for c in github.comments.values() if c["user"] == "github-actions[bot]"]
+    assert len(ours) == 1 and "climate" in ours[0]["body"] and len(github.comments) == 2
+
+
+def test_a_forged_reviewed_block_is_ignored(applied, cli, github, webhooks, actions, tmp_path):
+    base, head = open_pull_request(applied, github, webhooks, actions)
+    out_dir = tmp_path / "forged"
+    code, out, err = cli("plan", "--comment-dir", str(out_dir), "--repo", str(applied.path), "--head", "HEAD")
+    forged = (out_dir / "part-1.md").read_text()  # the right hashes, posted by somebody else
+    assert parse_reviewed(forged)["head"] == head
+    github.comment_as("mallory", 12, forged)
+    merge(applied, github, actions, webhooks, base)
+    code, out, err = cli("apply", "--auto-approve", "--pr", "auto", "--base", base, "--head", "HEAD", "--repo", str(applied.path))
+    assert code == 1
+    assert "no reviewed plan was found on #12" in err
+    assert not (applied.path / ".reconcile" / "state" / "local-a" / "cluster-climate.tfstate").exists()
+
+
+def test_a_reviewed_plan_for_an_older_head_is_refused(applied, cli, github, webhooks, actions, tmp_path):
+    base, head = open_pull_request(applied, github, webhooks, actions)
+    plan_and_comment(cli, applied, tmp_path, head)
+    applied.write("NOTES.md", "pushed after the review; the definitions are unchanged\n")
+    newer = applied.commit("a later commit, never planned")
+    github.issues[12]["head_sha"] = newer
+    github.issues[12]["commits"].append(newer)
+    merge(applied, github, actions, webhooks, base)
+    code, out, err = cli("apply", "--auto-approve", "--pr", "auto", "--base", base, "--head", "HEAD", "--repo", str(applied.path))
+    assert code == 1
+    assert f"#12's reviewed plan was made for {head[:7]}, but its last head commit is {newer[:7]}: plan the pull request again" in err
+    assert not (applied.path / ".reconcile" / "state" / "local-a" / "cluster-climate.tfstate").exists()
