@@ -62,7 +62,7 @@ def _covers(decisions: Decisions, decision: str, p: UnitPlan) -> bool:
     return bool(shown.get("destroy" if decision == "destroy" else "replace_all"))
 
 
-def _unreviewed(decisions: Decisions, decision: str, p: UnitPlan) -> str:
+def _unreviewed(decisions: Decisions, decision: str) -> str:
     """Why a decision that was given does not cover this plan, or ""."""
     if not getattr(decisions, decision) or decisions.shown is None:
         return ""
@@ -96,20 +96,20 @@ def refusals(plans: Sequence[UnitPlan], head: Mapping[str, Unit], decisions: Dec
         if p.selected.action == DESTROY and target is None and not _covers(decisions, "destroy", p):
             refused[plan_id(p)] = (
                 f"destroying {unit.title} needs an explicit decision: the `{ALLOW_DESTROY_LABEL}` label on the "
-                "pull request, or --allow-destroy" + _unreviewed(decisions, "destroy", p)
+                "pull request, or --allow-destroy" + _unreviewed(decisions, "destroy")
             )
         elif lost and not _covers(decisions, "data_loss", p) and not (target is not None and _decided(target, p)):
             refused[plan_id(p)] = (
                 f"{'destroying' if p.selected.action == DESTROY else 'this change to'} {unit.title} would destroy data "
                 f"({', '.join(lost)}); that needs an explicit decision: the `{ALLOW_DATA_LOSS_LABEL}` label on the "
                 "pull request, or --allow-data-loss" + (f"; or storage.on_move in {target.inputs[0]}" if target is not None else "")
-                + _unreviewed(decisions, "data_loss", p)
+                + _unreviewed(decisions, "data_loss")
             )
         elif p.summary is not None and p.summary.replaces_all and not _covers(decisions, "replace", p):
             refused[plan_id(p)] = (
                 f"this change replaces every resource of {unit.title} ({p.summary.count('replace')}); that needs an explicit "
                 f"decision: the `{ALLOW_REPLACE_LABEL}` label on the pull request, or --allow-replace"
-                + _unreviewed(decisions, "replace", p)
+                + _unreviewed(decisions, "replace")
             )
     for group in change_groups(plans):
         first = next((p for p in group if plan_id(p) in refused), None)

@@ -316,3 +316,23 @@ def test_gate_binds_a_decision_to_what_was_shown_and_asks_for_one_to_replace_eve
     assert gate.refusals([rebuilt], {cluster.key: cluster}, gate.Decisions(replace=True)) == {}
     partly = _plan(cluster, APPLY, Change("terraform_data.node_0", "replace"), Change("terraform_data.node_1", "update"))
     assert not partly.summary.replaces_all and gate.refusals([partly], {cluster.key: cluster}, gate.Decisions()) == {}
+
+
+def test_gate_needs_and_the_scope_of_each_decision():
+    cluster = _unit(CLUSTER, "dev", "local-a")
+    removed = _plan(cluster, DESTROY, DATA, NODE)
+    assert gate.needs(removed) == {"destroy": True, "data": [DATA.address]}
+    assert gate.needs(_plan(cluster, APPLY, Change("terraform_data.node_0", "update"))) == {}
+    unplanned = _plan(cluster, DESTROY)
+    unplanned.status, unplanned.summary = "not synthesizable yet", None  # pending, with no plan to read
+    assert gate.needs(unplanned) == {"destroy": True}
+    rebuilt = _plan(cluster, APPLY, Change("terraform_data.node_0", "replace"), Change("terraform_data.node_1", "replace"))
+    head = {cluster.key: cluster}
+    # a replace decision is covered only by a reviewed replace-all, not by a reviewed destroy
+    assert (APPLY, cluster.key) in gate.refusals([rebuilt], head, gate.Decisions(replace=True, shown={cluster.key: {"destroy": True}}))
+    assert gate.refusals([rebuilt], head, gate.Decisions(replace=True, shown={cluster.key: {"replace_all": True}})) == {}
+    unshown = gate.refusals([rebuilt], head, gate.Decisions(replace=True, shown={}))[(APPLY, cluster.key)]
+    assert unshown.endswith("the `reconcile:allow-replace` decision covers only what the reviewed plan showed, and it did not show this: plan again")
+    # no decision given: the refusal says what is needed, and nothing about a scope
+    undecided = gate.refusals([removed], {}, gate.Decisions(shown={}))[(DESTROY, cluster.key)]
+    assert undecided.endswith("or --allow-destroy")
