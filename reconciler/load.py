@@ -21,7 +21,7 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from reconciler.errors import Location, Problem, Problems
 from reconciler.gitsource import Snapshot, is_definition_path
-from reconciler.model import CLUSTER_ONLY_FIELDS, Cluster, LocalState, Site
+from reconciler.model import CLUSTER_ONLY_FIELDS, PATTERN_WORDS, Cluster, LocalState, Site
 
 Path_ = tuple[Any, ...]  # a field path inside a document: ("node_pools", "compute", "cores")
 
@@ -296,6 +296,8 @@ def _problem(model, data, spots: Mapping[Path_, Spot], top: Location, error: Map
     spot = spots.get(present)
     where = spot.value if spot else top
     message = error["msg"].removeprefix("Value error, ")
+    if kind == "string_pattern_mismatch" and (words := PATTERN_WORDS.get((error.get("ctx") or {}).get("pattern"))):
+        message = f"should be {words}"
     if kind not in ("value_error", "assertion_error") and "input" in error and not isinstance(error["input"], (dict, list)):
         message += f", got {error['input']!r}"
     return Problem(where, field_path, message)

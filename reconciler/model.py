@@ -25,10 +25,17 @@ def _cidr(value: str) -> str:
 
 Cidr = Annotated[str, AfterValidator(_cidr), Field(description="IPv4 network, e.g. 10.10.0.0/16")]
 
+VOLUME_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,254}$"
+# What each pattern means, for messages that name no regular expression.
+PATTERN_WORDS = {
+    NAME_PATTERN: "a name of lower-case letters, digits and '-', 1-40 characters, starting with a letter and not ending in '-'",
+    VOLUME_ID_PATTERN: "a volume id, as `reconcile volumes` lists it, or the cloud's resource id",
+}
+
 VolumeId = Annotated[
     str,
     Field(
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,254}$",
+        pattern=VOLUME_ID_PATTERN,
         description="The id of an existing volume (as `reconcile volumes` lists it, or the cloud's resource id): "
         "this volume is that one, imported instead of created",
     ),

@@ -320,6 +320,8 @@ def _adopt_volumes(p: UnitPlan, assessment: Assessment, document: str, store: Li
             problem = f"{volume.adopt!r} is not a volume id of the local platform (one name, as `reconcile volumes` lists it)"
         elif not path.is_dir():
             problem = f"there is no volume {volume.adopt!r} on site {unit.site} ({path} does not exist); `reconcile volumes` lists the volumes there"
+        elif users := sorted({v.stack for v in store.in_use(unit.state.bucket) if v.id == volume.adopt} - {unit.stack}):
+            problem = f"volume {volume.adopt!r} on site {unit.site} is in use by {', '.join(users)}: a volume has one owner"
         if problem:
             where = assessment.head.definitions.locate(unit.name, ("storage", volume.name if volume.kind != "object" else "object", "from"))
             p.status, p.error = FAILED, f"{where}: storage.{volume.name}.from: {problem}"

@@ -142,3 +142,12 @@ def test_failover_to_where_it_runs_points_at_the_failover_list(repo):
     repo.replace("clusters/dev.yaml", "failover: [local-b]", "failover: [local-b, local-a]")
     (found,) = problems(repo)
     assert found.startswith("clusters/dev.yaml:7:11: error: failover: failover lists the placement site local-a")
+
+
+def test_patterns_are_said_in_words_not_as_regular_expressions(repo):
+    repo.replace("clusters/dev.yaml", "    size_gb: 500\n", "    size_gb: 500\n    from: ../x\n")
+    (found,) = problems(repo)
+    assert found == (
+        "clusters/dev.yaml:18:11: error: storage.shared.from: should be a volume id, as `reconcile volumes` lists it, "
+        "or the cloud's resource id, got '../x'"
+    )

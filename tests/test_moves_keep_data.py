@@ -271,6 +271,13 @@ def test_from_adopts_a_retained_volume_explicitly_and_must_name_one_that_exists(
     assert code == 1
     assert "clusters/analysis.yaml:" in out and "storage.shared.from: there is no volume 'nope' on site local-a" in out
 
+    in_use = next(v for v in volumes(cli, applied) if v["cluster"] == "slurm-hpc" and v["volume"] == "shared")
+    on_b = text.replace("site: local-a", "site: local-b").replace("failover: [local-b]", "failover: [local-a]")
+    applied.write("clusters/analysis.yaml", on_b.replace("    size_gb: 500\n", f"    size_gb: 500\n    from: {in_use['id']}\n"))
+    code, out, err = cli("--dry-run", "--repo", str(applied.path))
+    assert code == 1  # another cluster's volume: a volume has one owner
+    assert f"storage.shared.from: volume '{in_use['id']}' on site local-b is in use by cluster-slurm-hpc" in out
+
     applied.write("clusters/analysis.yaml", text.replace("    size_gb: 500\n", f"    size_gb: 500\n    from: {kept['id']}\n"))
     code, out, err = apply(cli, applied)
     assert code == 0, out + err
