@@ -97,7 +97,7 @@ def _copy_data(p: UnitPlan, store: LiveStore) -> list[str]:
     if not p.copies:
         return []
     target = p.copy_target
-    ids = {f"{t}.{n}": str(a.get("id") or "") for t, n, a in store.resources(target)}
+    ids = store.resource_ids(target)
     done = []
     for plan in p.copies:
         if not ids.get(plan.address):

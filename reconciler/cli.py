@@ -371,9 +371,9 @@ def cmd_volumes(settings: Settings, args) -> int:
         if location.backend != "local":
             unreadable.append(site)
             continue
-        for v in store.retained(location.bucket):
+        for v in store.retained(location):
             rows.append({**asdict(v), "status": "retained", "stack": ""})
-        for v in store.in_use(location.bucket):
+        for v in store.in_use(location):
             stack = v.stack
             cluster = stack.removeprefix("cluster-") if stack.startswith("cluster-") else ""
             rows.append(

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from reconciler.errors import ReconcileError
 from reconciler.resolve import Unit
+from rpi import local_volumes
 from rpi.spec import StateLocation
 
 RECORD_SUFFIX = ".reconcile.json"
@@ -227,18 +228,11 @@ class LiveStore:
         cannot be read here. Attributes of dynamic type ({"value", "type"}) are unwrapped."""
         if unit.state.backend != "local":
             return []
-        try:
-            document = json.loads(self.state_file(unit.state).read_text())
-        except (OSError, ValueError):
-            return []
-        out = []
-        for resource in document.get("resources") or []:
-            if resource.get("mode") != "managed":
-                continue
-            for instance in resource.get("instances") or []:
-                attributes = {k: _unwrap(v) for k, v in (instance.get("attributes") or {}).items()}
-                out.append((resource["type"], resource["name"], attributes))
-        return out
+        return _managed(self.state_file(unit.state))
+
+    def resource_ids(self, unit: Unit) -> dict[str, str]:
+        """{address: resource id} of a stack's managed resources (local state)."""
+        return {f"{t}.{n}": str(a.get("id") or "") for t, n, a in self.resources(unit)}
 
     def write(self, unit: Unit, revision: str | None, dirty: bool, applied_at: str, engine: str) -> None:
         """Record an apply. Called after the engine has written the state, whose header is kept."""
@@ -267,8 +261,8 @@ class LiveStore:
     # ------------------------------------------------------------ retained volumes
 
     def volume_path(self, state: StateLocation, volume_id: str) -> Path:
-        """The directory of a local-platform volume (rpi.local.volume_root)."""
-        return self.state_root / state.bucket / VOLUMES_DIR / volume_id
+        """The directory of a local-platform volume."""
+        return self.state_root / local_volumes.volume_root(state) / volume_id
 
     def retain(self, unit: Unit, addresses: tuple[str, ...], revision: str | None, now: str) -> list[RetainedVolume]:
         """Record the volumes a stack is about to let go of. Written before the apply that
@@ -305,43 +299,35 @@ class LiveStore:
             _write_atomic(directory / volume.file_name, json.dumps(asdict(volume), indent=2, sort_keys=True) + "\n")
         return kept
 
-    def in_use(self, bucket: str) -> list[VolumeInUse]:
+    def in_use(self, state: StateLocation) -> list[VolumeInUse]:
         """Every data volume that a stack's state in one local state directory holds."""
-        directory = self.state_root / bucket
+        directory = self.state_root / state.bucket
         found = []
         for state_file in sorted(directory.glob("*.tfstate")) if directory.is_dir() else ():
-            try:
-                document = json.loads(state_file.read_text())
-            except (OSError, ValueError):
-                continue
-            for resource in document.get("resources") or []:
-                if resource.get("mode") != "managed" or not resource.get("name", "").startswith(_VOLUME_PREFIXES):
+            for rtype, name, attributes in _managed(state_file):
+                rid = str(attributes.get("id") or "")
+                if not rid or not name.startswith(_VOLUME_PREFIXES):
                     continue
-                for instance in resource.get("instances") or []:
-                    attributes = instance.get("attributes") or {}
-                    rid = str(attributes.get("id") or "")
-                    facts = _unwrap(attributes.get("input"))
-                    facts = facts if isinstance(facts, dict) else {}
-                    if rid:
-                        path = directory / VOLUMES_DIR / rid
-                        found.append(
-                            VolumeInUse(
-                                rid,
-                                f"{resource['type']}.{resource['name']}",
-                                state_file.stem,
-                                str(facts.get("kind", "")),
-                                int(facts.get("size_gb") or 0),
-                                str(path) if path.is_dir() else "",
-                            )
-                        )
+                facts = attributes.get("input") if isinstance(attributes.get("input"), dict) else {}
+                path = self.volume_path(state, rid)
+                found.append(
+                    VolumeInUse(
+                        rid,
+                        f"{rtype}.{name}",
+                        state_file.stem,
+                        str(facts.get("kind", "")),
+                        int(facts.get("size_gb") or 0),
+                        str(path) if path.is_dir() else "",
+                    )
+                )
         return found
 
-    def retained(self, bucket: str) -> list[RetainedVolume]:
+    def retained(self, state: StateLocation) -> list[RetainedVolume]:
         """The volumes retained in one local state directory that no stack holds again, oldest first."""
-        directory = self.state_root / bucket / RETAINED_DIR
+        directory = self.state_root / state.bucket / RETAINED_DIR
         if not directory.is_dir():
             return []
-        used = {v.id for v in self.in_use(bucket)}
+        used = {v.id for v in self.in_use(state)}
         known = {f.name for f in fields(RetainedVolume)}
         out = []
         for path in sorted(directory.glob("*.json")):
@@ -359,9 +345,9 @@ class LiveStore:
         the newest such volume of the same platform, name and kind."""
         if unit.state.backend != "local" or not addresses:
             return {}
-        have = {f"{t}.{n}" for t, n, _ in self.resources(unit)}
+        have = set(self.resource_ids(unit))
         out = {}
-        for volume in self.retained(unit.state.bucket):
+        for volume in self.retained(unit.state):
             kind = addresses.get(volume.address)
             if kind is None or volume.address in have or volume.cluster != unit.name or volume.platform != unit.platform:
                 continue
@@ -372,14 +358,8 @@ class LiveStore:
 
     def release(self, state: StateLocation, volume_ids: set[str]) -> None:
         """A retained volume is no longer retained: a stack adopted it, or it was destroyed."""
-        directory = self.state_root / state.bucket / RETAINED_DIR
-        for path in sorted(directory.glob("*.json")) if directory.is_dir() else ():
-            try:
-                rid = json.loads(path.read_text()).get("id")
-            except (OSError, ValueError, AttributeError):
-                continue
-            if rid in volume_ids:
-                path.unlink(missing_ok=True)
+        for volume_id in volume_ids:
+            (self.state_root / state.bucket / RETAINED_DIR / _retained_file(volume_id)).unlink(missing_ok=True)
 
     def records_under(self, bucket: str) -> list[LiveRecord]:
         """Every record in one local state directory, to find stacks that git no longer names."""
@@ -390,7 +370,6 @@ class LiveStore:
 
 
 RETAINED_DIR = "retained"  # beside the state: one record per volume a move kept
-VOLUMES_DIR = "volumes"  # local platform: one directory per volume, named by its resource id
 _VOLUME_PREFIXES = ("storage_", "bucket_")  # how platforms name a volume's resource
 
 
@@ -415,7 +394,7 @@ class RetainedVolume:
 
     @property
     def file_name(self) -> str:
-        return hashlib.sha256(self.id.encode()).hexdigest()[:16] + ".json"
+        return _retained_file(self.id)
 
 
 @dataclass(frozen=True)
@@ -435,6 +414,26 @@ def volume_name(address: str) -> str:
         if name.startswith(prefix):
             return name[len(prefix):]
     return name
+
+
+def _retained_file(volume_id: str) -> str:
+    """A retained volume's record, named by its id (ids may hold '/': hashed)."""
+    return hashlib.sha256(volume_id.encode()).hexdigest()[:16] + ".json"
+
+
+def _managed(state_file: Path) -> list[tuple[str, str, dict]]:
+    """(type, name, attributes) of each managed resource instance in a state file; [] when it
+    cannot be read. Attributes of dynamic type ({"value", "type"}) are unwrapped."""
+    try:
+        document = json.loads(state_file.read_text())
+    except (OSError, ValueError):
+        return []
+    return [
+        (resource["type"], resource["name"], {k: _unwrap(v) for k, v in (instance.get("attributes") or {}).items()})
+        for resource in document.get("resources") or []
+        if resource.get("mode") == "managed"
+        for instance in resource.get("instances") or []
+    ]
 
 
 def _unwrap(value):

@@ -284,7 +284,7 @@ def _plan_copies(p: UnitPlan, target: Unit, data: list[str], store: LiveStore) -
             f"keep or drop the data in {target.inputs[0]}, or copy it yourself"
         )
         return
-    ids = {f"{t}.{n}": str(a.get("id") or "") for t, n, a in store.resources(unit)}
+    ids = store.resource_ids(unit)
     p.copy_target = target
     for address in data:
         source = store.volume_path(unit.state, ids[address]) if ids.get(address) else None
@@ -320,7 +320,7 @@ def _adopt_volumes(p: UnitPlan, assessment: Assessment, document: str, store: Li
             problem = f"{volume.adopt!r} is not a volume id of the local platform (one name, as `reconcile volumes` lists it)"
         elif not path.is_dir():
             problem = f"there is no volume {volume.adopt!r} on site {unit.site} ({path} does not exist); `reconcile volumes` lists the volumes there"
-        elif users := sorted({v.stack for v in store.in_use(unit.state.bucket) if v.id == volume.adopt} - {unit.stack}):
+        elif users := sorted({v.stack for v in store.in_use(unit.state) if v.id == volume.adopt} - {unit.stack}):
             problem = f"volume {volume.adopt!r} on site {unit.site} is in use by {', '.join(users)}: a volume has one owner"
         if problem:
             where = assessment.head.definitions.locate(unit.name, ("storage", volume.name if volume.kind != "object" else "object", "from"))
@@ -349,7 +349,7 @@ def _destroy_volume_directories(unit: Unit, document: str, store: LiveStore) -> 
     configured = {f"{t}.{n}" for t, by_name in (synthesized.get("resource") or {}).items() for n in by_name}
     configured |= {block["from"] for block in synthesized.get("removed") or ()}
     gone = sorted(
-        {f"{t}.{n}" for t, n, _ in store.resources(unit) if n.startswith("storage_")} - configured
+        {a for a in store.resource_ids(unit) if a.split(".", 1)[1].startswith("storage_")} - configured
     )
     if not gone:
         return document

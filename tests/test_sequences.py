@@ -64,20 +64,23 @@ def assert_converged(cli, repo) -> None:
     assert live(repo) == {name: {site} for name, site in placement(repo).items()}
 
 
-def test_moves_a_revert_a_failover_and_a_removal_over_three_sites(repo, cli):
-    add_third_site(repo)
-    code, out, err = apply(cli, repo)
+def apply_and_converge(cli, repo, *extra: str) -> str:
+    """One step: apply what git says, which must succeed, after which nothing is left to do."""
+    code, out, err = apply(cli, repo, *extra)
     assert code == 0, out + err
     assert_converged(cli, repo)
+    return out
+
+
+def test_moves_a_revert_a_failover_and_a_removal_over_three_sites(repo, cli):
+    add_third_site(repo)
+    apply_and_converge(cli, repo)
     (dev_volume(cli, repo, "local-a") / "results.txt").write_text("a month of jobs\n")
 
     # 1. a -> b, copying: the data arrives, the source is gone
     repo.place("dev", "local-b")
     repo.commit("move dev to local-b")
-    code, out, err = apply(cli, repo)
-    assert code == 0, out + err
-    assert "copied shared to local-b" in out
-    assert_converged(cli, repo)
+    assert "copied shared to local-b" in apply_and_converge(cli, repo)
     assert (dev_volume(cli, repo, "local-b") / "results.txt").read_text() == "a month of jobs\n"
     assert not [v for v in volumes(cli, repo) if v["site"] == "local-a"]
 
@@ -85,9 +88,7 @@ def test_moves_a_revert_a_failover_and_a_removal_over_three_sites(repo, cli):
     repo.place("dev", "local-c")
     repo.replace("clusters/dev.yaml", "on_move: copy", "on_move: keep")
     repo.commit("move dev to local-c, keeping its data on local-b")
-    code, out, err = apply(cli, repo)
-    assert code == 0, out + err
-    assert_converged(cli, repo)
+    apply_and_converge(cli, repo)
     assert (dev_volume(cli, repo, "local-b", "retained") / "results.txt").exists()
     assert not (dev_volume(cli, repo, "local-c") / "results.txt").exists()
 
@@ -95,10 +96,7 @@ def test_moves_a_revert_a_failover_and_a_removal_over_three_sites(repo, cli):
     repo.git("revert", "--no-edit", "HEAD")
     repo.replace("clusters/dev.yaml", "on_move: copy", "on_move: keep")  # the revert keeps what c holds
     repo.commit("keep what dev wrote on local-c")
-    code, out, err = apply(cli, repo)
-    assert code == 0, out + err
-    assert "adopts retained volume" in out
-    assert_converged(cli, repo)
+    assert "adopts retained volume" in apply_and_converge(cli, repo)
     assert (dev_volume(cli, repo, "local-b") / "results.txt").read_text() == "a month of jobs\n"
     assert dev_volume(cli, repo, "local-c", "retained")
 
@@ -107,10 +105,7 @@ def test_moves_a_revert_a_failover_and_a_removal_over_three_sites(repo, cli):
     assert code == 0, out + err
     repo.git("merge", "-q", "--ff-only", "failover/local-b")
     assert "site: local-c" in repo.read("clusters/dev.yaml")
-    code, out, err = apply(cli, repo)
-    assert code == 0, out + err
-    assert "adopts retained volume" in out  # what dev left on local-c in step 3
-    assert_converged(cli, repo)
+    assert "adopts retained volume" in apply_and_converge(cli, repo)  # what dev left on local-c in step 3
     assert dev_volume(cli, repo, "local-b", "retained")
 
     # 5. removal: refused without both decisions; with them, dev is gone, its retained volumes stay listed
@@ -121,9 +116,7 @@ def test_moves_a_revert_a_failover_and_a_removal_over_three_sites(repo, cli):
     assert live(repo)["dev"] == {"local-c"}
     code, out, err = apply(cli, repo, "--allow-destroy")
     assert code == 1 and "--allow-data-loss" in err
-    code, out, err = apply(cli, repo, "--allow-destroy", "--allow-data-loss")
-    assert code == 0, out + err
-    assert_converged(cli, repo)
+    apply_and_converge(cli, repo, "--allow-destroy", "--allow-data-loss")
     assert "dev" not in live(repo)
     assert {v["site"] for v in volumes(cli, repo)} == {"local-b"}  # retained on b; c's was destroyed with dev
     assert (dev_volume(cli, repo, "local-b", "retained") / "results.txt").exists()
