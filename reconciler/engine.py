@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from reconciler import interrupt
+from reconciler import interrupt, nodepkg
 from reconciler.errors import EngineError, ReconcileError
 
 CHOICES = ("auto", "tofu", "terraform", "embedded")
@@ -88,8 +88,9 @@ class Engine:
 def engine_env(work_dir: Path, state_root: Path) -> dict[str, str]:
     """An environment that never reads the user's CLI config and never phones home.
 
-    RECONCILE_STATE_ROOT tells the local platform's volumes where they live: synthesized
-    stacks name them relative to it, so the JSON is the same in every clone."""
+    RECONCILE_STATE_ROOT tells the local platform's volumes and runtime where they live:
+    synthesized stacks name them relative to it, so the JSON is the same in every clone.
+    RECONCILE_NODE_PACKAGE is where the local runtime (`vcnode.localhost`) is found."""
     work_dir.mkdir(parents=True, exist_ok=True)
     rc = work_dir / "terraformrc"
     if not rc.exists():
@@ -101,6 +102,7 @@ def engine_env(work_dir: Path, state_root: Path) -> dict[str, str]:
         TF_INPUT="0",
         CHECKPOINT_DISABLE="1",
         RECONCILE_STATE_ROOT=str(state_root.resolve()),
+        RECONCILE_NODE_PACKAGE=str(nodepkg.source_dir().parent),
     )
     return env
 

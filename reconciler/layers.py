@@ -9,12 +9,13 @@ cloud leaves these bytes identical: only layer 1 changes.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 
 from ruamel.yaml import YAML
-from ruamel.yaml.scalarstring import LiteralScalarString
 
+from reconciler import nodepkg
 from reconciler.model import GPU_MEMORY_GB, Cluster
 
 SERVICE_DOMAIN = "svc.vcluster.internal"
@@ -33,53 +34,83 @@ def hostnames(cluster: Cluster, pool: str) -> list[str]:
     return [f"{cluster.name}-{pool}-{i}" for i in range(cluster.node_pools[pool].count)]
 
 
-def _hostlist(cluster: Cluster, pool: str) -> str:
-    count = cluster.node_pools[pool].count
-    return f"{cluster.name}-{pool}-[0-{count - 1}]" if count > 1 else f"{cluster.name}-{pool}-0"
+def controller(cluster: Cluster) -> str:
+    """The node that runs slurmctld: the first node of the first login pool (of the first pool
+    when there is none). It does not depend on any pool's size."""
+    pools = [p for p, spec in cluster.node_pools.items() if spec.role == "login"] or list(cluster.node_pools)
+    return f"{cluster.name}-{pools[0]}-0"
+
+
+# Dynamic nodes register themselves, so slurm.conf names no node and no count: the ceiling is
+# what a pool may grow to (NodePool.count).
+MAX_NODES_PER_POOL = 1024
+
+
+def state_save_location(cluster: Cluster) -> str:
+    """On the shared filesystem when there is one, so that a new controller keeps every job."""
+    if cluster.storage.shared:
+        return f"{cluster.storage.shared.mount.rstrip('/')}/.vcluster/slurmctld"
+    return "/var/spool/slurmctld/state"
 
 
 def slurm_conf(cluster: Cluster) -> str:
-    """slurm.conf derived from the node pools: the same on every platform."""
+    """slurm.conf: the same on every platform, and for any number of nodes.
+
+    Nodes are dynamic (`slurmd -Z`, each with its pool as feature); each compute pool is a
+    partition over the node set of that feature. slurmd nodes fetch this file from the
+    controller (configless), so a new version reaches them with `scontrol reconfigure`."""
     scheduler = cluster.services.scheduler
-    controllers = [p for p, spec in cluster.node_pools.items() if spec.role == "login" and spec.count] or [
-        p for p, spec in cluster.node_pools.items() if spec.count
-    ]
-    lines = [
-        f"# slurm.conf for {cluster.name}, rendered by reconcile from clusters/{cluster.name}.yaml",
-        f"ClusterName={cluster.name}",
-        f"SlurmctldHost={cluster.name}-{controllers[0]}-0",
-        "AuthType=auth/munge",
-        "ProctrackType=proctrack/cgroup",
-        "TaskPlugin=task/cgroup,task/affinity",
-    ]
+    compute = [n for n, s in cluster.node_pools.items() if s.role == "compute"]
+    base = {
+        "ClusterName": cluster.name,
+        "SlurmctldHost": controller(cluster),
+        "SlurmctldParameters": "enable_configless",
+        "AuthType": "auth/munge",
+        "SlurmUser": "slurm",
+        "ProctrackType": "proctrack/cgroup",
+        "TaskPlugin": "task/cgroup,task/affinity",
+        "SelectType": "select/cons_tres",
+        "StateSaveLocation": state_save_location(cluster),
+        "SlurmdSpoolDir": "/var/spool/slurmd",
+        "SlurmctldPidFile": "/var/spool/slurmctld/slurmctld.pid",
+        "SlurmdPidFile": "/var/spool/slurmd/slurmd.pid",
+        "SlurmctldLogFile": "/var/log/slurm/slurmctld.log",
+        "SlurmdLogFile": "/var/log/slurm/slurmd.log",
+        "MaxNodeCount": MAX_NODES_PER_POOL * max(1, len(compute)),
+        "TreeWidth": 65533,  # dynamic nodes: no message forwarding through nodes that may go
+        "ReturnToService": 2,
+    }
     if any(spec.gpu for spec in cluster.node_pools.values()):
-        lines.append("GresTypes=gpu")
-    lines += [f"{key}={_value(value)}" for key, value in sorted(scheduler.settings.items()) if key != "GresTypes"]
+        base["GresTypes"] = "gpu"
+    settings = {key: value for key, value in scheduler.settings.items() if key not in ("GresTypes", "ClusterName")}
+    lines = [f"# slurm.conf for {cluster.name}, rendered by reconcile from clusters/{cluster.name}.yaml"]
+    lines += [f"{key}={_value(value)}" for key, value in base.items() if key not in settings]
+    lines += [f"{key}={_value(value)}" for key, value in sorted(settings.items())]
     lines.append("")
-    for name, spec in cluster.node_pools.items():
-        if spec.role != "compute" or not spec.count:
-            continue
-        gres = f" Gres=gpu:{_gpu_name(spec.gpu.model)}:{spec.gpu.count}" if spec.gpu else ""
-        memory_mb = int(spec.memory_gb * 1024 * 0.95)  # leave room for the OS
-        lines.append(
-            f"NodeName={_hostlist(cluster, name)} CPUs={spec.cores} RealMemory={memory_mb}"
-            f" ThreadsPerCore=1{gres} State=UNKNOWN"
-        )
-    partitions = [n for n, s in cluster.node_pools.items() if s.role == "compute" and s.count]
-    for index, name in enumerate(partitions):
+    for index, name in enumerate(compute):
         default = "YES" if index == 0 else "NO"
-        lines.append(f"PartitionName={name} Nodes={_hostlist(cluster, name)} Default={default} MaxTime=INFINITE State=UP")
+        lines.append(f"NodeSet={name}_nodes Feature={name}")
+        lines.append(f"PartitionName={name} Nodes={name}_nodes Default={default} MaxTime=INFINITE State=UP")
     return "\n".join(lines) + "\n"
 
 
+def cgroup_conf() -> str:
+    return "CgroupPlugin=autodetect\nConstrainCores=no\nConstrainRAMSpace=no\n"
+
+
+def real_memory_mb(memory_gb: int) -> int:
+    return int(memory_gb * 1024 * 0.95)  # leave room for the OS
+
+
 def gres_conf(cluster: Cluster) -> str:
-    lines = []
-    for name, spec in cluster.node_pools.items():
-        if spec.gpu and spec.count:
-            lines.append(
-                f"NodeName={_hostlist(cluster, name)} Name=gpu Type={_gpu_name(spec.gpu.model)}"
-                f" File=/dev/nvidia[0-{spec.gpu.count - 1}]"
-            )
+    """One line per GPU type: a node takes the lines its own Gres (from its pool) names."""
+    lines = sorted(
+        {
+            f"Name=gpu Type={_gpu_name(spec.gpu.model)} File=/dev/nvidia[0-{spec.gpu.count - 1}]"
+            for spec in cluster.node_pools.values()
+            if spec.gpu
+        }
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -97,16 +128,25 @@ def spack_yaml(cluster: Cluster) -> str:
 
 
 def cluster_facts(cluster: Cluster) -> str:
+    """What a node needs at first boot: the same for any number of nodes."""
+    scheduler = cluster.services.scheduler
     facts = {
         "name": cluster.name,
         "flavor": cluster.flavor,
+        "controller": controller(cluster),
+        "scheduler": {"kind": scheduler.kind, "version": scheduler.version} if scheduler else None,
         "pools": {
             name: {
                 "role": spec.role,
-                "hostnames": hostnames(cluster, name),
                 "cores": spec.cores,
                 "memory_gb": spec.memory_gb,
-                "gpu": {"model": spec.gpu.model, "count": spec.gpu.count, "memory_gb": GPU_MEMORY_GB[spec.gpu.model]}
+                "real_memory_mb": real_memory_mb(spec.memory_gb),
+                "gpu": {
+                    "model": spec.gpu.model,
+                    "type": _gpu_name(spec.gpu.model),
+                    "count": spec.gpu.count,
+                    "memory_gb": GPU_MEMORY_GB[spec.gpu.model],
+                }
                 if spec.gpu
                 else None,
                 "local_ssd_gb": spec.local_ssd_gb,
@@ -118,7 +158,6 @@ def cluster_facts(cluster: Cluster) -> str:
             "scratch": cluster.storage.scratch.mount if cluster.storage.scratch else None,
             "buckets": [b.name for b in cluster.storage.object],
         },
-        "groups": [{"name": g.name, "role": g.role} for g in cluster.access.groups],
         "endpoints": ENDPOINTS,
         "monitoring": cluster.services.monitoring,
     }
@@ -137,25 +176,54 @@ def sssd_conf(cluster: Cluster) -> str:
     )
 
 
-def user_data(cluster: Cluster) -> str:
-    """The cloud-init document for every node of `cluster`."""
-    files = [("/etc/vcluster/cluster.json", cluster_facts(cluster)), ("/etc/sssd/sssd.conf", sssd_conf(cluster))]
+def config_files(cluster: Cluster) -> dict[str, dict[str, str]]:
+    """The day-to-day config, by path on the node: what the config channel carries.
+
+    `on` is "all" or "slurm-clients": configless slurmd nodes take slurm.conf and its siblings
+    from the controller instead."""
+    files = {
+        "/etc/sssd/sssd.conf": (sssd_conf(cluster), "0600", "all"),
+        "/etc/vcluster/groups.json": (
+            json.dumps([{"name": g.name, "role": g.role} for g in cluster.access.groups], indent=2) + "\n",
+            "0644",
+            "all",
+        ),
+    }
     if cluster.services.scheduler is not None:
-        files.append(("/etc/slurm/slurm.conf", slurm_conf(cluster)))
+        files["/etc/slurm/slurm.conf"] = (slurm_conf(cluster), "0644", "slurm-clients")
+        files["/etc/slurm/cgroup.conf"] = (cgroup_conf(), "0644", "slurm-clients")
         if any(spec.gpu for spec in cluster.node_pools.values()):
-            files.append(("/etc/slurm/gres.conf", gres_conf(cluster)))
+            files["/etc/slurm/gres.conf"] = (gres_conf(cluster), "0644", "slurm-clients")
     if cluster.environment.spack is not None:
-        files.append((f"/opt/spack/environments/{cluster.name}/spack.yaml", spack_yaml(cluster)))
+        files[f"/opt/spack/environments/{cluster.name}/spack.yaml"] = (spack_yaml(cluster), "0644", "all")
     if cluster.environment.containers:
-        files.append(("/etc/vcluster/containers.txt", "\n".join(cluster.environment.containers) + "\n"))
+        files["/etc/vcluster/containers.txt"] = ("\n".join(cluster.environment.containers) + "\n", "0644", "all")
+    return {path: {"content": text, "mode": mode, "on": on} for path, (text, mode, on) in sorted(files.items())}
+
+
+def config_version(files: dict[str, dict[str, str]]) -> str:
+    """The version of a day-to-day config: its content hash."""
+    return hashlib.sha256(json.dumps(files, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def user_data(cluster: Cluster) -> str:
+    """The first-boot cloud-init of every node of `cluster`: identical bytes on every platform
+    and for any number of nodes. It writes the cluster's facts and the node package and runs
+    the bootstrap; everything that changes day to day comes from the config channel.
+
+    JSON after the `#cloud-config` line: cloud-init reads it as YAML, and the node side (the
+    local runtime) reads it with the standard library."""
     document = {
         "write_files": [
-            {"path": path, "permissions": "0600" if "sssd" in path else "0644", "content": LiteralScalarString(text)}
-            for path, text in files
+            {"path": "/etc/vcluster/cluster.json", "permissions": "0644", "content": cluster_facts(cluster)},
+            {"path": NODE_PACKAGE_PATH, "permissions": "0755", "encoding": "b64", "content": nodepkg.zipapp_b64()},
         ],
-        "runcmd": [["/usr/libexec/vcluster/bootstrap", "/etc/vcluster/cluster.json"]],
+        "runcmd": [["python3", NODE_PACKAGE_PATH, "bootstrap", "/etc/vcluster/cluster.json"]],
     }
-    return "#cloud-config\n" + _dump(document)
+    return "#cloud-config\n" + json.dumps(document, indent=1, sort_keys=True) + "\n"
+
+
+NODE_PACKAGE_PATH = "/usr/libexec/vcluster/vcnode.pyz"
 
 
 def _gpu_name(model: str) -> str:

@@ -192,9 +192,16 @@ class Site(Strict):
     network: SiteNetwork
     services: LandingZoneServices
     state: StateBackend
+    runtime: Literal["records", "slurm"] = Field(
+        "records",
+        description="local platform only. records: every resource is a record (needs nothing installed); slurm: "
+        "every node runs for real in namespaces of its own, with Debian's slurm-wlm and munge (needs root)",
+    )
 
     @model_validator(mode="after")
     def _cloud_needs_account(self) -> "Site":
+        if self.runtime != "records" and self.platform != "local":
+            raise ValueError(f"runtime {self.runtime} is for the local platform: a {self.platform} site runs on its cloud")
         if self.platform != "local" and not self.account:
             noun = "project ID" if self.platform == "gcp" else "account ID"
             raise ValueError(f"a {self.platform} site needs account: the {noun} it lives in")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import json
 from dataclasses import dataclass
 from typing import Iterator, Mapping
 
@@ -155,6 +156,7 @@ def _site_unit(site: Site, path: str) -> Unit:
         services=tuple(service_list),
         registries=tuple(Registry(f"{site.name}-{fmt}", fmt) for fmt in lz.artifact_registries),
         state=state_location(site, "landing-zone"),
+        runtime=site.runtime,
     )
     return Unit(SITE, site.name, site.name, site.platform, (path,), (), spec, _hash(spec), spec.state)
 
@@ -247,6 +249,7 @@ def _cluster_unit(
     scheduler = cluster.services.scheduler
     env = cluster.environment
     stack = f"cluster-{cluster.name}"
+    config = layers.config_files(cluster)
     spec = ClusterSpec(
         name=cluster.name,
         flavor=cluster.flavor,
@@ -278,6 +281,10 @@ def _cluster_unit(
         health_url=cluster.health_check.url if cluster.health_check else "",
         health_timeout_s=cluster.health_check.timeout_s if cluster.health_check else 600,
         on_move=cluster.storage.on_move or "",
+        runtime=site.runtime,
+        controller=layers.controller(cluster),
+        config_version=layers.config_version(config),
+        config_files=json.dumps(config, sort_keys=True, separators=(",", ":")),
     )
     inputs = (*defs.cluster_files[cluster.name], defs.site_files[site.name])
     return Unit(CLUSTER, cluster.name, site.name, site.platform, inputs, (site_unit.key,), spec, _hash(spec), spec.state)

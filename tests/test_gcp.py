@@ -502,7 +502,7 @@ def test_every_node_boots_the_cluster_cloud_init(specs, synthesized):
 
 
 def test_cloud_init_reaches_the_node_unchanged_by_terraform():
-    from rpi.gcp.cluster import terraform_literal
+    from rpi.spec import terraform_literal
 
     script = 'echo "${HOME}" %{if} $${already} $$ % {}'
     assert terraform_literal(script) == 'echo "$${HOME}" %%{if} $$${already} $$ % {}'

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 import ipaddress
 from functools import cache
 from pathlib import Path
@@ -46,7 +47,17 @@ def code_digest(name: str) -> str:
     for path in files:
         h.update(path.relative_to(_HERE).as_posix().encode())
         h.update(path.read_bytes())
+    if name == "local":  # the runtime that the local platform's provisioners call
+        for path in _local_runtime_files():
+            h.update(path.name.encode())
+            h.update(path.read_bytes())
     return h.hexdigest()
+
+
+def _local_runtime_files() -> list[Path]:
+    spec = importlib.util.find_spec("vcnode")
+    root = Path(spec.origin).parent if spec and spec.origin else _HERE.parent.parent / "node" / "vcnode"
+    return [root / "localhost.py", root / "cloudinit.py"]
 
 
 # Addresses a platform keeps for itself in every subnet, besides the network and broadcast

@@ -114,6 +114,7 @@ class LandingZoneSpec:
     services: tuple[Service, ...]
     registries: tuple[Registry, ...]
     state: StateLocation
+    runtime: str = "records"  # local platform: records | slurm
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,10 @@ class ClusterSpec:
     health_url: str = ""
     health_timeout_s: int = 600
     on_move: str = ""  # storage.on_move: keep | drop | copy, "" undecided
+    runtime: str = "records"  # local platform: records | slurm
+    controller: str = ""  # the hostname that runs slurmctld
+    config_version: str = ""  # the day-to-day config's content hash
+    config_files: str = ""  # that config as canonical JSON: {path: {content, mode, on}}
 
 
 def network_name(site: str) -> str:
@@ -170,3 +175,12 @@ def digest(*parts: str) -> str:
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()
+
+
+def terraform_literal(text: str) -> str:
+    """`text` as a Terraform string that means exactly `text`.
+
+    Terraform reads `${` and `%{` in every string of its JSON as template syntax; cloud-init
+    scripts and config files use both for themselves.
+    """
+    return text.replace("${", "$${").replace("%{", "%%{")

@@ -53,7 +53,7 @@ from rpi.gcp.landing_zone import (
     role_id,
     service_account_member,
 )
-from rpi.spec import ClusterSpec, ComputePool, NodeSpec, StorageVolume, network_name
+from rpi.spec import ClusterSpec, ComputePool, NodeSpec, StorageVolume, network_name, terraform_literal
 
 IMAGES = {
     "cpu": "cloud-hpc-image-public/hpc-rocky-linux-8",
@@ -311,15 +311,6 @@ def local_ssd_gb(machine: MachineType, node: NodeSpec) -> int:
     if machine.local_ssd == "bundled":
         return machine.local_ssd_gb
     return local_ssd_disks(machine, node.local_ssd_gb) * LOCAL_SSD_DISK_GB
-
-
-def terraform_literal(text: str) -> str:
-    """`text` as a Terraform string that means exactly `text`.
-
-    Terraform reads `${` and `%{` in every string of its JSON as template syntax; cloud-init
-    scripts use both for themselves. (AWS base64-encodes its user data, so it needs no escape.)
-    """
-    return text.replace("${", "$${").replace("%{", "%%{")
 
 
 class Node(NamedTuple):

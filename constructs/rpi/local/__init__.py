@@ -8,10 +8,13 @@ addresses from the site's ranges), so a plan here reads like a plan on a cloud.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
+import json
 
 from rpi import cdk
+from rpi import local_runtime as runtime
 from rpi import local_volumes as volumes
-from rpi.spec import ClusterSpec, ComputePool, LandingZoneSpec, StateLocation
+from rpi.spec import ClusterSpec, ComputePool, LandingZoneSpec, StateLocation, terraform_literal
 
 
 class LocalPlatform:
@@ -23,6 +26,9 @@ class LocalPlatform:
     def landing_zone(self, stack, spec: LandingZoneSpec) -> None:
         self.backend(stack, spec.state)
         labels = dict(spec.labels)
+        if spec.runtime == "slurm":
+            attributes, blocks = runtime.site(spec.state.bucket)
+            cdk.provisioners(cdk.data_resource(stack, "runtime", attributes, replace_on=attributes), blocks)
         cdk.data_resource(
             stack,
             "network",
@@ -57,14 +63,40 @@ class LocalPlatform:
     def cluster(self, stack, spec: ClusterSpec) -> None:
         self.backend(stack, spec.state)
         labels = dict(spec.labels)
-        cdk.data_resource(
-            stack,
-            "subnet",
-            {"name": spec.subnet.name, "cidr": spec.subnet.cidr, "gateway": spec.subnet.gateway, "labels": labels},
-            replace_on={"cidr": spec.subnet.cidr},
-        )
-        for pool in spec.pools:
-            _pool(stack, pool, zone=spec.zone)
+        real = spec.runtime == "slurm"
+        subnet = {"name": spec.subnet.name, "cidr": spec.subnet.cidr, "gateway": spec.subnet.gateway, "labels": labels}
+        prefix = ipaddress.IPv4Network(spec.subnet.cidr).prefixlen
+        if real:
+            subnet |= {"site_dir": spec.state.bucket, "prefix": prefix}
+        resource = cdk.data_resource(stack, "subnet", subnet, replace_on={"cidr": spec.subnet.cidr})
+        if real:
+            cdk.provisioners(resource, runtime.subnet(spec.state.bucket, spec.subnet.gateway, prefix))
+            # the cluster's template: what a node boots from; a change reaches new nodes only
+            cdk.data_resource(stack, "first_boot", {"user_data": _literal(spec.user_data)})
+            config = cdk.data_resource(
+                stack,
+                "config",
+                {"site_dir": spec.state.bucket, "cluster": spec.name, "version": spec.config_version,
+                 "files": _literal_files(spec.config_files)},
+                replace_on={"version": spec.config_version},
+            )
+            cdk.provisioners(config, runtime.config())
+        mounts = {v.mount: f"${{terraform_data.storage_{v.name}.id}}" for v in spec.storage if v.mount}
+        for pool in sorted(spec.pools, key=lambda p: not any(h == spec.controller for h in p.hostnames)):
+            if not real:
+                _pool(stack, pool, zone=spec.zone)
+                continue
+            for index, (hostname, address) in enumerate(zip(pool.hostnames, pool.addresses)):
+                attributes = runtime.node_input(
+                    spec.state.bucket, spec.name, spec.controller, hostname, address, prefix,
+                    spec.subnet.gateway, pool.name, pool.role, mounts,
+                )
+                node = _node(stack, pool, index, spec.zone, attributes)
+                cdk.provisioners(node, runtime.node("terraform_data.first_boot"))
+                after = ["terraform_data.config", "terraform_data.subnet"]
+                if hostname != spec.controller and spec.controller:
+                    after.append(f"terraform_data.{_controller_address(spec)}")
+                node.add_override("depends_on", after)
         for volume in spec.storage:
             # No replace_on: the kind follows from the volume's name, and a trigger would turn
             # the import of a kept volume into its replacement.
@@ -117,8 +149,15 @@ class LocalPlatform:
 
 
 def _pool(stack, pool: ComputePool, zone: str) -> None:
+    if pool.placement == "compact":
+        cdk.data_resource(stack, f"placement_{pool.name}", {"strategy": "compact", "pool": pool.name, "zone": zone})
+    for index, (hostname, address) in enumerate(zip(pool.hostnames, pool.addresses)):
+        _node(stack, pool, index, zone, {"hostname": hostname, "address": address, "pool": pool.name, "role": pool.role})
+
+
+def _shape(pool: ComputePool, zone: str) -> dict:
     node = pool.node
-    shape = {
+    return {
         "cores": node.cores,
         "memory_gb": node.memory_gb,
         "gpu_model": node.gpu_model or "",
@@ -126,12 +165,30 @@ def _pool(stack, pool: ComputePool, zone: str) -> None:
         "local_ssd_gb": node.local_ssd_gb,
         "zone": zone,
     }
-    if pool.placement == "compact":
-        cdk.data_resource(stack, f"placement_{pool.name}", {"strategy": "compact", "pool": pool.name, "zone": zone})
-    for index, (hostname, address) in enumerate(zip(pool.hostnames, pool.addresses)):
-        cdk.data_resource(
-            stack,
-            f"node_{pool.name}_{index}",
-            {"hostname": hostname, "address": address, "pool": pool.name, "role": pool.role, **shape},
-            replace_on={"address": address, **shape},
-        )
+
+
+def _node(stack, pool: ComputePool, index: int, zone: str, attributes: dict):
+    shape = _shape(pool, zone)
+    return cdk.data_resource(
+        stack,
+        f"node_{pool.name}_{index}",
+        {**attributes, **shape},
+        replace_on={"address": attributes["address"], **shape},
+    )
+
+
+def _controller_address(spec: ClusterSpec) -> str:
+    for pool in spec.pools:
+        for index, hostname in enumerate(pool.hostnames):
+            if hostname == spec.controller:
+                return f"node_{pool.name}_{index}"
+    return ""
+
+
+def _literal(text: str) -> str:
+    return terraform_literal(text)
+
+
+def _literal_files(config_files: str) -> dict:
+    files = json.loads(config_files or "{}")
+    return {path: {**f, "content": terraform_literal(f["content"])} for path, f in files.items()}

@@ -1,0 +1,5 @@
+import sys
+
+from vcnode.bootstrap import main
+
+sys.exit(main())

@@ -1,0 +1,334 @@
+"""A node's first boot and its day-to-day config, by role, on every platform.
+
+    vcnode bootstrap /etc/vcluster/cluster.json   cloud-init's runcmd, once per node
+    vcnode sync                                   apply the channel's current config version
+    vcnode drain HOSTNAME --timeout S             on the controller: drain a node, wait for its jobs
+    vcnode forget HOSTNAME                        on the controller: delete a stopped dynamic node
+
+Nothing here prints a secret: the munge key goes from the secret store to a 0600 file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from vcnode import channel, platforms
+
+FACTS = Path("/etc/vcluster/cluster.json")
+MUNGE_KEY = Path("/etc/munge/munge.key")
+MUNGE_SOCKET = Path("/run/munge/munge.socket.2")
+SLURM_CONF = Path("/etc/slurm/slurm.conf")
+PACKAGES = {"munged": "munge", "slurmctld": "slurmctld", "slurmd": "slurmd", "scontrol": "slurm-client"}
+WAIT_S = 60
+
+
+class BootError(RuntimeError):
+    pass
+
+
+def log(message: str) -> None:
+    print(f"vcnode: {message}", file=sys.stderr, flush=True)
+
+
+def run(*command: str, check: bool = True, timeout: float = 60, env: dict | None = None) -> subprocess.CompletedProcess:
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+    if check and done.returncode:
+        raise BootError(f"{' '.join(command)} exited {done.returncode}: {(done.stderr or done.stdout).strip()[-400:]}")
+    return done
+
+
+def until(what: str, probe, timeout: float = WAIT_S, interval: float = 0.2):
+    """Poll `probe` until it returns something true, for at most `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise BootError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def daemon(*command: str) -> None:
+    """Start a daemon in a session of its own with no inherited descriptors, so that it
+    outlives whoever started it and never holds their output open."""
+    subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   start_new_session=True, close_fds=True, check=True, timeout=60)
+
+
+# ---------------------------------------------------------------- steps
+
+
+def ensure_packages(wanted: list[str]) -> None:
+    missing = sorted({PACKAGES[b] for b in wanted if shutil.which(b) is None and not Path(f"/usr/sbin/{b}").exists()})
+    if not missing:
+        return
+    log(f"installing {', '.join(missing)}")
+    if shutil.which("apt-get"):
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        run("apt-get", "install", "-y", "-q", *missing, timeout=900, env=env)
+    elif shutil.which("dnf"):
+        run("dnf", "install", "-y", *missing, timeout=900)
+    else:
+        raise BootError(f"{', '.join(missing)} missing and no apt-get or dnf to install them")
+
+
+def set_hostname(hostname: str) -> None:
+    if socket.gethostname() != hostname:
+        run("hostname", hostname)
+        Path("/etc/hostname").write_text(hostname + "\n")
+
+
+def install_munge_key(node, controller: bool) -> None:
+    """The controller's first boot makes the cluster's key and puts it in the secret store;
+    every other node waits for it there. It never passes through Terraform or a log."""
+    if controller and node.secret("munge-key") is None:
+        node.create_secret("munge-key", os.urandom(1024))  # a racing controller may win: read below
+    key = until("the cluster's munge key in the secret store", lambda: node.secret("munge-key"))
+    munge = pwd.getpwnam("munge")
+    MUNGE_KEY.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(MUNGE_KEY, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(key)
+    os.chmod(MUNGE_KEY, 0o600)
+    os.chown(MUNGE_KEY, munge.pw_uid, munge.pw_gid)
+    os.chown(MUNGE_KEY.parent, munge.pw_uid, munge.pw_gid)
+    os.chmod(MUNGE_KEY.parent, 0o700)
+
+
+def mount_storage(node) -> None:
+    for source, target, how in node.mounts():
+        Path(target).mkdir(parents=True, exist_ok=True)
+        if run("mountpoint", "-q", target, check=False).returncode == 0:
+            continue
+        if how == "bind":
+            run("mount", "--bind", source, target)
+        else:
+            run("mount", "-t", how, "-o", "hard,timeo=600,retrans=3", source, target, timeout=120)
+        log(f"mounted {target}")
+
+
+def apply_config(node, takes_slurm_files: bool) -> tuple[str, bool]:
+    """Write the channel's current config; (version, whether a slurm file changed)."""
+    version, files = channel.current(node.store)
+    if not version:
+        raise BootError("the config channel has no version yet")
+    slurm_changed = False
+    for path, spec in sorted(files.items()):
+        if spec.get("on") == "slurm-clients" and not takes_slurm_files:
+            continue
+        target = Path(path)
+        content = spec["content"].encode()
+        if target.exists() and target.read_bytes() == content:
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.new")
+        tmp.write_bytes(content)
+        os.chmod(tmp, int(spec.get("mode", "0644"), 8))
+        os.replace(tmp, target)
+        slurm_changed |= path.startswith("/etc/slurm/")
+    Path("/var/lib/vcluster").mkdir(parents=True, exist_ok=True)
+    Path("/var/lib/vcluster/config-version").write_text(version + "\n")
+    return version, slurm_changed
+
+
+def slurm_setting(name: str, default: str) -> str:
+    if SLURM_CONF.exists():
+        for line in SLURM_CONF.read_text().splitlines():
+            key, _, value = line.partition("=")
+            if key.strip().lower() == name.lower():
+                return value.split("#")[0].strip()
+    return default
+
+
+def start_munge(node) -> None:
+    munge = pwd.getpwnam("munge")
+    for directory, mode in (("/run/munge", 0o755), ("/var/lib/munge", 0o711), ("/var/log/munge", 0o700)):
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        os.chown(directory, munge.pw_uid, munge.pw_gid)
+        os.chmod(directory, mode)
+    if node.init == "systemd":
+        run("systemctl", "enable", "munge")
+        run("systemctl", "restart", "munge")
+    else:
+        daemon("runuser", "-u", "munge", "--", "/usr/sbin/munged")
+    until("munged's socket", MUNGE_SOCKET.exists)
+
+
+def start_slurmctld(node) -> None:
+    slurm = pwd.getpwnam(slurm_setting("SlurmUser", "slurm"))
+    for directory in (slurm_setting("StateSaveLocation", "/var/spool/slurmctld"), "/var/spool/slurmctld", "/var/log/slurm"):
+        path = Path(directory)
+        for parent in reversed(path.parents):  # traversable by slurm, whatever the umask
+            if not parent.exists():
+                parent.mkdir(mode=0o755)
+                os.chmod(parent, 0o755)
+        path.mkdir(exist_ok=True, mode=0o700)
+        os.chown(path, slurm.pw_uid, slurm.pw_gid)
+    if node.init == "systemd":
+        run("systemctl", "enable", "slurmctld")
+        run("systemctl", "restart", "slurmctld")
+    else:
+        daemon("/usr/sbin/slurmctld")
+    until("slurmctld to answer", lambda: "is UP" in run("scontrol", "ping", check=False).stdout)
+
+
+def slurmd_options(facts: dict, pool: str) -> list[str]:
+    """A dynamic node (`slurmd -Z`): the controller learns it when it registers, so adding a
+    node changes nothing on any other node."""
+    shape = facts["pools"][pool]
+    conf = f"CPUs={shape['cores']} RealMemory={shape['real_memory_mb']} Feature={pool}"
+    if shape.get("gpu"):
+        conf += f" Gres=gpu:{shape['gpu']['type']}:{shape['gpu']['count']}"
+    return ["-Z", "--conf-server", facts["controller"], "--conf", conf]
+
+
+def start_slurmd(node, facts: dict) -> None:
+    options = slurmd_options(facts, node.pool)
+    Path("/var/spool/slurmd").mkdir(parents=True, exist_ok=True)
+    Path("/var/log/slurm").mkdir(parents=True, exist_ok=True)
+    if node.init == "systemd":
+        quoted = " ".join(f"'{o}'" for o in options)
+        Path("/etc/default/slurmd").write_text(f"SLURMD_OPTIONS={json.dumps(quoted)}\n")
+        run("systemctl", "enable", "slurmd")
+        run("systemctl", "restart", "slurmd")
+    else:
+        daemon("/usr/sbin/slurmd", *options)
+    until(f"{node.hostname} to register with {facts['controller']}", lambda: node_state(node.hostname, local=True))
+
+
+def node_state(hostname: str, local: bool = False) -> str:
+    """The node's Slurm state as slurmctld sees it ("" when unknown). On a configless node the
+    commands read the config that slurmd fetched."""
+    env = None
+    if local and not SLURM_CONF.exists():
+        env = dict(os.environ, SLURM_CONF="/var/spool/slurmd/conf-cache/slurm.conf")
+        if not Path(env["SLURM_CONF"]).exists():
+            return ""
+    done = run("scontrol", "show", "node", hostname, "-o", check=False, env=env)
+    for field in done.stdout.split():
+        if field.startswith("State="):
+            state = field.removeprefix("State=")
+            return "" if state.startswith("DOWN") or "NOT_RESPONDING" in state else state
+    return ""
+
+
+def directory_service(facts: dict) -> str:
+    """SSSD runs only where the landing zone's directory answers; otherwise it stays off."""
+    host = facts["endpoints"]["ldap"].split("//", 1)[-1].split(":")[0]
+    try:
+        socket.create_connection((host, 636), timeout=2).close()
+    except OSError:
+        return f"off: {host} does not answer"
+    if shutil.which("sssd"):
+        daemon("sssd", "-D")
+        return "on"
+    return "off: sssd is not installed"
+
+
+# ---------------------------------------------------------------- commands
+
+
+def bootstrap(facts_path: Path) -> None:
+    facts = json.loads(Path(facts_path).read_text())
+    node = platforms.detect()
+    role = facts["pools"][node.pool]["role"]
+    controller = node.hostname == facts["controller"]
+    scheduled = facts.get("scheduler") is not None
+    log(f"{node.hostname}: {role}{' and controller' if controller else ''} on {node.name}")
+    wanted = ["munged", "scontrol"] + (["slurmctld"] if controller else []) + (["slurmd"] if role == "compute" else [])
+    if scheduled:
+        ensure_packages(wanted)
+    set_hostname(node.hostname)
+    node.protect_identity()
+    mount_storage(node)
+    version, _ = apply_config(node, takes_slurm_files=role != "compute")
+    sssd = directory_service(facts)
+    daemons = []
+    if scheduled:
+        install_munge_key(node, controller)
+        start_munge(node)
+        daemons.append("munged")
+        if controller:
+            start_slurmctld(node)
+            daemons.append("slurmctld")
+        if role == "compute":
+            start_slurmd(node, facts)
+            daemons.append("slurmd")
+    channel.report(node.store, node.hostname, pool=node.pool, role=role, controller=controller,
+                   config_version=version, ready=True, daemons=daemons, sssd=sssd)
+    log(f"{node.hostname}: ready, config {version}, sssd {sssd}")
+
+
+def sync() -> None:
+    facts = json.loads(FACTS.read_text())
+    node = platforms.detect()
+    role = facts["pools"][node.pool]["role"]
+    controller = node.hostname == facts["controller"]
+    version, slurm_changed = apply_config(node, takes_slurm_files=role != "compute")
+    if controller and slurm_changed:
+        run("scontrol", "reconfigure")  # configless slurmd nodes fetch the new files from here
+        log(f"{node.hostname}: slurmctld reconfigured to config {version}")
+    previous = json.loads(node.store.read(f"nodes/{node.hostname}.json") or b"{}")
+    channel.report(node.store, node.hostname, **{**previous, "config_version": version})
+
+
+def drain(hostname: str, timeout: float, reason: str) -> None:
+    """Drain `hostname` and wait until its jobs are done. On timeout the node stays drained and
+    nothing is killed: the caller stops and reports."""
+    if not node_state(hostname):
+        log(f"{hostname}: not registered or down, nothing to drain")
+        return
+    run("scontrol", "update", f"nodename={hostname}", "state=drain", f"reason={reason}")
+    log(f"{hostname}: draining (at most {timeout:.0f} s)")
+    try:
+        until(f"{hostname}'s jobs to finish", lambda: _drained(hostname), timeout=timeout, interval=0.5)
+    except BootError as exc:
+        raise BootError(f"{exc}; the node stays drained and its jobs keep running") from None
+
+
+def _drained(hostname: str) -> bool:
+    state = node_state(hostname)
+    return not state or ("DRAIN" in state and "ALLOCATED" not in state and "MIXED" not in state
+                         and "COMPLETING" not in state and "DRAINING" not in state)
+
+
+def forget(hostname: str) -> None:
+    run("scontrol", "delete", f"nodename={hostname}", check=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="vcnode")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("bootstrap").add_argument("facts", type=Path, nargs="?", default=FACTS)
+    commands.add_parser("sync")
+    drain_cmd = commands.add_parser("drain")
+    drain_cmd.add_argument("hostname")
+    drain_cmd.add_argument("--timeout", type=float, default=600)
+    drain_cmd.add_argument("--reason", default="reconcile: node leaves its pool")
+    commands.add_parser("forget").add_argument("hostname")
+    args = parser.parse_args(argv)
+    os.umask(0o022)  # a node's own umask, whatever reconcile runs with (it keeps state 0600)
+    try:
+        if args.command == "bootstrap":
+            bootstrap(args.facts)
+        elif args.command == "sync":
+            sync()
+        elif args.command == "drain":
+            drain(args.hostname, args.timeout, args.reason)
+        else:
+            forget(args.hostname)
+    except (BootError, OSError, KeyError, ValueError, subprocess.TimeoutExpired) as exc:
+        log(f"error: {exc}")
+        return 1
+    return 0

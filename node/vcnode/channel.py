@@ -1,0 +1,52 @@
+"""The config channel: day-to-day config, versioned, in the site's own store.
+
+Layout below a cluster's channel prefix (the same on every platform; the reconciler's
+`status` reads it too):
+
+    config/current          the version the nodes should run (text)
+    config/<version>.json   {"version": ..., "files": {path: {"content", "mode", "on"}}}
+    nodes/<hostname>.json   what a node reports: the version it runs, its role, readiness
+
+`on` says which nodes take a file: "all", or "slurm-clients" for slurm.conf and its siblings,
+which configless slurmd nodes fetch from the controller instead (`slurmd --conf-server`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+CURRENT = "config/current"
+
+
+def version_key(version: str) -> str:
+    if not version or not version.isalnum():
+        raise ValueError(f"not a config version: {version!r}")
+    return f"config/{version}.json"
+
+
+def publish(store, version: str, files: dict) -> None:
+    """Write a version, then point `current` at it: a node never sees a half-written version."""
+    store.write(version_key(version), json.dumps({"version": version, "files": files}, sort_keys=True).encode())
+    store.write(CURRENT, version.encode())
+
+
+def current(store) -> tuple[str, dict]:
+    """(version, files) of the config the nodes should run; ("", {}) before the first publish."""
+    raw = store.read(CURRENT)
+    if not raw:
+        return "", {}
+    version = raw.decode().strip()
+    document = json.loads(store.read(version_key(version)) or b"{}")
+    if document.get("version") != version:
+        raise RuntimeError(f"config channel: version {version} is named current but not stored")
+    return version, document["files"]
+
+
+def report(store, hostname: str, **facts) -> None:
+    facts.update(hostname=hostname, reported_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    store.write(f"nodes/{hostname}.json", json.dumps(facts, sort_keys=True).encode())
+
+
+def forget(store, hostname: str) -> None:
+    store.delete(f"nodes/{hostname}.json")
