@@ -11,7 +11,7 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
-from reconciler import comment, failover, gate, ghflow, interrupt, portability, render
+from reconciler import comment, failover, gate, ghflow, hostruntime, interrupt, portability, render
 from reconciler import event as event_module
 from reconciler.apply import APPLIED, DEFAULT_PARALLELISM, FAILED as APPLY_FAILED, INTERRUPTED, NOT_STARTED, NOTHING, REFUSED, apply
 from reconciler.engine import CHOICES, select_engine
@@ -200,9 +200,23 @@ def _plan_exit(plans: list[UnitPlan]) -> int:
     return Exit.CHANGES if any(p.pending for p in plans) else Exit.OK
 
 
+def _runtime_problem(assessment: Assessment, plans: list[UnitPlan]) -> str:
+    """Why this host cannot apply the plans on `runtime: slurm` sites ("" when it can)."""
+    real = hostruntime.needs_runtime(plans, assessment.head.definitions.sites)
+    if not real:
+        return ""
+    why = hostruntime.problem()
+    if not why:
+        return ""
+    return f"{', '.join(p.selected.unit.title for p in real)}: this host cannot run the slurm runtime: {why}"
+
+
 def cmd_plan(settings: Settings, args) -> int:
     assessment, plans, engine, _ = _plan_all(settings)
     code = _plan_exit(plans)
+    problem = _runtime_problem(assessment, plans)
+    if problem:
+        sys.stderr.write(f"warning: {problem}; apply will refuse here\n")
     name = engine.name if engine else None
     if settings.output_json:
         _emit(render.plans_json(assessment, plans, name, int(code)))
@@ -257,6 +271,9 @@ def cmd_apply(settings: Settings, args) -> int:
             _emit({**render.plans_json(assessment, plans, name, int(Exit.FAILED)), "error": "some plans failed; nothing was applied"})
             return Exit.FAILED
         raise ReconcileError("some plans failed; nothing was applied")
+    problem = _runtime_problem(assessment, plans)
+    if problem:
+        raise ReconcileError(f"{problem}; nothing was applied")
     pr, gh = _refuse_what_may_not_run(args, assessment, plans)
     refused = [p for p in plans if p.blocked and p.pending]
     for p in refused:

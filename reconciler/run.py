@@ -22,7 +22,7 @@ from reconciler.plan import PlanSummary, config_diff, summarize
 from reconciler.resolve import CLUSTER, Unit, resolve
 from reconciler.settings import Settings
 from reconciler.synth import render_json, synthesize
-from rpi import local_volumes, registry
+from rpi import local_runtime, local_volumes, registry
 from rpi.spec import ClusterSpec
 
 PLANNED, OFFLINE, UNSUPPORTED, FAILED = "planned", "offline", "not synthesizable yet", "failed"
@@ -201,7 +201,7 @@ def plan(settings: Settings, assessment: Assessment, engine: Engine | None, stor
         elif p.selected.unit.kind == CLUSTER:
             documents[key] = _adopt_volumes(p, assessment, documents[key], store)
         if p.selected.unit.platform == "local":
-            documents[key] = _destroy_volume_directories(p.selected.unit, documents[key], store)
+            documents[key] = _destroy_what_left(p.selected.unit, documents[key], store)
     for p in plans:
         if p.status == OFFLINE:
             p.summary = _offline(p, assessment, documents, cache)
@@ -340,20 +340,26 @@ def _adopt_volumes(p: UnitPlan, assessment: Assessment, document: str, store: Li
     return render_json(synthesized)
 
 
-def _destroy_volume_directories(unit: Unit, document: str, store: LiveStore) -> str:
-    """A local volume whose configuration is gone (its cluster removed or moved, or the volume
-    dropped from the definition) is destroyed through a `removed` block that carries its
-    destroy-time provisioner, so its directory goes with it. Volumes a move keeps already have
-    a `removed` block (destroy = false) and are left alone."""
+def _destroy_what_left(unit: Unit, document: str, store: LiveStore) -> str:
+    """Terraform drops the destroy-time provisioners of a resource whose configuration is gone,
+    so each local resource that has real things behind it gets a `removed` block carrying them:
+
+    - a volume (its cluster removed or moved, or the volume dropped from the definition): its
+      directory goes with it. Volumes a move keeps already have a `removed` block (destroy =
+      false) and are left alone;
+    - on the slurm runtime, a node (a pool shrinks, or the cluster goes: drained first, then
+      its daemons and namespaces), a subnet's gateway, a site's namespace."""
     synthesized = json.loads(document)
     configured = {f"{t}.{n}" for t, by_name in (synthesized.get("resource") or {}).items() for n in by_name}
     configured |= {block["from"] for block in synthesized.get("removed") or ()}
-    gone = sorted(
-        {a for a in store.resource_ids(unit) if a.split(".", 1)[1].startswith("storage_")} - configured
-    )
-    if not gone:
+    gone = {f"{t}.{n}": attributes for t, n, attributes in store.resources(unit) if f"{t}.{n}" not in configured}
+    volumes = sorted(a for a in gone if a.split(".", 1)[1].startswith("storage_"))
+    real = {a for a, attributes in gone.items() if "site_dir" in (attributes.get("input") or {})}
+    blocks = [local_volumes.removed_block(a, unit.state) for a in volumes]
+    blocks += [local_runtime.removed_block(a) for a in local_runtime.removed_addresses(real)]
+    if not blocks:
         return document
-    synthesized["removed"] = [*(synthesized.get("removed") or ()), *(local_volumes.removed_block(a, unit.state) for a in gone)]
+    synthesized["removed"] = [*(synthesized.get("removed") or ()), *blocks]
     return render_json(synthesized)
 
 

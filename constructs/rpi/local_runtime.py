@@ -37,7 +37,7 @@ def site(site_dir: str) -> tuple[dict, list[dict]]:
     return {"site_dir": site_dir}, provisioners("site-up", "site-down")
 
 
-def subnet(site_dir: str, gateway: str, prefix: int) -> list[dict]:
+def subnet() -> list[dict]:
     return provisioners("subnet-up", "subnet-down")
 
 
@@ -56,6 +56,12 @@ def node(first_boot_address: str) -> list[dict]:
     return provisioners("node-up", "node-down", VC_USER_DATA=f"${{{first_boot_address}.input.user_data}}")
 
 
+def first_boot() -> list[dict]:
+    """The cluster's template; when it goes (after every node), so do the cluster's config
+    channel and secrets."""
+    return [_exec("cluster-down", when="destroy")]
+
+
 def config() -> list[dict]:
     """Publishing a config version to the channel applies it to the running nodes."""
     return [_exec("publish")]
@@ -64,12 +70,15 @@ def config() -> list[dict]:
 def removed_block(address: str) -> dict:
     """Destroy a runtime resource whose configuration is gone with its destroy-time provisioner
     (its input is in state)."""
-    command = "node-down" if ".node_" in address else "subnet-down" if address.endswith(".subnet") else "site-down"
+    name = address.split(".", 1)[1]
+    command = {"subnet": "subnet-down", "first_boot": "cluster-down", "runtime": "site-down"}.get(name, "node-down")
     return {"from": address, "lifecycle": {"destroy": True}, "provisioner": [_exec(command, when="destroy")]}
 
 
 def removed_addresses(addresses: set[str]) -> list[str]:
     """Of a stack's resources, the runtime's ones that must be destroyed by their provisioner,
     nodes first."""
-    runtime = [a for a in addresses if a.split(".", 1)[1].startswith(("node_", "runtime")) or a.endswith(".subnet")]
-    return sorted(runtime, key=lambda a: (not ".node_" in a, a.endswith(".runtime"), a))
+    order = {"first_boot": 1, "subnet": 2, "runtime": 3}
+    names = {a: a.split(".", 1)[1] for a in addresses}
+    runtime = [a for a, name in names.items() if name.startswith("node_") or name in order]
+    return sorted(runtime, key=lambda a: (order.get(names[a], 0), a))

@@ -8,6 +8,8 @@ with the resource's input as JSON in VC_INPUT and RECONCILE_STATE_ROOT set by re
     node-up / node-down       one node: network, UTS and mount namespaces of its own, booted
                               with the cluster's first-boot data; down drains it first
     publish                   a config version into the cluster's channel, then sync the nodes
+    cluster-down              after the last node: the cluster's channel and secrets
+    check                     exit 1, saying why, where this host cannot run the runtime
     enter SITE_DIR HOST CMD   run a command on a node (`nsenter`, not `ip netns exec`, which
                               remounts /sys and hides the cgroup mounts that slurmd needs)
 
@@ -211,6 +213,11 @@ def site_down(site: Site) -> None:
     if site.ns_dir.exists() and sh("mountpoint", "-q", str(site.ns_dir), check=False).returncode == 0:
         sh("umount", str(site.ns_dir))
     shutil.rmtree(site.runtime, ignore_errors=True)
+    for emptied in ("channel", "secrets", "volumes"):  # what its clusters left empty
+        try:
+            (site.dir / emptied).rmdir()
+        except OSError:
+            pass
     log(f"site namespace {site.netns} removed")
 
 
@@ -329,6 +336,16 @@ def _teardown(node: Node) -> None:
     shutil.rmtree(node.dir, ignore_errors=True)
 
 
+def cluster_down(site: Site, cluster: str) -> None:
+    """The cluster's config channel and secrets (its munge key) go with its last node."""
+    left = [n.hostname for n in site.nodes() if n.binding.get("cluster") == cluster]
+    if left:
+        raise RuntimeFault(f"{cluster}: nodes still run ({', '.join(left)})")
+    for directory in (site.dir / "channel" / cluster, site.secrets_dir(cluster)):
+        shutil.rmtree(directory, ignore_errors=True)
+    log(f"{cluster}: config channel and secrets removed")
+
+
 # ---------------------------------------------------------------- config
 
 
@@ -356,6 +373,11 @@ def main(argv: list[str] | None = None) -> int:
     os.umask(0o022)  # a node's own umask, whatever reconcile runs with (it keeps state 0600)
     root = os.environ.get("RECONCILE_STATE_ROOT", "")
     try:
+        if command == "check":
+            why = cannot_run()
+            if why:
+                raise RuntimeFault(why)
+            return 0
         if command == "enter":
             site_dir, hostname, *cmd = rest
             node = Site(root or ".", site_dir).node(hostname)
@@ -378,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
             node_up(site, spec, os.environ["VC_USER_DATA"])
         elif command == "node-down":
             node_down(site, spec)
+        elif command == "cluster-down":
+            cluster_down(site, spec["cluster"])
         elif command == "publish":
             publish(site, spec["cluster"], spec["version"], spec["files"])
         else:

@@ -70,9 +70,14 @@ class LocalPlatform:
             subnet |= {"site_dir": spec.state.bucket, "prefix": prefix}
         resource = cdk.data_resource(stack, "subnet", subnet, replace_on={"cidr": spec.subnet.cidr})
         if real:
-            cdk.provisioners(resource, runtime.subnet(spec.state.bucket, spec.subnet.gateway, prefix))
+            cdk.provisioners(resource, runtime.subnet())
             # the cluster's template: what a node boots from; a change reaches new nodes only
-            cdk.data_resource(stack, "first_boot", {"user_data": _literal(spec.user_data)})
+            template = cdk.data_resource(
+                stack,
+                "first_boot",
+                {"site_dir": spec.state.bucket, "cluster": spec.name, "user_data": terraform_literal(spec.user_data)},
+            )
+            cdk.provisioners(template, runtime.first_boot())
             config = cdk.data_resource(
                 stack,
                 "config",
@@ -183,10 +188,6 @@ def _controller_address(spec: ClusterSpec) -> str:
             if hostname == spec.controller:
                 return f"node_{pool.name}_{index}"
     return ""
-
-
-def _literal(text: str) -> str:
-    return terraform_literal(text)
 
 
 def _literal_files(config_files: str) -> dict:

@@ -1,0 +1,38 @@
+"""Whether this machine can run the local platform's `slurm` runtime for the plans at hand.
+
+The node package answers (`vcnode.localhost check`, in a process of its own: the reconciler
+never imports it). `plan` only warns, so a pull request's plan job, which runs unprivileged,
+still works; `apply` refuses before it creates anything.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from reconciler import nodepkg
+
+
+def needs_runtime(plans, sites) -> list:
+    """The pending plans of units on a site whose runtime is `slurm`."""
+    def real(p) -> bool:
+        unit = p.selected.unit
+        site = sites.get(unit.site)
+        return getattr(unit.spec, "runtime", "") == "slurm" or (site is not None and site.runtime == "slurm")
+
+    return [p for p in plans if p.pending and real(p)]
+
+
+def problem() -> str:
+    """Why this host cannot run the slurm runtime, or ""."""
+    done = subprocess.run(
+        [sys.executable, "-m", "vcnode.localhost", "check"],
+        capture_output=True, text=True, timeout=30,
+        env={"PYTHONPATH": str(nodepkg.source_dir().parent), "PATH": _path()},
+    )
+    return "" if done.returncode == 0 else (done.stderr.strip().removeprefix("local runtime: error: ") or "the check failed")
+
+
+def _path() -> str:
+    return os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin") + ":/usr/sbin:/sbin"
