@@ -35,6 +35,8 @@ def describe_change(change: Change) -> str:
         text += f" ({change.reason.replace('_', ' ')})"
     if change.imported:
         text += " (imported: an existing resource)"
+    if change.drain_s:
+        text += f" (drained first: its jobs finish, at most {change.drain_s} s, or it stays and the apply stops)"
     return text
 
 
@@ -215,7 +217,8 @@ def _unit_json(p: UnitPlan) -> dict:
         out["changes"] = p.summary.counts
         out["destroys_data"] = list(p.summary.data_lost)
         out["resources"] = [
-            {"address": c.address, "action": c.action, "previous_address": c.previous_address, "reason": c.reason}
+            {"address": c.address, "action": c.action, "previous_address": c.previous_address, "reason": c.reason,
+             "drain_s": c.drain_s}
             for c in p.summary.visible
         ]
     if p.error:

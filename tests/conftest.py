@@ -117,10 +117,19 @@ class Repo:
         return git(self.path, *args)
 
 
-def make_repo(path: Path) -> Repo:
+# The example site whose clusters run for real (runtime: slurm, as root) and its cluster: only
+# the tests of that runtime take them (make_repo(real_runtime=True)), so applying the other
+# examples stays quick and needs nothing installed.
+REAL_RUNTIME_FILES = ("sites/local-slurm.yaml", "clusters/laptop.yaml")
+
+
+def make_repo(path: Path, real_runtime: bool = False) -> Repo:
     path.mkdir(parents=True, exist_ok=True)
     for name in ("sites", "clusters", "schema"):
         shutil.copytree(ROOT / name, path / name)
+    if not real_runtime:
+        for rel in REAL_RUNTIME_FILES:
+            (path / rel).unlink()
     (path / ".gitignore").write_text("/.reconcile/\n")
     git(path, "init", "-q", "-b", "main")
     repo = Repo(path)

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import json
+import subprocess
+import sys
+import zipfile
+
+from reconciler import layers, nodepkg
 from reconciler.gitsource import GitSource
-from reconciler.layers import slurm_conf, user_data
+from reconciler.layers import slurm_conf
 from reconciler.run import desired
 
 
@@ -31,22 +38,58 @@ def test_layer_one_differs_where_layers_two_and_three_do_not(repo):
     assert "10.10." not in before.user_data and "10.20." not in after.user_data
 
 
-def test_slurm_conf_is_derived_from_the_node_pools(repo):
+def test_slurm_conf_is_derived_from_the_node_pools_and_names_no_node(repo):
     defs = desired(GitSource(repo.path).working_tree()).definitions
     conf = slurm_conf(defs.clusters["slurm-hpc"])
     assert "ClusterName=slurm-hpc\n" in conf
     assert "SlurmctldHost=slurm-hpc-login-0\n" in conf
-    assert "NodeName=slurm-hpc-compute-[0-3] CPUs=64 RealMemory=249036 ThreadsPerCore=1 State=UNKNOWN\n" in conf
-    assert "PartitionName=compute Nodes=slurm-hpc-compute-[0-3] Default=YES" in conf
+    assert "SlurmctldParameters=enable_configless\n" in conf  # slurmd nodes fetch it from the controller
+    assert "NodeName" not in conf  # dynamic nodes register themselves (slurmd -Z)
+    assert "NodeSet=compute_nodes Feature=compute\nPartitionName=compute Nodes=compute_nodes Default=YES" in conf
+    assert "StateSaveLocation=/home/.vcluster/slurmctld\n" in conf  # on shared storage: survives the controller
     assert "MaxJobCount=50000\n" in conf  # from the slurm profile
+    assert conf.count("SelectType=") == 1  # a profile's setting replaces the default, never doubles it
     icon = slurm_conf(defs.clusters["icon"])
-    assert "Gres=gpu:a100:8" in icon and "GresTypes=gpu\n" in icon
+    assert "GresTypes=gpu\n" in icon
+    assert "Name=gpu Type=a100 File=/dev/nvidia[0-7]" in layers.gres_conf(defs.clusters["icon"])
 
 
-def test_user_data_carries_spack_and_containers(repo):
-    defs = desired(GitSource(repo.path).working_tree()).definitions
-    text = user_data(defs.clusters["icon"])
-    assert "/opt/spack/environments/icon/spack.yaml" in text
-    assert "icon@2024.10 +gpu" in text
-    assert "ghcr.io/c2sm/icon-ch1:2024.10" in text
-    assert "ldaps://ldap.svc.vcluster.internal" in text
+def test_first_boot_and_config_do_not_change_with_node_count(repo):
+    """Growing a pool changes neither the first-boot data nor the day-to-day config: only a
+    node is created."""
+    before = units(repo)["cluster:slurm-hpc@local-b"].spec
+    repo.replace("clusters/slurm-hpc.yaml", "count: 4", "count: 9")
+    after = units(repo)["cluster:slurm-hpc@local-b"].spec
+    assert sum(p.count for p in after.pools) == sum(p.count for p in before.pools) + 5
+    assert after.user_data == before.user_data
+    assert after.config_files == before.config_files and after.config_version == before.config_version
+
+
+def test_first_boot_carries_the_node_package_and_runs_its_bootstrap(repo, tmp_path):
+    spec = units(repo)["cluster:icon@gcp-netherlands"].spec
+    document = json.loads(spec.user_data.removeprefix("#cloud-config\n"))
+    files = {f["path"]: f for f in document["write_files"]}
+    facts = json.loads(files["/etc/vcluster/cluster.json"]["content"])
+    assert facts["controller"] == "icon-login-0" and "hostnames" not in json.dumps(facts)
+    archive = tmp_path / "vcnode.pyz"
+    archive.write_bytes(base64.b64decode(files[layers.NODE_PACKAGE_PATH]["content"]))
+    assert document["runcmd"] == [["python3", layers.NODE_PACKAGE_PATH, "bootstrap", "/etc/vcluster/cluster.json"]]
+    with zipfile.ZipFile(archive) as z:
+        shipped = {n: z.read(n) for n in z.namelist()}
+    source = nodepkg.source_dir()
+    for name in nodepkg.ON_NODE:
+        assert shipped[f"vcnode/{name}"] == (source / name).read_bytes()
+    assert "vcnode/localhost.py" not in shipped  # the local runtime's host side stays on the host
+    done = subprocess.run([sys.executable, str(archive), "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "bootstrap" in done.stdout
+
+
+def test_config_channel_carries_spack_containers_and_groups(repo):
+    spec = units(repo)["cluster:icon@gcp-netherlands"].spec
+    files = json.loads(spec.config_files)
+    assert "icon@2024.10 +gpu" in files["/opt/spack/environments/icon/spack.yaml"]["content"]
+    assert "ghcr.io/c2sm/icon-ch1:2024.10" in files["/etc/vcluster/containers.txt"]["content"]
+    assert "ldaps://ldap.svc.vcluster.internal" in files["/etc/sssd/sssd.conf"]["content"]
+    assert files["/etc/sssd/sssd.conf"]["mode"] == "0600"
+    assert files["/etc/slurm/slurm.conf"]["on"] == "slurm-clients"
+    assert spec.config_version == layers.config_version(files)
