@@ -64,6 +64,8 @@ def select(
         elif isinstance(record, LiveRecord) and record.config_hash != unit.config_hash:
             when = f" (last applied at {record.revision[:7]})" if record.revision else ""
             reasons.append(f"live state differs from git{when}")
+        if isinstance(record, LiveRecord) and record.unhealthy:
+            reasons.append("live state differs from git: " + "; ".join(why for _, why in record.unhealthy))
         if select_all and not reasons and record is not UNKNOWN:  # drift shows only where live can be read
             reasons.append("requested with --all")
         if reasons:

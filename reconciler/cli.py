@@ -11,7 +11,7 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
-from reconciler import comment, failover, gate, ghflow, hostruntime, interrupt, portability, render
+from reconciler import comment, failover, gate, ghflow, hostruntime, interrupt, portability, render, status
 from reconciler import event as event_module
 from reconciler.apply import APPLIED, DEFAULT_PARALLELISM, FAILED as APPLY_FAILED, INTERRUPTED, NOT_STARTED, NOTHING, REFUSED, apply
 from reconciler.engine import CHOICES, select_engine
@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("comment", "post a plan comment written by `plan --comment-dir` (GitHub Actions, trusted job)"),
         ("restore-state", "put a stack's last good state back after a damaged write (local state)"),
         ("volumes", "list the data volumes of the local sites: retained by a move (storage.on_move: keep) and in use"),
+        ("status", "what each cluster's nodes run: Slurm state and config version, against git"),
     ):
         command = sub.add_parser(name, help=text, description=text)
         _common(command, top=False)
@@ -91,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("--allow-data-loss", action="store_true", help="allow destroying or replacing resources that hold data")
             command.add_argument("--allow-replace", action="store_true", help="allow changes that replace every resource of a stack")
             command.add_argument("--parallelism", type=int, default=DEFAULT_PARALLELISM, help=f"stacks applied at once (default {DEFAULT_PARALLELISM})")
+        if name == "status":
+            command.add_argument("cluster", nargs="?", help="only this cluster")
         if name == "restore-state":
             command.add_argument("unit", help="the unit, e.g. cluster:dev@local-a (as the plan names it)")
         if name == "synth":
@@ -200,23 +203,20 @@ def _plan_exit(plans: list[UnitPlan]) -> int:
     return Exit.CHANGES if any(p.pending for p in plans) else Exit.OK
 
 
-def _runtime_problem(assessment: Assessment, plans: list[UnitPlan]) -> str:
-    """Why this host cannot apply the plans on `runtime: slurm` sites ("" when it can)."""
+def _runtime_problem(assessment: Assessment, plans: list[UnitPlan]) -> tuple[list[UnitPlan], str]:
+    """The pending plans on `runtime: slurm` sites, and why this host cannot apply them ("" when it can)."""
     real = hostruntime.needs_runtime(plans, assessment.head.definitions.sites)
-    if not real:
-        return ""
-    why = hostruntime.problem()
-    if not why:
-        return ""
-    return f"{', '.join(p.selected.unit.title for p in real)}: this host cannot run the slurm runtime: {why}"
+    why = hostruntime.problem() if real else ""
+    return real, (f"this host cannot run the slurm runtime: {why}" if why else "")
 
 
 def cmd_plan(settings: Settings, args) -> int:
     assessment, plans, engine, _ = _plan_all(settings)
     code = _plan_exit(plans)
-    problem = _runtime_problem(assessment, plans)
+    real, problem = _runtime_problem(assessment, plans)
     if problem:
-        sys.stderr.write(f"warning: {problem}; apply will refuse here\n")
+        titles = ", ".join(p.selected.unit.title for p in real)
+        sys.stderr.write(f"warning: {titles}: {problem}; apply will refuse them here\n")
     name = engine.name if engine else None
     if settings.output_json:
         _emit(render.plans_json(assessment, plans, name, int(code)))
@@ -271,10 +271,10 @@ def cmd_apply(settings: Settings, args) -> int:
             _emit({**render.plans_json(assessment, plans, name, int(Exit.FAILED)), "error": "some plans failed; nothing was applied"})
             return Exit.FAILED
         raise ReconcileError("some plans failed; nothing was applied")
-    problem = _runtime_problem(assessment, plans)
-    if problem:
-        raise ReconcileError(f"{problem}; nothing was applied")
     pr, gh = _refuse_what_may_not_run(args, assessment, plans)
+    real, problem = _runtime_problem(assessment, plans)
+    for p in real if problem else ():  # refused before any of their resources exists; the rest go on
+        p.blocked = p.blocked or problem
     refused = [p for p in plans if p.blocked and p.pending]
     for p in refused:
         sys.stderr.write(f"refused: {p.selected.unit.title}: {p.blocked}\n")
@@ -406,6 +406,21 @@ def cmd_volumes(settings: Settings, args) -> int:
     return Exit.OK
 
 
+def cmd_status(settings: Settings, args) -> int:
+    source = GitSource(settings.root)
+    state = desired(source.working_tree() if settings.head is None else source.at_revision(settings.head))
+    if args.cluster is not None and args.cluster not in state.definitions.clusters:
+        raise ReconcileError(f"no cluster {args.cluster!r} (clusters: {', '.join(sorted(state.definitions.clusters))})")
+    store = LiveStore(settings.state_root)
+    check_state_locations(store, state, state.units)
+    rows = status.statuses(store, state.units, args.cluster)
+    if settings.output_json:
+        _emit({"clusters": rows, "exit_code": 0})
+    else:
+        sys.stdout.write(status.status_text(rows))
+    return Exit.OK
+
+
 def cmd_synth(settings: Settings, args) -> int:
     source = GitSource(settings.root)
     state = desired(source.working_tree() if settings.head is None else source.at_revision(settings.head))
@@ -508,4 +523,5 @@ COMMANDS = {
     "portability": cmd_portability,
     "restore-state": cmd_restore_state,
     "volumes": cmd_volumes,
+    "status": cmd_status,
 }

@@ -7,6 +7,7 @@ still works; `apply` refuses before it creates anything.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -32,6 +33,20 @@ def problem() -> str:
         env={"PYTHONPATH": str(nodepkg.source_dir().parent), "PATH": _path()},
     )
     return "" if done.returncode == 0 else (done.stderr.strip().removeprefix("local runtime: error: ") or "the check failed")
+
+
+def health(state_root, nodes: dict[str, dict]) -> dict[str, str]:
+    """{address: why} of the nodes (address -> their resource input) that lost a daemon or
+    their namespaces; {} when all run, or when this host cannot tell (not root)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "vcnode.localhost", "health"],
+        capture_output=True, text=True, timeout=60,
+        env={"PYTHONPATH": str(nodepkg.source_dir().parent), "PATH": _path(),
+             "RECONCILE_STATE_ROOT": str(state_root), "VC_INPUT": json.dumps({"nodes": nodes})},
+    )
+    if done.returncode:
+        return {}
+    return json.loads(done.stdout or "{}")
 
 
 def _path() -> str:

@@ -19,6 +19,7 @@ import os
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
+from reconciler import hostruntime
 from reconciler.errors import ReconcileError
 from reconciler.resolve import Unit
 from rpi import local_volumes
@@ -61,6 +62,9 @@ class LiveRecord:
     state_serial: int = -1
     resources: int = -1
     interrupted_at: str = ""  # an apply of this stack was stopped by an interrupt at this time
+    # Read, never saved: real things behind the stack that are broken ((address, why), e.g. a
+    # node of the local slurm runtime whose slurmd is gone). The next apply replaces them.
+    unhealthy: tuple[tuple[str, str], ...] = ()
 
     @property
     def state(self) -> StateLocation:
@@ -135,7 +139,9 @@ class LiveStore:
             return UNKNOWN
         record = self._record_file(unit.state)
         if record.is_file():
-            return LiveRecord.load(record)
+            loaded = LiveRecord.load(record)
+            unhealthy = self._runtime_view(unit)
+            return replace(loaded, unhealthy=unhealthy) if unhealthy else loaded
         state = self.state_file(unit.state)
         if state.is_file() and _has_resources(state):
             return _unrecorded(unit)
@@ -230,6 +236,18 @@ class LiveStore:
             return []
         return _managed(self.state_file(unit.state))
 
+    def _runtime_view(self, unit: Unit) -> tuple[tuple[str, str], ...]:
+        """The local slurm runtime's view of a stack's nodes: which have lost a daemon or their
+        namespaces. Asked of the node package's runtime in a process of its own."""
+        nodes = {
+            f"{t}.{n}": a["input"]
+            for t, n, a in self.resources(unit)
+            if n.startswith("node_") and isinstance(a.get("input"), dict) and "site_dir" in a["input"]
+        }
+        if not nodes:
+            return ()
+        return tuple(sorted(hostruntime.health(self.state_root, nodes).items()))
+
     def resource_ids(self, unit: Unit) -> dict[str, str]:
         """{address: resource id} of a stack's managed resources (local state)."""
         return {f"{t}.{n}": str(a.get("id") or "") for t, n, a in self.resources(unit)}
@@ -252,7 +270,8 @@ class LiveStore:
         self._save(replace(current if isinstance(current, LiveRecord) else _unrecorded(unit), interrupted_at=now))
 
     def _save(self, record: LiveRecord) -> None:
-        _write_atomic(self._record_file(record.state), json.dumps(asdict(record), indent=2, sort_keys=True) + "\n")
+        saved = {k: v for k, v in asdict(record).items() if k != "unhealthy"}
+        _write_atomic(self._record_file(record.state), json.dumps(saved, indent=2, sort_keys=True) + "\n")
 
     def forget(self, unit: Unit) -> None:
         """After a destroy: the stack no longer exists."""

@@ -1,9 +1,10 @@
-"""PURE: can a cluster run on a site, and if not, why not. Checked before anything is synthesized.
+"""Can a cluster run on a site, and if not, why not. Checked before anything is synthesized.
 
 For every cluster and each site it may run on (its placement, then its failover sites in
 order) the verdict is realizable, with the machine type each node pool resolves to, or refused
 with the reasons: a GPU model not offered in the region, a node larger than any type, a
-service the platform lacks.
+service the platform lacks. Pure but for the local slurm runtime, whose nodes are limited by
+this machine (`this_host`).
 """
 
 from __future__ import annotations
@@ -69,8 +70,53 @@ def node_spec(cluster: Cluster, pool: str) -> NodeSpec:
     )
 
 
-def check(cluster: Cluster, site: Site, role: str = PLACEMENT) -> Verdict:
-    """The verdict for one cluster on one site."""
+# The Slurm that the local slurm runtime runs: Debian 12's slurm-wlm.
+SLURM_RUNTIME_VERSION = "22.05"
+
+
+@dataclass(frozen=True)
+class Host:
+    """What the machine that runs a local slurm runtime can give one node."""
+
+    cores: int
+    memory_gb: float
+
+
+def this_host() -> Host:
+    import os
+
+    try:
+        kb = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal:"))
+    except (OSError, StopIteration, ValueError):
+        kb = 0
+    return Host(os.cpu_count() or 1, kb / 1024 / 1024)
+
+
+def _real_runtime_reasons(cluster: Cluster, host: Host | None) -> list[str]:
+    """On the slurm runtime every node is a slurmd on this machine: a node larger than the
+    machine would register short of its configuration, and slurmd would drain it."""
+    reasons = []
+    scheduler = cluster.services.scheduler
+    if scheduler is not None and scheduler.version != SLURM_RUNTIME_VERSION:
+        reasons.append(
+            f"services.scheduler.version: the local slurm runtime provides Slurm {SLURM_RUNTIME_VERSION} "
+            f"(Debian's slurm-wlm), not {scheduler.version}"
+        )
+    host = host or this_host()
+    for pool, spec in cluster.node_pools.items():
+        if spec.gpu:
+            reasons.append(f"node_pools.{pool}.gpu: the local slurm runtime has no GPUs")
+        if spec.cores > host.cores:
+            reasons.append(f"node_pools.{pool}.cores: {spec.cores} cores per node, and this machine has {host.cores}")
+        if spec.memory_gb > host.memory_gb:
+            reasons.append(
+                f"node_pools.{pool}.memory_gb: {spec.memory_gb} GB per node, and this machine has {host.memory_gb:.1f} GB"
+            )
+    return reasons
+
+
+def check(cluster: Cluster, site: Site, role: str = PLACEMENT, host: Host | None = None) -> Verdict:
+    """The verdict for one cluster on one site (`host`: this machine, for a local slurm runtime)."""
     reasons: list[str] = []
     fits: list[PoolFit] = []
     if site.platform == "local" and cluster.network.public_login:
@@ -80,6 +126,8 @@ def check(cluster: Cluster, site: Site, role: str = PLACEMENT) -> Verdict:
             f"access.groups: on gcp, access goes to Cloud Identity groups NAME@DOMAIN and site {site.name} "
             "has no label iam_domain to name the domain (add e.g. `iam_domain: example.org` to its labels)"
         )
+    if site.runtime == "slurm":
+        reasons += _real_runtime_reasons(cluster, host)
     cat = catalog(site.platform)
     for pool, spec in cluster.node_pools.items():
         if cat is None:  # the local platform emulates any node

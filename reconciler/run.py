@@ -220,7 +220,9 @@ def plan(settings: Settings, assessment: Assessment, engine: Engine | None, stor
             _prepare(p.workdir, documents[unit.key])
             backend = {"path": str(store.state_file(unit.state))} if unit.state.backend == "local" else {}
             engine.init(p.workdir, backend)
-            p.summary = summarize(engine.plan(p.workdir), _holds_data(unit.platform))
+            record = assessment.live.get(unit.key)
+            broken = tuple(a for a, _ in record.unhealthy) if isinstance(record, LiveRecord) else ()
+            p.summary = summarize(engine.plan(p.workdir, replace=broken), _holds_data(unit.platform))
         except ReconcileError as exc:
             interrupt.checkpoint("while planning: nothing was applied")
             p.status, p.error = FAILED, str(exc)

@@ -9,6 +9,8 @@ with the resource's input as JSON in VC_INPUT and RECONCILE_STATE_ROOT set by re
                               with the cluster's first-boot data; down drains it first
     publish                   a config version into the cluster's channel, then sync the nodes
     cluster-down              after the last node: the cluster's channel and secrets
+    health                    JSON {address: why} of the nodes (VC_INPUT {"nodes": ...}) that
+                              lost their namespaces or a daemon
     check                     exit 1, saying why, where this host cannot run the runtime
     enter SITE_DIR HOST CMD   run a command on a node (`nsenter`, not `ip netns exec`, which
                               remounts /sys and hides the cgroup mounts that slurmd needs)
@@ -346,6 +348,28 @@ def cluster_down(site: Site, cluster: str) -> None:
     log(f"{cluster}: config channel and secrets removed")
 
 
+def health(root: str, nodes: dict[str, dict]) -> dict[str, str]:
+    """{address: why} of the nodes that lost their namespaces or a daemon their role runs."""
+    if os.geteuid() != 0:
+        raise RuntimeFault("only root can see the nodes' processes")
+    broken = {}
+    for address, spec in nodes.items():
+        node = Site(root, spec["site_dir"]).node(spec["hostname"])
+        if not node.exists():
+            broken[address] = f"{node.hostname}: its namespaces are gone"
+            continue
+        wanted = ["munged"]
+        if spec.get("controller") == node.hostname:
+            wanted.append("slurmctld")
+        if spec.get("role") == "compute":
+            wanted.append("slurmd")
+        running = node.daemons()
+        down = [d for d in wanted if not running.get(d)]
+        if down:
+            broken[address] = f"{node.hostname}: {' and '.join(down)} not running"
+    return broken
+
+
 # ---------------------------------------------------------------- config
 
 
@@ -387,6 +411,9 @@ def main(argv: list[str] | None = None) -> int:
         if not root:
             raise RuntimeFault("RECONCILE_STATE_ROOT is not set: run this stack through reconcile")
         spec = json.loads(os.environ.get("VC_INPUT", "{}"))
+        if command == "health":
+            print(json.dumps(health(root, spec["nodes"])))
+            return 0
         site = Site(root, spec["site_dir"])
         if command == "site-up":
             site_up(site)
