@@ -18,7 +18,8 @@ from reconciler.errors import ReconcileError
 from reconciler.gitsource import Snapshot
 from reconciler.live import LiveStore
 from reconciler.resolve import CLUSTER, SITE
-from reconciler.run import PLANNED, UnitPlan
+from reconciler.plan import summarize
+from reconciler.run import PLANNED, UnitPlan, holds_data_of
 
 APPLIED, SKIPPED, FAILED, NOTHING, REFUSED = "applied", "skipped", "failed", "no changes", "refused"
 INTERRUPTED, NOT_STARTED = "interrupted", "not started"
@@ -110,6 +111,31 @@ def _copy_data(p: UnitPlan, store: LiveStore) -> list[str]:
     return done
 
 
+def _roll(p: UnitPlan, engine: Engine) -> None:
+    """A rolling change: the reviewed end state, reached in batches of nodes. Each batch is a
+    targeted plan and apply on that same configuration (its nodes drain, are replaced and boot
+    until healthy: the runtime's provisioners wait), the controller last; then the rest of the
+    reviewed plan, which must hold nothing the review did not show."""
+    reviewed = {(c.address, c.action) for c in p.summary.changes if c.action not in ("no-op", "read")}
+    for batch in p.change_class.batches:
+        interrupt.checkpoint("between the batches of a rolling change")
+        engine.plan(p.workdir, replace=tuple(a for a in p.replace if a in batch), targets=batch)
+        engine.apply(p.workdir)
+    rest = summarize(engine.plan(p.workdir), holds_data_of(p.selected.unit.platform))
+    rolled = {a for batch in p.change_class.batches for a in batch}
+    unreviewed = sorted(
+        f"{c.action} {c.address}" for c in rest.changes
+        if c.action not in ("no-op", "read") and (c.address, c.action) not in reviewed and c.address not in rolled
+    )
+    if unreviewed:
+        raise ReconcileError(
+            f"after rolling {', '.join(sorted(rolled))}, the rest of the plan holds what the review did not show "
+            f"({', '.join(unreviewed)}); nothing more was applied: plan again"
+        )
+    if rest.has_changes:
+        engine.apply(p.workdir)
+
+
 def _apply_one(p: UnitPlan, engine: Engine, store: LiveStore, head: Snapshot, gate: bool) -> ApplyResult:
     """Apply one saved plan and record it; a move's target must then pass its health check."""
     unit = p.selected.unit
@@ -119,7 +145,9 @@ def _apply_one(p: UnitPlan, engine: Engine, store: LiveStore, head: Snapshot, ga
             if p.kept:  # recorded first: the volumes this apply lets go of are never untracked
                 store.retain(unit, p.kept, head.revision, now)
             copied = _copy_data(p, store)  # raises: the source stays
-            if p.summary.has_changes:
+            if p.summary.has_changes and p.change_class is not None and p.change_class.batches:
+                _roll(p, engine)
+            elif p.summary.has_changes:
                 engine.apply(p.workdir)
             if p.selected.action == DESTROY:
                 store.forget(unit)

@@ -300,6 +300,8 @@ def details(p: UnitPlan) -> str:
     lines = [f"<details><summary>{_inline(title)}</summary>", ""]
     if p.blocked:
         lines += [f"**Needs a decision:** {_inline(p.blocked, MAX_NOTE)}", ""]
+    if p.change_class is not None:
+        lines += [f"To the running cluster: **{_inline(p.change_class.kind)}**: {_inline(p.change_class.detail, MAX_NOTE)}.", ""]
     if p.kept:
         lines += [f"Keeps its data: {', '.join(f'`{_inline(a)}`' for a in p.kept)} left in place (storage.on_move: keep).", ""]
     if p.copies:

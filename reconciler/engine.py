@@ -66,10 +66,12 @@ class Engine:
         flags = [f"-backend-config={k}={v}" for k, v in sorted(backend_config.items())]
         self._run(workdir, "init", "-input=false", "-no-color", "-reconfigure", *flags)
 
-    def plan(self, workdir: Path, destroy: bool = False, replace: tuple[str, ...] = ()) -> dict:
+    def plan(self, workdir: Path, destroy: bool = False, replace: tuple[str, ...] = (), targets: tuple[str, ...] = ()) -> dict:
         """Plan to a saved file and return `show -json` of that file. `replace`: resources to
-        replace although their configuration did not change (broken behind Terraform's back)."""
+        replace although their configuration did not change (broken behind Terraform's back);
+        `targets`: only these resources and what they depend on (one batch of a rolling change)."""
         extra = (["-destroy"] if destroy else []) + [f"-replace={address}" for address in replace]
+        extra += [f"-target={address}" for address in targets]
         self._run(workdir, "plan", "-input=false", "-no-color", "-lock-timeout=60s", f"-out={PLAN_FILE}", *extra)
         return json.loads(self._run(workdir, "show", "-json", "-no-color", PLAN_FILE))
 

@@ -15,6 +15,7 @@ from typing import Mapping, Sequence
 
 from reconciler import affected
 from reconciler.affected import APPLY, DESTROY, move_target
+from reconciler.plan import REPLACE_ALL
 from reconciler.resolve import Unit
 from reconciler.run import UnitPlan
 
@@ -46,7 +47,7 @@ def needs(p: UnitPlan) -> dict:
     wanted = {
         "destroy": p.selected.action == DESTROY,
         "data": sorted(summary.data_lost) if summary is not None else [],
-        "replace_all": bool(summary is not None and summary.replaces_all),
+        "replace_all": bool(summary is not None and summary.replaces_all) or _replaces_at_once(p),
     }
     return {k: v for k, v in wanted.items() if v}  # only what applies: one line holds hundreds of stacks
 
@@ -105,6 +106,11 @@ def refusals(plans: Sequence[UnitPlan], head: Mapping[str, Unit], decisions: Dec
                 "pull request, or --allow-data-loss" + (f"; or storage.on_move in {target.inputs[0]}" if target is not None else "")
                 + _unreviewed(decisions, "data_loss")
             )
+        elif _replaces_at_once(p) and not _covers(decisions, "replace", p):
+            refused[plan_id(p)] = (
+                f"this change to {unit.title} {p.change_class.detail}; that needs an explicit decision: the "
+                f"`{ALLOW_REPLACE_LABEL}` label on the pull request, or --allow-replace" + _unreviewed(decisions, "replace")
+            )
         elif p.summary is not None and p.summary.replaces_all and not _covers(decisions, "replace", p):
             refused[plan_id(p)] = (
                 f"this change replaces every resource of {unit.title} ({p.summary.count('replace')}); that needs an explicit "
@@ -121,6 +127,12 @@ def refusals(plans: Sequence[UnitPlan], head: Mapping[str, Unit], decisions: Dec
                     f"it is one change with {_half(first)}, which is refused: no part of it applies"
                 )
     return refused
+
+
+def _replaces_at_once(p: UnitPlan) -> bool:
+    """Every node of a pool replaced at once (a change class of its own: replace-all)."""
+    change_class = getattr(p, "change_class", None)
+    return change_class is not None and change_class.kind == REPLACE_ALL
 
 
 def _decided(target: Unit, p: UnitPlan) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -135,3 +136,70 @@ def config_diff(base: dict | None, head: dict | None, holds_data: HoldsData = _n
     outputs_after = (head or {}).get("output") or {}
     changed_outputs = tuple(sorted(k for k in set(outputs_before) | set(outputs_after) if outputs_before.get(k) != outputs_after.get(k)))
     return PlanSummary(tuple(changes), changed_outputs)
+
+
+# ---------------------------------------------------------------- what a change does to a running cluster
+
+NODE_ADDRESS = re.compile(r"^(terraform_data|google_compute_instance|aws_instance)\.node_(?P<pool>.+)_(?P<index>\d+)$")
+CONFIG_ONLY, CREATES_ONLY, REMOVES, ROLLING, REPLACE_ALL, DATA = (
+    "config only", "creates only", "removes nodes", "rolling", "replace-all", "data",
+)
+BATCH = 1  # nodes replaced at a time when a pool rolls
+
+
+@dataclass(frozen=True)
+class ChangeClass:
+    """One class per change to a cluster, from the least to the most disruptive, with what it
+    means in words and, for a rolling change, the batches the apply goes through."""
+
+    kind: str
+    detail: str
+    batches: tuple[tuple[str, ...], ...] = ()
+
+
+def controller_address(summary: PlanSummary, cluster: str, hostname: str) -> str:
+    """The address of the node whose hostname is `hostname` (`CLUSTER-POOL-INDEX`)."""
+    for c in summary.changes:
+        match = NODE_ADDRESS.match(c.address)
+        if match and f"{cluster}-{match['pool']}-{match['index']}".replace("_", "-") == hostname.replace("_", "-"):
+            return c.address
+    return ""
+
+
+def classify(summary: PlanSummary, rolls: bool, controller: str = "") -> ChangeClass | None:
+    """What `summary` does to a running cluster. `rolls`: this platform replaces nodes in
+    batches (drain, replace, wait until healthy); elsewhere nodes are replaced at once.
+    `controller`: the controller node's address, which rolls last."""
+    active = [c for c in summary.changes if c.action not in ("no-op", "read")]
+    if not active:
+        return None
+    if summary.data_lost:
+        return ChangeClass(DATA, f"destroys data: {', '.join(summary.data_lost)}")
+    pools: dict[str, list[Change]] = {}
+    for c in summary.changes:
+        match = NODE_ADDRESS.match(c.address)
+        if match:
+            pools.setdefault(match["pool"], []).append(c)
+    replaced = [c.address for cs in pools.values() for c in cs if c.action == "replace"]
+    removed = [c.address for cs in pools.values() for c in cs if c.action == "delete"]
+    created = [c.address for cs in pools.values() for c in cs if c.action == "create"]
+    at_once = sorted(
+        pool for pool, cs in pools.items()
+        if (existing := [c for c in cs if c.action != "create"]) and all(c.action == "replace" for c in existing)
+        and (not rolls or len(existing) <= BATCH)
+    )
+    if replaced and (at_once or not rolls):
+        which = ", ".join(at_once) if at_once else "some"
+        return ChangeClass(REPLACE_ALL, f"replaces every node of pool {which} at once ({len(replaced)} nodes): running jobs there are lost")
+    if replaced:
+        order = sorted(replaced, key=lambda a: (a == controller, a))  # the controller goes last
+        batches = tuple(tuple(order[i : i + BATCH]) for i in range(0, len(order), BATCH))
+        return ChangeClass(ROLLING, f"{len(replaced)} nodes drained and replaced, {BATCH} at a time, the controller last", batches)
+    if removed:
+        return ChangeClass(REMOVES, f"{len(removed)} nodes drained, then removed")
+    others = [c for c in active if not NODE_ADDRESS.match(c.address)]
+    if created and all(c.action == "create" for c in others):
+        return ChangeClass(CREATES_ONLY, f"{len(created)} nodes created; no running node changes")
+    if all(c.action == "create" for c in active):
+        return ChangeClass(CREATES_ONLY, "only new resources; no running node changes")
+    return ChangeClass(CONFIG_ONLY, "no node is created, replaced or removed")

@@ -124,6 +124,8 @@ def plans_text(assessment: Assessment, plans: list[UnitPlan], engine_name: str |
                 lines.append(f"    no resource changes{note}")
             else:
                 lines.append(f"    plan: {counts_text(p.summary.counts)}")
+                if p.change_class is not None:
+                    lines.append(f"    to the running cluster: {p.change_class.kind.upper()}: {p.change_class.detail}")
                 visible = p.summary.visible
                 for change in visible[:MAX_LINES_PER_UNIT]:
                     lines.append(f"      {describe_change(change)}")
@@ -213,6 +215,9 @@ def _unit_json(p: UnitPlan) -> dict:
         "adopts": [{"id": v.id, "address": v.address, "retained_at": v.retained_at} for v in p.adopted],
         "health_probe": p.probe,
     }
+    if p.change_class is not None:
+        out["change_class"] = {"kind": p.change_class.kind, "detail": p.change_class.detail,
+                               "batches": [list(b) for b in p.change_class.batches]}
     if p.summary is not None:
         out["changes"] = p.summary.counts
         out["destroys_data"] = list(p.summary.data_lost)

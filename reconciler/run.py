@@ -18,7 +18,8 @@ from reconciler.errors import InvalidDefinitions, Location, Problems, ReconcileE
 from reconciler.gitsource import GitSource, Snapshot
 from reconciler.live import UNKNOWN, LiveRecord, LiveStore, RetainedVolume, StateLocationError, volume_name
 from reconciler.load import Definitions, load
-from reconciler.plan import PlanSummary, config_diff, summarize
+from reconciler import plan as plan_module
+from reconciler.plan import ChangeClass, PlanSummary, config_diff, summarize
 from reconciler.resolve import CLUSTER, Unit, resolve
 from reconciler.settings import Settings
 from reconciler.synth import render_json, synthesize
@@ -84,6 +85,8 @@ class UnitPlan:
     copies: tuple[datacopy.VolumeCopy, ...] = ()  # storage.on_move: copy, before this source is destroyed
     copy_target: Unit | None = None  # where the copies go
     copy_note: str = ""  # why no copy is possible (the source cannot be read)
+    change_class: ChangeClass | None = None  # what a cluster's change does to the running cluster
+    replace: tuple[str, ...] = ()  # resources planned with -replace (broken behind Terraform's back)
 
     @property
     def copies_cover_data(self) -> bool:
@@ -205,6 +208,7 @@ def plan(settings: Settings, assessment: Assessment, engine: Engine | None, stor
     for p in plans:
         if p.status == OFFLINE:
             p.summary = _offline(p, assessment, documents, cache)
+            p.change_class = _change_class(p)
     work = [p for p in plans if p.status == PLANNED]
     if work and engine is None:
         raise ReconcileError("an engine is needed to plan")
@@ -222,7 +226,9 @@ def plan(settings: Settings, assessment: Assessment, engine: Engine | None, stor
             engine.init(p.workdir, backend)
             record = assessment.live.get(unit.key)
             broken = tuple(a for a, _ in record.unhealthy) if isinstance(record, LiveRecord) else ()
+            p.replace = broken
             p.summary = summarize(engine.plan(p.workdir, replace=broken), _holds_data(unit.platform))
+            p.change_class = _change_class(p)
         except ReconcileError as exc:
             interrupt.checkpoint("while planning: nothing was applied")
             p.status, p.error = FAILED, str(exc)
@@ -237,6 +243,20 @@ def _new_probe(selected: Selected, base_probes: dict[str, str]) -> str:
         return ""
     probe = health.describe(unit.spec)
     return "" if base_probes.get(unit.name) == probe else probe
+
+
+def _change_class(p: UnitPlan) -> ChangeClass | None:
+    """What a cluster's change does to the running cluster. The local platform rolls node
+    replacements in batches; the clouds replace them at once (for now)."""
+    unit = p.selected.unit
+    if p.selected.action != APPLY or unit.kind != CLUSTER or p.summary is None:
+        return None
+    controller = plan_module.controller_address(p.summary, unit.name, getattr(unit.spec, "controller", ""))
+    return plan_module.classify(p.summary, rolls=unit.platform == "local", controller=controller)
+
+
+def holds_data_of(platform: str):
+    return _holds_data(platform)
 
 
 def _holds_data(platform: str):

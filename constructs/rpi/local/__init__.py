@@ -128,7 +128,8 @@ class LocalPlatform:
                 {
                     "version": spec.scheduler.version,
                     "settings": dict(spec.scheduler.settings),
-                    "partitions": {p.name: list(p.hostnames) for p in spec.pools if p.role == "compute"},
+                    # dynamic nodes: a partition is its pool's node set, whatever the count
+                    "partitions": {p.name: f"{p.name}_nodes" for p in spec.pools if p.role == "compute"},
                 },
             )
         cdk.data_resource(
