@@ -60,6 +60,10 @@ class Cluster:
         done = self.on("laptop-login-0", "sinfo", "-N", "-h", "-o", "%N %t")
         return dict(line.split() for line in done.stdout.splitlines())
 
+    def booted_at(self, hostname: str) -> int:
+        """When the node last booted: its first-boot data is written anew at every boot."""
+        return (self.site_dir / "runtime" / "nodes" / hostname / "user-data").stat().st_mtime_ns
+
     def ns_inode(self, hostname: str) -> tuple[int, int, int]:
         ns = self.site_dir / "runtime" / "ns"
         return tuple(os.stat(p).st_ino for p in (ns / f"{hostname}.uts", ns / f"{hostname}.mnt", _netns_file(self, hostname)))
@@ -229,6 +233,104 @@ def test_shrinking_a_pool_drains_the_node_first(laptop):
     assert "JobState=COMPLETED" in state and "ExitCode=0:0" in state, state
     assert "laptop-compute-3" not in laptop.sinfo()
     assert not (laptop.site_dir / "runtime" / "nodes" / "laptop-compute-3").exists()
+
+
+def _job_state(laptop, job: str) -> str:
+    return laptop.on("laptop-login-0", "scontrol", "show", "job", job, "-o").stdout
+
+
+def _wait_job(laptop, job: str, seconds: float = 60) -> str:
+    deadline = time.monotonic() + seconds
+    state = _job_state(laptop, job)
+    while "JobState=COMPLETED" not in state and "JobState=FAILED" not in state and time.monotonic() < deadline:
+        time.sleep(1)
+        state = _job_state(laptop, job)
+    return state
+
+
+def _plan_json(laptop) -> dict:
+    code, out, err = laptop.cli("plan", "--json", "--repo", str(laptop.repo.path), "--engine", "embedded", "--site", "local-slurm")
+    return next(u for u in json.loads(out)["units"] if u["key"] == "cluster:laptop@local-slurm")
+
+
+def test_a_config_change_is_config_only_and_status_shows_nodes_behind_until_applied(laptop):
+    laptop.repo.replace("clusters/laptop.yaml", "    - name: hpc-users\n", "    - name: hpc-users\n    - name: students\n")
+    unit = _plan_json(laptop)
+    assert unit["change_class"]["kind"] == "config only", unit
+    code, out, err = laptop.cli("status", "laptop", "--json", "--repo", str(laptop.repo.path))
+    cluster = json.loads(out)["clusters"][0]
+    assert {n["config"] for n in cluster["nodes"]} == {"behind"}, cluster  # git moved on, the nodes did not
+    before = {h: laptop.ns_inode(h) for h in NODES}
+    code, out, err = laptop.apply()
+    assert code == 0, out + err
+    code, out, err = laptop.cli("status", "laptop", "--json", "--repo", str(laptop.repo.path))
+    cluster = json.loads(out)["clusters"][0]
+    assert {n["config"] for n in cluster["nodes"]} == {"current"}, cluster
+    assert {n["config_version"] for n in cluster["nodes"]} == {cluster["config_in_git"]}
+    assert {h: laptop.ns_inode(h) for h in NODES} == before  # no node was touched
+    groups = laptop.on("laptop-compute-1", "cat", "/etc/vcluster/groups.json").stdout
+    assert "students" in groups
+
+
+def test_a_killed_slurmd_shows_as_down_and_the_next_apply_replaces_that_node(laptop):
+    pidfile = laptop.site_dir / "runtime" / "nodes" / "laptop-compute-1" / "root" / "var_spool_slurmd" / "slurmd.pid"
+    os.kill(int(pidfile.read_text().split()[0]), 9)
+    deadline = time.monotonic() + 10
+    while pidfile.exists() and _alive(pidfile) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    code, out, err = laptop.cli("status", "laptop", "--repo", str(laptop.repo.path))
+    line = next(line for line in out.splitlines() if "laptop-compute-1" in line)
+    assert "down: slurmd not running" in line and "the next apply replaces it" in line, out
+    unit = _plan_json(laptop)
+    assert "live state differs from git: laptop-compute-1: slurmd not running" in unit["reasons"]
+    assert {(r["address"], r["action"]) for r in unit["resources"]} >= {("terraform_data.node_compute_1", "replace")}
+    other = laptop.ns_inode("laptop-compute-0")
+    code, out, err = laptop.apply()
+    assert code == 0, out + err
+    assert laptop.sinfo() == {h: "idle" for h in NODES[1:]}
+    assert laptop.ns_inode("laptop-compute-0") == other
+
+
+def _alive(pidfile: Path) -> bool:
+    try:
+        os.kill(int(pidfile.read_text().split()[0]), 0)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def test_a_rolling_change_replaces_nodes_one_at_a_time_with_jobs_running_and_the_controller_last(laptop):
+    job = laptop.on("laptop-login-0", "sbatch", "--parsable", "-w", "laptop-compute-2", "--wrap", "sleep 12").stdout.strip()
+    laptop.repo.replace("clusters/laptop.yaml", "    count: 3\n    cores: 1\n    memory_gb: 1", "    count: 3\n    cores: 1\n    memory_gb: 2")
+    unit = _plan_json(laptop)
+    assert unit["change_class"]["kind"] == "rolling"
+    assert unit["change_class"]["batches"] == [[f"terraform_data.node_compute_{i}"] for i in range(3)]
+    before = {h: (laptop.ns_inode(h), laptop.booted_at(h)) for h in NODES}
+    code, out, err = laptop.apply()
+    assert code == 0, out + err
+    state = _wait_job(laptop, job)
+    assert "JobState=COMPLETED" in state and "ExitCode=0:0" in state, state  # it ran throughout, then the node rolled
+    after = {h: (laptop.ns_inode(h), laptop.booted_at(h)) for h in NODES}
+    assert after["laptop-login-0"] == before["laptop-login-0"]  # the controller's pool did not change
+    booted = sorted(NODES[1:], key=lambda h: after[h][1])
+    assert booted == NODES[1:] and all(after[h][1] > before[h][1] for h in NODES[1:])  # one after the other
+    # each node booted after the one before it was back: one at a time
+    assert all(after[a][1] < after[b][1] for a, b in zip(booted, booted[1:]))
+    assert laptop.sinfo() == {h: "idle" for h in NODES[1:]}
+    real = laptop.on("laptop-login-0", "scontrol", "show", "node", "laptop-compute-0", "-o").stdout
+    assert "RealMemory=1945" in real  # the new shape: 2 GB less 5 %
+
+
+def test_replacing_the_only_controller_is_replace_all_and_needs_a_decision(laptop):
+    laptop.repo.replace("clusters/laptop.yaml", "  login:\n    role: login\n    count: 1\n    cores: 1\n    memory_gb: 1",
+                        "  login:\n    role: login\n    count: 1\n    cores: 1\n    memory_gb: 2")
+    unit = _plan_json(laptop)
+    assert unit["change_class"]["kind"] == "replace-all", unit
+    code, out, err = laptop.apply()
+    assert code == 1 and "--allow-replace" in out + err, out + err
+    assert laptop.sinfo() == {h: "idle" for h in NODES[1:]}  # nothing was applied
+    laptop.repo.replace("clusters/laptop.yaml", "  login:\n    role: login\n    count: 1\n    cores: 1\n    memory_gb: 2",
+                        "  login:\n    role: login\n    count: 1\n    cores: 1\n    memory_gb: 1")
 
 
 def test_destroy_leaves_no_namespace_process_mount_or_directory(laptop):

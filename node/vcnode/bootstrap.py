@@ -278,7 +278,8 @@ def sync() -> None:
         run("scontrol", "reconfigure")  # configless slurmd nodes fetch the new files from here
         log(f"{node.hostname}: slurmctld reconfigured to config {version}")
     previous = json.loads(node.store.read(f"nodes/{node.hostname}.json") or b"{}")
-    channel.report(node.store, node.hostname, **{**previous, "config_version": version})
+    kept = {k: v for k, v in previous.items() if k not in ("hostname", "reported_at")}
+    channel.report(node.store, node.hostname, **{**kept, "config_version": version})
 
 
 def drain(hostname: str, timeout: float, reason: str) -> None:
