@@ -11,7 +11,7 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
-from reconciler import comment, failover, gate, ghflow, hostruntime, interrupt, portability, render, status
+from reconciler import comment, failover, gate, ghflow, hostruntime, interrupt, nodepkg, portability, render, status
 from reconciler import event as event_module
 from reconciler.apply import APPLIED, DEFAULT_PARALLELISM, FAILED as APPLY_FAILED, INTERRUPTED, NOT_STARTED, NOTHING, REFUSED, apply
 from reconciler.engine import CHOICES, select_engine
@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("restore-state", "put a stack's last good state back after a damaged write (local state)"),
         ("volumes", "list the data volumes of the local sites: retained by a move (storage.on_move: keep) and in use"),
         ("status", "what each cluster's nodes run: Slurm state and config version, against git"),
+        ("enter", "run a command on a node of the local slurm runtime (default: a shell), as root"),
     ):
         command = sub.add_parser(name, help=text, description=text)
         _common(command, top=False)
@@ -94,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("--parallelism", type=int, default=DEFAULT_PARALLELISM, help=f"stacks applied at once (default {DEFAULT_PARALLELISM})")
         if name == "status":
             command.add_argument("cluster", nargs="?", help="only this cluster")
+        if name == "enter":
+            command.add_argument("hostname", help="the node, e.g. laptop-login-0")
+            command.add_argument("node_command", nargs=argparse.REMAINDER, help="the command and its arguments")
         if name == "restore-state":
             command.add_argument("unit", help="the unit, e.g. cluster:dev@local-a (as the plan names it)")
         if name == "synth":
@@ -421,6 +425,23 @@ def cmd_status(settings: Settings, args) -> int:
     return Exit.OK
 
 
+def cmd_enter(settings: Settings, args) -> int:
+    """Hand this process over to `nsenter` in the node's namespaces (the runtime's own `enter`)."""
+    state = desired(GitSource(settings.root).working_tree())
+    store = LiveStore(settings.state_root)
+    for unit in state.units.values():
+        if unit.kind == "cluster" and getattr(unit.spec, "runtime", "") == "slurm":
+            if any(args.hostname in p.hostnames for p in unit.spec.pools):
+                check_state_locations(store, state, {unit.key: unit})
+                command = args.node_command[1:] if args.node_command[:1] == ["--"] else args.node_command
+                env = {**os.environ, "RECONCILE_STATE_ROOT": str(settings.state_root.resolve()),
+                       "PYTHONPATH": str(nodepkg.source_dir().parent)}
+                sys.stdout.flush()
+                os.execvpe(sys.executable, [sys.executable, "-m", "vcnode.localhost", "enter", unit.state.bucket,
+                                            args.hostname, *command], env)
+    raise ReconcileError(f"no node {args.hostname!r} on a site with runtime: slurm in this repository")
+
+
 def cmd_synth(settings: Settings, args) -> int:
     source = GitSource(settings.root)
     state = desired(source.working_tree() if settings.head is None else source.at_revision(settings.head))
@@ -524,4 +545,5 @@ COMMANDS = {
     "restore-state": cmd_restore_state,
     "volumes": cmd_volumes,
     "status": cmd_status,
+    "enter": cmd_enter,
 }

@@ -57,6 +57,8 @@ class Engine:
 
     def _run(self, workdir: Path, *args: str) -> str:
         code, out, err = self.runner.run(workdir, list(args))
+        if args[0] == "apply":
+            _log_apply(workdir, code, out, err)
         if code != 0:
             detail = (err or out).strip()
             raise EngineError(f"{self.name} {args[0]} failed in {workdir}:\n{detail}")
@@ -86,6 +88,18 @@ class Engine:
     def state(self, workdir: Path) -> dict:
         """The current state as JSON (`show -json`)."""
         return json.loads(self._run(workdir, "show", "-json", "-no-color"))
+
+
+APPLY_LOG = "apply.log"
+
+
+def _log_apply(workdir: Path, code: int, out: str, err: str) -> None:
+    """What the engine printed while applying (its provisioners' output too), kept beside the
+    stack's plan for whoever looks into a run: appended, the owner's only."""
+    path = workdir / APPLY_LOG
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "a") as log:
+        log.write(f"--- apply exited {code}\n{out}{err}")
 
 
 def engine_env(work_dir: Path, state_root: Path) -> dict[str, str]:

@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -124,9 +125,32 @@ def laptop(tmp_path_factory):
 
     cluster = Cluster(repo, cli)
     cluster.home_before = sorted(os.listdir("/home"))
-    started = time.monotonic()
-    code, out, err = cluster.apply()
-    cluster.apply_s = time.monotonic() - started
+    # The engine's own trace of the first apply. Each engine process truncates TF_LOG_PATH, so
+    # it is a named pipe that a thread drains into one file, every process after the other.
+    cluster.tf_log = repo.path.parent / "tf.log"
+    pipe = repo.path.parent / "tf.pipe"
+    os.mkfifo(pipe)
+    stop = threading.Event()
+
+    def drain():
+        with open(cluster.tf_log, "ab") as out:
+            while not stop.is_set():
+                with open(pipe, "rb") as source:  # blocks until an engine opens it
+                    shutil.copyfileobj(source, out)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    saved = {k: os.environ.get(k) for k in ("TF_LOG", "TF_LOG_PATH")}
+    os.environ.update(TF_LOG="TRACE", TF_LOG_PATH=str(pipe))
+    try:
+        code, out, err = cluster.apply()
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+        stop.set()
+        with open(pipe, "wb"):  # wakes the reader for its last round
+            pass
+        reader.join(timeout=10)
     cluster.first_output = out + err
     try:
         assert code == 0, out + err
@@ -167,6 +191,12 @@ def test_the_cluster_runs_jobs_across_its_nodes_on_shared_storage(laptop):
         assert volumes[0].name in seen, (hostname, seen)
         assert laptop.on(hostname, "hostname").stdout.strip() == hostname
     assert sorted(os.listdir("/home")) == laptop.home_before and not Path("/home/probe").exists()
+    # the command users have: reconcile enter NODE COMMAND
+    import sys
+
+    entered = subprocess.run([str(Path(sys.executable).with_name("reconcile")), "enter", "laptop-compute-1", "cat", "/home/probe"],
+                             capture_output=True, text=True, cwd=laptop.repo.path, timeout=60)
+    assert entered.returncode == 0 and entered.stdout.strip() == token, entered.stderr
     # slurmctld keeps its state on the shared volume: a new controller keeps every job
     assert (volumes[0] / ".vcluster" / "slurmctld").is_dir()
 
@@ -192,6 +222,11 @@ def test_the_munge_key_is_the_clusters_own_and_nowhere_else(laptop):
             data = path.read_bytes()
             assert not any(n in data for n in needles), path
     assert not any(n.decode(errors="ignore") in laptop.first_output for n in needles[1:])
+    applied = (laptop.repo.path / ".reconcile" / "stacks" / "local-slurm" / "cluster-laptop" / "apply.log").read_text()
+    assert "laptop-login-0: login and controller on local" in applied  # the provisioners' output (scanned above)
+    trace = laptop.tf_log.read_bytes()  # TF_LOG=TRACE of every engine command of the first apply
+    assert b'"apply", "-input=false"' in trace and b"terraform_data.node_login_0" in trace
+    assert not any(n in trace for n in needles)
 
 
 def test_growing_a_pool_creates_one_node_and_spares_the_running_job(laptop):
@@ -219,7 +254,7 @@ def test_growing_a_pool_creates_one_node_and_spares_the_running_job(laptop):
 
 
 def test_shrinking_a_pool_drains_the_node_first(laptop):
-    submitted = laptop.on("laptop-login-0", "sbatch", "--parsable", "-w", "laptop-compute-3", "--wrap", "sleep 6")
+    submitted = laptop.on("laptop-login-0", "sbatch", "--parsable", "-w", "laptop-compute-3", "--wrap", "sleep 15")
     job = submitted.stdout.strip()
     assert submitted.returncode == 0, submitted.stderr
     laptop.repo.replace("clusters/laptop.yaml", "count: 4", "count: 3")
@@ -228,7 +263,7 @@ def test_shrinking_a_pool_drains_the_node_first(laptop):
     started = time.monotonic()
     code, out, err = laptop.apply()
     assert code == 0, out + err
-    assert time.monotonic() - started >= 3  # it waited for the job
+    assert time.monotonic() - started >= 5  # it waited for the job
     state = laptop.on("laptop-login-0", "scontrol", "show", "job", job, "-o").stdout
     assert "JobState=COMPLETED" in state and "ExitCode=0:0" in state, state
     assert "laptop-compute-3" not in laptop.sinfo()

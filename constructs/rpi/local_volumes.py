@@ -34,7 +34,7 @@ def _where(state: StateLocation) -> str:
 
 def create_command(state: StateLocation) -> str:
     root = f'"$RECONCILE_STATE_ROOT/{volume_root(state)}"'
-    return f"{_GUARD}; mkdir -p -m 0700 -- {root} && mkdir -m 0755 -- {_where(state)}"
+    return f"{_GUARD}; mkdir -p -m 0700 -- {root} && mkdir -m 0700 -- {_where(state)}"
 
 
 def destroy_command(state: StateLocation) -> str:

@@ -184,3 +184,17 @@ def terraform_literal(text: str) -> str:
     scripts and config files use both for themselves.
     """
     return text.replace("${", "$${").replace("%{", "%%{")
+
+
+def channel_prefix(state: StateLocation, cluster: str) -> str:
+    """Where a cluster's config channel lives in its site's store: beside the state. Local: a
+    directory relative to the state root; GCS and S3: an object prefix in the state bucket."""
+    if state.backend == "local":
+        return f"{state.bucket}/channel/{cluster}"
+    directory = state.key.rsplit("/", 1)[0] if "/" in state.key else ""
+    return "/".join(part for part in (directory, "channel", cluster) if part)
+
+
+def channel_document(spec: "ClusterSpec") -> str:
+    """The body of `config/<version>.json`: exactly what the node package's channel reads."""
+    return json.dumps({"version": spec.config_version, "files": json.loads(spec.config_files or "{}")}, sort_keys=True)

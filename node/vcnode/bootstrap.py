@@ -111,6 +111,7 @@ def mount_storage(node) -> None:
             continue
         if how == "bind":
             run("mount", "--bind", source, target)
+            os.chmod(target, 0o755)  # the root of a shared filesystem, as on a file server
         else:
             run("mount", "-t", how, "-o", "hard,timeo=600,retrans=3", source, target, timeout=120)
         log(f"mounted {target}")

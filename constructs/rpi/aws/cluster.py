@@ -296,7 +296,9 @@ def _launch_template(stack, spec: ClusterSpec, pool: ComputePool, name: str, pro
     )
     # The SSM parameter moves with every AMI release; following it would replace every node of
     # a running cluster unasked. A new image is taken when the template is replaced on purpose.
-    template.add_override("lifecycle.ignore_changes", ["image_id"])
+    # So with the first-boot data: a new template version would replace every instance that
+    # follows it, while only a first boot reads it (day-to-day config comes through the channel).
+    template.add_override("lifecycle.ignore_changes", ["image_id", "user_data"])
     return template
 
 

@@ -53,7 +53,9 @@ from rpi.gcp.landing_zone import (
     role_id,
     service_account_member,
 )
-from rpi.spec import ClusterSpec, ComputePool, NodeSpec, StorageVolume, network_name, terraform_literal
+from rpi.spec import (
+    ClusterSpec, ComputePool, NodeSpec, StorageVolume, channel_document, channel_prefix, network_name, terraform_literal,
+)
 
 IMAGES = {
     "cpu": "cloud-hpc-image-public/hpc-rocky-linux-8",
@@ -106,8 +108,9 @@ def build(stack, spec: ClusterSpec) -> None:
     network, subnet = _subnet(stack, spec)
     _firewall(stack, spec, network)
     account = _node_account(stack, spec)
-    instances = {pool.name: _pool(stack, spec, pool, subnet, account) for pool in spec.pools}
     filesystems, buckets = _storage(stack, spec, network)
+    binding = _channel(stack, spec, account, filesystems)
+    instances = {pool.name: _pool(stack, spec, pool, subnet, account, binding) for pool in spec.pools}
     _access(stack, spec, instances, account)
 
     nodes = [node for pool in spec.pools for node in instances[pool.name]]
@@ -320,7 +323,55 @@ class Node(NamedTuple):
     public_address: Any  # google_compute_address, or None without network.public_login
 
 
-def _pool(stack, spec: ClusterSpec, pool: ComputePool, subnet, account) -> list[Node]:
+def secret_prefix(spec: ClusterSpec) -> str:
+    """Secret Manager ids are project-wide: the site keeps a moving cluster's two copies apart."""
+    return resource_name("vc", spec.site, spec.name, limit=40) + "-"
+
+
+def _channel(stack, spec: ClusterSpec, account, filesystems: dict) -> dict:
+    """The cluster's config channel in the site's state bucket, the secret container of its
+    munge key, and what the node account may do with them: read the config, write its own
+    reports, read and (the controller's first boot) add the key. Returns the nodes' binding:
+    the metadata attributes the node package reads."""
+    prefix = channel_prefix(spec.state, spec.name)
+    objects = google("storage_bucket_object")
+    version = objects.StorageBucketObject(
+        stack, "channel_config", bucket=spec.state.bucket, name=f"{prefix}/config/{spec.config_version}.json",
+        content=terraform_literal(channel_document(spec)), content_type="application/json",
+    )
+    objects.StorageBucketObject(
+        stack, "channel_current", bucket=spec.state.bucket, name=f"{prefix}/config/current",
+        content=spec.config_version, content_type="text/plain", depends_on=[version],
+    )
+    member = service_account_member(account)
+    bucket_iam = google("storage_bucket_iam_member")
+    objects_of = f"projects/_/buckets/{spec.state.bucket}/objects/{prefix}"
+    for name, role, where in (
+        ("config", "roles/storage.objectViewer", f"{objects_of}/config/"),
+        ("reports", "roles/storage.objectUser", f"{objects_of}/nodes/"),
+    ):
+        bucket_iam.StorageBucketIamMember(
+            stack, f"channel_{name}_nodes", bucket=spec.state.bucket, role=role, member=member,
+            condition={"title": f"vcluster {spec.name} {name}", "expression": f'resource.name.startsWith("{where}")'},
+        )
+    secret = google("secret_manager_secret").SecretManagerSecret(
+        stack, "munge_key", secret_id=f"{secret_prefix(spec)}munge-key", replication={"auto": {}},
+        labels={"cluster": spec.name},
+    )
+    for role in ("roles/secretmanager.secretAccessor", "roles/secretmanager.secretVersionAdder"):
+        google("secret_manager_secret_iam_member").SecretManagerSecretIamMember(
+            stack, f"munge_key_{role_id(role)}", secret_id=secret.id, role=role, member=member,
+        )
+    mounts = {fs["mount"]: fs["source"] for fs in filesystems.values() if fs.get("type") == "filestore"}
+    return {
+        "vcluster-project": spec.account,
+        "vcluster-secret-prefix": secret_prefix(spec),
+        "vcluster-channel": f"gs://{spec.state.bucket}/{prefix}",
+        "vcluster-mounts": cdk.cdktf.Fn.jsonencode(mounts),
+    }
+
+
+def _pool(stack, spec: ClusterSpec, pool: ComputePool, subnet, account, binding: dict) -> list[Node]:
     """One instance per node, in hostname order."""
     machine = catalog("gcp").machine_types[pool.machine_type]
     module = google("compute_instance")
@@ -344,6 +395,7 @@ def _pool(stack, spec: ClusterSpec, pool: ComputePool, subnet, account) -> list[
     scratch = [module.ComputeInstanceScratchDisk(interface="NVME") for _ in range(disks)]
     tags = [node_tag(spec.name)] + ([login_tag(spec.name)] if pool.role == "login" else [])
     metadata = {"enable-oslogin": "TRUE"}  # IAM decides who logs in; SSH keys in metadata are ignored
+    metadata |= {**binding, "vcluster-pool": pool.name}  # where the node package finds its channel and secrets
     if spec.user_data:
         metadata |= {"user-data": terraform_literal(spec.user_data), "startup-script": CLOUD_INIT_SHIM}
     public = spec.public_login and pool.role == "login"
@@ -400,8 +452,13 @@ def _pool(stack, spec: ClusterSpec, pool: ComputePool, subnet, account) -> list[
             allow_stopping_for_update=True,
         )
         # The image family moves with every release; following it would replace every node of a
-        # running cluster unasked. A new image is taken when a node is replaced on purpose.
-        instance.add_override("lifecycle.ignore_changes", ["boot_disk[0].initialize_params[0].image"])
+        # running cluster unasked. A new image is taken when a node is replaced on purpose. The
+        # first-boot data only matters at a node's first boot: a new version reaches the nodes
+        # created after it, and running nodes when they are replaced on purpose (day-to-day
+        # config comes through the config channel).
+        instance.add_override(
+            "lifecycle.ignore_changes", ["boot_disk[0].initialize_params[0].image", 'metadata["user-data"]']
+        )
         nodes.append(Node(hostname, pool.role, instance, external))
     return nodes
 

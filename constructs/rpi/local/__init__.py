@@ -141,6 +141,7 @@ class LocalPlatform:
                 "containers": list(spec.containers),
                 "identity": {s.name: s.address for s in spec.identity_endpoints},
                 "cloud_init_sha256": hashlib.sha256(spec.user_data.encode()).hexdigest(),
+                "config_version": spec.config_version,  # the day-to-day config the nodes should run
             },
         )
         cdk.output(
