@@ -446,7 +446,32 @@ def test_access_groups_open_ssm_sessions_by_tag(synthesized):
     # Terraform's escape, so that IAM and not Terraform reads the policy variable
     assert "session/$${aws:username}-*" in policies["group_hpc-admins_sessions"]["policy"]
     node = resources(gpu, "aws_instance")["node_login_0"]
-    assert node["tags"] == {"Name": "gpu-ai-login-0", "cluster": "gpu-ai", "pool": "login", "role": "login"}
+    assert {k: v for k, v in node["tags"].items() if not k.startswith("vcluster-")} == {
+        "Name": "gpu-ai-login-0", "cluster": "gpu-ai", "pool": "login", "role": "login"}
+
+
+def test_nodes_find_their_channel_and_key_through_their_tags(specs):
+    """The node package's binding: instance tags read through IMDSv2, a channel in the site's
+    state bucket, a secret container for the munge key, and a node role that reaches only those."""
+    gpu = json.loads(synthesize_stacks("aws", {"cluster-gpu-ai": specs["cluster-gpu-ai"]})["cluster-gpu-ai"])
+    node = resources(gpu, "aws_instance")["node_gpu_0"]
+    assert node["metadata_options"]["instance_metadata_tags"] == "enabled" and node["metadata_options"]["http_tokens"] == "required"
+    assert node["tags"]["vcluster-hostname"] == "gpu-ai-gpu-0" and node["tags"]["vcluster-pool"] == "gpu"
+    channel = node["tags"]["vcluster-channel"]
+    assert channel == "s3://swisstwins-reconcile-state/aws-frankfurt/channel/gpu-ai"
+    objects = resources(gpu, "aws_s3_object")
+    version = specs["cluster-gpu-ai"].config_version
+    assert objects["channel_current"]["content"] == version
+    assert objects["channel_config"]["key"] == f"aws-frankfurt/channel/gpu-ai/config/{version}.json"
+    assert json.loads(objects["channel_config"]["content"])["version"] == version
+    grants = json.loads(resources(gpu, "aws_iam_role_policy")["node_channel"]["policy"])["Statement"]
+    resources_granted = sorted(r for g in grants for r in g["Resource"])
+    assert resources_granted == sorted([
+        "arn:aws:s3:::swisstwins-reconcile-state/aws-frankfurt/channel/gpu-ai/config/*",
+        "arn:aws:s3:::swisstwins-reconcile-state/aws-frankfurt/channel/gpu-ai/nodes/*",
+        "${aws_secretsmanager_secret.munge_key.arn}",
+    ])  # never the state objects beside the channel
+    assert "secret_string" not in resources(gpu, "aws_secretsmanager_secret")["munge_key"]  # the value is the controller's
 
 
 def test_refusals_say_what_to_change(specs):

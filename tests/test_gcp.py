@@ -688,3 +688,24 @@ def test_an_adopted_volume_is_imported_under_its_own_name(synthesized):
     assert resources(adopted, "google_storage_bucket")["bucket_datasets"]["name"] == "kept-datasets"
     assert resources(adopted, "google_storage_bucket")["bucket_checkpoints"]["name"] != "kept-datasets"
     assert "import" not in doc(synthesized, "cluster-gpu-ai")
+
+
+def test_nodes_find_their_channel_and_key_through_their_metadata(specs):
+    """The node package's binding: metadata attributes, a channel in the site's state bucket, a
+    secret container for the munge key, and grants that reach only those (IAM conditions)."""
+    spec = specs["cluster-slurm-hpc"]
+    document = json.loads(synthesize_stacks("gcp", {"cluster-slurm-hpc": spec})["cluster-slurm-hpc"])
+    resource = document["resource"]
+    metadata = resource["google_compute_instance"]["node_compute_0"]["metadata"]
+    assert metadata["vcluster-pool"] == "compute"
+    assert metadata["vcluster-channel"] == f"gs://{spec.state.bucket}/gcp-zurich/channel/slurm-hpc"
+    assert "google_filestore_instance.storage_shared" in metadata["vcluster-mounts"]
+    objects = resource["google_storage_bucket_object"]
+    assert objects["channel_current"]["content"] == spec.config_version
+    assert json.loads(objects["channel_config"]["content"])["files"] == json.loads(spec.config_files)
+    conditions = sorted(g["condition"]["expression"] for g in resource["google_storage_bucket_iam_member"].values())
+    prefix = f"projects/_/buckets/{spec.state.bucket}/objects/gcp-zurich/channel/slurm-hpc"
+    assert conditions == [f'resource.name.startsWith("{prefix}/config/")', f'resource.name.startsWith("{prefix}/nodes/")']
+    secret = resource["google_secret_manager_secret"]["munge_key"]
+    assert secret["secret_id"] == "vc-gcp-zurich-slurm-hpc-munge-key"
+    assert "google_secret_manager_secret_version" not in resource  # the value is the controller's, never Terraform's

@@ -23,7 +23,7 @@ from rpi.aws.landing_zone import (
     private_route_table_name,
     statement,
 )
-from rpi.spec import ClusterSpec, ComputePool, StorageVolume, network_name
+from rpi.spec import ClusterSpec, ComputePool, StorageVolume, channel_document, channel_prefix, network_name, terraform_literal
 
 # Public SSM parameters naming the current AMI. The NVIDIA image brings the GPU driver, CUDA
 # and the EFA software; every type in the AWS catalog is x86_64.
@@ -51,10 +51,11 @@ def build(stack, spec: ClusterSpec) -> None:
     check(spec)
     vpc, subnet = _subnet(stack, spec)
     groups = _security_groups(stack, spec, vpc)
-    profile = _node_profile(stack, spec)
+    profile, role = _node_profile(stack, spec)
     images: dict[str, str] = {}
-    instances = {pool.name: _pool(stack, spec, pool, subnet, groups, profile, images) for pool in spec.pools}
     filesystems, buckets = _storage(stack, spec, subnet, groups["nodes"])
+    binding = _channel(stack, spec, role, filesystems)
+    instances = {pool.name: _pool(stack, spec, pool, subnet, groups, profile, images, binding) for pool in spec.pools}
     _access(stack, spec)
 
     logins = [node.private_ip for pool in spec.pools if pool.role == "login" for node in instances[pool.name]]
@@ -207,7 +208,45 @@ def _node_profile(stack, spec: ClusterSpec):
         {"Service": "ec2.amazonaws.com"},
         ("AmazonSSMManagedInstanceCore",),
     )
-    return aws("iam_instance_profile").IamInstanceProfile(stack, "node_profile", name=role.name, role=role.name)
+    return aws("iam_instance_profile").IamInstanceProfile(stack, "node_profile", name=role.name, role=role.name), role
+
+
+def _channel(stack, spec: ClusterSpec, role, filesystems: dict) -> dict:
+    """The cluster's config channel in the site's state bucket, the secret container of its
+    munge key, and what the node role may do with them: read the config, write its own
+    reports, read and (the controller's first boot) put the key. Returns the nodes' binding:
+    the instance tags the node package reads through IMDSv2."""
+    prefix = channel_prefix(spec.state, spec.name)
+    objects = aws("s3_object")
+    version = objects.S3Object(
+        stack, "channel_config", bucket=spec.state.bucket, key=f"{prefix}/config/{spec.config_version}.json",
+        content=terraform_literal(channel_document(spec)), content_type="application/json",
+    )
+    objects.S3Object(
+        stack, "channel_current", bucket=spec.state.bucket, key=f"{prefix}/config/current",
+        content=spec.config_version, content_type="text/plain", depends_on=[version],
+    )
+    secret_prefix = f"vc-{spec.site}-{spec.name}-"  # Secrets Manager names are account-wide
+    secret = aws("secretsmanager_secret").SecretsmanagerSecret(
+        stack, "munge_key", name=f"{secret_prefix}munge-key", description=f"munge key of cluster {spec.name}",
+        tags={"cluster": spec.name},
+    )
+    objects_of = f"arn:aws:s3:::{spec.state.bucket}/{prefix}"
+    aws("iam_role_policy").IamRolePolicy(
+        stack, "node_channel", name="vcluster-channel", role=role.name,
+        policy=policy([
+            statement(["s3:GetObject"], [f"{objects_of}/config/*"], sid="ReadConfig"),
+            statement(["s3:GetObject", "s3:PutObject", "s3:DeleteObject"], [f"{objects_of}/nodes/*"], sid="Report"),
+            statement(["secretsmanager:GetSecretValue", "secretsmanager:PutSecretValue"], [secret.arn], sid="MungeKey"),
+        ]),
+        depends_on=[secret],
+    )
+    mounts = {fs["mount"]: f"{fs['dns_name']}:/" for fs in filesystems.values() if fs.get("type") == "efs"}
+    return {
+        "vcluster-channel": f"s3://{spec.state.bucket}/{prefix}",
+        "vcluster-secret-prefix": secret_prefix,
+        "vcluster-mounts": cdk.cdktf.Fn.jsonencode(mounts),
+    }
 
 
 def _image(stack, kind: str, images: dict[str, str]) -> str:
@@ -218,7 +257,7 @@ def _image(stack, kind: str, images: dict[str, str]) -> str:
     return images[kind]
 
 
-def _pool(stack, spec: ClusterSpec, pool: ComputePool, subnet, groups: dict, profile, images: dict) -> list:
+def _pool(stack, spec: ClusterSpec, pool: ComputePool, subnet, groups: dict, profile, images: dict, binding: dict) -> list:
     """A pool's launch template and one instance per node: returns the instances in hostname order."""
     prefix = f"{spec.site}-{spec.name}-{pool.name}"
     placement = None
@@ -245,7 +284,10 @@ def _pool(stack, spec: ClusterSpec, pool: ComputePool, subnet, groups: dict, pro
                 launch_template={"id": template.id, "version": version},
                 primary_network_interface={"network_interface_id": interface.id},
                 placement_group=placement.name if placement else None,
-                tags={"Name": hostname, **tags},
+                # the node package reads its binding from the tags (instance metadata, IMDSv2 only);
+                # set on the instance, where a change is made in place
+                metadata_options={"http_endpoint": "enabled", "http_tokens": "required", "instance_metadata_tags": "enabled"},
+                tags={"Name": hostname, **tags, **binding, "vcluster-hostname": hostname, "vcluster-pool": pool.name},
             )
         )
     return instances
