@@ -288,6 +288,11 @@ class Scheduler(Strict):
     kind: Literal["slurm"]
     version: str = "24.05"
     settings: dict[str, str | int | bool] = Field({}, description="Extra slurm.conf settings")
+    drain_timeout_s: int = Field(
+        600, ge=1, le=7 * 86400,
+        description="How long a node that leaves (a pool shrinks, a node is replaced) may keep running its jobs "
+        "once drained; when the wait runs out the rollout stops and reports, and nothing is killed",
+    )
 
 
 class Services(Strict):

@@ -19,7 +19,7 @@ class Change:
     reason: str = ""  # Terraform's action_reason, e.g. replace_because_cannot_update
     holds_data: bool = False  # the resource as it is now holds data (a filesystem, a bucket)
     imported: bool = False  # an import block brings an existing resource under this stack
-    drain_s: int = 0  # a node that runs jobs: drained (at most this long) before it goes
+    drains: bool = False  # a node that runs jobs: drained before it goes
 
     @property
     def loses_data(self) -> bool:
@@ -90,7 +90,7 @@ def summarize(plan: dict[str, Any], holds_data: HoldsData = _never) -> PlanSumma
                 reason=rc.get("action_reason", ""),
                 holds_data=isinstance(before, dict) and holds_data(rc.get("type", ""), before),
                 imported=bool(rc["change"].get("importing")),
-                drain_s=_drain_s(before, action_of(rc["change"]["actions"], previous)),
+                drains=_drains(before, action_of(rc["change"]["actions"], previous)),
             )
         )
     outputs = tuple(
@@ -99,13 +99,13 @@ def summarize(plan: dict[str, Any], holds_data: HoldsData = _never) -> PlanSumma
     return PlanSummary(tuple(sorted(changes, key=lambda c: c.address)), outputs)
 
 
-def _drain_s(before, action: str) -> int:
-    """A compute node of the slurm runtime is drained before it is destroyed or replaced: its
-    input says so (the role and the bounded wait)."""
+def _drains(before, action: str) -> bool:
+    """A compute node of the slurm runtime is drained before it is destroyed or replaced (for
+    at most the cluster's drain_timeout_s)."""
     node = (before or {}).get("input") if isinstance(before, dict) else None
     if action not in ("delete", "replace") or not isinstance(node, dict) or node.get("role") != "compute":
-        return 0
-    return int(node.get("drain_timeout_s") or 0)
+        return False
+    return "site_dir" in node
 
 
 def _resources(document: dict | None) -> dict[str, dict]:

@@ -35,8 +35,8 @@ def describe_change(change: Change) -> str:
         text += f" ({change.reason.replace('_', ' ')})"
     if change.imported:
         text += " (imported: an existing resource)"
-    if change.drain_s:
-        text += f" (drained first: its jobs finish, at most {change.drain_s} s, or it stays and the apply stops)"
+    if change.drains:
+        text += " (drained first: its jobs finish within drain_timeout_s, or it stays drained and the apply stops)"
     return text
 
 
@@ -223,7 +223,7 @@ def _unit_json(p: UnitPlan) -> dict:
         out["destroys_data"] = list(p.summary.data_lost)
         out["resources"] = [
             {"address": c.address, "action": c.action, "previous_address": c.previous_address, "reason": c.reason,
-             "drain_s": c.drain_s}
+             "drains": c.drains}
             for c in p.summary.visible
         ]
     if p.error:

@@ -285,6 +285,7 @@ def _cluster_unit(
         controller=layers.controller(cluster),
         config_version=layers.config_version(config),
         config_files=json.dumps(config, sort_keys=True, separators=(",", ":")),
+        drain_timeout_s=scheduler.drain_timeout_s if scheduler else 600,
     )
     inputs = (*defs.cluster_files[cluster.name], defs.site_files[site.name])
     return Unit(CLUSTER, cluster.name, site.name, site.platform, inputs, (site_unit.key,), spec, _hash(spec), spec.state)

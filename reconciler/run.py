@@ -378,7 +378,8 @@ def _destroy_what_left(unit: Unit, document: str, store: LiveStore) -> str:
     volumes = sorted(a for a in gone if a.split(".", 1)[1].startswith("storage_"))
     real = {a for a, attributes in gone.items() if "site_dir" in (attributes.get("input") or {})}
     blocks = [local_volumes.removed_block(a, unit.state) for a in volumes]
-    blocks += [local_runtime.removed_block(a) for a in local_runtime.removed_addresses(real)]
+    drain = getattr(unit.spec, "drain_timeout_s", local_runtime.DRAIN_TIMEOUT_S)
+    blocks += [local_runtime.removed_block(a, drain) for a in local_runtime.removed_addresses(real)]
     if not blocks:
         return document
     synthesized["removed"] = [*(synthesized.get("removed") or ()), *blocks]

@@ -240,6 +240,7 @@ def test_growing_a_pool_creates_one_node_and_spares_the_running_job(laptop):
     changes = {c["address"]: c["action"] for c in unit["resources"]}
     nodes_changed = {a: v for a, v in changes.items() if ".node_" in a or a.endswith((".config", ".first_boot", ".subnet"))}
     assert nodes_changed == {"terraform_data.node_compute_3": "create"}, changes
+    assert unit["change_class"]["kind"] == "creates only", unit
     code, out, err = laptop.apply()
     assert code == 0, out + err
     assert {h: laptop.ns_inode(h) for h in NODES} == before  # no other node was recreated
@@ -251,6 +252,31 @@ def test_growing_a_pool_creates_one_node_and_spares_the_running_job(laptop):
         time.sleep(1)
         state = laptop.on("laptop-login-0", "scontrol", "show", "job", job, "-o").stdout
     assert "JobState=COMPLETED" in state and "ExitCode=0:0" in state, state
+
+
+def test_a_drain_that_runs_out_stops_the_rollout_and_kills_nothing(laptop):
+    job = laptop.on("laptop-login-0", "sbatch", "--parsable", "-w", "laptop-compute-3", "--wrap", "sleep 120").stdout.strip()
+    assert job, "no job"
+    original = laptop.repo.read("clusters/laptop.yaml")
+    laptop.repo.replace("clusters/laptop.yaml", "count: 4", "count: 3")
+    laptop.repo.replace("clusters/laptop.yaml", 'version: "22.05"', 'version: "22.05"\n    drain_timeout_s: 3')
+    try:
+        code, out, err = laptop.apply()
+        said = " ".join((out + err).split())  # the engine wraps its lines
+        assert code == 1 and "not drained, so not removed; nothing was killed" in said, out + err
+        assert "JobState=RUNNING" in _job_state(laptop, job)  # still running, on the node that stays
+        assert laptop.sinfo()["laptop-compute-3"] in ("drng", "drain")  # drained: it takes no new job
+        assert (laptop.site_dir / "runtime" / "nodes" / "laptop-compute-3").is_dir()
+    finally:
+        laptop.on("laptop-login-0", "scancel", job)
+        laptop.on("laptop-login-0", "scontrol", "update", "nodename=laptop-compute-3", "state=resume")
+        laptop.repo.write("clusters/laptop.yaml", original)
+    code, out, err = laptop.apply()  # back to what git says: the node takes jobs again
+    assert code == 0, out + err
+    deadline = time.monotonic() + 20
+    while laptop.sinfo().get("laptop-compute-3") != "idle" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert laptop.sinfo().get("laptop-compute-3") == "idle"
 
 
 def test_shrinking_a_pool_drains_the_node_first(laptop):

@@ -14,7 +14,8 @@ _GUARD = (
     '{ echo "RECONCILE_STATE_ROOT or RECONCILE_NODE_PACKAGE is not set: run this stack through reconcile" >&2; exit 1; }'
 )
 _RUN = 'PYTHONPATH="$RECONCILE_NODE_PACKAGE" python3 -m vcnode.localhost'
-# What a node's destroy waits for its jobs before it gives up (and keeps the node, drained).
+# What a node's destroy waits for its jobs before it gives up (and keeps the node, drained),
+# unless the cluster says otherwise (services.scheduler.drain_timeout_s).
 DRAIN_TIMEOUT_S = 600
 
 
@@ -28,8 +29,8 @@ def _exec(command: str, when: str = "", **environment: str) -> dict:
     return {"local-exec": block}
 
 
-def provisioners(up: str, down: str, **environment: str) -> list[dict]:
-    return [_exec(up, **environment), _exec(down, when="destroy")]
+def provisioners(up: str, down: str) -> list[dict]:
+    return [_exec(up), _exec(down, when="destroy")]
 
 
 def site(site_dir: str) -> tuple[dict, list[dict]]:
@@ -45,15 +46,18 @@ def node_input(site_dir: str, cluster: str, controller: str, hostname: str, addr
                gateway: str, pool: str, role: str, mounts: dict[str, str]) -> dict:
     return {
         "site_dir": site_dir, "cluster": cluster, "controller": controller, "hostname": hostname,
-        "address": address, "prefix": prefix, "gateway": gateway, "pool": pool, "role": role,
-        "mounts": mounts, "drain_timeout_s": DRAIN_TIMEOUT_S,
+        "address": address, "prefix": prefix, "gateway": gateway, "pool": pool, "role": role, "mounts": mounts,
     }
 
 
-def node(first_boot_address: str) -> list[dict]:
+def node(first_boot_address: str, drain_timeout_s: int = DRAIN_TIMEOUT_S) -> list[dict]:
     """A node boots from its cluster's first-boot data (the cluster's template) and is drained
-    before it goes."""
-    return provisioners("node-up", "node-down", VC_USER_DATA=f"${{{first_boot_address}.input.user_data}}")
+    before it goes. The wait is the cluster's current one, a literal of the configuration (not
+    of the node's input, which a destroy reads from state)."""
+    return [
+        _exec("node-up", VC_USER_DATA=f"${{{first_boot_address}.input.user_data}}"),
+        _exec("node-down", when="destroy", VC_DRAIN_TIMEOUT_S=str(drain_timeout_s)),
+    ]
 
 
 def first_boot() -> list[dict]:
@@ -67,12 +71,13 @@ def config() -> list[dict]:
     return [_exec("publish")]
 
 
-def removed_block(address: str) -> dict:
+def removed_block(address: str, drain_timeout_s: int = DRAIN_TIMEOUT_S) -> dict:
     """Destroy a runtime resource whose configuration is gone with its destroy-time provisioner
-    (its input is in state)."""
+    (its input is in state; a node's drain wait is the cluster's current one)."""
     name = address.split(".", 1)[1]
     command = {"subnet": "subnet-down", "first_boot": "cluster-down", "runtime": "site-down"}.get(name, "node-down")
-    return {"from": address, "lifecycle": {"destroy": True}, "provisioner": [_exec(command, when="destroy")]}
+    extra = {"VC_DRAIN_TIMEOUT_S": str(drain_timeout_s)} if command == "node-down" else {}
+    return {"from": address, "lifecycle": {"destroy": True}, "provisioner": [_exec(command, when="destroy", **extra)]}
 
 
 def removed_addresses(addresses: set[str]) -> list[str]:

@@ -156,6 +156,7 @@ class ClusterSpec:
     controller: str = ""  # the hostname that runs slurmctld
     config_version: str = ""  # the day-to-day config's content hash
     config_files: str = ""  # that config as canonical JSON: {path: {content, mode, on}}
+    drain_timeout_s: int = 600  # how long a leaving node's jobs may run once drained
 
 
 def network_name(site: str) -> str:

@@ -298,10 +298,10 @@ def node_down(site: Site, spec: dict) -> None:
         return
     controller = site.node(spec["controller"]) if spec.get("controller") else None
     takes_jobs = spec.get("role") == "compute" and controller is not None and controller.hostname != node.hostname
+    wait = float(os.environ.get("VC_DRAIN_TIMEOUT_S") or spec.get("drain_timeout_s") or 600)
     if takes_jobs and controller.exists() and controller.daemons().get("slurmctld") and node.daemons().get("slurmd"):
         done = controller.run("python3", "/usr/libexec/vcluster/vcnode.pyz", "drain", node.hostname,
-                              "--timeout", str(spec.get("drain_timeout_s", 600)), check=False,
-                              timeout=float(spec.get("drain_timeout_s", 600)) + 60)
+                              "--timeout", str(wait), check=False, timeout=wait + 60)
         sys.stderr.write(done.stderr)
         if done.returncode:
             raise RuntimeFault(f"{node.hostname}: not drained, so not removed; nothing was killed")

@@ -97,7 +97,7 @@ class LocalPlatform:
                     spec.subnet.gateway, pool.name, pool.role, mounts,
                 )
                 node = _node(stack, pool, index, spec.zone, attributes)
-                cdk.provisioners(node, runtime.node("terraform_data.first_boot"))
+                cdk.provisioners(node, runtime.node("terraform_data.first_boot", spec.drain_timeout_s))
                 after = ["terraform_data.config", "terraform_data.subnet"]
                 if hostname != spec.controller and spec.controller:
                     after.append(f"terraform_data.{_controller_address(spec)}")
