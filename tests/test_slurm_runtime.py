@@ -231,9 +231,7 @@ def test_the_munge_key_is_the_clusters_own_and_nowhere_else(laptop):
 
 def test_growing_a_pool_creates_one_node_and_spares_the_running_job(laptop):
     before = {h: laptop.ns_inode(h) for h in NODES}
-    submitted = laptop.on("laptop-login-0", "sbatch", "--parsable", "-w", "laptop-compute-0", "--wrap", "sleep 20")
-    job = submitted.stdout.strip()
-    assert submitted.returncode == 0 and job, submitted.stderr
+    job = _running(laptop, "laptop-compute-0", 20)
     laptop.repo.replace("clusters/laptop.yaml", "count: 3", "count: 4")
     code, out, err = laptop.cli("plan", "--json", "--repo", str(laptop.repo.path), "--engine", "embedded", "--site", "local-slurm")
     unit = next(u for u in json.loads(out)["units"] if u["key"] == "cluster:laptop@local-slurm")
@@ -255,8 +253,7 @@ def test_growing_a_pool_creates_one_node_and_spares_the_running_job(laptop):
 
 
 def test_a_drain_that_runs_out_stops_the_rollout_and_kills_nothing(laptop):
-    job = laptop.on("laptop-login-0", "sbatch", "--parsable", "-w", "laptop-compute-3", "--wrap", "sleep 120").stdout.strip()
-    assert job, "no job"
+    job = _running(laptop, "laptop-compute-3", 120)
     original = laptop.repo.read("clusters/laptop.yaml")
     laptop.repo.replace("clusters/laptop.yaml", "count: 4", "count: 3")
     laptop.repo.replace("clusters/laptop.yaml", 'version: "22.05"', 'version: "22.05"\n    drain_timeout_s: 3')
@@ -280,9 +277,7 @@ def test_a_drain_that_runs_out_stops_the_rollout_and_kills_nothing(laptop):
 
 
 def test_shrinking_a_pool_drains_the_node_first(laptop):
-    submitted = laptop.on("laptop-login-0", "sbatch", "--parsable", "-w", "laptop-compute-3", "--wrap", "sleep 15")
-    job = submitted.stdout.strip()
-    assert submitted.returncode == 0, submitted.stderr
+    job = _running(laptop, "laptop-compute-3", 15)
     laptop.repo.replace("clusters/laptop.yaml", "count: 4", "count: 3")
     code, out, err = laptop.cli("plan", "--repo", str(laptop.repo.path), "--engine", "embedded", "--site", "local-slurm")
     assert "- terraform_data.node_compute_3 (drained first" in out, out
@@ -294,6 +289,19 @@ def test_shrinking_a_pool_drains_the_node_first(laptop):
     assert "JobState=COMPLETED" in state and "ExitCode=0:0" in state, state
     assert "laptop-compute-3" not in laptop.sinfo()
     assert not (laptop.site_dir / "runtime" / "nodes" / "laptop-compute-3").exists()
+
+
+def _running(laptop, node: str, seconds: int) -> str:
+    """Submit `sleep SECONDS` to `node` and wait until it runs there: a job still pending when
+    a drain starts would never start, and the node would leave at once."""
+    done = laptop.on("laptop-login-0", "sbatch", "--parsable", "-w", node, "--wrap", f"sleep {seconds}")
+    job = done.stdout.strip()
+    assert done.returncode == 0 and job, done.stderr
+    deadline = time.monotonic() + 30
+    while "JobState=RUNNING" not in _job_state(laptop, job) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "JobState=RUNNING" in _job_state(laptop, job)
+    return job
 
 
 def _job_state(laptop, job: str) -> str:
@@ -361,7 +369,7 @@ def _alive(pidfile: Path) -> bool:
 
 
 def test_a_rolling_change_replaces_nodes_one_at_a_time_with_jobs_running_and_the_controller_last(laptop):
-    job = laptop.on("laptop-login-0", "sbatch", "--parsable", "-w", "laptop-compute-2", "--wrap", "sleep 12").stdout.strip()
+    job = _running(laptop, "laptop-compute-2", 12)
     laptop.repo.replace("clusters/laptop.yaml", "    count: 3\n    cores: 1\n    memory_gb: 1", "    count: 3\n    cores: 1\n    memory_gb: 2")
     unit = _plan_json(laptop)
     assert unit["change_class"]["kind"] == "rolling"
