@@ -140,8 +140,9 @@ def laptop(tmp_path_factory):
 
     reader = threading.Thread(target=drain, daemon=True)
     reader.start()
-    saved = {k: os.environ.get(k) for k in ("TF_LOG", "TF_LOG_PATH")}
-    os.environ.update(TF_LOG="TRACE", TF_LOG_PATH=str(pipe))
+    saved = {k: os.environ.get(k) for k in ("TF_LOG", "TF_LOG_PATH", "AWS_SECRET_ACCESS_KEY")}
+    # a credential of the runner's, which no node may inherit
+    os.environ.update(TF_LOG="TRACE", TF_LOG_PATH=str(pipe), AWS_SECRET_ACCESS_KEY="runner-credential-not-for-nodes")
     try:
         code, out, err = cluster.apply()
     finally:
@@ -211,6 +212,10 @@ def test_the_munge_key_is_the_clusters_own_and_nowhere_else(laptop):
         assert hashlib.sha256(node_key.read_bytes()).digest() == hashlib.sha256(key).digest()
         assert (node_key.stat().st_mode & 0o777) == 0o600
         assert laptop.on(hostname, "munge", "-n").returncode == 0  # munged runs with it
+    # the daemons do not carry the runner's environment (tokens, cloud credentials)
+    pid = (laptop.site_dir / "runtime" / "nodes" / "laptop-compute-0" / "root" / "var_spool_slurmd" / "slurmd.pid").read_text().split()[0]
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    assert not [e for e in environ if e.startswith((b"GITHUB_", b"AWS_", b"GOOGLE_", b"RECONCILE_", b"VC_"))], environ
     # a cluster user cannot reach the identity (secret) store
     denied = laptop.on("laptop-compute-0", "cat", str(secret), user="nobody")
     assert denied.returncode != 0 and "Permission denied" in denied.stderr

@@ -156,7 +156,10 @@ class Node:
         return ["nsenter", f"--net=/run/netns/{self.netns}", f"--uts={self.uts}", f"--mount={self.mnt}"]
 
     def run(self, *command: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
-        env = dict(os.environ, PYTHONPATH=str(NODE_PACKAGE))
+        # A node's own environment, not the runner's: its daemons must not inherit the tokens and
+        # cloud credentials of whoever runs reconcile.
+        env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
+               "HOME": "/root", "PYTHONPATH": str(NODE_PACKAGE)}
         return sh(*self.enter(), *command, check=check, timeout=timeout, env=env)
 
     def pids(self) -> list[int]:
