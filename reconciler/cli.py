@@ -11,7 +11,7 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
-from reconciler import comment, failover, gate, ghflow, hostruntime, interrupt, nodepkg, portability, render, status
+from reconciler import comment, failover, gate, ghflow, hostruntime, interrupt, portability, render, status
 from reconciler import event as event_module
 from reconciler.apply import APPLIED, DEFAULT_PARALLELISM, FAILED as APPLY_FAILED, INTERRUPTED, NOT_STARTED, NOTHING, REFUSED, apply
 from reconciler.engine import CHOICES, select_engine
@@ -434,11 +434,10 @@ def cmd_enter(settings: Settings, args) -> int:
             if any(args.hostname in p.hostnames for p in unit.spec.pools):
                 check_state_locations(store, state, {unit.key: unit})
                 command = args.node_command[1:] if args.node_command[:1] == ["--"] else args.node_command
-                env = {**os.environ, "RECONCILE_STATE_ROOT": str(settings.state_root.resolve()),
-                       "PYTHONPATH": str(nodepkg.source_dir().parent)}
+                env = hostruntime.localhost_env(os.environ, RECONCILE_STATE_ROOT=str(settings.state_root.resolve()))
+                argv = hostruntime.localhost_argv("enter", unit.state.bucket, args.hostname, *command)
                 sys.stdout.flush()
-                os.execvpe(sys.executable, [sys.executable, "-m", "vcnode.localhost", "enter", unit.state.bucket,
-                                            args.hostname, *command], env)
+                os.execvpe(argv[0], argv, env)
     raise ReconcileError(f"no node {args.hostname!r} on a site with runtime: slurm in this repository")
 
 

@@ -25,25 +25,29 @@ def needs_runtime(plans, sites) -> list:
     return [p for p in plans if p.pending and real(p)]
 
 
+def localhost_argv(*args: str) -> list[str]:
+    """The command line of the node package's local runtime (`vcnode.localhost`)."""
+    return [sys.executable, "-m", "vcnode.localhost", *args]
+
+
+def localhost_env(base: dict[str, str] | None = None, **extra: str) -> dict[str, str]:
+    """The environment it runs in: `base` (default: a PATH with the sbin directories) plus the
+    node package on PYTHONPATH and `extra`."""
+    env = dict(base) if base is not None else {"PATH": _path()}
+    return {**env, "PYTHONPATH": str(nodepkg.source_dir().parent), **extra}
+
+
 def problem() -> str:
     """Why this host cannot run the slurm runtime, or ""."""
-    done = subprocess.run(
-        [sys.executable, "-m", "vcnode.localhost", "check"],
-        capture_output=True, text=True, timeout=30,
-        env={"PYTHONPATH": str(nodepkg.source_dir().parent), "PATH": _path()},
-    )
+    done = subprocess.run(localhost_argv("check"), capture_output=True, text=True, timeout=30, env=localhost_env())
     return "" if done.returncode == 0 else (done.stderr.strip().removeprefix("local runtime: error: ") or "the check failed")
 
 
 def health(state_root, nodes: dict[str, dict]) -> dict[str, str]:
     """{address: why} of the nodes (address -> their resource input) that lost a daemon or
     their namespaces; {} when all run, or when this host cannot tell (not root)."""
-    done = subprocess.run(
-        [sys.executable, "-m", "vcnode.localhost", "health"],
-        capture_output=True, text=True, timeout=60,
-        env={"PYTHONPATH": str(nodepkg.source_dir().parent), "PATH": _path(),
-             "RECONCILE_STATE_ROOT": str(state_root), "VC_INPUT": json.dumps({"nodes": nodes})},
-    )
+    env = localhost_env(RECONCILE_STATE_ROOT=str(state_root), VC_INPUT=json.dumps({"nodes": nodes}))
+    done = subprocess.run(localhost_argv("health"), capture_output=True, text=True, timeout=60, env=env)
     if done.returncode:
         return {}
     return json.loads(done.stdout or "{}")

@@ -227,7 +227,7 @@ def plan(settings: Settings, assessment: Assessment, engine: Engine | None, stor
             record = assessment.live.get(unit.key)
             broken = tuple(a for a, _ in record.unhealthy) if isinstance(record, LiveRecord) else ()
             p.replace = broken
-            p.summary = summarize(engine.plan(p.workdir, replace=broken), _holds_data(unit.platform))
+            p.summary = summarize(engine.plan(p.workdir, replace=broken), holds_data_of(unit.platform))
             p.change_class = _change_class(p)
         except ReconcileError as exc:
             interrupt.checkpoint("while planning: nothing was applied")
@@ -256,10 +256,6 @@ def _change_class(p: UnitPlan) -> ChangeClass | None:
 
 
 def holds_data_of(platform: str):
-    return _holds_data(platform)
-
-
-def _holds_data(platform: str):
     return lambda resource_type, body: registry.holds_data(platform, resource_type, body)
 
 
@@ -392,7 +388,7 @@ def _offline(p: UnitPlan, assessment: Assessment, documents: dict[str, str], cac
     base_unit = assessment.base.units.get(key) if assessment.base else None
     before = json.loads(synthesize([base_unit], cache)[key]) if base_unit is not None else None
     after = json.loads(documents[key])
-    return config_diff(before, after, _holds_data(p.selected.unit.platform))
+    return config_diff(before, after, holds_data_of(p.selected.unit.platform))
 
 
 def _prepare(workdir: Path, document: str) -> None:

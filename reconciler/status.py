@@ -11,17 +11,17 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
-from reconciler import hostruntime, nodepkg
+from reconciler import hostruntime
 from reconciler.live import LiveStore
 from reconciler.resolve import CLUSTER, Unit
+from rpi.spec import channel_prefix
 
 
 def channel_dir(store: LiveStore, unit: Unit) -> Path:
     """The cluster's config channel on a local site: beside its state, in the site's directory."""
-    return store.state_root / unit.state.bucket / "channel" / unit.name
+    return store.state_root / channel_prefix(unit.state, unit.name)
 
 
 def _read_json(path: Path) -> dict:
@@ -34,10 +34,9 @@ def _read_json(path: Path) -> dict:
 def _slurm_view(store: LiveStore, unit: Unit) -> dict[str, str]:
     """{hostname: state (and reason)} from sinfo on the controller; {} when it cannot be asked."""
     done = subprocess.run(
-        [sys.executable, "-m", "vcnode.localhost", "enter", unit.state.bucket, unit.spec.controller,
-         "sinfo", "-N", "-h", "-o", "%N|%T|%E"],
+        hostruntime.localhost_argv("enter", unit.state.bucket, unit.spec.controller, "sinfo", "-N", "-h", "-o", "%N|%T|%E"),
         capture_output=True, text=True, timeout=30,
-        env={**os.environ, "RECONCILE_STATE_ROOT": str(store.state_root), "PYTHONPATH": str(nodepkg.source_dir().parent)},
+        env=hostruntime.localhost_env(os.environ, RECONCILE_STATE_ROOT=str(store.state_root)),
     )
     if done.returncode:
         return {}

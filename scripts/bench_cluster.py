@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from reconciler import nodepkg
+from reconciler import hostruntime
 from reconciler.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,19 +31,18 @@ def reconcile(*argv: str) -> int:
 
 def idle(repo: Path) -> bool:
     done = subprocess.run(
-        ["python3", "-m", "vcnode.localhost", "enter", SITE_DIR, "laptop-login-0", "sinfo", "-h", "-N", "-o", "%t"],
+        hostruntime.localhost_argv("enter", SITE_DIR, "laptop-login-0", "sinfo", "-h", "-N", "-o", "%t"),
         capture_output=True, text=True, cwd=repo, timeout=30,
-        env={**os.environ, "RECONCILE_STATE_ROOT": str(repo), "PYTHONPATH": str(nodepkg.source_dir().parent)},
+        env=hostruntime.localhost_env(os.environ, RECONCILE_STATE_ROOT=str(repo)),
     )
     states = done.stdout.split()
     return len(states) == 3 and set(states) == {"idle"}
 
 
 def main_bench() -> int:
-    check = subprocess.run([sys.executable, "-m", "vcnode.localhost", "check"], capture_output=True, text=True,
-                           env={**os.environ, "PYTHONPATH": str(nodepkg.source_dir().parent)})
-    if check.returncode:
-        print(f"real cluster: not measured here ({check.stderr.strip()})")
+    why = hostruntime.problem()
+    if why:
+        print(f"real cluster: not measured here ({why})")
         return 0
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
         repo = Path(tmp) / "repo"

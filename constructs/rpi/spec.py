@@ -196,6 +196,13 @@ def channel_prefix(state: StateLocation, cluster: str) -> str:
     return "/".join(part for part in (directory, "channel", cluster) if part)
 
 
-def channel_document(spec: "ClusterSpec") -> str:
-    """The body of `config/<version>.json`: exactly what the node package's channel reads."""
-    return json.dumps({"version": spec.config_version, "files": json.loads(spec.config_files or "{}")}, sort_keys=True)
+def channel_objects(spec: "ClusterSpec") -> list[tuple[str, str, str, str]]:
+    """The objects a cloud publishes for a cluster's config channel, version first:
+    (construct id, object name, content, content type). The layout is the node package's
+    (`vcnode.channel`): `config/<version>.json`, then `config/current` naming it."""
+    prefix = channel_prefix(spec.state, spec.name)
+    document = json.dumps({"version": spec.config_version, "files": json.loads(spec.config_files or "{}")}, sort_keys=True)
+    return [
+        ("channel_config", f"{prefix}/config/{spec.config_version}.json", terraform_literal(document), "application/json"),
+        ("channel_current", f"{prefix}/config/current", spec.config_version, "text/plain"),
+    ]

@@ -23,7 +23,7 @@ from rpi.aws.landing_zone import (
     private_route_table_name,
     statement,
 )
-from rpi.spec import ClusterSpec, ComputePool, StorageVolume, channel_document, channel_prefix, network_name, terraform_literal
+from rpi.spec import ClusterSpec, ComputePool, StorageVolume, channel_objects, channel_prefix, network_name
 
 # Public SSM parameters naming the current AMI. The NVIDIA image brings the GPU driver, CUDA
 # and the EFA software; every type in the AWS catalog is x86_64.
@@ -217,15 +217,12 @@ def _channel(stack, spec: ClusterSpec, role, filesystems: dict) -> dict:
     reports, read and (the controller's first boot) put the key. Returns the nodes' binding:
     the instance tags the node package reads through IMDSv2."""
     prefix = channel_prefix(spec.state, spec.name)
-    objects = aws("s3_object")
-    version = objects.S3Object(
-        stack, "channel_config", bucket=spec.state.bucket, key=f"{prefix}/config/{spec.config_version}.json",
-        content=terraform_literal(channel_document(spec)), content_type="application/json",
-    )
-    objects.S3Object(
-        stack, "channel_current", bucket=spec.state.bucket, key=f"{prefix}/config/current",
-        content=spec.config_version, content_type="text/plain", depends_on=[version],
-    )
+    published = []  # `current` names a version only once the version is there
+    for construct_id, key, content, content_type in channel_objects(spec):
+        published.append(aws("s3_object").S3Object(
+            stack, construct_id, bucket=spec.state.bucket, key=key, content=content, content_type=content_type,
+            depends_on=published[-1:] or None,
+        ))
     secret_prefix = f"vc-{spec.site}-{spec.name}-"  # Secrets Manager names are account-wide
     secret = aws("secretsmanager_secret").SecretsmanagerSecret(
         stack, "munge_key", name=f"{secret_prefix}munge-key", description=f"munge key of cluster {spec.name}",
@@ -239,7 +236,6 @@ def _channel(stack, spec: ClusterSpec, role, filesystems: dict) -> dict:
             statement(["s3:GetObject", "s3:PutObject", "s3:DeleteObject"], [f"{objects_of}/nodes/*"], sid="Report"),
             statement(["secretsmanager:GetSecretValue", "secretsmanager:PutSecretValue"], [secret.arn], sid="MungeKey"),
         ]),
-        depends_on=[secret],
     )
     mounts = {fs["mount"]: f"{fs['dns_name']}:/" for fs in filesystems.values() if fs.get("type") == "efs"}
     return {

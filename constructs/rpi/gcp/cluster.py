@@ -54,7 +54,7 @@ from rpi.gcp.landing_zone import (
     service_account_member,
 )
 from rpi.spec import (
-    ClusterSpec, ComputePool, NodeSpec, StorageVolume, channel_document, channel_prefix, network_name, terraform_literal,
+    ClusterSpec, ComputePool, NodeSpec, StorageVolume, channel_objects, channel_prefix, network_name, terraform_literal,
 )
 
 IMAGES = {
@@ -334,15 +334,12 @@ def _channel(stack, spec: ClusterSpec, account, filesystems: dict) -> dict:
     reports, read and (the controller's first boot) add the key. Returns the nodes' binding:
     the metadata attributes the node package reads."""
     prefix = channel_prefix(spec.state, spec.name)
-    objects = google("storage_bucket_object")
-    version = objects.StorageBucketObject(
-        stack, "channel_config", bucket=spec.state.bucket, name=f"{prefix}/config/{spec.config_version}.json",
-        content=terraform_literal(channel_document(spec)), content_type="application/json",
-    )
-    objects.StorageBucketObject(
-        stack, "channel_current", bucket=spec.state.bucket, name=f"{prefix}/config/current",
-        content=spec.config_version, content_type="text/plain", depends_on=[version],
-    )
+    published = []  # `current` names a version only once the version is there
+    for construct_id, name, content, content_type in channel_objects(spec):
+        published.append(google("storage_bucket_object").StorageBucketObject(
+            stack, construct_id, bucket=spec.state.bucket, name=name, content=content, content_type=content_type,
+            depends_on=published[-1:] or None,
+        ))
     member = service_account_member(account)
     bucket_iam = google("storage_bucket_iam_member")
     objects_of = f"projects/_/buckets/{spec.state.bucket}/objects/{prefix}"

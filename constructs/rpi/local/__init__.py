@@ -87,7 +87,8 @@ class LocalPlatform:
             )
             cdk.provisioners(config, runtime.config())
         mounts = {v.mount: f"${{terraform_data.storage_{v.name}.id}}" for v in spec.storage if v.mount}
-        for pool in sorted(spec.pools, key=lambda p: not any(h == spec.controller for h in p.hostnames)):
+        controller = _controller_address(spec)
+        for pool in spec.pools:
             if not real:
                 _pool(stack, pool, zone=spec.zone)
                 continue
@@ -99,8 +100,8 @@ class LocalPlatform:
                 node = _node(stack, pool, index, spec.zone, attributes)
                 cdk.provisioners(node, runtime.node("terraform_data.first_boot", spec.drain_timeout_s))
                 after = ["terraform_data.config", "terraform_data.subnet"]
-                if hostname != spec.controller and spec.controller:
-                    after.append(f"terraform_data.{_controller_address(spec)}")
+                if hostname != spec.controller and controller:
+                    after.append(f"terraform_data.{controller}")
                 node.add_override("depends_on", after)
         for volume in spec.storage:
             # No replace_on: the kind follows from the volume's name, and a trigger would turn
