@@ -62,7 +62,7 @@ def apply(
     waiting = list(plans)
     running: dict[Future, UnitPlan] = {}
     ok = {APPLIED, NOTHING}
-    with interrupt.applying(), ThreadPoolExecutor(max_workers=max(1, parallelism), thread_name_prefix="apply") as pool:
+    with interrupt.stepwise(), ThreadPoolExecutor(max_workers=max(1, parallelism), thread_name_prefix="apply") as pool:
         while waiting or running:
             if interrupt.requested():  # no new stack starts; the running ones stop gracefully
                 for p in waiting:

@@ -20,7 +20,7 @@ _requested = threading.Event()
 _lock = threading.Lock()
 _processes: set[subprocess.Popen] = set()
 _received: list[str] = []
-_applying = threading.Event()
+_stepwise = threading.Event()
 
 
 class Interrupted(ReconcileError):
@@ -55,20 +55,23 @@ def _on_signal(signum, frame) -> None:
             process.send_signal(signal.SIGINT)
         except ProcessLookupError:
             pass
-    if not running and not _applying.is_set():
-        # Nothing is being written (loading, synthesis, a prompt): stop right here.
+    if not running and not _stepwise.is_set():
+        # Nothing is being planned or written (loading, synthesis, a prompt): stop right here.
         raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
-def applying():
-    """While stacks are applied, a signal never stops this process mid-step: it only stops
-    new stacks from starting and stops the engines gracefully."""
-    _applying.set()
+def stepwise():
+    """While stacks are planned or applied, a signal never stops this process mid-step: it only
+    stops new steps from starting and stops the engines gracefully; `checkpoint` then stops the
+    run between two steps, saying where."""
+    outer = _stepwise.is_set()  # re-entrant: a rolling apply plans inside its apply
+    _stepwise.set()
     try:
         yield
     finally:
-        _applying.clear()
+        if not outer:
+            _stepwise.clear()
 
 
 def requested() -> bool:

@@ -212,26 +212,28 @@ def plan(settings: Settings, assessment: Assessment, engine: Engine | None, stor
     work = [p for p in plans if p.status == PLANNED]
     if work and engine is None:
         raise ReconcileError("an engine is needed to plan")
-    for p in work:
-        interrupt.checkpoint("while planning: nothing was applied")
-        unit = p.selected.unit
-        p.workdir = settings.work_dir / "stacks" / unit.site / unit.stack
-        untrusted = store.verify(unit, assessment.live.get(unit.key))
-        if untrusted:
-            p.status, p.error = FAILED, untrusted
-            continue
-        try:
-            _prepare(p.workdir, documents[unit.key])
-            backend = {"path": str(store.state_file(unit.state))} if unit.state.backend == "local" else {}
-            engine.init(p.workdir, backend)
-            record = assessment.live.get(unit.key)
-            broken = tuple(a for a, _ in record.unhealthy) if isinstance(record, LiveRecord) else ()
-            p.replace = broken
-            p.summary = summarize(engine.plan(p.workdir, replace=broken), holds_data_of(unit.platform))
-            p.change_class = _change_class(p)
-        except ReconcileError as exc:
+    with interrupt.stepwise():
+        for p in work:
             interrupt.checkpoint("while planning: nothing was applied")
-            p.status, p.error = FAILED, str(exc)
+            unit = p.selected.unit
+            p.workdir = settings.work_dir / "stacks" / unit.site / unit.stack
+            untrusted = store.verify(unit, assessment.live.get(unit.key))
+            if untrusted:
+                p.status, p.error = FAILED, untrusted
+                continue
+            try:
+                _prepare(p.workdir, documents[unit.key])
+                backend = {"path": str(store.state_file(unit.state))} if unit.state.backend == "local" else {}
+                engine.init(p.workdir, backend)
+                record = assessment.live.get(unit.key)
+                broken = tuple(a for a, _ in record.unhealthy) if isinstance(record, LiveRecord) else ()
+                p.replace = broken
+                p.summary = summarize(engine.plan(p.workdir, replace=broken), holds_data_of(unit.platform))
+                p.change_class = _change_class(p)
+            except ReconcileError as exc:
+                interrupt.checkpoint("while planning: nothing was applied")
+                p.status, p.error = FAILED, str(exc)
+        interrupt.checkpoint("while planning: nothing was applied")
     return plans
 
 

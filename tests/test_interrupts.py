@@ -153,3 +153,23 @@ def test_interrupt_between_stacks_starts_nothing_new(tmp_path):
     summary = out.split("Apply:", 1)[1]
     assert "applied" in summary and "not started: SIGTERM came first" in summary
     assert no_locks(repo) == []
+
+
+
+def test_a_signal_between_two_plans_stops_the_run_saying_nothing_was_applied(repo, cli, monkeypatch):
+    """The gap after one stack's plan, before the next engine starts, is still planning: the
+    signal stops the run at the next step, not wherever Python happens to be."""
+    from reconciler.engine import Engine
+
+    real = Engine.plan
+
+    def plan_then_signal(self, *args, **kwargs):
+        document = real(self, *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)  # as if a CI runner cancelled the job just now
+        return document
+
+    monkeypatch.setattr(Engine, "plan", plan_then_signal)
+    code, out, err = cli("--dry-run", "--repo", str(repo.path), "--engine", "embedded")
+    assert code == 130, out + err
+    assert "Traceback" not in err and "SIGTERM received while planning: nothing was applied" in err
+    assert no_locks(repo.path) == []
