@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 
 from reconciler import datacopy, health, interrupt
 from reconciler.affected import APPLY, DESTROY
+from reconciler.backends import BackendError
 from reconciler.engine import Engine
 from reconciler.errors import ReconcileError
 from reconciler.gitsource import Snapshot
@@ -154,7 +155,13 @@ def _apply_one(p: UnitPlan, engine: Engine, store: LiveStore, head: Snapshot, ga
                 if copied:
                     return ApplyResult(p, APPLIED, "; ".join(copied))
             else:
-                store.write(unit, head.revision, head.dirty, now, engine.name)
+                try:
+                    store.write(unit, head.revision, head.dirty, now, engine.name)
+                except BackendError as exc:
+                    return ApplyResult(
+                        p, FAILED, f"applied, but its live record could not be written ({exc}). The state is sound; "
+                        "the record is stale, and the next run plans this stack again and writes it",
+                    )
                 adopted = {v.id for v in p.adopted} | {v.adopt for v in getattr(unit.spec, "storage", ()) if v.adopt}
                 if adopted:
                     store.release(unit.state, adopted)

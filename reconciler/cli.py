@@ -389,7 +389,7 @@ def cmd_volumes(settings: Settings, args) -> int:
     sites = {u.site: u.state for u in state.units.values() if u.kind == "site"}
     rows, unreadable = [], []
     for site, location in sorted(sites.items()):
-        if location.backend != "local":
+        if not store.readable(location):
             unreadable.append(site)
             continue
         for v in store.retained(location):
@@ -435,7 +435,7 @@ def cmd_enter(settings: Settings, args) -> int:
                 check_state_locations(store, state, {unit.key: unit})
                 command = args.node_command[1:] if args.node_command[:1] == ["--"] else args.node_command
                 env = hostruntime.localhost_env(os.environ, RECONCILE_STATE_ROOT=str(settings.state_root.resolve()))
-                argv = hostruntime.localhost_argv("enter", unit.state.bucket, args.hostname, *command)
+                argv = hostruntime.localhost_argv("enter", unit.state.local_dir, args.hostname, *command)
                 sys.stdout.flush()
                 os.execvpe(argv[0], argv, env)
     raise ReconcileError(f"no node {args.hostname!r} on a site with runtime: slurm in this repository")

@@ -19,15 +19,27 @@ import os
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
+from concurrent.futures import ThreadPoolExecutor
+
 from reconciler import hostruntime
+from reconciler.backends import (
+    FILE_MODE,
+    RECORD_SUFFIX,
+    BackendError,
+    Backends,
+    NoCredentials,
+    Place,
+    keys,
+    stack_of,
+    state_pattern,
+    write_atomic,
+)
 from reconciler.errors import ReconcileError
 from reconciler.resolve import Unit
 from rpi import local_volumes
 from rpi.spec import StateLocation
 
-RECORD_SUFFIX = ".reconcile.json"
 BACKUP_SUFFIX = ".backup"  # Terraform's local backend keeps the state it started from here
-FILE_MODE, DIRECTORY_MODE = 0o600, 0o700
 
 
 class _Unknown:
@@ -58,6 +70,8 @@ class LiveRecord:
     state_backend: str
     state_bucket: str
     state_key: str
+    state_region: str = ""  # s3
+    state_endpoint: str = ""  # an S3-compatible store's or a GCS emulator's
     state_lineage: str = ""  # of the state this apply wrote; "" in records older than the check
     state_serial: int = -1
     resources: int = -1
@@ -68,15 +82,19 @@ class LiveRecord:
 
     @property
     def state(self) -> StateLocation:
-        return StateLocation(self.state_backend, self.state_bucket, self.state_key)
+        return StateLocation(self.state_backend, self.state_bucket, self.state_key, self.state_region, self.state_endpoint)
 
     @classmethod
     def load(cls, path: Path) -> "LiveRecord":
+        return cls.parse(path.read_bytes(), str(path))
+
+    @classmethod
+    def parse(cls, raw: bytes, where: str) -> "LiveRecord":
         known = {f.name for f in fields(cls)}
         try:
-            return cls(**{k: v for k, v in json.loads(path.read_text()).items() if k in known})
+            return cls(**{k: v for k, v in json.loads(raw).items() if k in known})
         except (ValueError, TypeError, AttributeError) as exc:
-            raise ReconcileError(f"the live record {path} cannot be read ({exc}); restore it or remove it") from None
+            raise ReconcileError(f"the live record {where} cannot be read ({exc}); restore it or remove it") from None
 
 
 @dataclass(frozen=True)
@@ -96,6 +114,12 @@ def read_header(path: Path) -> StateHeader | str:
         return "is missing"
     except OSError as exc:
         return f"cannot be read ({exc.strerror})"
+    return parse_header(raw)
+
+
+def parse_header(raw: bytes | None) -> StateHeader | str:
+    if raw is None:
+        return "is missing"
     if not raw.strip():
         return f"is empty ({len(raw)} bytes)"
     try:
@@ -107,17 +131,40 @@ def read_header(path: Path) -> StateHeader | str:
     return StateHeader(str(document["lineage"]), document["serial"], len(document.get("resources") or []))
 
 
+READ_CONCURRENCY = 16  # records of remote backends read at once
+
+
 class LiveStore:
-    """Reads and writes live records for local state; cloud backends answer UNKNOWN for now."""
+    """Reads and writes live records beside each stack's state, in the stack's own backend:
+    a directory below the state root, an S3 bucket or a GCS bucket. A remote backend that
+    cannot be reached from here for want of credentials answers UNKNOWN."""
 
     def __init__(self, state_root: Path):
         self.state_root = state_root
+        self.backends = Backends(state_root)
 
     def state_file(self, state: StateLocation) -> Path:
+        """A local stack's state file."""
         return self.state_root / state.bucket / state.key
 
-    def _record_file(self, state: StateLocation) -> Path:
-        return self.state_file(state).with_suffix(RECORD_SUFFIX)
+    def _place(self, state: StateLocation) -> Place:
+        return self.backends.place(state)
+
+    def where(self, state: StateLocation, which: str = "state") -> str:
+        """The state (or its record or lock) as a path or URL, for messages."""
+        if state.backend == "local":
+            directory, *names = keys(state)
+            return str(self.state_root / state.bucket / dict(zip(("state", "record", "lock"), names))[which])
+        place = self._place(state)
+        return place.blobs.url(getattr(place, which))
+
+    def readable(self, state: StateLocation) -> bool:
+        """Credentials for this backend are at hand (local state always is)."""
+        try:
+            self._place(state)
+            return True
+        except NoCredentials:
+            return False
 
     def check_location(self, state: StateLocation) -> None:
         """A local state path stays below the state root once symlinks are resolved, and is
@@ -134,18 +181,36 @@ class LiveStore:
             if ".git" in real.relative_to(root).parts:
                 raise StateLocationError(f"{path} resolves to {real}, inside a .git directory")
 
+    def read_all(self, units: dict[str, Unit]) -> dict[str, object]:
+        """{unit key: record, None or UNKNOWN}: remote backends are read concurrently."""
+        remote = [k for k, u in units.items() if u.state.backend != "local"]
+        out = {k: self.read(u) for k, u in units.items() if u.state.backend == "local"}
+        if remote:
+            with ThreadPoolExecutor(max_workers=min(READ_CONCURRENCY, len(remote)), thread_name_prefix="live") as pool:
+                out.update(zip(remote, pool.map(lambda k: self.read(units[k]), remote)))
+        return {k: out[k] for k in units}
+
     def read(self, unit: Unit) -> LiveRecord | None | _Unknown:
-        if unit.state.backend != "local":
+        try:
+            place = self._place(unit.state)
+        except NoCredentials:
             return UNKNOWN
-        record = self._record_file(unit.state)
-        if record.is_file():
-            loaded = LiveRecord.load(record)
+        raw = self._get(unit, place, place.record)
+        if raw is not None:
+            loaded = LiveRecord.parse(raw, place.blobs.url(place.record))
             unhealthy = self._runtime_view(unit)
             return replace(loaded, unhealthy=unhealthy) if unhealthy else loaded
-        state = self.state_file(unit.state)
-        if state.is_file() and _has_resources(state):
-            return _unrecorded(unit)
+        header = parse_header(self._get(unit, place, place.state))
+        if header != "is missing" and (not isinstance(header, StateHeader) or header.resources > 0):
+            return _unrecorded(unit)  # an unreadable state is left to `verify`
         return None
+
+    @staticmethod
+    def _get(unit: Unit, place: Place, key: str) -> bytes | None:
+        try:
+            return place.blobs.get(key)
+        except BackendError as exc:
+            raise BackendError(f"site {unit.site}: the state backend of {unit.title} failed: {exc}; nothing was changed") from None
 
     def verify(self, unit: Unit, record: object) -> str | None:
         """Why the stack's state must not be planned over, or None when it can be trusted.
@@ -153,13 +218,14 @@ class LiveStore:
         Checked: the state parses as a Terraform state; if the last apply was recorded, the
         state is still there, has that apply's lineage and is not older than it.
         """
-        if unit.state.backend != "local":
+        if record is UNKNOWN:
             return None
-        path = self.state_file(unit.state)
+        place = self._place(unit.state)
+        raw = self._get(unit, place, place.state)
         applied = isinstance(record, LiveRecord) and bool(record.config_hash)
-        if not path.exists() and not applied:
+        if raw is None and not applied:
             return None  # never applied: there is nothing to trust
-        header = read_header(path)
+        header = parse_header(raw)
         problem = None
         if isinstance(header, str):
             problem = header
@@ -170,9 +236,16 @@ class LiveStore:
         if problem is None:
             return None
         when = f" at {record.applied_at}" if applied and record.applied_at else ""
-        lines = [f"the state of {unit.title} ({path}) {problem}; the last apply{when} recorded it in {self._record_file(unit.state)}."]
+        where, recorded = self.where(unit.state), self.where(unit.state, "record")
+        lines = [f"the state of {unit.title} ({where}) {problem}; the last apply{when} recorded it in {recorded}."]
         lines.append("Nothing was planned for this stack: a plan over this state would propose to create what already exists.")
-        lines += self._restore_advice(unit, path, record if applied else None)
+        if unit.state.backend == "local":
+            lines += self._restore_advice(unit, self.state_file(unit.state), record if applied else None)
+        else:
+            lines.append(
+                f"Restore the last good version of {where} from the bucket's object versions (keep versioning on for state "
+                f"buckets), then plan again."
+            )
         return "\n".join(lines)
 
     def _restore_advice(self, unit: Unit, path: Path, record: LiveRecord | None) -> list[str]:
@@ -190,7 +263,7 @@ class LiveStore:
         return [
             f"The engine's backup {backup} {header}.",
             f"Restore {path} from a copy of the site's state directory; if nothing of this stack exists any more, "
-            f"remove {path} and {self._record_file(unit.state)} to start it afresh.",
+            f"remove {path} and {self.where(unit.state, 'record')} to start it afresh.",
         ]
 
     @staticmethod
@@ -219,7 +292,7 @@ class LiveStore:
         kept = path.with_name(f"{path.name}.damaged-{now.replace(':', '')}")
         if path.exists():
             os.replace(path, kept)
-        _write_atomic(path, backup.read_text())
+        write_atomic(path, backup.read_bytes())
         # An empty configuration hash reads as "live state differs from git": the next plan
         # compares the restored state with the definition and shows what is missing.
         restored = replace(
@@ -230,11 +303,13 @@ class LiveStore:
         return f"restored {path} from {backup} (serial {header.serial}, {header.resources} resources){moved}"
 
     def resources(self, unit: Unit) -> list[tuple[str, str, dict]]:
-        """(type, name, attributes) of each managed resource in a stack's local state; [] when it
+        """(type, name, attributes) of each managed resource in a stack's state; [] when it
         cannot be read here. Attributes of dynamic type ({"value", "type"}) are unwrapped."""
-        if unit.state.backend != "local":
+        try:
+            place = self._place(unit.state)
+        except NoCredentials:
             return []
-        return _managed(self.state_file(unit.state))
+        return _managed(self._get(unit, place, place.state))
 
     def _runtime_view(self, unit: Unit) -> tuple[tuple[str, str], ...]:
         """The local slurm runtime's view of a stack's nodes: which have lost a daemon or their
@@ -254,28 +329,32 @@ class LiveStore:
 
     def write(self, unit: Unit, revision: str | None, dirty: bool, applied_at: str, engine: str) -> None:
         """Record an apply. Called after the engine has written the state, whose header is kept."""
-        state = self.state_file(unit.state)
-        header = read_header(state)
-        for written in (state, _backup_of(state)):
-            if written.is_file():
-                written.chmod(FILE_MODE)
+        place = self._place(unit.state)
+        if unit.state.backend == "local":
+            state = self.state_file(unit.state)
+            for written in (state, _backup_of(state)):
+                if written.is_file():
+                    written.chmod(FILE_MODE)
+        header = parse_header(self._get(unit, place, place.state))
         self._save(_record(unit, unit.config_hash, revision, dirty, applied_at, engine, header if isinstance(header, StateHeader) else None))
 
     def mark_interrupted(self, unit: Unit, now: str) -> None:
         """An apply was interrupted: its state may hold part of the change. The record says so,
         and the next run plans the stack whatever its configuration hash says."""
-        if unit.state.backend != "local":
-            return
         current = self.read(unit)
+        if current is UNKNOWN:
+            return
         self._save(replace(current if isinstance(current, LiveRecord) else _unrecorded(unit), interrupted_at=now))
 
     def _save(self, record: LiveRecord) -> None:
         saved = {k: v for k, v in asdict(record).items() if k != "unhealthy"}
-        _write_atomic(self._record_file(record.state), json.dumps(saved, indent=2, sort_keys=True) + "\n")
+        place = self._place(record.state)
+        place.blobs.put(place.record, (json.dumps(saved, indent=2, sort_keys=True) + "\n").encode())
 
     def forget(self, unit: Unit) -> None:
         """After a destroy: the stack no longer exists."""
-        self._record_file(unit.state).unlink(missing_ok=True)
+        place = self._place(unit.state)
+        place.blobs.delete(place.record)
 
     # ------------------------------------------------------------ retained volumes
 
@@ -287,7 +366,7 @@ class LiveStore:
         """Record the volumes a stack is about to let go of. Written before the apply that
         forgets them: a record whose volume is still in a stack's state counts as in use, so an
         apply that fails or is killed leaves nothing untracked and nothing doubly owned."""
-        if unit.state.backend != "local":
+        if not self.readable(unit.state):
             return []
         attributes = {f"{t}.{n}": a for t, n, a in self.resources(unit)}
         kept = []
@@ -313,17 +392,17 @@ class LiveStore:
                     path=str(self.volume_path(unit.state, str(found["id"]))) if local else "",
                 )
             )
-        directory = self.state_root / unit.state.bucket / RETAINED_DIR
+        place = self._place(unit.state)
         for volume in kept:
-            _write_atomic(directory / volume.file_name, json.dumps(asdict(volume), indent=2, sort_keys=True) + "\n")
+            place.blobs.put(_retained_key(place, volume.id), (json.dumps(asdict(volume), indent=2, sort_keys=True) + "\n").encode())
         return kept
 
     def in_use(self, state: StateLocation) -> list[VolumeInUse]:
-        """Every data volume that a stack's state in one local state directory holds."""
-        directory = self.state_root / state.bucket
+        """Every data volume that a stack's state in one site's state directory holds."""
+        place = self._place(state)
         found = []
-        for state_file in sorted(directory.glob("*.tfstate")) if directory.is_dir() else ():
-            for rtype, name, attributes in _managed(state_file):
+        for state_key in place.blobs.names(place.directory, state_pattern(state)):
+            for rtype, name, attributes in _managed(place.blobs.get(state_key)):
                 rid = str(attributes.get("id") or "")
                 if not rid or not name.startswith(_VOLUME_PREFIXES):
                     continue
@@ -333,7 +412,7 @@ class LiveStore:
                     VolumeInUse(
                         rid,
                         f"{rtype}.{name}",
-                        state_file.stem,
+                        stack_of(state, state_key),
                         str(facts.get("kind", "")),
                         int(facts.get("size_gb") or 0),
                         str(path) if path.is_dir() else "",
@@ -342,18 +421,21 @@ class LiveStore:
         return found
 
     def retained(self, state: StateLocation) -> list[RetainedVolume]:
-        """The volumes retained in one local state directory that no stack holds again, oldest first."""
-        directory = self.state_root / state.bucket / RETAINED_DIR
-        if not directory.is_dir():
+        """The volumes retained in one site's state directory that no stack holds again, oldest first."""
+        place = self._place(state)
+        names = place.blobs.names(place.directory + RETAINED_DIR + "/", "*.json")
+        if not names:
             return []
         used = {v.id for v in self.in_use(state)}
         known = {f.name for f in fields(RetainedVolume)}
         out = []
-        for path in sorted(directory.glob("*.json")):
+        for name in names:
             try:
-                volume = RetainedVolume(**{k: v for k, v in json.loads(path.read_text()).items() if k in known})
+                volume = RetainedVolume(**{k: v for k, v in json.loads(place.blobs.get(name) or b"").items() if k in known})
             except (ValueError, TypeError, AttributeError) as exc:
-                raise ReconcileError(f"the retained-volume record {path} cannot be read ({exc}); restore it or remove it") from None
+                raise ReconcileError(
+                    f"the retained-volume record {place.blobs.url(name)} cannot be read ({exc}); restore it or remove it"
+                ) from None
             if volume.id not in used:
                 out.append(volume)
         return sorted(out, key=lambda v: (v.retained_at, v.id))
@@ -362,7 +444,7 @@ class LiveStore:
         """{address: retained volume} for the data volumes of `unit` (`addresses`: address ->
         kind) that its state does not hold and that this cluster left retained on this site:
         the newest such volume of the same platform, name and kind."""
-        if unit.state.backend != "local" or not addresses:
+        if not addresses or not self.readable(unit.state):
             return {}
         have = set(self.resource_ids(unit))
         out = {}
@@ -377,15 +459,25 @@ class LiveStore:
 
     def release(self, state: StateLocation, volume_ids: set[str]) -> None:
         """A retained volume is no longer retained: a stack adopted it, or it was destroyed."""
+        place = self._place(state)
         for volume_id in volume_ids:
-            (self.state_root / state.bucket / RETAINED_DIR / _retained_file(volume_id)).unlink(missing_ok=True)
+            place.blobs.delete(_retained_key(place, volume_id))
 
-    def records_under(self, bucket: str) -> list[LiveRecord]:
-        """Every record in one local state directory, to find stacks that git no longer names."""
-        directory = self.state_root / bucket
-        if not directory.is_dir():
+    def records_under(self, state: StateLocation) -> list[LiveRecord]:
+        """Every record in the state directory of `state` (one site's), to find stacks that git
+        no longer names; [] where the backend cannot be read from here."""
+        try:
+            place = self._place(state)
+        except NoCredentials:
             return []
-        return [LiveRecord.load(p) for p in sorted(directory.glob(f"*{RECORD_SUFFIX}"))]
+        try:
+            names = place.blobs.names(place.directory, "*" + RECORD_SUFFIX)
+            found = [LiveRecord.parse(place.blobs.get(n) or b"", place.blobs.url(n)) for n in names]
+        except BackendError as exc:
+            raise BackendError(f"listing the live records failed: {exc}; nothing was changed") from None
+        # where the record was found is where its stack's state is (records older than the
+        # region and endpoint fields name neither)
+        return [replace(r, state_region=state.region, state_endpoint=state.endpoint) for r in found]
 
 
 RETAINED_DIR = "retained"  # beside the state: one record per volume a move kept
@@ -435,17 +527,23 @@ def volume_name(address: str) -> str:
     return name
 
 
+def _retained_key(place: Place, volume_id: str) -> str:
+    return f"{place.directory}{RETAINED_DIR}/{_retained_file(volume_id)}"
+
+
 def _retained_file(volume_id: str) -> str:
     """A retained volume's record, named by its id (ids may hold '/': hashed)."""
     return hashlib.sha256(volume_id.encode()).hexdigest()[:16] + ".json"
 
 
-def _managed(state_file: Path) -> list[tuple[str, str, dict]]:
-    """(type, name, attributes) of each managed resource instance in a state file; [] when it
+def _managed(raw: bytes | None) -> list[tuple[str, str, dict]]:
+    """(type, name, attributes) of each managed resource instance in a state; [] when it
     cannot be read. Attributes of dynamic type ({"value", "type"}) are unwrapped."""
     try:
-        document = json.loads(state_file.read_text())
-    except (OSError, ValueError):
+        document = json.loads(raw or b"")
+    except ValueError:
+        return []
+    if not isinstance(document, dict):
         return []
     return [
         (resource["type"], resource["name"], {k: _unwrap(v) for k, v in (instance.get("attributes") or {}).items()})
@@ -469,28 +567,6 @@ def _unrecorded(unit: Unit) -> LiveRecord:
     return _record(unit, "", None, False, "", "", None)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write a file that is never seen half-written: a private temporary file, flushed to disk,
-    then renamed over the old one, then the directory flushed."""
-    path.parent.mkdir(mode=DIRECTORY_MODE, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
 def _record(unit: Unit, config_hash: str, revision, dirty, applied_at, engine, header: StateHeader | None) -> LiveRecord:
     return LiveRecord(
         unit=unit.key,
@@ -507,13 +583,9 @@ def _record(unit: Unit, config_hash: str, revision, dirty, applied_at, engine, h
         state_backend=unit.state.backend,
         state_bucket=unit.state.bucket,
         state_key=unit.state.key,
+        state_region=unit.state.region,
+        state_endpoint=unit.state.endpoint,
         state_lineage=header.lineage if header else "",
         state_serial=header.serial if header else -1,
         resources=header.resources if header else -1,
     )
-
-
-def _has_resources(state_file: Path) -> bool:
-    """True unless the state is readable and empty: an unreadable state is left to `verify`."""
-    header = read_header(state_file)
-    return not isinstance(header, StateHeader) or header.resources > 0

@@ -438,7 +438,7 @@ def state_namespace(site: Site) -> tuple[tuple[str, ...], tuple[str, ...]]:
     state = site.state
     if isinstance(state, LocalState):
         return ("local",), tuple(state.directory.split("/"))
-    return (state.backend, state.bucket), tuple(p for p in state.directory.split("/") if p)
+    return (state.backend, (state.endpoint or "").rstrip("/"), state.bucket), tuple(p for p in state.directory.split("/") if p)
 
 
 def _state_field(site: Site) -> Path_:
@@ -450,7 +450,8 @@ def _describe_state(site: Site) -> str:
     if isinstance(state, LocalState):
         return f"local directory {state.directory}"
     scheme = "gs" if state.backend == "gcs" else "s3"
-    return f"{scheme}://{state.bucket}/{state.directory}"
+    at = f" at {state.endpoint}" if state.endpoint else ""
+    return f"{scheme}://{state.bucket}/{state.directory}{at}"
 
 
 def _check_sites_apart(sites: Mapping[str, Site], spots: Mapping[str, Mapping[Path_, Spot]], problems: Problems) -> None:

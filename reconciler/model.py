@@ -8,6 +8,7 @@ nothing is coerced silently (`strict`): `cores: "48"` is an error, not 48.
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Annotated, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -155,10 +156,23 @@ def _clean_prefix(value: str) -> str:
     return "/".join(part for part in value.split("/") if part)
 
 
+def _check_endpoint(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if "@" in value:
+        raise ValueError("endpoint must not carry credentials: give them through the environment")
+    if not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+(/[^\s?#]*)?", value):
+        raise ValueError("endpoint must be a URL such as https://s3.example.org or http://127.0.0.1:9000, with no query")
+    return value
+
+
 class GcsState(Strict):
     backend: Literal["gcs"]
     bucket: str = Field(min_length=3)
     prefix: str = "reconcile"
+    endpoint: str | None = Field(None, description="a GCS-compatible store's base URL (its JSON API is under /storage/v1/); default: Google's")
+
+    _endpoint = field_validator("endpoint")(_check_endpoint)
 
     @property
     def directory(self) -> str:
@@ -170,6 +184,11 @@ class S3State(Strict):
     bucket: str = Field(min_length=3)
     key_prefix: str = "reconcile"
     region: str | None = None
+    endpoint: str | None = Field(
+        None, description="an S3-compatible store (Ceph RGW, MinIO) at this URL, addressed path-style; default: AWS"
+    )
+
+    _endpoint = field_validator("endpoint")(_check_endpoint)
 
     @property
     def directory(self) -> str:

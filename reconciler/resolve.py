@@ -97,17 +97,19 @@ def state_location(site: Site, stack: str) -> StateLocation:
     if isinstance(state, LocalState):
         return StateLocation("local", state.directory, f"{stack}.tfstate")
     if isinstance(state, GcsState):
-        return StateLocation("gcs", state.bucket, f"{state.directory}/{stack}".lstrip("/"))
+        return StateLocation("gcs", state.bucket, f"{state.directory}/{stack}".lstrip("/"), endpoint=state.endpoint or "")
     assert isinstance(state, S3State)
-    return StateLocation("s3", state.bucket, f"{state.directory}/{stack}.tfstate".lstrip("/"), state.region or site.region)
+    return StateLocation(
+        "s3", state.bucket, f"{state.directory}/{stack}.tfstate".lstrip("/"), state.region or site.region, state.endpoint or ""
+    )
 
 
 def _check_state_unique(units, defs: Definitions, problems: Problems) -> None:
     """One state location per stack. Sites whose state places differ cannot collide (load
     checks that), so this holds by construction; it is checked because a collision destroys."""
-    seen: dict[tuple[str, str, str], Unit] = {}
+    seen: dict[tuple[str, str, str, str], Unit] = {}
     for unit in units:
-        first = seen.setdefault((unit.state.backend, unit.state.bucket, unit.state.key), unit)
+        first = seen.setdefault((unit.state.backend, unit.state.endpoint.rstrip("/"), unit.state.bucket, unit.state.key), unit)
         if first is not unit:
             problems.add(
                 defs.locate_site(unit.site, ("state",)),

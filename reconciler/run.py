@@ -13,6 +13,7 @@ from pathlib import Path
 
 from reconciler import affected, datacopy, health, interrupt
 from reconciler.affected import APPLY, DESTROY, Selected
+from reconciler.backends import keys
 from reconciler.engine import Engine
 from reconciler.errors import InvalidDefinitions, Location, Problems, ReconcileError
 from reconciler.gitsource import GitSource, Snapshot
@@ -138,9 +139,8 @@ def assess(settings: Settings, store: LiveStore, head_snapshot: Snapshot | None 
 
     units = {**(base.units if base else {}), **head.units}
     check_state_locations(store, head, units)
-    live = {key: store.read(unit) for key, unit in units.items()}
-    local_dirs = {u.state.bucket for u in units.values() if u.state.backend == "local"}
-    orphans = [r for d in sorted(local_dirs) for r in store.records_under(d)]
+    live = store.read_all(units)
+    orphans = [r for state in state_directories(units.values()) for r in store.records_under(state)]
     changed = affected.changed_files(base.snapshot.files if base else None, head.snapshot.files)
     selected = affected.select(
         head.units, base.units if base else None, changed, live, orphans, settings.select_all
@@ -150,6 +150,16 @@ def assess(settings: Settings, store: LiveStore, head_snapshot: Snapshot | None 
     kept = {id(s) for s in in_scope}
     left_out = tuple(s for s in selected if id(s) not in kept)
     return Assessment(head, base, note, live, in_scope, left_out)
+
+
+def state_directories(units) -> list:
+    """One state location per site directory (a local directory, or a bucket's prefix at one
+    endpoint): where to list records of stacks that git no longer names."""
+    found = {}
+    for unit in units:
+        state = unit.state
+        found.setdefault((state.backend, state.endpoint, state.bucket, keys(state)[0]), state)
+    return [found[k] for k in sorted(found)]
 
 
 def _check_scope(settings: Settings, units: dict[str, Unit]) -> None:
@@ -184,8 +194,9 @@ def plan(settings: Settings, assessment: Assessment, engine: Engine | None, stor
     for p in plans:
         p.probe = _new_probe(p.selected, base_probes)
     for p in plans:
-        if p.status == PLANNED and not has_credentials(p.selected.unit.platform):
-            p.status = OFFLINE
+        unit = p.selected.unit
+        if p.status == PLANNED and (not has_credentials(unit.platform) or assessment.live.get(unit.key) is UNKNOWN):
+            p.status = OFFLINE  # the platform's API or the state backend cannot be reached from here
     cache = settings.work_dir / "cache" / "synth"
     wanted = [p for p in plans if p.status in (PLANNED, OFFLINE)]
     try:

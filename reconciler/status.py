@@ -16,12 +16,12 @@ from pathlib import Path
 from reconciler import hostruntime
 from reconciler.live import LiveStore
 from reconciler.resolve import CLUSTER, Unit
-from rpi.spec import channel_prefix
+from rpi.spec import local_channel_dir
 
 
 def channel_dir(store: LiveStore, unit: Unit) -> Path:
-    """The cluster's config channel on a local site: beside its state, in the site's directory."""
-    return store.state_root / channel_prefix(unit.state, unit.name)
+    """The cluster's config channel on a local site: in the site's local directory."""
+    return store.state_root / local_channel_dir(unit.state, unit.name)
 
 
 def _read_json(path: Path) -> dict:

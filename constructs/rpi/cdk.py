@@ -95,17 +95,39 @@ def new_stack(app: cdktf.App, name: str) -> Stack:
     return cdktf.TerraformStack(app, name)
 
 
-def gcs_backend(stack: Stack, bucket: str, prefix: str) -> None:
-    cdktf.GcsBackend(stack, bucket=bucket, prefix=prefix)
+def backend(stack: Stack, state) -> None:
+    """The stack's backend block, whatever its platform: a site's `state:` picks it."""
+    if state.backend == "local":
+        local_backend(stack, f"{state.bucket}/{state.key}")
+    elif state.backend == "gcs":
+        gcs_backend(stack, state.bucket, state.key, state.endpoint)
+    else:
+        s3_backend(stack, state.bucket, state.key, state.region, state.endpoint)
 
 
-def s3_backend(stack: Stack, bucket: str, key: str, region: str) -> None:
+def gcs_backend(stack: Stack, bucket: str, prefix: str, endpoint: str = "") -> None:
+    """State in GCS, locked by the backend's lock object. `endpoint`: a GCS-compatible store's
+    base URL (its JSON API under /storage/v1/)."""
+    backend = cdktf.GcsBackend(stack, bucket=bucket, prefix=prefix)
+    if endpoint:
+        base = endpoint.rstrip("/").removesuffix("/storage/v1")
+        backend.add_override("storage_custom_endpoint", f"{base}/storage/v1/")
+
+
+def s3_backend(stack: Stack, bucket: str, key: str, region: str, endpoint: str = "") -> None:
     """Encrypted state in S3, locked by Terraform's lock file (Terraform/OpenTofu 1.10+).
 
-    cdktf 0.21.0's S3Backend does not know `use_lockfile` (a TypeError), so it goes in as an override.
+    cdktf 0.21.0's S3Backend does not know `use_lockfile` (a TypeError), nor the `endpoints`
+    block of Terraform 1.6+, so they go in as overrides. With `endpoint` (Ceph RGW, MinIO, any
+    S3-compatible store): path-style addressing, and none of the AWS-only checks (STS, account
+    ID, region names) that such a store cannot answer.
     """
     backend = cdktf.S3Backend(stack, bucket=bucket, key=key, region=region, encrypt=True)
     backend.add_override("use_lockfile", True)
+    if endpoint:
+        backend.add_override("endpoints", {"s3": endpoint})
+        for flag in ("use_path_style", "skip_credentials_validation", "skip_requesting_account_id", "skip_region_validation"):
+            backend.add_override(flag, True)
 
 
 PROVIDER_PACKAGES = {"google": "cdktf_cdktf_provider_google", "aws": "cdktf_cdktf_provider_aws"}

@@ -25,7 +25,7 @@ _GUARD = (
 
 def volume_root(state: StateLocation) -> str:
     """Where a local site's volumes live, relative to the state root: beside its state."""
-    return f"{state.bucket}/volumes"
+    return f"{state.local_dir}/volumes"
 
 
 def _where(state: StateLocation) -> str:

@@ -99,6 +99,17 @@ class StateLocation:
     bucket: str
     key: str
     region: str = ""
+    endpoint: str = ""  # an S3-compatible store (path-style) or a GCS endpoint of its own; "" for the cloud's
+
+    @property
+    def local_dir(self) -> str:
+        """Where a local-platform site keeps what lives on this machine (volumes, the slurm
+        runtime), relative to the state root: beside its state, or for a remote backend a
+        directory named after the bucket and prefix."""
+        if self.backend == "local":
+            return self.bucket
+        prefix = self.key.rsplit("/", 1)[0] if "/" in self.key else ""
+        return "/".join(part for part in (".reconcile", "sites", self.backend, self.bucket, prefix) if part)
 
 
 @dataclass(frozen=True)
@@ -187,11 +198,17 @@ def terraform_literal(text: str) -> str:
     return text.replace("${", "$${").replace("%{", "%%{")
 
 
+def local_channel_dir(state: StateLocation, cluster: str) -> str:
+    """A local-platform cluster's config channel: a directory relative to the state root,
+    whatever backend holds the site's state."""
+    return f"{state.local_dir}/channel/{cluster}"
+
+
 def channel_prefix(state: StateLocation, cluster: str) -> str:
     """Where a cluster's config channel lives in its site's store: beside the state. Local: a
     directory relative to the state root; GCS and S3: an object prefix in the state bucket."""
     if state.backend == "local":
-        return f"{state.bucket}/channel/{cluster}"
+        return local_channel_dir(state, cluster)
     directory = state.key.rsplit("/", 1)[0] if "/" in state.key else ""
     return "/".join(part for part in (directory, "channel", cluster) if part)
 

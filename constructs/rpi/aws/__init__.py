@@ -21,7 +21,7 @@ class AwsPlatform:
     name = "aws"
 
     def backend(self, stack, state: StateLocation) -> None:
-        cdk.s3_backend(stack, state.bucket, state.key, state.region)
+        cdk.backend(stack, state)
 
     def landing_zone(self, stack, spec: LandingZoneSpec) -> None:
         self.backend(stack, spec.state)

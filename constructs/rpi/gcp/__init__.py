@@ -34,7 +34,7 @@ class GcpPlatform:
     name = "gcp"
 
     def backend(self, stack, state: StateLocation) -> None:
-        cdk.gcs_backend(stack, state.bucket, state.key)
+        cdk.backend(stack, state)
 
     def landing_zone(self, stack, spec: LandingZoneSpec) -> None:
         self.backend(stack, spec.state)

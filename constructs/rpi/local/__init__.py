@@ -21,13 +21,13 @@ class LocalPlatform:
     name = "local"
 
     def backend(self, stack, state: StateLocation) -> None:
-        cdk.local_backend(stack, f"{state.bucket}/{state.key}")
+        cdk.backend(stack, state)
 
     def landing_zone(self, stack, spec: LandingZoneSpec) -> None:
         self.backend(stack, spec.state)
         labels = dict(spec.labels)
         if spec.runtime == "slurm":
-            attributes, blocks = runtime.site(spec.state.bucket)
+            attributes, blocks = runtime.site(spec.state.local_dir)
             cdk.provisioners(cdk.data_resource(stack, "runtime", attributes, replace_on=attributes), blocks)
         cdk.data_resource(
             stack,
@@ -67,7 +67,7 @@ class LocalPlatform:
         subnet = {"name": spec.subnet.name, "cidr": spec.subnet.cidr, "gateway": spec.subnet.gateway, "labels": labels}
         prefix = ipaddress.IPv4Network(spec.subnet.cidr).prefixlen
         if real:
-            subnet |= {"site_dir": spec.state.bucket, "prefix": prefix}
+            subnet |= {"site_dir": spec.state.local_dir, "prefix": prefix}
         resource = cdk.data_resource(stack, "subnet", subnet, replace_on={"cidr": spec.subnet.cidr})
         if real:
             cdk.provisioners(resource, runtime.subnet())
@@ -75,13 +75,13 @@ class LocalPlatform:
             template = cdk.data_resource(
                 stack,
                 "first_boot",
-                {"site_dir": spec.state.bucket, "cluster": spec.name, "user_data": terraform_literal(spec.user_data)},
+                {"site_dir": spec.state.local_dir, "cluster": spec.name, "user_data": terraform_literal(spec.user_data)},
             )
             cdk.provisioners(template, runtime.first_boot())
             config = cdk.data_resource(
                 stack,
                 "config",
-                {"site_dir": spec.state.bucket, "cluster": spec.name, "version": spec.config_version,
+                {"site_dir": spec.state.local_dir, "cluster": spec.name, "version": spec.config_version,
                  "files": _literal_files(spec.config_files)},
                 replace_on={"version": spec.config_version},
             )
@@ -94,7 +94,7 @@ class LocalPlatform:
                 continue
             for index, (hostname, address) in enumerate(zip(pool.hostnames, pool.addresses)):
                 attributes = runtime.node_input(
-                    spec.state.bucket, spec.name, spec.controller, hostname, address, prefix,
+                    spec.state.local_dir, spec.name, spec.controller, hostname, address, prefix,
                     spec.subnet.gateway, pool.name, pool.role, mounts,
                 )
                 node = _node(stack, pool, index, spec.zone, attributes)
