@@ -196,3 +196,46 @@ def synthesize_stacks(platform_name: str, stacks: dict) -> dict[str, str]:
         return out
 
     return {name: render_json(doc) for name, doc in cdk.synthesize(build).items()}
+
+
+# ---------------------------------------------------------------- remote state backends
+
+
+@pytest.fixture(scope="session")
+def emulators(tmp_path_factory):
+    """moto's S3 server and the GCS emulator, one process each for the session."""
+    from emulators import KINDS
+
+    logs = tmp_path_factory.mktemp("emulators")
+    running = {kind: cls(logs / f"{kind}.log").start() for kind, cls in KINDS.items()}
+    yield running
+    for emulator in running.values():
+        emulator.stop()
+
+
+_buckets = iter(range(1, 10_000))
+
+
+def remote_repo(path: Path, emulator, monkeypatch=None) -> tuple[Repo, str]:
+    """The example repository's local sites and their clusters, with their state in a fresh
+    bucket of `emulator` (at its endpoint); the cloud sites left out, so that the emulator's
+    credentials never meet a real cloud. Returns the repository and the bucket."""
+    from emulators import state_block
+
+    repo = make_repo(path)
+    for rel in ("sites/aws-frankfurt.yaml", "sites/aws-zurich.yaml", "sites/gcp-netherlands.yaml", "sites/gcp-zurich.yaml",
+                "clusters/gpu-ai.yaml", "clusters/icon.yaml"):
+        (repo.path / rel).unlink()
+    repo.replace("clusters/slurm-hpc.yaml", "failover: [local-a, aws-zurich]", "failover: [local-a]")
+    bucket = f"state-{emulator.kind}-{next(_buckets)}"
+    emulator.make_bucket(bucket)
+    for site in ("local-a", "local-b"):
+        rel = f"sites/{site}.yaml"
+        text = repo.read(rel)
+        head, _ = text.split("\nstate:\n", 1)
+        repo.write(rel, head + "\n" + state_block(emulator.kind, bucket, emulator.endpoint, f"hpc/{site}"))
+    repo.commit("state in a bucket")
+    if monkeypatch is not None:
+        for key, value in emulator.env.items():
+            monkeypatch.setenv(key, value)
+    return repo, bucket

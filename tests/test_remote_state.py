@@ -1,0 +1,100 @@
+"""State in buckets: local-platform sites whose `state:` is s3 or gcs at an endpoint of their own
+(how an on-premises centre keeps state in its Ceph RGW or MinIO), served on 127.0.0.1 by moto's
+S3 server and the GCS emulator. The engine's backend, its lock, the live records and the
+orphan listing all go through those protocols."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import remote_repo
+
+KINDS = ["s3", "gcs"]
+UNITS = ["site:local-a", "site:local-b", "cluster:dev@local-a", "cluster:slurm-hpc@local-b"]
+
+
+def state_key(kind: str, site: str, stack: str) -> str:
+    return f"hpc/{site}/{stack}.tfstate" if kind == "s3" else f"hpc/{site}/{stack}/default.tfstate"
+
+
+def record_key(site: str, stack: str) -> str:
+    return f"hpc/{site}/{stack}.reconcile.json"
+
+
+def dry_run(cli, repo, *extra):
+    code, out, err = cli("--dry-run", "--json", "--repo", str(repo.path), "--engine", "embedded", *extra)
+    return code, json.loads(out), err
+
+
+@pytest.fixture(params=KINDS)
+def remote(request, emulators, tmp_path, monkeypatch):
+    emulator = emulators[request.param]
+    repo, bucket = remote_repo(tmp_path / "repo", emulator, monkeypatch)
+    return emulator, repo, bucket
+
+
+@pytest.fixture
+def applied_remote(remote, cli):
+    emulator, repo, bucket = remote
+    code, out, err = cli("apply", "--auto-approve", "--repo", str(repo.path), "--engine", "embedded")
+    assert code == 0, out + err
+    return remote
+
+
+@pytest.mark.slow
+def test_dry_run_apply_then_nothing_to_do_with_state_in_a_bucket(remote, cli):
+    emulator, repo, bucket = remote
+    code, plan, err = dry_run(cli, repo)
+    assert code == 2, err
+    assert sorted(u["key"] for u in plan["units"]) == sorted(UNITS)
+    assert all(u["reasons"] == ["never applied"] and u["changes"]["create"] > 0 for u in plan["units"])
+    assert plan["unchecked"] == []
+
+    code, out, err = cli("apply", "--auto-approve", "--repo", str(repo.path), "--engine", "embedded")
+    assert code == 0, out + err
+    objects = emulator.objects(bucket)
+    for site, stack in (("local-a", "landing-zone"), ("local-a", "cluster-dev"), ("local-b", "cluster-slurm-hpc")):
+        state = json.loads(objects[state_key(emulator.kind, site, stack)])
+        record = json.loads(objects[record_key(site, stack)])
+        assert state["resources"] and record["state_lineage"] == state["lineage"] and record["state_serial"] == state["serial"]
+        assert record["state_backend"] == emulator.kind and record["state_endpoint"] == emulator.endpoint
+    assert not [k for k in objects if k.endswith((".tflock", ".lock.info"))], "a lock was left behind"
+    assert not (repo.path / ".reconcile" / "state").exists(), "state went to local disk"
+
+    code, out, err = cli("--dry-run", "--repo", str(repo.path), "--engine", "embedded")
+    assert code == 0, out + err
+    assert "Nothing to do" in out and "Not checked" not in out
+
+
+@pytest.mark.slow
+def test_a_stack_deleted_in_a_commit_never_applied_is_found_in_the_bucket(applied_remote, cli):
+    emulator, repo, bucket = applied_remote
+    (repo.path / "clusters" / "dev.yaml").unlink()
+    repo.commit("retire dev on main directly")  # base == head: only the bucket remembers dev
+    code, plan, err = dry_run(cli, repo, "--base", "HEAD")
+    assert code == 2, err
+    (unit,) = plan["units"]
+    assert unit["key"] == "cluster:dev@local-a"
+    assert unit["action"] == "destroy" and unit["reasons"] == ["in live state but defined neither at base nor at head"]
+
+
+def test_without_credentials_a_bucket_is_not_checked_and_planned_offline(remote, cli, monkeypatch):
+    emulator, repo, bucket = remote
+    for key in emulator.env:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("CLOUDSDK_CONFIG", "/nonexistent")
+    monkeypatch.setenv("NO_GCE_CHECK", "True")
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    code, plan, err = dry_run(cli, repo)
+    assert code == 0, err
+    assert plan["units"] == [] and sorted(plan["unchecked"]) == sorted(UNITS)
+    repo.replace("clusters/dev.yaml", "    count: 2\n", "    count: 3\n")  # changed in git: planned offline
+    code, plan, err = dry_run(cli, repo)
+    assert code == 2, err
+    assert [(u["key"], u["status"]) for u in plan["units"]] == [("cluster:dev@local-a", "offline")]
+    assert emulator.objects(bucket) == {}, "nothing was written"
