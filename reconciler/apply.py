@@ -20,7 +20,7 @@ from reconciler.gitsource import Snapshot
 from reconciler.live import LiveStore
 from reconciler.resolve import CLUSTER, SITE
 from reconciler.plan import summarize
-from reconciler.run import PLANNED, UnitPlan, holds_data_of
+from reconciler.run import PLANNED, UnitPlan, engine_failure, holds_data_of
 
 APPLIED, SKIPPED, FAILED, NOTHING, REFUSED = "applied", "skipped", "failed", "no changes", "refused"
 INTERRUPTED, NOT_STARTED = "interrupted", "not started"
@@ -177,4 +177,4 @@ def _apply_one(p: UnitPlan, engine: Engine, store: LiveStore, head: Snapshot, ga
             now = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
             store.mark_interrupted(unit, now)
             return ApplyResult(p, INTERRUPTED, f"the engine stopped at {interrupt.received()} and wrote its state")
-        return ApplyResult(p, FAILED, str(exc))
+        return ApplyResult(p, FAILED, engine_failure(store, unit, exc))

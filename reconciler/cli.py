@@ -11,7 +11,7 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
-from reconciler import comment, failover, gate, ghflow, hostruntime, interrupt, portability, render, status
+from reconciler import comment, failover, gate, ghflow, hostruntime, interrupt, locks, portability, render, status
 from reconciler import event as event_module
 from reconciler.apply import APPLIED, DEFAULT_PARALLELISM, FAILED as APPLY_FAILED, INTERRUPTED, NOT_STARTED, NOTHING, REFUSED, apply
 from reconciler.engine import CHOICES, select_engine
@@ -19,7 +19,9 @@ from reconciler.errors import Exit, InvalidDefinitions, NotConfirmed, ReconcileE
 from reconciler.gitsource import GitSource, Snapshot
 from reconciler.live import LiveStore, volume_name
 from reconciler.load import load
-from reconciler.run import FAILED, OFFLINE, PLANNED, UNSUPPORTED, Assessment, UnitPlan, assess, check_state_locations, desired, plan
+from reconciler.run import (
+    FAILED, OFFLINE, PLANNED, UNSUPPORTED, Assessment, UnitPlan, assess, check_state_locations, desired, plan, unlock_stack,
+)
 from reconciler.settings import Settings
 from reconciler.synth import synthesize
 
@@ -41,6 +43,7 @@ def _common(parser: argparse.ArgumentParser, top: bool) -> None:
     parser.add_argument("--engine", choices=CHOICES, default=default, help="default: tofu, else terraform, else embedded")
     parser.add_argument("--state-root", default=default, help="local state paths are relative to this (default: --repo)")
     parser.add_argument("--work-dir", default=default, help="synthesized stacks and plans (default: REPO/.reconcile)")
+    parser.add_argument("--lock-timeout", default=default, help="wait this long for a stack's state lock, e.g. 0s or 2m (default 10s)")
     parser.add_argument("--json", action="store_true", default=False if top else argparse.SUPPRESS, help="machine-readable output")
     parser.add_argument("--all", action="store_true", default=False if top else argparse.SUPPRESS, help="plan every stack, changed or not (drift)")
 
@@ -70,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("failover", "re-place every cluster of a site that is down at its first realizable failover site"),
         ("comment", "post a plan comment written by `plan --comment-dir` (GitHub Actions, trusted job)"),
         ("restore-state", "put a stack's last good state back after a damaged write (local state)"),
+        ("unlock", "release a stack's state lock that a run left behind (killed, its runner lost)"),
         ("volumes", "list the data volumes of the local sites: retained by a move (storage.on_move: keep) and in use"),
         ("status", "what each cluster's nodes run: Slurm state and config version, against git"),
         ("enter", "run a command on a node of the local slurm runtime (default: a shell), as root"),
@@ -98,8 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "enter":
             command.add_argument("hostname", help="the node, e.g. laptop-login-0")
             command.add_argument("node_command", nargs=argparse.REMAINDER, help="the command and its arguments")
-        if name == "restore-state":
+        if name in ("restore-state", "unlock"):
             command.add_argument("unit", help="the unit, e.g. cluster:dev@local-a (as the plan names it)")
+        if name == "unlock":
+            command.add_argument("--lock-id", required=True, help="the lock's ID, as the refused plan printed it")
+            command.add_argument("--yes", action="store_true", help="release it without asking")
         if name == "synth":
             command.add_argument("--out", required=True, help="directory to write SITE/STACK/cdk.tf.json into")
         if name == "failover":
@@ -132,12 +139,16 @@ def _main(argv: list[str] | None) -> int:
             engine=args.engine,
             state_root=args.state_root,
             work_dir=args.work_dir,
+            lock_timeout=args.lock_timeout,
             output_json=args.json,
             select_all=args.all,
             auto_approve=getattr(args, "auto_approve", False),
             sites=frozenset(getattr(args, "sites", ())),
             units=frozenset(getattr(args, "units", ())),
         )
+        if command in USES_WORK_DIR:
+            with locks.RunLock(settings.work_dir, command):
+                return COMMANDS[command](settings, args)
         return COMMANDS[command](settings, args)
     except InvalidDefinitions as exc:
         if as_json:
@@ -197,7 +208,7 @@ def _plan_all(settings: Settings) -> tuple[Assessment, list[UnitPlan], object, L
     store = LiveStore(settings.state_root)
     assessment = assess(settings, store)
     needs_engine = any(s.unit.synthesizable for s in assessment.selected)
-    engine = select_engine(settings.engine, settings.work_dir, settings.state_root) if needs_engine else None
+    engine = select_engine(settings.engine, settings.work_dir, settings.state_root, settings.lock_timeout) if needs_engine else None
     return assessment, plan(settings, assessment, engine, store), engine, store
 
 
@@ -366,6 +377,37 @@ def _confirm(count: int) -> None:
         raise NotConfirmed("apply cancelled; nothing was changed")
 
 
+def cmd_unlock(settings: Settings, args) -> int:
+    source = GitSource(settings.root)
+    state = desired(source.working_tree() if settings.head is None else source.at_revision(settings.head))
+    unit = state.units.get(args.unit)
+    if unit is None:
+        raise ReconcileError(f"no unit {args.unit!r} at {state.snapshot.label}; units: {', '.join(state.units)}")
+    store = LiveStore(settings.state_root)
+    check_state_locations(store, state, {unit.key: unit})
+    info = store.lock_info(unit.state)
+    if info is None:
+        raise ReconcileError(f"the state of {unit.title} ({store.where(unit.state)}) is not locked: nothing to release")
+    if info.id != args.lock_id:
+        raise ReconcileError(f"the state of {unit.title} is locked under another ID now: {info.describe()}; nothing was released")
+    print(f"The state of {unit.title} ({store.where(unit.state)}) is {info.describe()}.")
+    if not (args.yes or settings.auto_approve):
+        if not sys.stdin.isatty():
+            raise NotConfirmed("unlock needs confirmation: run it in a terminal, or pass --yes")
+        answer = input("Release it? Only if that run is gone for good: a run still applying would then share the state. Only 'yes' will be accepted: ")
+        if answer.strip() != "yes":
+            raise NotConfirmed("unlock cancelled; the lock stays")
+    if unit.state.backend == "local":
+        if locks.held_by_a_process(store.state_file(unit.state)):
+            raise ReconcileError(f"a process that is still running holds the state of {unit.title}: wait for it; nothing was released")
+        store.clear_lock_info(unit.state)  # the lock itself died with its process: only its information was left
+    else:
+        engine = select_engine(settings.engine, settings.work_dir, settings.state_root, settings.lock_timeout)
+        unlock_stack(settings, unit, engine, info.id)
+    print(f"released the lock {info.id} of {unit.title}")
+    return Exit.OK
+
+
 def cmd_restore_state(settings: Settings, args) -> int:
     source = GitSource(settings.root)
     state = desired(source.working_tree() if settings.head is None else source.at_revision(settings.head))
@@ -499,7 +541,7 @@ def cmd_failover(settings: Settings, args) -> int:
         proposed = Snapshot(f"failover of {args.site} (proposed)", snapshot.revision, True, after)
         assessment = assess(settings, store, proposed)
         needs_engine = any(s.unit.synthesizable for s in assessment.selected)
-        engine = select_engine(settings.engine, settings.work_dir, settings.state_root) if needs_engine else None
+        engine = select_engine(settings.engine, settings.work_dir, settings.state_root, settings.lock_timeout) if needs_engine else None
         plans = plan(settings, assessment, engine, store)
         if not refused:
             code = _plan_exit(plans)
@@ -533,6 +575,9 @@ def cmd_failover(settings: Settings, args) -> int:
     return code
 
 
+# Commands that write into the work directory (stacks, saved plans): one run at a time there.
+USES_WORK_DIR = frozenset({"plan", "apply", "failover", "restore-state", "unlock"})
+
 COMMANDS = {
     "comment": cmd_comment,
     "failover": cmd_failover,
@@ -542,6 +587,7 @@ COMMANDS = {
     "synth": cmd_synth,
     "portability": cmd_portability,
     "restore-state": cmd_restore_state,
+    "unlock": cmd_unlock,
     "volumes": cmd_volumes,
     "status": cmd_status,
     "enter": cmd_enter,

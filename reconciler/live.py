@@ -35,6 +35,7 @@ from reconciler.backends import (
     write_atomic,
 )
 from reconciler.errors import ReconcileError
+from reconciler.locks import LockInfo
 from reconciler.resolve import Unit
 from rpi import local_volumes
 from rpi.spec import StateLocation
@@ -157,6 +158,21 @@ class LiveStore:
             return str(self.state_root / state.bucket / dict(zip(("state", "record", "lock"), names))[which])
         place = self._place(state)
         return place.blobs.url(getattr(place, which))
+
+    def lock_info(self, state: StateLocation) -> "LockInfo | None":
+        """The engine's lock information for a stack's state, None when it is not locked (or
+        the backend cannot be read from here)."""
+        try:
+            place = self._place(state)
+            return LockInfo.parse_json(place.blobs.get(place.lock))
+        except (NoCredentials, BackendError):
+            return None
+
+    def clear_lock_info(self, state: StateLocation) -> None:
+        """A local state's lock information, left by a run that died (the lock itself, the
+        operating system's, died with it)."""
+        place = self._place(state)
+        place.blobs.delete(place.lock)
 
     def readable(self, state: StateLocation) -> bool:
         """Credentials for this backend are at hand (local state always is)."""

@@ -11,7 +11,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler import affected, datacopy, health, interrupt
+from reconciler import affected, datacopy, health, interrupt, locks
 from reconciler.affected import APPLY, DESTROY, Selected
 from reconciler.backends import keys
 from reconciler.engine import Engine
@@ -243,9 +243,27 @@ def plan(settings: Settings, assessment: Assessment, engine: Engine | None, stor
                 p.change_class = _change_class(p)
             except ReconcileError as exc:
                 interrupt.checkpoint("while planning: nothing was applied")
-                p.status, p.error = FAILED, str(exc)
+                p.status, p.error = FAILED, engine_failure(store, unit, exc)
         interrupt.checkpoint("while planning: nothing was applied")
     return plans
+
+
+def unlock_stack(settings: Settings, unit: Unit, engine: Engine, lock_id: str) -> None:
+    """The engine's own force-unlock, in the stack's working directory, initialized on its backend."""
+    workdir = settings.work_dir / "stacks" / unit.site / unit.stack
+    (document,) = synthesize([unit], settings.work_dir / "cache" / "synth").values()
+    _prepare(workdir, document)
+    engine.init(workdir, {})
+    engine.force_unlock(workdir, lock_id)
+
+
+def engine_failure(store: LiveStore, unit: Unit, exc: ReconcileError) -> str:
+    """What an engine's failure means for a stack: a held state lock names its holder."""
+    text = str(exc)
+    if locks.LOCK_ERROR not in text:
+        return text
+    info = store.lock_info(unit.state) or locks.LockInfo.parse_output(text)
+    return locks.held_message(unit.title, unit.key, info, store.where(unit.state))
 
 
 def _new_probe(selected: Selected, base_probes: dict[str, str]) -> str:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from reconciler.errors import ReconcileError
 
 
 @dataclass(frozen=True)
@@ -20,6 +23,7 @@ class Settings:
     auto_approve: bool = False
     sites: frozenset[str] = frozenset()  # --site: only these sites' units (and the rest of their change groups)
     units: frozenset[str] = frozenset()  # --unit: only these units (likewise)
+    lock_timeout: str = "10s"  # how long the engine waits for a stack's state lock
 
     @classmethod
     def build(cls, root: str | Path, **overrides) -> "Settings":
@@ -31,8 +35,11 @@ class Settings:
             work_dir=Path(env.get("RECONCILE_WORK_DIR", root / ".reconcile")),
             state_root=Path(env.get("RECONCILE_STATE_ROOT", root)),
             engine=env.get("RECONCILE_ENGINE", "auto"),
+            lock_timeout=env.get("RECONCILE_LOCK_TIMEOUT", "10s"),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
+        if not re.fullmatch(r"\d+(ms|s|m|h)", str(values["lock_timeout"])):
+            raise ReconcileError(f"--lock-timeout {values['lock_timeout']}: give a duration such as 0s, 30s or 5m")
         values["work_dir"] = Path(values["work_dir"]).resolve()
         values["state_root"] = Path(values["state_root"]).resolve()
         return cls(**values)
