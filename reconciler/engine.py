@@ -26,7 +26,7 @@ PLAN_FILE = "reconcile.tfplan"
 class Runner(Protocol):
     name: str
 
-    def run(self, workdir: Path, args: list[str]) -> tuple[int, str, str]: ...
+    def run(self, workdir: Path, args: list[str], probe=None) -> tuple[int, str, str]: ...
 
 
 @dataclass
@@ -39,9 +39,9 @@ class ProcessRunner:
     name: str
     env: dict[str, str]
 
-    def run(self, workdir: Path, args: list[str]) -> tuple[int, str, str]:
+    def run(self, workdir: Path, args: list[str], probe=None) -> tuple[int, str, str]:
         # umask 077: the state files the engine creates (state, backup, lock) are the owner's only
-        done = interrupt.run([*self.command, f"-chdir={workdir}", *args], text=True, env=self.env, umask=0o077)
+        done = interrupt.run([*self.command, f"-chdir={workdir}", *args], probe=probe, text=True, env=self.env, umask=0o077)
         return done.returncode, done.stdout, done.stderr
 
 
@@ -51,13 +51,18 @@ class Engine:
     def __init__(self, runner: Runner, lock_timeout: str = "10s"):
         self.runner = runner
         self.lock_timeout = lock_timeout  # how long to wait for a stack's state lock, then fail naming its holder
+        self.probes: dict[Path, object] = {}  # workdir -> its state backend's health probe (interrupt.run)
+
+    def watch(self, workdir: Path, probe) -> None:
+        """While the engine works in `workdir`, ask `probe` whether its backend still answers."""
+        self.probes[workdir] = probe
 
     @property
     def name(self) -> str:
         return self.runner.name
 
     def _run(self, workdir: Path, *args: str) -> str:
-        code, out, err = self.runner.run(workdir, list(args))
+        code, out, err = self.runner.run(workdir, list(args), probe=self.probes.get(workdir))
         if args[0] == "apply":
             _log_apply(workdir, code, out, err)
         if code != 0:

@@ -88,15 +88,42 @@ def checkpoint(where: str) -> None:
         raise Interrupted(f"{received()} received {where}")
 
 
-def run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
-    """`subprocess.run` for an engine command: in a session of its own, stopped through here."""
+PROBE_EVERY_S, PROBE_FAILURES, GRACE_S = 10.0, 2, 15.0
+
+
+class Stalled(ReconcileError):
+    """What an engine depends on stopped answering; the engine was stopped."""
+
+
+def run(argv: list[str], probe=None, probe_every: float = PROBE_EVERY_S, **kwargs) -> subprocess.CompletedProcess:
+    """`subprocess.run` for an engine command: in a session of its own, stopped through here.
+
+    `probe`: asked every `probe_every` seconds while the engine runs; it answers why the engine
+    cannot go on (its state backend no longer answers), or None. After PROBE_FAILURES answers in
+    a row the engine gets its graceful stop, then SIGKILL, and Stalled is raised: an engine
+    whose backend has gone never hangs the run (some backends' clients retry forever)."""
     process = subprocess.Popen(argv, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
     with _lock:
         _processes.add(process)
+    stalled: list[str] = []
     try:
         if _requested.is_set():  # the signal came while it started: it still gets its graceful stop
             process.send_signal(signal.SIGINT)
-        out, err = process.communicate()
+        while True:
+            try:
+                out, err = process.communicate(timeout=probe_every if probe else None)
+                break
+            except subprocess.TimeoutExpired:
+                why = probe()
+                stalled = stalled + [why] if why else []
+                if len(stalled) >= PROBE_FAILURES:
+                    process.send_signal(signal.SIGINT)
+                    try:
+                        process.communicate(timeout=GRACE_S)
+                    except subprocess.TimeoutExpired:
+                        process.kill()
+                        process.communicate()
+                    raise Stalled(f"{stalled[-1]}; the engine was stopped after {len(stalled)} failed checks")
     finally:
         with _lock:
             _processes.discard(process)

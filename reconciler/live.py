@@ -174,6 +174,17 @@ class LiveStore:
         place = self._place(state)
         place.blobs.delete(place.lock)
 
+    def probe(self, state: StateLocation, site: str) -> str | None:
+        """Why a remote backend does not answer now, or None (a read of the stack's record)."""
+        try:
+            place = self._place(state)
+            place.blobs.get(place.record)
+        except NoCredentials:
+            return None
+        except BackendError as exc:
+            return f"site {site}: the state backend stopped answering: {exc}"
+        return None
+
     def readable(self, state: StateLocation) -> bool:
         """Credentials for this backend are at hand (local state always is)."""
         try:

@@ -234,6 +234,8 @@ def plan(settings: Settings, assessment: Assessment, engine: Engine | None, stor
                 continue
             try:
                 _prepare(p.workdir, documents[unit.key])
+                if unit.state.backend != "local":  # a backend that goes away mid-run never hangs it
+                    engine.watch(p.workdir, lambda state=unit.state, site=unit.site: store.probe(state, site))
                 backend = {"path": str(store.state_file(unit.state))} if unit.state.backend == "local" else {}
                 engine.init(p.workdir, backend)
                 record = assessment.live.get(unit.key)
@@ -261,7 +263,9 @@ def engine_failure(store: LiveStore, unit: Unit, exc: ReconcileError) -> str:
     """What an engine's failure means for a stack: a held state lock names its holder."""
     text = str(exc)
     if locks.LOCK_ERROR not in text:
-        return text
+        if unit.state.backend == "local":
+            return text
+        return f"site {unit.site}, state {store.where(unit.state)}: {text}"
     info = store.lock_info(unit.state) or locks.LockInfo.parse_output(text)
     return locks.held_message(unit.title, unit.key, info, store.where(unit.state))
 

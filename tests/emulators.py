@@ -34,9 +34,10 @@ class Emulator:
     kind = ""
     env: dict[str, str] = {}
 
-    def __init__(self, log: Path):
-        self.port = free_port()
+    def __init__(self, log: Path, port: int | None = None, **settings: str):
+        self.port = port or free_port()
         self.log = log
+        self.settings = settings  # the emulator's own environment, e.g. moto's INITIAL_NO_AUTH_ACTION_COUNT
         self.process: subprocess.Popen | None = None
 
     @property
@@ -48,7 +49,9 @@ class Emulator:
 
     def start(self) -> "Emulator":
         with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(
+                self.argv(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **self.settings}
+            )
         deadline = time.monotonic() + START_LIMIT_S
         while True:
             assert self.process.poll() is None, f"{self.kind} emulator exited: {self.log.read_text()[-2000:]}"
