@@ -304,6 +304,31 @@ class GcsBlobs:
 
 # ------------------------------------------------------------------ one client per bucket
 
+_CLIENTS = {"s3": ("boto3", "botocore.config"), "gcs": ("google.cloud.storage", "google.oauth2.credentials")}
+
+
+def clients_named(root: Path) -> set[str]:
+    """The remote backends that the site files name: a hint read from their text, before they
+    are validated (what to import ahead of time; a wrong hint costs only time)."""
+    if os.environ.get("RECONCILE_NO_PREFETCH"):
+        return set()
+    wanted = set()
+    for path in (root / "sites").glob("*.y*ml"):
+        try:
+            text = path.read_text(errors="replace")
+        except OSError:
+            continue
+        wanted |= {kind for kind in _CLIENTS if f"backend: {kind}" in text}
+    return wanted
+
+
+def import_clients(kinds: set[str]) -> None:
+    import importlib
+
+    for kind in sorted(kinds):
+        for module in _CLIENTS[kind]:
+            importlib.import_module(module)
+
 
 class Backends:
     """The stores of one run: made once per bucket and endpoint, shared by every thread."""
@@ -311,6 +336,7 @@ class Backends:
     def __init__(self, state_root: Path):
         self.state_root = state_root
         self._lock = threading.Lock()
+        self._locks: dict[tuple, threading.Lock] = {}
         self._made: dict[tuple, Blobs | NoCredentials] = {}
 
     def blobs(self, state: StateLocation) -> Blobs:
@@ -318,7 +344,9 @@ class Backends:
         if state.backend == "local":
             return LocalBlobs(self.state_root / state.bucket)
         key = (state.backend, state.bucket, state.region, state.endpoint)
-        with self._lock:  # one client per bucket; boto3 sessions are not made concurrently
+        with self._lock:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:  # one client per bucket, made once; the S3 and GCS clients are made at once
             made = self._made.get(key)
             if made is None:
                 try:

@@ -13,8 +13,6 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-import github3
-from github3 import exceptions as gh_errors
 
 from reconciler.errors import ReconcileError
 
@@ -60,6 +58,8 @@ class GitHub:
         owner, _, name = repository.partition("/")
         if not owner or not name:
             raise GitHubError(f"repository must be OWNER/NAME, got {repository!r}")
+        import github3  # here, not at the top: every run imports this module, few talk to GitHub
+
         api_url = api_url.rstrip("/")
         if api_url == PUBLIC_API:
             self.gh = github3.GitHub(token=token)
@@ -74,6 +74,8 @@ class GitHub:
 
     def _call(self, what: str, fn: Callable, before_retry: Callable[[], object] | None = None):
         """Run `fn`, retrying 5xx answers and rate limits with exponential backoff."""
+        from github3 import exceptions as gh_errors
+
         for attempt in range(1, self.attempts + 1):
             try:
                 return fn()

@@ -208,6 +208,11 @@ class LiveStore:
             if ".git" in real.relative_to(root).parts:
                 raise StateLocationError(f"{path} resolves to {real}, inside a .git directory")
 
+    @staticmethod
+    def known_records(live: dict[str, object]) -> dict:
+        """Records read already, by (backend, endpoint, bucket, state key): for records_under."""
+        return {(r.state_backend, r.state_endpoint, r.state_bucket, r.state_key): r for r in live.values() if isinstance(r, LiveRecord)}
+
     def read_all(self, units: dict[str, Unit]) -> dict[str, object]:
         """{unit key: record, None or UNKNOWN}: remote backends are read concurrently."""
         remote = [k for k, u in units.items() if u.state.backend != "local"]
@@ -341,6 +346,8 @@ class LiveStore:
     def _runtime_view(self, unit: Unit) -> tuple[tuple[str, str], ...]:
         """The local slurm runtime's view of a stack's nodes: which have lost a daemon or their
         namespaces. Asked of the node package's runtime in a process of its own."""
+        if unit.platform != "local" or getattr(unit.spec, "runtime", "slurm") != "slurm":
+            return ()  # only real nodes can break behind the state's back (orphans: checked anyway)
         nodes = {
             f"{t}.{n}": a["input"]
             for t, n, a in self.resources(unit)
@@ -490,16 +497,18 @@ class LiveStore:
         for volume_id in volume_ids:
             place.blobs.delete(_retained_key(place, volume_id))
 
-    def records_under(self, state: StateLocation) -> list[LiveRecord]:
+    def records_under(self, state: StateLocation, known: dict | None = None) -> list[LiveRecord]:
         """Every record in the state directory of `state` (one site's), to find stacks that git
-        no longer names; [] where the backend cannot be read from here."""
+        no longer names; [] where the backend cannot be read from here. `known`: records read
+        already, by (backend, endpoint, bucket, state key): not fetched again."""
         try:
             place = self._place(state)
         except NoCredentials:
             return []
         try:
             names = place.blobs.names(place.directory, "*" + RECORD_SUFFIX)
-            found = [LiveRecord.parse(place.blobs.get(n) or b"", place.blobs.url(n)) for n in names]
+            by_record = {keys(r.state)[2]: r for k, r in (known or {}).items() if k[:3] == (state.backend, state.endpoint, state.bucket)}
+            found = [by_record.get(n) or LiveRecord.parse(place.blobs.get(n) or b"", place.blobs.url(n)) for n in names]
         except BackendError as exc:
             raise BackendError(f"listing the live records failed: {exc}; nothing was changed") from None
         # where the record was found is where its stack's state is (records older than the

@@ -21,6 +21,7 @@ from reconciler.live import UNKNOWN, LiveRecord, LiveStore, RetainedVolume, Stat
 from reconciler.load import Definitions, load
 from reconciler import plan as plan_module
 from reconciler.plan import ChangeClass, PlanSummary, config_diff, summarize
+from reconciler.prefetch import Prefetch
 from reconciler.resolve import CLUSTER, Unit, resolve
 from reconciler.settings import Settings
 from reconciler.synth import render_json, synthesize
@@ -121,6 +122,23 @@ def assess(settings: Settings, store: LiveStore, head_snapshot: Snapshot | None 
 
     `head_snapshot` replaces the head that settings name (a proposed change, e.g. a failover).
     """
+    helper = Prefetch(settings.root, store.state_root)  # reads remote records while this process reads git
+    try:
+        head, base, note, units, live, orphans = _desired_and_live(settings, store, head_snapshot, helper)
+    finally:
+        helper.close()
+    changed = affected.changed_files(base.snapshot.files if base else None, head.snapshot.files)
+    selected = affected.select(
+        head.units, base.units if base else None, changed, live, orphans, settings.select_all
+    )
+    _check_scope(settings, units)
+    in_scope = affected.scoped(selected, settings.sites, settings.units)
+    kept = {id(s) for s in in_scope}
+    left_out = tuple(s for s in selected if id(s) not in kept)
+    return Assessment(head, base, note, live, in_scope, left_out)
+
+
+def _desired_and_live(settings: Settings, store: LiveStore, head_snapshot: Snapshot | None, helper: Prefetch):
     source = GitSource(settings.root)
     if head_snapshot is None:
         head_snapshot = source.working_tree() if settings.head is None else source.at_revision(settings.head)
@@ -139,17 +157,23 @@ def assess(settings: Settings, store: LiveStore, head_snapshot: Snapshot | None 
 
     units = {**(base.units if base else {}), **head.units}
     check_state_locations(store, head, units)
-    live = store.read_all(units)
-    orphans = [r for state in state_directories(units.values()) for r in store.records_under(state)]
-    changed = affected.changed_files(base.snapshot.files if base else None, head.snapshot.files)
-    selected = affected.select(
-        head.units, base.units if base else None, changed, live, orphans, settings.select_all
-    )
-    _check_scope(settings, units)
-    in_scope = affected.scoped(selected, settings.sites, settings.units)
-    kept = {id(s) for s in in_scope}
-    left_out = tuple(s for s in selected if id(s) not in kept)
-    return Assessment(head, base, note, live, in_scope, left_out)
+    directories = state_directories(units.values())
+    remote = {k: u for k, u in units.items() if u.state.backend != "local"}
+    answer = helper.collect(remote, [d for d in directories if d.backend != "local"]) if remote else None
+    if answer is None:  # no helper: read here
+        live = store.read_all(units)
+        known = store.known_records(live)
+        orphans = [r for state in directories for r in store.records_under(state, known)]
+    else:
+        remote_live, remote_under = answer
+        local = {k: u for k, u in units.items() if k not in remote}
+        read_here = store.read_all(local)
+        found = {**read_here, **{k: UNKNOWN if v == "UNKNOWN" else v for k, v in remote_live.items()}}
+        live = {k: found[k] for k in units}
+        known = store.known_records(read_here)
+        orphans = [r for state in directories if state.backend == "local" for r in store.records_under(state, known)]
+        orphans += [r for listed in remote_under for r in listed]
+    return head, base, note, units, live, orphans
 
 
 def state_directories(units) -> list:

@@ -158,3 +158,34 @@ def test_a_skipped_run_is_caught_up_from_the_record_whatever_base_says(applied_r
     (unit,) = plan["units"]
     assert unit["key"] == "cluster:dev@local-a" and unit["changes"]["create"] == 1
     assert any(r.startswith("live state differs from git") for r in unit["reasons"]), unit["reasons"]
+
+
+@pytest.mark.slow
+def test_a_record_write_that_fails_after_an_apply_is_reported_and_repaired_next_run(applied_s3, cli, monkeypatch):
+    from reconciler import backends
+
+    emulator, repo, bucket = applied_s3
+    real_put = backends.S3Blobs.put
+
+    def put_failing_records(self, key, data):
+        if key.endswith(backends.RECORD_SUFFIX):  # the bucket refuses the record, after the engine wrote the state
+            raise backends.BackendError(f"{self.url(key)}: SlowDown (HTTP 503): injected")
+        return real_put(self, key, data)
+
+    repo.replace("clusters/dev.yaml", "    count: 2\n", "    count: 3\n")
+    with monkeypatch.context() as patch:
+        patch.setattr(backends.S3Blobs, "put", put_failing_records)
+        code, out, err = cli("apply", "--auto-approve", "--repo", str(repo.path), "--engine", "embedded")
+    assert code == 1, out + err
+    assert "applied, but its live record could not be written" in out and "The state is sound" in out, out
+    state = json.loads(emulator.objects(bucket)["hpc/local-a/cluster-dev.tfstate"])
+    assert sum(r["name"].startswith("node_compute_") for r in state["resources"]) == 3  # the apply itself stands
+
+    code, plan, err = dry_run(cli, repo)
+    assert code == 2, err
+    (unit,) = plan["units"]
+    assert unit["key"] == "cluster:dev@local-a" and unit["changes"]["create"] == 0  # only the record is stale
+    code, out, err = cli("apply", "--auto-approve", "--repo", str(repo.path), "--engine", "embedded")
+    assert code == 0, out + err
+    code, out, err = cli("--dry-run", "--repo", str(repo.path), "--engine", "embedded")
+    assert code == 0 and "Nothing to do" in out, out
