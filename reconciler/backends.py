@@ -153,13 +153,28 @@ def write_atomic(path: Path, data: bytes | str) -> None:
 # ------------------------------------------------------------------ S3 and S3-compatible
 
 
+_session_lock = threading.Lock()
+_boto_sessions: list = []
+
+
+def _boto_session():
+    """One boto3 session per process: its loader keeps botocore's service model once loaded."""
+    with _session_lock:
+        if not _boto_sessions:
+            import boto3
+
+            _boto_sessions.append(boto3.session.Session())
+        return _boto_sessions[0]
+
+
 class S3Blobs:
     def __init__(self, bucket: str, region: str, endpoint: str):
-        import boto3
         from botocore.config import Config
 
-        session = boto3.session.Session()
-        if session.get_credentials() is None:  # the standard chain: env, profiles, SSO, container, IMDS
+        session = _boto_session()
+        with _session_lock:  # a boto3 session is not thread-safe: its clients are made one at a time
+            credentials = session.get_credentials()
+        if credentials is None:  # the standard chain: env, profiles, SSO, container, IMDS
             raise NoCredentials(f"s3://{bucket}")
         config = Config(
             retries={"mode": "standard", "max_attempts": S3_ATTEMPTS},
@@ -168,7 +183,8 @@ class S3Blobs:
             s3={"addressing_style": "path"} if endpoint else None,
         )
         self.bucket, self.endpoint = bucket, endpoint
-        self.client = session.client("s3", region_name=region or None, endpoint_url=endpoint or None, config=config)
+        with _session_lock:
+            self.client = session.client("s3", region_name=region or None, endpoint_url=endpoint or None, config=config)
 
     def url(self, key: str) -> str:
         at = f" at {self.endpoint}" if self.endpoint else ""
@@ -302,6 +318,22 @@ class GcsBlobs:
         return sorted(n for n in found if _matches(n[len(prefix):], pattern))
 
 
+@dataclass(frozen=True)
+class UnitRef:
+    """A unit as the live store reads it (resolve.Unit without its spec)."""
+
+    kind: str
+    name: str
+    site: str
+    platform: str
+    stack: str
+    key: str
+    title: str
+    state: StateLocation
+    runtime: str
+    config_hash: str
+
+
 # ------------------------------------------------------------------ one client per bucket
 
 _CLIENTS = {"s3": ("boto3", "botocore.config"), "gcs": ("google.cloud.storage", "google.oauth2.credentials")}
@@ -323,11 +355,16 @@ def clients_named(root: Path) -> set[str]:
 
 
 def import_clients(kinds: set[str]) -> None:
+    """Import the clients, and have botocore load its S3 model (a client made for nothing)."""
     import importlib
 
     for kind in sorted(kinds):
         for module in _CLIENTS[kind]:
             importlib.import_module(module)
+    if "s3" in kinds:
+        session = _boto_session()
+        with _session_lock:
+            session.client("s3", region_name="us-east-1", endpoint_url="http://127.0.0.1:9")
 
 
 class Backends:

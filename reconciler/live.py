@@ -18,6 +18,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from concurrent.futures import ThreadPoolExecutor
 
@@ -36,9 +37,11 @@ from reconciler.backends import (
 )
 from reconciler.errors import ReconcileError
 from reconciler.locks import LockInfo
-from reconciler.resolve import Unit
 from rpi import local_volumes
 from rpi.spec import StateLocation
+
+if TYPE_CHECKING:  # not imported: the records helper (prefetch) reads records without the models
+    from reconciler.resolve import Unit
 
 BACKUP_SUFFIX = ".backup"  # Terraform's local backend keeps the state it started from here
 
@@ -346,7 +349,7 @@ class LiveStore:
     def _runtime_view(self, unit: Unit) -> tuple[tuple[str, str], ...]:
         """The local slurm runtime's view of a stack's nodes: which have lost a daemon or their
         namespaces. Asked of the node package's runtime in a process of its own."""
-        if unit.platform != "local" or getattr(unit.spec, "runtime", "slurm") != "slurm":
+        if unit.platform != "local" or unit.runtime != "slurm":
             return ()  # only real nodes can break behind the state's back (orphans: checked anyway)
         nodes = {
             f"{t}.{n}": a["input"]

@@ -52,6 +52,7 @@ class Prefetch:
 
     def __init__(self, root: Path, state_root: Path):
         self.pid = None
+        self.root, self.state_root = root, state_root
         kinds = clients_named(root)
         # fork only a process with one thread: a lock another thread held at the fork (an
         # import's, a logger's) would never be released in the child
@@ -87,7 +88,7 @@ class Prefetch:
         if self.pid is None:
             return None
         try:
-            _send(self.to_child, (units, directories))
+            _send(self.to_child, ({k: u.ref() for k, u in units.items()}, directories))
             ready, _, _ = select.select([self.from_child], [], [], ANSWER_LIMIT_S)
             if not ready:  # stuck: the parent reads for itself
                 os.kill(self.pid, signal.SIGKILL)
@@ -114,6 +115,26 @@ class Prefetch:
         except ChildProcessError:
             pass
         self.pid = None
+
+
+_early: Prefetch | None = None
+
+
+def start_early(root: Path, state_root: Path) -> None:
+    """Fork the helper now, before the command's imports (the `reconcile` entry point)."""
+    global _early
+    _early = Prefetch(root, state_root)
+
+
+def for_run(root: Path, state_root: Path) -> Prefetch:
+    """The helper started early for this repository and state root, or a new one."""
+    global _early
+    early, _early = _early, None
+    if early is not None and early.root == root and early.state_root == state_root and early.pid is not None:
+        return early
+    if early is not None:
+        early.close()
+    return Prefetch(root, state_root)
 
 
 def _serve(kinds: set[str], state_root: Path, requests: int, answers: int) -> None:

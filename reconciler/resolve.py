@@ -67,6 +67,19 @@ class Unit:
         return f"site {self.site}" if self.kind == SITE else f"cluster {self.name} on {self.site}"
 
     @property
+    def runtime(self) -> str:
+        """The local platform's runtime of the unit's site; an orphan's is not known (slurm:
+        whatever real nodes it has are looked at)."""
+        return getattr(self.spec, "runtime", "slurm")
+
+    def ref(self):
+        """What reading its live state needs, in a form that needs none of the models."""
+        from reconciler.backends import UnitRef
+
+        return UnitRef(self.kind, self.name, self.site, self.platform, self.stack, self.key, self.title, self.state,
+                       self.runtime, self.config_hash)
+
+    @property
     def synthesizable(self) -> bool:
         return registry.implemented(self.platform)
 

@@ -21,6 +21,7 @@ from reconciler.live import UNKNOWN, LiveRecord, LiveStore, RetainedVolume, Stat
 from reconciler.load import Definitions, load
 from reconciler import plan as plan_module
 from reconciler.plan import ChangeClass, PlanSummary, config_diff, summarize
+from reconciler import prefetch
 from reconciler.prefetch import Prefetch
 from reconciler.resolve import CLUSTER, Unit, resolve
 from reconciler.settings import Settings
@@ -122,7 +123,7 @@ def assess(settings: Settings, store: LiveStore, head_snapshot: Snapshot | None 
 
     `head_snapshot` replaces the head that settings name (a proposed change, e.g. a failover).
     """
-    helper = Prefetch(settings.root, store.state_root)  # reads remote records while this process reads git
+    helper = prefetch.for_run(settings.root, store.state_root)  # reads remote records while this process reads git
     try:
         head, base, note, units, live, orphans = _desired_and_live(settings, store, head_snapshot, helper)
     finally:

@@ -189,3 +189,28 @@ def test_a_record_write_that_fails_after_an_apply_is_reported_and_repaired_next_
     assert code == 0, out + err
     code, out, err = cli("--dry-run", "--repo", str(repo.path), "--engine", "embedded")
     assert code == 0 and "Nothing to do" in out, out
+
+
+@pytest.mark.slow
+def test_the_records_helper_and_the_run_itself_read_the_same(applied_remote, cli):
+    """`reconcile` forks a helper that reads remote records while the run reads git; without it
+    (RECONCILE_NO_PREFETCH) the run reads them itself. Both see the same: an orphan, a change."""
+    import os
+    import subprocess
+
+    from test_kill_apply import RECONCILE, _env
+
+    emulator, repo, bucket = applied_remote
+    (repo.path / "clusters" / "dev.yaml").unlink()
+    repo.commit("retire dev on main directly")
+    repo.replace("clusters/slurm-hpc.yaml", "failover: [local-a]", "failover: []")
+    outputs = []
+    for extra in ({}, {"RECONCILE_NO_PREFETCH": "1"}):
+        done = subprocess.run(
+            [RECONCILE, "--dry-run", "--json", "--repo", str(repo.path), "--engine", "embedded", "--base", "HEAD"],
+            capture_output=True, text=True, env={**_env(), **emulator.env, **extra}, timeout=300,
+        )
+        assert done.returncode == 2, done.stdout + done.stderr
+        outputs.append({u["key"]: (u["action"], u["reasons"]) for u in json.loads(done.stdout)["units"]})
+    assert outputs[0] == outputs[1]
+    assert outputs[0]["cluster:dev@local-a"][0] == "destroy" and "cluster:slurm-hpc@local-b" in outputs[0]
