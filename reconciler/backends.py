@@ -49,6 +49,24 @@ class Blobs(Protocol):
         """Keys below `prefix` whose rest matches `pattern` (`*` never crosses a `/`), sorted."""
         ...
 
+    def versions(self, key: str) -> list["Version"]:
+        """The object's earlier versions (bucket versioning), newest first, the current one
+        excluded; [] where the store keeps none."""
+        ...
+
+    def get_version(self, key: str, version: str) -> bytes: ...
+
+    def restore_version(self, key: str, version: str) -> None:
+        """Make an earlier version the current one (a copy: the damaged one stays a version)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Version:
+    id: str  # S3's VersionId, GCS's generation
+    written: str  # when, as the store says it
+    size: int
+
 
 def _matches(rest: str, pattern: str) -> bool:
     return rest.count("/") == pattern.count("/") and fnmatch.fnmatchcase(rest, pattern)
@@ -118,6 +136,14 @@ class LocalBlobs:
 
     def delete(self, key: str) -> None:
         (self.root / key).unlink(missing_ok=True)
+
+    def versions(self, key: str) -> list[Version]:
+        return []  # a local directory keeps none: the engine's own backup file stands in
+
+    def get_version(self, key: str, version: str) -> bytes:
+        raise BackendError(f"{self.root / key}: a local directory keeps no versions")
+
+    restore_version = get_version
 
     def names(self, prefix: str, pattern: str) -> list[str]:
         base = self.root / prefix
@@ -229,6 +255,35 @@ class S3Blobs:
         except (BotoCoreError, ClientError) as exc:
             raise self._fail(key, exc) from None
 
+    def versions(self, key: str) -> list[Version]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        found = []
+        try:
+            for page in self.client.get_paginator("list_object_versions").paginate(Bucket=self.bucket, Prefix=key):
+                found += [v for v in page.get("Versions", ()) if v["Key"] == key]
+        except (BotoCoreError, ClientError) as exc:
+            raise self._fail(key, exc) from None
+        found = [v for v in found if not v.get("IsLatest") and v.get("VersionId") not in (None, "null")]
+        found.sort(key=lambda v: v["LastModified"], reverse=True)
+        return [Version(v["VersionId"], v["LastModified"].isoformat(), int(v.get("Size", 0))) for v in found]
+
+    def get_version(self, key: str, version: str) -> bytes:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=key, VersionId=version)["Body"].read()
+        except (BotoCoreError, ClientError) as exc:
+            raise self._fail(key, exc) from None
+
+    def restore_version(self, key: str, version: str) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.copy_object(Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": key, "VersionId": version})
+        except (BotoCoreError, ClientError) as exc:
+            raise self._fail(key, exc) from None
+
     def names(self, prefix: str, pattern: str) -> list[str]:
         from botocore.exceptions import BotoCoreError, ClientError
 
@@ -307,6 +362,28 @@ class GcsBlobs:
             self.bucket.blob(key).delete(retry=self.retry, timeout=self.timeout)
         except NotFound:
             pass
+        except self._errors() as exc:
+            raise self._fail(key, exc) from None
+
+    def versions(self, key: str) -> list[Version]:
+        try:
+            found = [b for b in self.client.list_blobs(self.bucket_name, prefix=key, versions=True, retry=self.retry, timeout=self.timeout)
+                     if b.name == key]
+        except self._errors() as exc:
+            raise self._fail(key, exc) from None
+        found.sort(key=lambda b: int(b.generation or 0), reverse=True)
+        return [Version(str(b.generation), b.updated.isoformat() if b.updated else "", int(b.size or 0)) for b in found[1:]]
+
+    def get_version(self, key: str, version: str) -> bytes:
+        try:
+            return self.bucket.blob(key, generation=int(version)).download_as_bytes(retry=self.retry, timeout=self.timeout)
+        except self._errors() as exc:
+            raise self._fail(key, exc) from None
+
+    def restore_version(self, key: str, version: str) -> None:
+        try:
+            source = self.bucket.blob(key, generation=int(version))
+            self.bucket.copy_blob(source, self.bucket, key, source_generation=int(version), retry=self.retry, timeout=self.timeout)
         except self._errors() as exc:
             raise self._fail(key, exc) from None
 

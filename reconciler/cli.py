@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("portability", "show which sites each cluster can run on (placement and failover), and why not"),
         ("failover", "re-place every cluster of a site that is down at its first realizable failover site"),
         ("comment", "post a plan comment written by `plan --comment-dir` (GitHub Actions, trusted job)"),
-        ("restore-state", "put a stack's last good state back after a damaged write (local state)"),
+        ("restore-state", "put a stack's last good state back after a damaged write (the engine's backup, or the bucket's earlier version)"),
         ("unlock", "release a stack's state lock that a run left behind (killed, its runner lost)"),
         ("volumes", "list the data volumes of the local sites: retained by a move (storage.on_move: keep) and in use"),
         ("status", "what each cluster's nodes run: Slurm state and config version, against git"),

@@ -277,11 +277,34 @@ class LiveStore:
         if unit.state.backend == "local":
             lines += self._restore_advice(unit, self.state_file(unit.state), record if applied else None)
         else:
-            lines.append(
-                f"Restore the last good version of {where} from the bucket's object versions (keep versioning on for state "
-                f"buckets), then plan again."
-            )
+            lines += self._version_advice(unit, where, record if applied else None)
         return "\n".join(lines)
+
+    def _last_good_version(self, unit: Unit, record: LiveRecord | None):
+        """(version, header) of the newest earlier version of a remote state that is a usable
+        state of this stack, or (None, why not)."""
+        place = self._place(unit.state)
+        versions = place.blobs.versions(place.state)
+        if not versions:
+            return None, "the bucket keeps no earlier version of it (turn object versioning on for state buckets)"
+        for version in versions:
+            header = parse_header(place.blobs.get_version(place.state, version.id))
+            if isinstance(header, StateHeader) and not (record and record.state_lineage and header.lineage != record.state_lineage):
+                return version, header
+        return None, f"none of its {len(versions)} earlier versions is a usable state of this stack"
+
+    def _version_advice(self, unit: Unit, where: str, record: LiveRecord | None) -> list[str]:
+        version, header = self._last_good_version(unit, record)
+        if version is None:
+            return [f"It cannot be restored from the bucket: {header}. Restore it from a copy, then plan again."]
+        behind = ""
+        if record is not None and 0 <= header.serial < record.state_serial:
+            behind = " It is older than the last recorded apply, so what that apply created is not in it."
+        return [
+            f"The last good state is the earlier version {version.id} of {where} (written {version.written}, serial "
+            f"{header.serial}, {header.resources} resources).{behind}",
+            f"To restore it: reconcile restore-state {unit.key}   (the damaged version stays in the bucket's history), then plan again.",
+        ]
 
     def _restore_advice(self, unit: Unit, path: Path, record: LiveRecord | None) -> list[str]:
         backup = _backup_of(path)
@@ -314,7 +337,7 @@ class LiveStore:
         """Put the engine's backup back as the stack's state, keep the damaged file beside it,
         and mark the record so the next run plans the stack against the restored state."""
         if unit.state.backend != "local":
-            raise ReconcileError(f"{unit.title} keeps its state in {unit.state.backend}: restore an earlier version of the object there")
+            return self._restore_version(unit)
         path = self.state_file(unit.state)
         record = self.read(unit)
         record = record if isinstance(record, LiveRecord) else None
@@ -336,6 +359,23 @@ class LiveStore:
         self._save(restored)
         moved = f"; the damaged file is now {kept}" if kept.exists() else ""
         return f"restored {path} from {backup} (serial {header.serial}, {header.resources} resources){moved}"
+
+    def _restore_version(self, unit: Unit) -> str:
+        where = self.where(unit.state)
+        record = self.read(unit)
+        record = record if isinstance(record, LiveRecord) else None
+        if self.verify(unit, record) is None:
+            raise ReconcileError(f"the state of {unit.title} ({where}) is sound: nothing to restore")
+        version, header = self._last_good_version(unit, record)
+        if version is None:
+            raise ReconcileError(f"cannot restore {unit.title}: {header}")
+        place = self._place(unit.state)
+        place.blobs.restore_version(place.state, version.id)
+        restored = replace(
+            record or _unrecorded(unit), config_hash="", state_lineage=header.lineage, state_serial=header.serial, resources=header.resources
+        )
+        self._save(restored)
+        return f"restored {where} from its version {version.id} (serial {header.serial}, {header.resources} resources)"
 
     def resources(self, unit: Unit) -> list[tuple[str, str, dict]]:
         """(type, name, attributes) of each managed resource in a stack's state; [] when it

@@ -110,6 +110,9 @@ class S3(Emulator):
     def make_bucket(self, name: str) -> None:
         self.client().create_bucket(Bucket=name)
 
+    def enable_versioning(self, bucket: str) -> None:
+        self.client().put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+
     def objects(self, bucket: str) -> dict[str, bytes]:
         s3 = self.client()
         found = s3.list_objects_v2(Bucket=bucket).get("Contents", ())

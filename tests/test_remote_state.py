@@ -10,6 +10,7 @@ import json
 import pytest
 
 from conftest import remote_repo
+from test_kill_apply import ENGINES
 
 KINDS = ["s3", "gcs"]
 UNITS = ["site:local-a", "site:local-b", "cluster:dev@local-a", "cluster:slurm-hpc@local-b"]
@@ -44,15 +45,18 @@ def applied_remote(remote, cli):
 
 
 @pytest.mark.slow
-def test_dry_run_apply_then_nothing_to_do_with_state_in_a_bucket(remote, cli):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_dry_run_apply_then_nothing_to_do_with_state_in_a_bucket(remote, cli, engine):
     emulator, repo, bucket = remote
-    code, plan, err = dry_run(cli, repo)
+    code, out, err = cli("--dry-run", "--json", "--repo", str(repo.path), "--engine", engine)
+    plan = json.loads(out)
     assert code == 2, err
+    assert engine in plan["engine"]
     assert sorted(u["key"] for u in plan["units"]) == sorted(UNITS)
     assert all(u["reasons"] == ["never applied"] and u["changes"]["create"] > 0 for u in plan["units"])
     assert plan["unchecked"] == []
 
-    code, out, err = cli("apply", "--auto-approve", "--repo", str(repo.path), "--engine", "embedded")
+    code, out, err = cli("apply", "--auto-approve", "--repo", str(repo.path), "--engine", engine)
     assert code == 0, out + err
     objects = emulator.objects(bucket)
     for site, stack in (("local-a", "landing-zone"), ("local-a", "cluster-dev"), ("local-b", "cluster-slurm-hpc")):
@@ -63,7 +67,7 @@ def test_dry_run_apply_then_nothing_to_do_with_state_in_a_bucket(remote, cli):
     assert not [k for k in objects if k.endswith((".tflock", ".lock.info"))], "a lock was left behind"
     assert not (repo.path / ".reconcile" / "state").exists(), "state went to local disk"
 
-    code, out, err = cli("--dry-run", "--repo", str(repo.path), "--engine", "embedded")
+    code, out, err = cli("--dry-run", "--repo", str(repo.path), "--engine", engine)
     assert code == 0, out + err
     assert "Nothing to do" in out and "Not checked" not in out
 
@@ -214,3 +218,34 @@ def test_the_records_helper_and_the_run_itself_read_the_same(applied_remote, cli
         outputs.append({u["key"]: (u["action"], u["reasons"]) for u in json.loads(done.stdout)["units"]})
     assert outputs[0] == outputs[1]
     assert outputs[0]["cluster:dev@local-a"][0] == "destroy" and "cluster:slurm-hpc@local-b" in outputs[0]
+
+
+@pytest.mark.slow
+def test_a_damaged_state_object_is_not_planned_over_and_its_last_good_version_is_restored(emulators, tmp_path, cli, monkeypatch):
+    emulator = emulators["s3"]
+    repo, bucket = remote_repo(tmp_path / "repo", emulator, monkeypatch)
+    emulator.enable_versioning(bucket)  # as the set-up asks of every state bucket
+    code, out, err = cli("apply", "--auto-approve", "--repo", str(repo.path), "--engine", "embedded")
+    assert code == 0, out + err
+    key = state_key("s3", "local-a", "cluster-dev")
+    good = json.loads(emulator.objects(bucket)[key])
+    emulator.put(bucket, key, emulator.objects(bucket)[key][:100])  # a write cut short: truncated JSON
+    repo.replace("clusters/dev.yaml", "    count: 2\n", "    count: 3\n")
+
+    code, out, err = cli("--dry-run", "--repo", str(repo.path), "--engine", "embedded")
+    assert code == 1, out + err
+    assert f"s3://{bucket}/{key}" in out and "is not valid JSON (100 bytes" in out and "Nothing was planned for this stack" in out
+    assert f"serial {good['serial']}, {len(good['resources'])} resources" in out
+    assert "reconcile restore-state cluster:dev@local-a" in out
+
+    code, out, err = cli("restore-state", "cluster:dev@local-a", "--repo", str(repo.path))
+    assert code == 0, out + err
+    assert json.loads(emulator.objects(bucket)[key])["lineage"] == good["lineage"]
+    code, plan, err = dry_run(cli, repo)
+    assert code == 2, err
+    (unit,) = plan["units"]
+    assert unit["key"] == "cluster:dev@local-a" and unit["changes"]["create"] == 1  # never "create everything"
+    code, out, err = cli("apply", "--auto-approve", "--repo", str(repo.path), "--engine", "embedded")
+    assert code == 0, out + err
+    code, out, err = cli("--dry-run", "--repo", str(repo.path), "--engine", "embedded")
+    assert code == 0 and "Nothing to do" in out, out
