@@ -22,7 +22,7 @@ from rpi.spec import StateLocation
 
 FILE_MODE, DIRECTORY_MODE = 0o600, 0o700
 CONNECT_TIMEOUT_S, READ_TIMEOUT_S = 5, 20
-RETRY_DEADLINE_S = 20  # GCS: the library's own retry, bounded; S3: the "standard" mode's attempts
+RETRY_DEADLINE_S = 10.0  # GCS: the library's own retry, bounded (RECONCILE_BACKEND_RETRY_S)
 S3_ATTEMPTS = 4
 
 
@@ -66,6 +66,15 @@ class Version:
     id: str  # S3's VersionId, GCS's generation
     written: str  # when, as the store says it
     size: int
+
+
+def _seconds(name: str, default: float) -> float:
+    """A duration in seconds from the environment (an operator's knob), else `default`."""
+    try:
+        value = float(os.environ.get(name, default))
+    except ValueError:
+        raise ReconcileError(f"{name}={os.environ[name]!r}: give a number of seconds") from None
+    return value if value > 0 else default
 
 
 def _matches(rest: str, pattern: str) -> bool:
@@ -320,7 +329,7 @@ class GcsBlobs:
         self.bucket_name, self.endpoint = bucket, endpoint
         self.client = storage.Client(project="-", credentials=credentials, client_options=options)
         self.bucket = self.client.bucket(bucket)
-        self.retry: Retry = DEFAULT_RETRY.with_timeout(RETRY_DEADLINE_S)
+        self.retry: Retry = DEFAULT_RETRY.with_timeout(_seconds("RECONCILE_BACKEND_RETRY_S", RETRY_DEADLINE_S))
         self.timeout = (CONNECT_TIMEOUT_S, READ_TIMEOUT_S)
 
     def url(self, key: str) -> str:

@@ -88,20 +88,24 @@ def checkpoint(where: str) -> None:
         raise Interrupted(f"{received()} received {where}")
 
 
-PROBE_EVERY_S, PROBE_FAILURES, GRACE_S = 10.0, 2, 15.0
+PROBE_EVERY_S, PROBE_FAILURES, GRACE_S = 10.0, 2, 5.0  # grace: its backend is gone, it cannot write state anyway
 
 
 class Stalled(ReconcileError):
     """What an engine depends on stopped answering; the engine was stopped."""
 
 
-def run(argv: list[str], probe=None, probe_every: float = PROBE_EVERY_S, **kwargs) -> subprocess.CompletedProcess:
+def run(argv: list[str], probe=None, probe_every: float | None = None, **kwargs) -> subprocess.CompletedProcess:
     """`subprocess.run` for an engine command: in a session of its own, stopped through here.
 
     `probe`: asked every `probe_every` seconds while the engine runs; it answers why the engine
     cannot go on (its state backend no longer answers), or None. After PROBE_FAILURES answers in
     a row the engine gets its graceful stop, then SIGKILL, and Stalled is raised: an engine
     whose backend has gone never hangs the run (some backends' clients retry forever)."""
+    if probe is not None and probe_every is None:
+        from reconciler.backends import _seconds
+
+        probe_every = _seconds("RECONCILE_BACKEND_PROBE_S", PROBE_EVERY_S)
     process = subprocess.Popen(argv, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
     with _lock:
         _processes.add(process)

@@ -155,7 +155,8 @@ def test_destroy_needs_the_label(applied, cli, github, webhooks, actions, tmp_pa
     assert code == 0, out + err
 
 
-def test_a_failed_comment_never_hides_the_apply(applied, cli, github, webhooks, actions, tmp_path):
+def test_a_failed_comment_never_hides_the_apply(applied, cli, github, webhooks, actions, tmp_path, monkeypatch):
+    monkeypatch.setenv("RECONCILE_GITHUB_BACKOFF_S", "0.01")  # the same retries, without waiting out GitHub's backoff
     base, head = open_pull_request(applied, github, webhooks, actions)
     plan_and_comment(cli, applied, tmp_path, head)
     merge(applied, github, actions, webhooks, base)
@@ -164,6 +165,7 @@ def test_a_failed_comment_never_hides_the_apply(applied, cli, github, webhooks, 
     code, out, err = cli("apply", "--auto-approve", "--pr", "auto", "--base", base, "--head", "HEAD", "--repo", str(applied.path))
     assert "cluster climate on local-a: applied" in out
     assert code == 1 and "could not report the outcome" in err
+    assert not [f for f in github.faults if "statuses" in f.path.pattern], "every retry was made"
 
 
 def test_comment_for_a_moved_head_is_not_posted(applied, cli, github, webhooks, actions, tmp_path):

@@ -131,6 +131,7 @@ def test_the_backend_gone_mid_run_is_exit_1_naming_the_bucket(kind, tmp_path):
         assert code == 0, out
         kept = emulator.objects(bucket)
         repo.replace("clusters/dev.yaml", "    count: 2\n", "    count: 3\n")
+        emulator.env = {**emulator.env, "RECONCILE_BACKEND_PROBE_S": "2", "RECONCILE_BACKEND_RETRY_S": "3"}  # quick to notice
         process = start(repo.path, emulator, "--dry-run")
         wait_until(engine_running(repo.path, b"plan"), process)  # the records were read; the engine plans
         emulator.stop()
