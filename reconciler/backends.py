@@ -189,17 +189,22 @@ def write_atomic(path: Path, data: bytes | str) -> None:
 
 
 _session_lock = threading.Lock()
-_boto_sessions: list = []
+_loaders: list = []
 
 
 def _boto_session():
-    """One boto3 session per process: its loader keeps botocore's service model once loaded."""
-    with _session_lock:
-        if not _boto_sessions:
-            import boto3
+    """A new boto3 session (credentials are resolved afresh: a run never inherits another's)
+    on one botocore loader per process, which keeps botocore's service model once loaded."""
+    import boto3
+    import botocore.loaders
+    import botocore.session
 
-            _boto_sessions.append(boto3.session.Session())
-        return _boto_sessions[0]
+    with _session_lock:
+        if not _loaders:
+            _loaders.append(botocore.loaders.create_loader())
+        core = botocore.session.get_session()
+        core.register_component("data_loader", _loaders[0])
+        return boto3.session.Session(botocore_session=core)
 
 
 class S3Blobs:
