@@ -396,7 +396,10 @@ def cmd_unlock(settings: Settings, args) -> int:
     if info is None:
         raise ReconcileError(f"the state of {unit.title} ({store.where(unit.state)}) is not locked: nothing to release")
     if info.id != args.lock_id:
-        raise ReconcileError(f"the state of {unit.title} is locked under another ID now: {info.describe()}; nothing was released")
+        raise ReconcileError(
+            f"--lock-id {args.lock_id} is not the lock that holds the state of {unit.title} now: it is {info.describe()}; "
+            "nothing was released (check the ID, or whether another run took the lock meanwhile)"
+        )
     print(f"The state of {unit.title} ({store.where(unit.state)}) is {info.describe()}.")
     if not (args.yes or settings.auto_approve):
         if not sys.stdin.isatty():

@@ -245,7 +245,8 @@ class LiveStore:
         try:
             return place.blobs.get(key)
         except BackendError as exc:
-            raise BackendError(f"site {unit.site}: the state backend of {unit.title} failed: {exc}; nothing was changed") from None
+            whose = "" if unit.kind == "site" else f" (cluster {unit.name})"
+            raise BackendError(f"site {unit.site}: its state backend failed{whose}: {exc}; nothing was changed") from None
 
     def verify(self, unit: Unit, record: object) -> str | None:
         """Why the stack's state must not be planned over, or None when it can be trusted.

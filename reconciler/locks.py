@@ -65,7 +65,7 @@ class LockInfo:
         return f"for {_duration(max(0, seconds))}"
 
     def describe(self) -> str:
-        engine = f", {self.version}" if self.version else ""
+        engine = f", by Terraform {self.version}" if self.version else ""
         return f"held by {self.who or 'someone'} for {self.what} since {self.created} ({self.age()}{engine}), lock ID {self.id}"
 
 
