@@ -384,14 +384,20 @@ def _confirm(count: int) -> None:
         raise NotConfirmed("apply cancelled; nothing was changed")
 
 
-def cmd_unlock(settings: Settings, args) -> int:
+def _named_unit(settings: Settings, key: str):
+    """The unit `key` names at the head, and the live store, its state location checked."""
     source = GitSource(settings.root)
     state = desired(source.working_tree() if settings.head is None else source.at_revision(settings.head))
-    unit = state.units.get(args.unit)
+    unit = state.units.get(key)
     if unit is None:
-        raise ReconcileError(f"no unit {args.unit!r} at {state.snapshot.label}; units: {', '.join(state.units)}")
+        raise ReconcileError(f"no unit {key!r} at {state.snapshot.label}; units: {', '.join(state.units)}")
     store = LiveStore(settings.state_root)
     check_state_locations(store, state, {unit.key: unit})
+    return unit, store
+
+
+def cmd_unlock(settings: Settings, args) -> int:
+    unit, store = _named_unit(settings, args.unit)
     info = store.lock_info(unit.state)
     if info is None:
         raise ReconcileError(f"the state of {unit.title} ({store.where(unit.state)}) is not locked: nothing to release")
@@ -419,13 +425,7 @@ def cmd_unlock(settings: Settings, args) -> int:
 
 
 def cmd_restore_state(settings: Settings, args) -> int:
-    source = GitSource(settings.root)
-    state = desired(source.working_tree() if settings.head is None else source.at_revision(settings.head))
-    unit = state.units.get(args.unit)
-    if unit is None:
-        raise ReconcileError(f"no unit {args.unit!r} at {state.snapshot.label}; units: {', '.join(state.units)}")
-    store = LiveStore(settings.state_root)
-    check_state_locations(store, state, {unit.key: unit})
+    unit, store = _named_unit(settings, args.unit)
     now = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
     print(store.restore(unit, now))
     print("plan again: the stack is planned against the restored state")

@@ -39,14 +39,10 @@ def connect(repository: str | None) -> GitHub:
     if not repository:
         raise ReconcileError("no repository: pass --github-repo OWNER/NAME or set GITHUB_REPOSITORY")
     author = os.environ.get("RECONCILE_BOT_LOGIN") or DEFAULT_AUTHOR
+    from reconciler.backends import _seconds
+
     backoff = _seconds("RECONCILE_GITHUB_BACKOFF_S", 2.0)  # the first retry's wait, doubled on each
     return GitHub(repository, token, os.environ.get("GITHUB_API_URL") or PUBLIC_API, author=author, backoff_s=backoff)
-
-
-def _seconds(name: str, default: float) -> float:
-    from reconciler.backends import _seconds as seconds
-
-    return seconds(name, default)
 
 
 def pr_number(value: str | None, event: Event | None) -> int | None:

@@ -298,9 +298,7 @@ class LiveStore:
         version, header = self._last_good_version(unit, record)
         if version is None:
             return [f"It cannot be restored from the bucket: {header}. Restore it from a copy, then plan again."]
-        behind = ""
-        if record is not None and 0 <= header.serial < record.state_serial:
-            behind = " It is older than the last recorded apply, so what that apply created is not in it."
+        behind = _behind(header, record)
         return [
             f"The last good state is the earlier version {version.id} of {where} (written {version.written}, serial "
             f"{header.serial}, {header.resources} resources).{behind}",
@@ -311,9 +309,7 @@ class LiveStore:
         backup = _backup_of(path)
         header = self._usable_backup(backup, record)
         if isinstance(header, StateHeader):
-            behind = ""
-            if record is not None and 0 <= header.serial < record.state_serial:
-                behind = " It is older than the last recorded apply, so what that apply created is not in it."
+            behind = _behind(header, record)
             return [
                 f"The last good state is in {backup} (serial {header.serial}, {header.resources} resources), which the engine "
                 f"kept before its last write. Resources that an interrupted apply created after that are not in it.{behind}",
@@ -352,12 +348,7 @@ class LiveStore:
         if path.exists():
             os.replace(path, kept)
         write_atomic(path, backup.read_bytes())
-        # An empty configuration hash reads as "live state differs from git": the next plan
-        # compares the restored state with the definition and shows what is missing.
-        restored = replace(
-            record or _unrecorded(unit), config_hash="", state_lineage=header.lineage, state_serial=header.serial, resources=header.resources
-        )
-        self._save(restored)
+        self._save(_restored(unit, record, header))
         moved = f"; the damaged file is now {kept}" if kept.exists() else ""
         return f"restored {path} from {backup} (serial {header.serial}, {header.resources} resources){moved}"
 
@@ -372,10 +363,7 @@ class LiveStore:
             raise ReconcileError(f"cannot restore {unit.title}: {header}")
         place = self._place(unit.state)
         place.blobs.restore_version(place.state, version.id)
-        restored = replace(
-            record or _unrecorded(unit), config_hash="", state_lineage=header.lineage, state_serial=header.serial, resources=header.resources
-        )
-        self._save(restored)
+        self._save(_restored(unit, record, header))
         return f"restored {where} from its version {version.id} (serial {header.serial}, {header.resources} resources)"
 
     def resources(self, unit: Unit) -> list[tuple[str, str, dict]]:
@@ -636,6 +624,21 @@ def _managed(raw: bytes | None) -> list[tuple[str, str, dict]]:
 def _unwrap(value):
     """terraform_data keeps attributes of dynamic type as {"value", "type"}."""
     return value["value"] if isinstance(value, dict) and set(value) == {"value", "type"} else value
+
+
+def _behind(header: StateHeader, record: LiveRecord | None) -> str:
+    """What a restore would miss, when the last good state is older than the last apply."""
+    if record is not None and 0 <= header.serial < record.state_serial:
+        return " It is older than the last recorded apply, so what that apply created is not in it."
+    return ""
+
+
+def _restored(unit: Unit, record: LiveRecord | None, header: StateHeader) -> LiveRecord:
+    """The record after a restore. An empty configuration hash reads as "live state differs
+    from git": the next plan compares the restored state with the definition."""
+    return replace(
+        record or _unrecorded(unit), config_hash="", state_lineage=header.lineage, state_serial=header.serial, resources=header.resources
+    )
 
 
 def _backup_of(state_file: Path) -> Path:
