@@ -99,12 +99,12 @@ def _copy_data(p: UnitPlan, store: LiveStore) -> list[str]:
     if not p.copies:
         return []
     target = p.copy_target
-    ids = store.resource_ids(target)
+    volumes = store.volumes_of(target)
     done = []
     for plan in p.copies:
-        if not ids.get(plan.address):
+        if plan.address not in volumes:
             raise datacopy.CopyError(f"{target.title} has no {plan.address} to copy {plan.volume} into; the source stays")
-        copied = datacopy.copy(plan, store.volume_path(target.state, ids[plan.address]))
+        copied = datacopy.copy(plan, volumes[plan.address])
         done.append(
             f"copied {copied.volume} to {target.site} ({copied.files:,} files, {copied.bytes:,} bytes; "
             f"{copied.sent:,} bytes sent), verified by checksums, then destroyed here"

@@ -32,7 +32,7 @@ from reconciler.affected import APPLY, DESTROY
 from reconciler.apply import APPLIED, NOTHING, REFUSED, SKIPPED, ApplyResult
 from reconciler.apply import FAILED as APPLY_FAILED
 from reconciler.plan import Change
-from reconciler.render import copies_text, counts_text, describe_change, moves, totals
+from reconciler.render import copies_text, copy_steps, counts_text, describe_change, moves, totals
 from reconciler.resolve import CLUSTER
 from reconciler.run import FAILED, OFFLINE, UNSUPPORTED, UnitPlan
 
@@ -307,7 +307,7 @@ def details(p: UnitPlan) -> str:
     if p.copies:
         lines += [
             f"Copies its data to {_inline(p.copy_target.site)} first (storage.on_move: copy): {_inline(copies_text(p.copies))}. "
-            "Steps: bulk copy while live, freeze the source (read-only), final pass, verify checksums, then destroy here.",
+            f"Steps: {', '.join(copy_steps(p.copies))}.",
             "",
         ]
     if p.copy_note:

@@ -12,11 +12,21 @@ The order, run by apply between the target's health check and the source's destr
 A failed or interrupted copy leaves both sides intact: the source is not destroyed, and the
 next run copies again. rsync writes in place and sends only what differs (`--inplace
 --no-whole-file`), so a copy that was killed resumes from what it had written.
+
+A bucket on a site with an object store (`Bucket`) is copied with rclone instead, between any
+two stores (S3 to GCS and back) or between a store and a directory, with the same order. A
+bucket is not frozen: on the local platform nothing writes to it but the cluster's users
+through the store, and no node mounts it. Its verification compares SHA-256 manifests that
+rclone computes from both sides' bytes (`--download`), not the stores' own checksums, which
+differ between S3 and GCS and between single and multipart uploads. rclone sends whole
+objects, and skips those already there: a killed copy resumes object by object.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -26,6 +36,7 @@ from pathlib import Path
 
 from reconciler import interrupt
 from reconciler.errors import ReconcileError
+from rpi import local_volumes
 
 RSYNC = ["-aH", "--numeric-ids", "--delete", "--inplace", "--no-whole-file", "--stats"]
 BWLIMIT_ENV = "RECONCILE_COPY_BWLIMIT"  # KiB/s, for rsync's --bwlimit: copies that must share a link
@@ -35,13 +46,34 @@ class CopyError(ReconcileError):
     """A copy or its verification failed: the source stays."""
 
 
+RCLONE_LIMIT_S = 120  # a listing or a size: what a store that answers does in far less
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """A bucket in a local site's object store: `store` as its resource records it."""
+
+    store: dict
+    name: str
+
+    @property
+    def remote(self) -> str:
+        return local_volumes.remote(self.store) + self.name
+
+    def __str__(self) -> str:
+        return local_volumes.bucket_url(self.store, self.name)
+
+
+Location = Path | Bucket
+
+
 @dataclass(frozen=True)
 class VolumeCopy:
-    """One volume to copy: the source's directory, and the size the plan estimated."""
+    """One volume to copy: the source's directory or bucket, and the size the plan estimated."""
 
     volume: str
     address: str  # the data resource, the same in source and target stacks
-    source: Path
+    source: Location
     files: int
     bytes: int
 
@@ -49,14 +81,32 @@ class VolumeCopy:
 @dataclass(frozen=True)
 class Copied:
     volume: str
-    target: Path
-    sent: int  # bytes rsync sent (its "literal data") over both passes
+    target: Location
+    sent: int  # bytes sent (rsync's "literal data", rclone's transferred bytes) over both passes
     files: int
     bytes: int
 
 
-def estimate(volume: str, address: str, source: Path) -> VolumeCopy:
-    """Files and bytes below `source`, for the plan."""
+def located(volume_dir: Path, facts: dict) -> Location:
+    """Where a local volume is, from its resource's input: a bucket in its site's store, or
+    `volume_dir`, its directory."""
+    store = local_volumes.bucket_store(facts)
+    return Bucket(store, volume_dir.name) if store is not None else volume_dir
+
+
+def exists(location: Location) -> bool:
+    """Whether the directory or bucket is there. Raises CopyError when the store does not say."""
+    if isinstance(location, Path):
+        return location.is_dir()
+    listed = _rclone(["lsf", "-q", "--dirs-only", local_volumes.remote(location.store)], "list the buckets of")
+    return f"{location.name}/" in listed.stdout.splitlines()
+
+
+def estimate(volume: str, address: str, source: Location) -> VolumeCopy:
+    """Files and bytes in `source`, for the plan."""
+    if isinstance(source, Bucket):
+        size = json.loads(_rclone(["size", "-q", "--json", source.remote], "measure").stdout)
+        return VolumeCopy(volume, address, source, int(size.get("count") or 0), int(size.get("bytes") or 0))
     files = size = 0
     for path, _, names in os.walk(source):
         for name in names:
@@ -68,20 +118,28 @@ def estimate(volume: str, address: str, source: Path) -> VolumeCopy:
     return VolumeCopy(volume, address, source, files, size)
 
 
-def unavailable() -> str:
-    """Why a copy cannot run on this machine, or "" when it can."""
-    if shutil.which("rsync") is None:
+def unavailable(source: Location | None = None, target_in_store: bool = False) -> str:
+    """Why a copy from `source` (a directory by default) cannot run on this machine, or "" when
+    it can. `target_in_store`: the target is a bucket."""
+    if isinstance(source, Bucket) or target_in_store:
+        if shutil.which("rclone") is None:
+            return "rclone is not on PATH (Debian: apt-get install rclone): it copies buckets"
+        if isinstance(source, Bucket):
+            return ""
+    elif shutil.which("rsync") is None:
         return "rsync is not on PATH (Debian: apt-get install rsync)"
     if os.name != "posix" or os.geteuid() != 0 or shutil.which("mount") is None:
         return "freezing the source (a read-only bind mount) needs root on the machine that applies"
     return ""
 
 
-def copy(plan: VolumeCopy, target: Path) -> Copied:
+def copy(plan: VolumeCopy, target: Location) -> Copied:
     """Bulk copy, freeze, final pass, verify. Raises CopyError; the freeze always ends."""
-    why = unavailable()
+    why = unavailable(plan.source, isinstance(target, Bucket))
     if why:
         raise CopyError(f"cannot copy {plan.volume}: {why}")
+    if isinstance(plan.source, Bucket) or isinstance(target, Bucket):
+        return _copy_objects(plan, target)
     sent = _rsync(plan.source, target)
     interrupt.checkpoint(f"after the bulk copy of {plan.volume}: the source stays")
     with frozen(plan.source):
@@ -93,7 +151,80 @@ def copy(plan: VolumeCopy, target: Path) -> Copied:
     return Copied(plan.volume, target, sent, plan.files, plan.bytes)
 
 
-def before_verify(source: Path, target: Path) -> None:
+def _copy_objects(plan: VolumeCopy, target: Location) -> Copied:
+    """The same order with rclone: bulk sync, (a directory source frozen) final sync, manifests
+    of both sides' bytes compared."""
+    source = plan.source
+    sent = _sync(source, target)
+    interrupt.checkpoint(f"after the bulk copy of {plan.volume}: the source stays")
+    with frozen(source) if isinstance(source, Path) else contextlib.nullcontext():
+        sent += _sync(source, target)
+        before_verify(source, target)
+        source_manifest, target_manifest = object_manifest(source), object_manifest(target)
+    if source_manifest != target_manifest:
+        raise CopyError(f"{plan.volume}: the copy differs from the source after the final pass ({_difference(source_manifest, target_manifest)}); the source stays")
+    return Copied(plan.volume, target, sent, plan.files, plan.bytes)
+
+
+def _where(location: Location) -> str:
+    return location.remote if isinstance(location, Bucket) else str(location)
+
+
+def _sync(source: Location, target: Location) -> int:
+    """rclone sync, source to target; the bytes it transferred."""
+    argv = _rclone_argv(["sync", "-v", "--use-json-log", "--stats", "0", _where(source), _where(target)])
+    if os.environ.get(BWLIMIT_ENV):
+        argv.append(f"--bwlimit={os.environ[BWLIMIT_ENV]}k")
+    done = interrupt.run(argv, text=True)
+    if done.returncode != 0:
+        interrupt.checkpoint("during a copy: the source stays")
+        raise CopyError(f"rclone sync from {source} to {target} failed (exit {done.returncode}): {_rclone_errors(done.stderr)}")
+    sent = 0
+    for line in done.stderr.splitlines():
+        try:
+            stats = json.loads(line).get("stats")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(stats, dict):
+            sent = int(stats.get("bytes") or 0)
+    return sent
+
+
+def object_manifest(location: Location) -> dict[str, str]:
+    """{path: sha256} of every object or file, computed from its bytes."""
+    listed = _rclone(["hashsum", "-q", "sha256", "--download", _where(location)], "checksum")
+    out = {}
+    for line in listed.stdout.splitlines():
+        digest, _, name = line.partition("  ")
+        if name:
+            out[name] = digest
+    return out
+
+
+def _rclone_argv(args: list[str]) -> list[str]:
+    """rclone with the apply's credentials, mapped as the volumes' provisioners map them."""
+    return ["sh", "-c", f'{local_volumes.RCLONE_ENV}; exec rclone "$@"', "rclone", *args]
+
+
+def _rclone(args: list[str], doing: str) -> subprocess.CompletedProcess:
+    target = args[-1]
+    try:
+        done = subprocess.run(_rclone_argv(args), capture_output=True, text=True, timeout=RCLONE_LIMIT_S)
+    except subprocess.TimeoutExpired:
+        raise CopyError(f"could not {doing} {target}: rclone did not answer in {RCLONE_LIMIT_S} s") from None
+    if done.returncode != 0:
+        raise CopyError(f"could not {doing} {target} (rclone exit {done.returncode}): {_rclone_errors(done.stderr)}")
+    return done
+
+
+def _rclone_errors(stderr: str) -> str:
+    """rclone's last error, without its timestamps and retry chatter."""
+    lines = [re.sub(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d ", "", line) for line in stderr.strip().splitlines()]
+    lines = [line for line in lines if line and not line.startswith("NOTICE")]
+    return (lines[-1] if lines else "no message")[-400:]
+
+
+def before_verify(source: Location, target: Location) -> None:
     """Called between the final pass and the verification; tests corrupt the target here."""
 
 

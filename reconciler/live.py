@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from concurrent.futures import ThreadPoolExecutor
 
-from reconciler import hostruntime
+from reconciler import datacopy, hostruntime
 from reconciler.backends import (
     FILE_MODE,
     RECORD_SUFFIX,
@@ -428,6 +428,19 @@ class LiveStore:
         """The directory of a local-platform volume."""
         return self.state_root / local_volumes.volume_root(state) / volume_id
 
+    def volume_location(self, state: StateLocation, volume_id: str, facts: dict | None = None) -> datacopy.Location:
+        """Where a local-platform volume is: its directory, or, when its resource's input
+        (`facts`) names a store, its bucket there."""
+        return datacopy.located(self.volume_path(state, volume_id), facts or {})
+
+    def volumes_of(self, unit: Unit) -> dict[str, datacopy.Location]:
+        """{address: location} of the volumes a local stack's state holds."""
+        return {
+            f"{t}.{n}": self.volume_location(unit.state, str(a["id"]), a.get("input") if isinstance(a.get("input"), dict) else {})
+            for t, n, a in self.resources(unit)
+            if n.startswith(_VOLUME_PREFIXES) and a.get("id")
+        }
+
     def retain(self, unit: Unit, addresses: tuple[str, ...], revision: str | None, now: str) -> list[RetainedVolume]:
         """Record the volumes a stack is about to let go of. Written before the apply that
         forgets them: a record whose volume is still in a stack's state counts as in use, so an
@@ -455,7 +468,7 @@ class LiveStore:
                     retained_at=now,
                     revision=revision,
                     from_stack=unit.stack,
-                    path=str(self.volume_path(unit.state, str(found["id"]))) if local else "",
+                    path=str(self.volume_location(unit.state, str(found["id"]), facts)) if local else "",
                 )
             )
         place = self._place(unit.state)
@@ -473,7 +486,7 @@ class LiveStore:
                 if not rid or not name.startswith(_VOLUME_PREFIXES):
                     continue
                 facts = attributes.get("input") if isinstance(attributes.get("input"), dict) else {}
-                path = self.volume_path(state, rid)
+                path = self.volume_location(state, rid, facts)
                 found.append(
                     VolumeInUse(
                         rid,
@@ -481,7 +494,7 @@ class LiveStore:
                         stack_of(state, state_key),
                         str(facts.get("kind", "")),
                         int(facts.get("size_gb") or 0),
-                        str(path) if path.is_dir() else "",
+                        str(path) if not isinstance(path, Path) or path.is_dir() else "",
                     )
                 )
         return found

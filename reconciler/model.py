@@ -119,6 +119,38 @@ class ControlNodes(Strict):
     memory_gb: int = Field(16, ge=1)
 
 
+def _check_endpoint(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if "@" in value:
+        raise ValueError("endpoint must not carry credentials: give them through the environment")
+    if not re.fullmatch(r"""https?://[A-Za-z0-9.\-\[\]:]+(/[^\s?#'"`$\\]*)?""", value):
+        raise ValueError("endpoint must be a URL such as https://s3.example.org or http://127.0.0.1:9000, with no query")
+    return value
+
+
+class ObjectStore(Strict):
+    """Where a local site's buckets live: the centre's own S3-compatible store (Ceph RGW, MinIO)
+    or a GCS-compatible one. Reached with rclone, with the credentials of the apply's environment."""
+
+    backend: Literal["s3", "gcs"]
+    endpoint: str | None = Field(None, description="the store's base URL; default: AWS's or Google's own")
+    region: str | None = Field(None, description="s3 only: the region buckets are created in")
+    project: str | None = Field(None, description="gcs only: the project number buckets are created in (needed on Google's own)")
+
+    _endpoint = field_validator("endpoint")(_check_endpoint)
+
+    @model_validator(mode="after")
+    def _fits(self) -> "ObjectStore":
+        if self.backend == "gcs" and self.region:
+            raise ValueError("region is for an s3 store; a gcs store takes project")
+        if self.backend == "s3" and self.project:
+            raise ValueError("project is for a gcs store; an s3 store takes region")
+        if self.backend == "gcs" and not self.endpoint and not self.project:
+            raise ValueError("a gcs store on Google's own endpoint needs project: the project number its buckets are created in")
+        return self
+
+
 class LandingZoneServices(Strict):
     identity: Identity
     secrets: Secrets = Secrets()
@@ -128,6 +160,11 @@ class LandingZoneServices(Strict):
     control_nodes: ControlNodes = ControlNodes()
     orchestration: list[Literal["consul", "nomad", "vault"]] = Field(
         ["consul", "nomad", "vault"], description="Control daemons whose lifecycle the landing zone manages"
+    )
+    object_store: ObjectStore | None = Field(
+        None,
+        description="local platform only: the store that holds the clusters' buckets (storage.object); "
+        "without it, each bucket is a directory beside the site's state",
     )
 
 
@@ -154,16 +191,6 @@ class LocalState(Strict):
 
 def _clean_prefix(value: str) -> str:
     return "/".join(part for part in value.split("/") if part)
-
-
-def _check_endpoint(value: str | None) -> str | None:
-    if value is None:
-        return None
-    if "@" in value:
-        raise ValueError("endpoint must not carry credentials: give them through the environment")
-    if not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+(/[^\s?#]*)?", value):
-        raise ValueError("endpoint must be a URL such as https://s3.example.org or http://127.0.0.1:9000, with no query")
-    return value
 
 
 class GcsState(Strict):
@@ -216,6 +243,14 @@ class Site(Strict):
         description="local platform only. records: every resource is a record (needs nothing installed); slurm: "
         "every node runs for real in namespaces of its own, with Debian's slurm-wlm and munge (needs root)",
     )
+
+    @field_validator("services")
+    @classmethod
+    def _store_on_local(cls, services: LandingZoneServices, info: ValidationInfo) -> LandingZoneServices:
+        platform = info.data.get("platform")
+        if services.object_store is not None and platform not in (None, "local"):
+            raise ValueError(f"object_store is for the local platform: a {platform} site's buckets are its cloud's own")
+        return services
 
     @model_validator(mode="after")
     def _cloud_needs_account(self) -> "Site":

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
+from reconciler import datacopy
 from reconciler.affected import APPLY, DESTROY
 from reconciler.errors import Problem
 from reconciler.plan import ACTIONS, Change
@@ -99,7 +100,7 @@ def plans_text(assessment: Assessment, plans: list[UnitPlan], engine_name: str |
             lines.append(f"    adopts retained volume {v.id} as {v.address} (kept by {v.from_stack} at {v.retained_at})")
         if p.copies:
             lines.append(f"    copies its data to {p.copy_target.site} first (storage.on_move: copy): {copies_text(p.copies)}")
-            lines.append("      steps: bulk copy while live; freeze the source (read-only); final pass; verify checksums; then destroy here")
+            lines.append(f"      steps: {'; '.join(copy_steps(p.copies))}")
         if p.copy_note:
             lines.append(f"    NO COPY: {p.copy_note}")
         if p.summary is not None and p.summary.data_lost:
@@ -229,6 +230,16 @@ def _unit_json(p: UnitPlan) -> dict:
     if p.error:
         out["error"] = p.error
     return out
+
+
+def copy_steps(copies) -> list[str]:
+    """The cutover, as the plan shows it; a bucket is not frozen (datacopy says why)."""
+    steps = ["bulk copy while live"]
+    if any(not isinstance(c.source, datacopy.Bucket) for c in copies):
+        steps.append("freeze the source (read-only)")
+    if any(isinstance(c.source, datacopy.Bucket) for c in copies):
+        steps.append("no freeze for a bucket (nothing here writes to it but its users)")
+    return [*steps, "final pass", "verify checksums", "then destroy here"]
 
 
 def copies_text(copies) -> str:

@@ -25,6 +25,7 @@ from rpi.spec import (
     LandingZoneSpec,
     Network,
     NodeSpec,
+    ObjectStore,
     Registry,
     SchedulerSpec,
     Service,
@@ -115,6 +116,13 @@ def state_location(site: Site, stack: str) -> StateLocation:
     return StateLocation(
         "s3", state.bucket, f"{state.directory}/{stack}.tfstate".lstrip("/"), state.region or site.region, state.endpoint or ""
     )
+
+
+def _object_store(site: Site) -> ObjectStore | None:
+    store = site.services.object_store
+    if store is None:
+        return None
+    return ObjectStore(store.backend, store.endpoint or "", store.region or "", store.project or "")
 
 
 def _check_state_unique(units, defs: Definitions, problems: Problems) -> None:
@@ -259,7 +267,8 @@ def _cluster_unit(
         storage.append(
             StorageVolume("scratch", "scratch", cluster.storage.scratch.size_gb, cluster.storage.scratch.mount)
         )
-    storage += [StorageVolume(b.name, "object", 0, "", adopt=b.from_ or "") for b in cluster.storage.object]
+    store = _object_store(site)
+    storage += [StorageVolume(b.name, "object", 0, "", adopt=b.from_ or "", store=store) for b in cluster.storage.object]
     site_unit = _site_unit(site, defs.site_files[site.name])
     scheduler = cluster.services.scheduler
     env = cluster.environment

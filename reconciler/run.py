@@ -362,20 +362,28 @@ def _plan_copies(p: UnitPlan, target: Unit, data: list[str], store: LiveStore) -
             f"keep or drop the data in {target.inputs[0]}, or copy it yourself"
         )
         return
-    ids = store.resource_ids(unit)
+    sources = store.volumes_of(unit)
+    into_store = {v.name for v in target.spec.storage if v.store is not None}
     p.copy_target = target
     for address in data:
-        source = store.volume_path(unit.state, ids[address]) if ids.get(address) else None
-        if source is None or not source.is_dir():
+        source = sources.get(address)
+        if why := datacopy.unavailable(source, volume_name(address) in into_store):
+            p.blocked, p.copies = f"storage.on_move: copy cannot run here: {why}", ()
+            return
+        try:
+            readable = source is not None and datacopy.exists(source)
+            if readable:
+                p.copies += (datacopy.estimate(volume_name(address), address, source),)
+        except datacopy.CopyError as exc:
+            p.blocked, p.copies = f"storage.on_move: copy cannot be planned: {exc}; nothing was copied", ()
+            return
+        if not readable:
             p.copy_note = (
                 f"no copy is possible: the source volume {address} ({source or 'not in the state'}) cannot be read here, "
                 "so the target starts without its data (that needs the data decision)"
             )
             p.copies = ()
             return
-        p.copies += (datacopy.estimate(volume_name(address), address, source),)
-    if why := datacopy.unavailable():
-        p.blocked = f"storage.on_move: copy cannot run here: {why}"
 
 
 def _adopt_volumes(p: UnitPlan, assessment: Assessment, document: str, store: LiveStore) -> str:
@@ -383,7 +391,7 @@ def _adopt_volumes(p: UnitPlan, assessment: Assessment, document: str, store: Li
     that volume back instead of creating an empty one: an import block with its resource id.
 
     A volume adopted explicitly (`storage.<volume>.from`) must exist: on the local platform its
-    directory is checked here, before anything is planned."""
+    directory or bucket is checked here, before anything is planned."""
     unit = p.selected.unit
     synthesized = json.loads(document)
     bodies = {
@@ -392,12 +400,11 @@ def _adopt_volumes(p: UnitPlan, assessment: Assessment, document: str, store: Li
     for volume in unit.spec.storage if unit.platform == "local" else ():
         if not volume.adopt:
             continue
-        path = store.volume_path(unit.state, volume.adopt)
         problem = ""
         if "/" in volume.adopt or volume.adopt in (".", ".."):
             problem = f"{volume.adopt!r} is not a volume id of the local platform (one name, as `reconcile volumes` lists it)"
-        elif not path.is_dir():
-            problem = f"there is no volume {volume.adopt!r} on site {unit.site} ({path} does not exist); `reconcile volumes` lists the volumes there"
+        elif problem := _missing(store.volume_location(unit.state, volume.adopt, {"store": volume.store and volume.store.describe()})):
+            problem = f"there is no volume {volume.adopt!r} on site {unit.site} ({problem}); `reconcile volumes` lists the volumes there"
         elif users := sorted({v.stack for v in store.in_use(unit.state) if v.id == volume.adopt} - {unit.stack}):
             problem = f"volume {volume.adopt!r} on site {unit.site} is in use by {', '.join(users)}: a volume has one owner"
         if problem:
@@ -418,12 +425,20 @@ def _adopt_volumes(p: UnitPlan, assessment: Assessment, document: str, store: Li
     return render_json(synthesized)
 
 
+def _missing(location: datacopy.Location) -> str:
+    """Why a volume to adopt is not there, or "" when it is."""
+    try:
+        return "" if datacopy.exists(location) else f"{location} does not exist"
+    except datacopy.CopyError as exc:
+        return str(exc)
+
+
 def _destroy_what_left(unit: Unit, document: str, store: LiveStore) -> str:
     """Terraform drops the destroy-time provisioners of a resource whose configuration is gone,
     so each local resource that has real things behind it gets a `removed` block carrying them:
 
     - a volume (its cluster removed or moved, or the volume dropped from the definition): its
-      directory goes with it. Volumes a move keeps already have a `removed` block (destroy =
+      directory or bucket goes with it. Volumes a move keeps already have a `removed` block (destroy =
       false) and are left alone;
     - on the slurm runtime, a node (a pool shrinks, or the cluster goes: drained first, then
       its daemons and namespaces), a subnet's gateway, a site's namespace."""
@@ -433,7 +448,7 @@ def _destroy_what_left(unit: Unit, document: str, store: LiveStore) -> str:
     gone = {f"{t}.{n}": attributes for t, n, attributes in store.resources(unit) if f"{t}.{n}" not in configured}
     volumes = sorted(a for a in gone if a.split(".", 1)[1].startswith("storage_"))
     real = {a for a, attributes in gone.items() if "site_dir" in (attributes.get("input") or {})}
-    blocks = [local_volumes.removed_block(a, unit.state) for a in volumes]
+    blocks = [local_volumes.removed_block(a, unit.state, gone[a].get("input") or {}) for a in volumes]
     drain = getattr(unit.spec, "drain_timeout_s", local_runtime.DRAIN_TIMEOUT_S)
     blocks += [local_runtime.removed_block(a, drain) for a in local_runtime.removed_addresses(real)]
     if not blocks:

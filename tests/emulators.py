@@ -124,6 +124,9 @@ class S3(Emulator):
     def delete(self, bucket: str, key: str) -> None:
         self.client().delete_object(Bucket=bucket, Key=key)
 
+    def buckets(self) -> set[str]:
+        return {b["Name"] for b in self.client().list_buckets().get("Buckets", ())}
+
 
 class GCS(Emulator):
     kind, env = "gcs", GCS_ENV
@@ -149,6 +152,9 @@ class GCS(Emulator):
     def delete(self, bucket: str, key: str) -> None:
         self.client().bucket(bucket).blob(key).delete()
 
+    def buckets(self) -> set[str]:
+        return {b.name for b in self.client().list_buckets()}
+
 
 KINDS = {"s3": S3, "gcs": GCS}
 
@@ -158,3 +164,11 @@ def state_block(kind: str, bucket: str, endpoint: str, prefix: str) -> str:
     if kind == "s3":
         return f"state:\n  backend: s3\n  bucket: {bucket}\n  key_prefix: {prefix}\n  region: us-east-1\n  endpoint: {endpoint}\n"
     return f"state:\n  backend: gcs\n  bucket: {bucket}\n  prefix: {prefix}\n  endpoint: {endpoint}\n"
+
+
+def object_store_block(kind: str, endpoint: str) -> str:
+    """A site's `services.object_store:`, indented to go right below `services:`."""
+    lines = ["  object_store:", f"    backend: {kind}", f"    endpoint: {endpoint}"]
+    if kind == "s3":
+        lines.append("    region: us-east-1")
+    return "\n".join(lines) + "\n"

@@ -151,3 +151,18 @@ def test_patterns_are_said_in_words_not_as_regular_expressions(repo):
         "clusters/dev.yaml:18:11: error: storage.shared.from: should be a volume id, as `reconcile volumes` lists it, "
         "or the cloud's resource id, got '../x'"
     )
+
+
+@pytest.mark.parametrize(
+    "site, block, expected",
+    [
+        ("local-a", "  object_store:\n    backend: gcs\n", "services.object_store: a gcs store on Google's own endpoint needs project"),
+        ("local-a", "  object_store:\n    backend: s3\n    endpoint: http://rgw.example:7480/'x\n", "services.object_store.endpoint: endpoint must be a URL"),
+        ("local-a", "  object_store:\n    backend: gcs\n    project: '42'\n    region: eu\n", "services.object_store: region is for an s3 store"),
+        ("gcp-zurich", "  object_store:\n    backend: s3\n    endpoint: http://rgw.example:7480\n", "services: object_store is for the local platform: a gcp site's buckets are its cloud's own"),
+    ],
+)
+def test_an_object_store_is_checked(repo, site, block, expected):
+    repo.replace(f"sites/{site}.yaml", "\nservices:\n", "\nservices:\n" + block)
+    (found,) = problems(repo)
+    assert found.startswith(f"sites/{site}.yaml:") and expected in found, found

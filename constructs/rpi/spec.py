@@ -50,12 +50,27 @@ class ComputePool:
 
 
 @dataclass(frozen=True)
+class ObjectStore:
+    """Where a local site's buckets live (services.object_store): an S3- or GCS-compatible store."""
+
+    backend: str  # s3 | gcs
+    endpoint: str = ""  # "" for AWS's or Google's own
+    region: str = ""  # s3
+    project: str = ""  # gcs: the project number buckets are created in
+
+    def describe(self) -> dict:
+        """What a bucket's resource records of its store, so that its state alone says where it is."""
+        return {"backend": self.backend, "endpoint": self.endpoint, "region": self.region, "project": self.project}
+
+
+@dataclass(frozen=True)
 class StorageVolume:
     name: str
     kind: str  # shared | scratch | object
     size_gb: int  # 0 for object storage: it grows
     mount: str  # "" for object storage
     adopt: str = ""  # storage.<volume>.from: the id of an existing volume this one is (an import)
+    store: ObjectStore | None = None  # local platform: the site's object store, for a bucket; None: a directory
 
 
 @dataclass(frozen=True)

@@ -106,12 +106,11 @@ class LocalPlatform:
         for volume in spec.storage:
             # No replace_on: the kind follows from the volume's name, and a trigger would turn
             # the import of a kept volume into its replacement.
-            resource = cdk.data_resource(
-                stack,
-                f"storage_{volume.name}",
-                {"name": f"{spec.name}-{volume.name}", "kind": volume.kind, "size_gb": volume.size_gb, "mount": volume.mount},
-            )
-            cdk.provisioners(resource, volumes.provisioners(spec.state))
+            attributes = {"name": f"{spec.name}-{volume.name}", "kind": volume.kind, "size_gb": volume.size_gb, "mount": volume.mount}
+            if volume.store is not None:  # a bucket in the site's object store
+                attributes["store"] = volume.store.describe()
+            resource = cdk.data_resource(stack, f"storage_{volume.name}", attributes)
+            cdk.provisioners(resource, volumes.provisioners(spec.state, volume.store))
             if volume.adopt:
                 cdk.adopt(resource, volume.adopt)
         for group in spec.access:
