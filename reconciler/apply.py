@@ -11,16 +11,17 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from reconciler import datacopy, health, interrupt
+from reconciler import datacopy, health, hostruntime, interrupt
 from reconciler.affected import APPLY, DESTROY
 from reconciler.backends import BackendError
 from reconciler.engine import Engine
 from reconciler.errors import ReconcileError
 from reconciler.gitsource import Snapshot
 from reconciler.live import LiveStore
-from reconciler.resolve import CLUSTER, SITE
+from reconciler.resolve import CLUSTER, SITE, Unit
 from reconciler.plan import summarize
 from reconciler.run import PLANNED, UnitPlan, engine_failure, holds_data_of
+from rpi import local_runtime
 
 APPLIED, SKIPPED, FAILED, NOTHING, REFUSED = "applied", "skipped", "failed", "no changes", "refused"
 INTERRUPTED, NOT_STARTED = "interrupted", "not started"
@@ -95,21 +96,58 @@ def apply(
 
 def _copy_data(p: UnitPlan, store: LiveStore) -> list[str]:
     """storage.on_move: copy, before the source is destroyed: each volume into the target's
-    volume of the same resource, frozen, verified. What was copied, one line per volume."""
+    volume of the same resource, with a cutover. What was copied, one line per volume.
+
+    1. the target, created and healthy, is closed to its users (partitions down, nologin);
+    2. a bulk copy of every volume while the source is live;
+    3. the source is drained (no new job, running ones finish) and, volume by volume, frozen
+       for the final pass and the verification;
+    4. only then does the target open. If anything fails the source opens again and the
+       target stays closed: users stay where their data is, and the next run copies again."""
     if not p.copies:
         return []
-    target = p.copy_target
+    source, target = p.selected.unit, p.copy_target
     volumes = store.volumes_of(target)
-    done = []
+    pairs = []
     for plan in p.copies:
         if plan.address not in volumes:
             raise datacopy.CopyError(f"{target.title} has no {plan.address} to copy {plan.volume} into; the source stays")
-        copied = datacopy.copy(plan, volumes[plan.address])
-        done.append(
-            f"copied {copied.volume} to {target.site} ({copied.files:,} files, {copied.bytes:,} bytes; "
-            f"{copied.sent:,} bytes sent), verified by checksums, then destroyed here"
-        )
-    return done
+        pairs.append((plan, volumes[plan.address]))
+    source_real, target_real = p.cutover
+    if target_real:
+        _set_access(store, target, "closed")
+    sent = {plan.address: datacopy.bulk(plan, into) for plan, into in pairs}
+    interrupt.checkpoint("after the bulk copies: the source stays")
+    try:
+        if source_real:
+            _set_access(store, source, "drained")
+        copied = [datacopy.finish(plan, into, sent[plan.address]) for plan, into in pairs]
+    except BaseException as exc:
+        still = _set_access(store, source, "open", quiet=True) if source_real else ""
+        if still and isinstance(exc, ReconcileError):
+            raise datacopy.CopyError(f"{exc}; and {still}") from None
+        raise
+    if target_real:
+        _set_access(store, target, "open")
+    return [
+        f"copied {c.volume} to {target.site} ({c.files:,} files, {c.bytes:,} bytes; {c.sent:,} bytes sent), "
+        "verified by checksums, then destroyed here"
+        for c in copied
+    ]
+
+
+def _set_access(store: LiveStore, unit: Unit, state: str, quiet: bool = False) -> str:
+    """Open, close or drain a cluster that runs for real (the local slurm runtime). `quiet`: on
+    the way out of a failure, say what failed instead of raising."""
+    drain = getattr(unit.spec, "drain_timeout_s", local_runtime.DRAIN_TIMEOUT_S)
+    timeout = drain if state == "drained" else 60
+    try:
+        hostruntime.cluster_access(store.state_root, unit.state.local_dir, unit.name, state, timeout)
+    except hostruntime.RuntimeFault as exc:
+        if quiet:
+            return str(exc)
+        raise datacopy.CopyError(f"{exc}; the source stays") from None
+    return ""
 
 
 def _roll(p: UnitPlan, engine: Engine) -> None:

@@ -307,7 +307,7 @@ def details(p: UnitPlan) -> str:
     if p.copies:
         lines += [
             f"Copies its data to {_inline(p.copy_target.site)} first (storage.on_move: copy): {_inline(copies_text(p.copies))}. "
-            f"Steps: {', '.join(copy_steps(p.copies))}.",
+            f"Steps: {', '.join(copy_steps(p))}.",
             "",
         ]
     if p.copy_note:

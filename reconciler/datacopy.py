@@ -38,7 +38,10 @@ from reconciler import interrupt
 from reconciler.errors import ReconcileError
 from rpi import local_volumes
 
-RSYNC = ["-aH", "--numeric-ids", "--delete", "--inplace", "--no-whole-file", "--stats"]
+# A cluster's own state on its shared volume (slurmctld's StateSaveLocation, layers.py): each
+# copy of the cluster keeps its own, so it is neither copied nor compared, nor deleted.
+INTERNAL = ".vcluster"
+RSYNC = ["-aH", "--numeric-ids", "--delete", "--inplace", "--no-whole-file", "--stats", f"--exclude=/{INTERNAL}/"]
 BWLIMIT_ENV = "RECONCILE_COPY_BWLIMIT"  # KiB/s, for rsync's --bwlimit: copies that must share a link
 
 
@@ -108,7 +111,9 @@ def estimate(volume: str, address: str, source: Location) -> VolumeCopy:
         size = json.loads(_rclone(["size", "-q", "--json", source.remote], "measure").stdout)
         return VolumeCopy(volume, address, source, int(size.get("count") or 0), int(size.get("bytes") or 0))
     files = size = 0
-    for path, _, names in os.walk(source):
+    for path, dirs, names in os.walk(source):
+        if Path(path) == source and INTERNAL in dirs:
+            dirs.remove(INTERNAL)
         for name in names:
             files += 1
             try:
@@ -135,35 +140,36 @@ def unavailable(source: Location | None = None, target_in_store: bool = False) -
 
 def copy(plan: VolumeCopy, target: Location) -> Copied:
     """Bulk copy, freeze, final pass, verify. Raises CopyError; the freeze always ends."""
+    sent = bulk(plan, target)
+    interrupt.checkpoint(f"after the bulk copy of {plan.volume}: the source stays")
+    return finish(plan, target, sent)
+
+
+def bulk(plan: VolumeCopy, target: Location) -> int:
+    """The bulk copy, while the source is live: the bytes sent."""
     why = unavailable(plan.source, isinstance(target, Bucket))
     if why:
         raise CopyError(f"cannot copy {plan.volume}: {why}")
-    if isinstance(plan.source, Bucket) or isinstance(target, Bucket):
-        return _copy_objects(plan, target)
-    sent = _rsync(plan.source, target)
-    interrupt.checkpoint(f"after the bulk copy of {plan.volume}: the source stays")
-    with frozen(plan.source):
-        sent += _rsync(plan.source, target)
-        before_verify(plan.source, target)
-        source_manifest, target_manifest = manifest(plan.source), manifest(target)
-        if source_manifest != target_manifest:
-            raise CopyError(f"{plan.volume}: the copy differs from the source after the final pass ({_difference(source_manifest, target_manifest)}); the source stays")
-    return Copied(plan.volume, target, sent, plan.files, plan.bytes)
+    return _sync(plan.source, target) if _objects(plan.source, target) else _rsync(plan.source, target)
 
 
-def _copy_objects(plan: VolumeCopy, target: Location) -> Copied:
-    """The same order with rclone: bulk sync, (a directory source frozen) final sync, manifests
-    of both sides' bytes compared."""
-    source = plan.source
-    sent = _sync(source, target)
-    interrupt.checkpoint(f"after the bulk copy of {plan.volume}: the source stays")
+def finish(plan: VolumeCopy, target: Location, sent: int) -> Copied:
+    """Freeze the source (a directory: a read-only bind mount; a bucket is not frozen), the
+    final pass, then the manifests of both sides compared. The freeze always ends."""
+    source, objects = plan.source, _objects(plan.source, target)
     with frozen(source) if isinstance(source, Path) else contextlib.nullcontext():
-        sent += _sync(source, target)
+        sent += _sync(source, target) if objects else _rsync(source, target)
         before_verify(source, target)
-        source_manifest, target_manifest = object_manifest(source), object_manifest(target)
+        take = object_manifest if objects else manifest
+        source_manifest, target_manifest = take(source), take(target)
     if source_manifest != target_manifest:
         raise CopyError(f"{plan.volume}: the copy differs from the source after the final pass ({_difference(source_manifest, target_manifest)}); the source stays")
     return Copied(plan.volume, target, sent, plan.files, plan.bytes)
+
+
+def _objects(source: Location, target: Location) -> bool:
+    """rclone's copy (a bucket on either side), or rsync's (directories)."""
+    return isinstance(source, Bucket) or isinstance(target, Bucket)
 
 
 def _where(location: Location) -> str:
@@ -172,7 +178,7 @@ def _where(location: Location) -> str:
 
 def _sync(source: Location, target: Location) -> int:
     """rclone sync, source to target; the bytes it transferred."""
-    argv = _rclone_argv(["sync", "-v", "--use-json-log", "--stats", "0", _where(source), _where(target)])
+    argv = _rclone_argv(["sync", "-v", "--use-json-log", "--stats", "0", "--exclude", f"/{INTERNAL}/**", _where(source), _where(target)])
     if os.environ.get(BWLIMIT_ENV):
         argv.append(f"--bwlimit={os.environ[BWLIMIT_ENV]}k")
     done = interrupt.run(argv, text=True)
@@ -192,7 +198,7 @@ def _sync(source: Location, target: Location) -> int:
 
 def object_manifest(location: Location) -> dict[str, str]:
     """{path: sha256} of every object or file, computed from its bytes."""
-    listed = _rclone(["hashsum", "-q", "sha256", "--download", _where(location)], "checksum")
+    listed = _rclone(["hashsum", "-q", "sha256", "--download", "--exclude", f"/{INTERNAL}/**", _where(location)], "checksum")
     out = {}
     for line in listed.stdout.splitlines():
         digest, _, name = line.partition("  ")
@@ -272,6 +278,8 @@ def manifest(root: Path) -> dict[str, str]:
     the mode of each directory."""
     out = {}
     for path, dirs, names in os.walk(root):
+        if Path(path) == root and INTERNAL in dirs:
+            dirs.remove(INTERNAL)
         base = Path(path)
         for name in sorted(dirs):
             info = (base / name).lstat()

@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 from reconciler import nodepkg
+from reconciler.errors import ReconcileError
 
 
 def needs_runtime(plans, sites) -> list:
@@ -55,3 +56,18 @@ def health(state_root, nodes: dict[str, dict]) -> dict[str, str]:
 
 def _path() -> str:
     return os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin") + ":/usr/sbin:/sbin"
+
+
+def cluster_access(state_root, site_dir: str, cluster: str, state: str, timeout_s: int) -> None:
+    """Open, close or drain a cluster of the slurm runtime (`vcnode.localhost access`): its
+    partitions, and its nodes' nologin. Raises RuntimeFault with the runtime's own words."""
+    spec = {"site_dir": site_dir, "cluster": cluster, "state": state, "timeout_s": timeout_s}
+    env = localhost_env(RECONCILE_STATE_ROOT=str(state_root), VC_INPUT=json.dumps(spec))
+    done = subprocess.run(localhost_argv("access"), capture_output=True, text=True, timeout=timeout_s + 120, env=env)
+    if done.returncode:
+        lines = [line.removeprefix("local runtime: ") for line in done.stderr.strip().splitlines() if line.strip()]
+        raise RuntimeFault(f"{cluster} could not be {state}: {lines[-1] if lines else 'no message'}")
+
+
+class RuntimeFault(ReconcileError):
+    """The local slurm runtime refused or failed."""

@@ -100,7 +100,7 @@ def plans_text(assessment: Assessment, plans: list[UnitPlan], engine_name: str |
             lines.append(f"    adopts retained volume {v.id} as {v.address} (kept by {v.from_stack} at {v.retained_at})")
         if p.copies:
             lines.append(f"    copies its data to {p.copy_target.site} first (storage.on_move: copy): {copies_text(p.copies)}")
-            lines.append(f"      steps: {'; '.join(copy_steps(p.copies))}")
+            lines.append(f"      steps: {'; '.join(copy_steps(p))}")
         if p.copy_note:
             lines.append(f"    NO COPY: {p.copy_note}")
         if p.summary is not None and p.summary.data_lost:
@@ -232,14 +232,22 @@ def _unit_json(p: UnitPlan) -> dict:
     return out
 
 
-def copy_steps(copies) -> list[str]:
-    """The cutover, as the plan shows it; a bucket is not frozen (datacopy says why)."""
-    steps = ["bulk copy while live"]
-    if any(not isinstance(c.source, datacopy.Bucket) for c in copies):
+def copy_steps(p: UnitPlan) -> list[str]:
+    """The cutover, as the plan shows it: a cluster that runs for real (the local slurm runtime)
+    is closed, drained and opened around the copy; a bucket is not frozen (datacopy says why)."""
+    (source_real, target_real), target = p.cutover, p.copy_target
+    steps = [f"close the target on {target.site} to users (partitions down, nologin)"] if target_real else []
+    steps.append("bulk copy while live")
+    if source_real:
+        steps.append("drain the source (no new job; running ones finish within drain_timeout_s)")
+    if any(not isinstance(c.source, datacopy.Bucket) for c in p.copies):
         steps.append("freeze the source (read-only)")
-    if any(isinstance(c.source, datacopy.Bucket) for c in copies):
+    if any(isinstance(c.source, datacopy.Bucket) for c in p.copies):
         steps.append("no freeze for a bucket (nothing here writes to it but its users)")
-    return [*steps, "final pass", "verify checksums", "then destroy here"]
+    steps += ["final pass", "verify checksums"]
+    if target_real:
+        steps.append(f"open the target on {target.site}")
+    return [*steps, "then destroy here"]
 
 
 def copies_text(copies) -> str:

@@ -88,6 +88,7 @@ class UnitPlan:
     copies: tuple[datacopy.VolumeCopy, ...] = ()  # storage.on_move: copy, before this source is destroyed
     copy_target: Unit | None = None  # where the copies go
     copy_note: str = ""  # why no copy is possible (the source cannot be read)
+    cutover: tuple[bool, bool] = (False, False)  # whether the source, the target runs for real: closed, drained, opened
     change_class: ChangeClass | None = None  # what a cluster's change does to the running cluster
     replace: tuple[str, ...] = ()  # resources planned with -replace (broken behind Terraform's back)
 
@@ -365,6 +366,7 @@ def _plan_copies(p: UnitPlan, target: Unit, data: list[str], store: LiveStore) -
     sources = store.volumes_of(unit)
     into_store = {v.name for v in target.spec.storage if v.store is not None}
     p.copy_target = target
+    p.cutover = (runs_for_real(unit, store), runs_for_real(target, store))
     for address in data:
         source = sources.get(address)
         if why := datacopy.unavailable(source, volume_name(address) in into_store):
@@ -384,6 +386,16 @@ def _plan_copies(p: UnitPlan, target: Unit, data: list[str], store: LiveStore) -
             )
             p.copies = ()
             return
+
+
+def runs_for_real(unit: Unit, store: LiveStore) -> bool:
+    """Whether a local cluster's nodes run (the slurm runtime), so that it has users to keep
+    out: from its definition, or, for a copy known only from live state, from its state."""
+    if unit.platform != "local" or unit.kind != CLUSTER:
+        return False
+    if unit.spec is not None:
+        return unit.spec.runtime == "slurm"
+    return any("site_dir" in (a.get("input") or {}) for _, name, a in store.resources(unit) if name.startswith("node_"))
 
 
 def _adopt_volumes(p: UnitPlan, assessment: Assessment, document: str, store: LiveStore) -> str:

@@ -27,6 +27,7 @@ from conftest import make_repo
 pytestmark = pytest.mark.slow
 
 SITE_DIR = ".reconcile/state/local-slurm"
+SITE_DIR_B = ".reconcile/state/local-slurm-b"  # where the move test takes the cluster
 NODES = ["laptop-login-0", "laptop-compute-0", "laptop-compute-1", "laptop-compute-2"]
 
 
@@ -45,20 +46,26 @@ class Cluster:
     def __init__(self, repo, cli):
         self.repo, self.cli = repo, cli
         self.site_dir = repo.path / SITE_DIR
+        self.sites = ["local-slurm"]
 
     def apply(self, *flags: str) -> tuple[int, str, str]:
-        return self.cli("apply", "--auto-approve", "--repo", str(self.repo.path), "--engine", "embedded",
-                        "--site", "local-slurm", *flags)
+        sites = [f for site in self.sites for f in ("--site", site)]
+        return self.cli("apply", "--auto-approve", "--repo", str(self.repo.path), "--engine", "embedded", *sites, *flags)
 
-    def on(self, hostname: str, *command: str, timeout: float = 60, user: str = "") -> subprocess.CompletedProcess:
-        node = ["env", f"RECONCILE_STATE_ROOT={self.repo.path}", f"PYTHONPATH={_node_package()}",
-                "python3", "-m", "vcnode.localhost", "enter", SITE_DIR, hostname]
-        if user:
-            command = ("runuser", "-u", user, "--", *command)
+    def on(self, hostname: str, *command: str, timeout: float = 60, user: str = "", at: str = SITE_DIR) -> subprocess.CompletedProcess:
+        """Run a command on a node: as root, or as `user` the way a user logs in (refused while
+        the node says nologin)."""
+        node = ["env", f"RECONCILE_STATE_ROOT={self.repo.path}", f"PYTHONPATH={_node_package()}", f"VC_USER={user}",
+                "python3", "-m", "vcnode.localhost", "enter", at, hostname]
         return subprocess.run([*node, *command], capture_output=True, text=True, timeout=timeout)
 
     def sinfo(self) -> dict[str, str]:
         done = self.on("laptop-login-0", "sinfo", "-N", "-h", "-o", "%N %t")
+        return dict(line.split() for line in done.stdout.splitlines())
+
+    def partitions(self, at: str) -> dict[str, str]:
+        """{partition: up | down | drain} as the cluster's controller on that site sees it."""
+        done = self.on("laptop-login-0", "sinfo", "-h", "-o", "%R %a", at=at)
         return dict(line.split() for line in done.stdout.splitlines())
 
     def booted_at(self, hostname: str) -> int:
@@ -76,7 +83,7 @@ def _node_package() -> str:
     return str(nodepkg.source_dir().parent)
 
 
-def _site(root: Path):
+def _site(root: Path, site_dir: str = SITE_DIR):
     """The runtime's own view of the test's site (the node package's host side, by path)."""
     import importlib.util
 
@@ -89,7 +96,7 @@ def _site(root: Path):
         spec.loader.exec_module(module)
     finally:
         sys.path.pop(0)
-    return module.Site(root, SITE_DIR)
+    return module.Site(root, site_dir)
 
 
 def _netns_file(cluster: Cluster, hostname: str) -> Path:
@@ -98,8 +105,9 @@ def _netns_file(cluster: Cluster, hostname: str) -> Path:
 
 def _ours(root: Path) -> tuple[list[str], list[int], list[str]]:
     """(network namespaces, live processes, mounts) that belong to this test's state root."""
-    site = _site(root)
-    names = {site.netns} | {site.node(h).netns for h in [*NODES, "laptop-compute-3"]}
+    names = set()
+    for site in (_site(root), _site(root, SITE_DIR_B)):
+        names |= {site.netns} | {site.node(h).netns for h in [*NODES, "laptop-compute-3"]}
     namespaces = [n for n in os.listdir("/run/netns") if n in names] if Path("/run/netns").is_dir() else []
     pids = []
     for name in namespaces:
@@ -407,9 +415,49 @@ def test_replacing_the_only_controller_is_replace_all_and_needs_a_decision(lapto
                         "  login:\n    role: login\n    count: 1\n    cores: 1\n    memory_gb: 1")
 
 
+def test_a_move_with_its_data_keeps_users_where_the_data_is_until_the_copy_is_verified(laptop, monkeypatch):
+    from reconciler import datacopy
+
+    token = f"written before the move at {time.time()}"
+    assert laptop.on("laptop-login-0", "srun", "sh", "-c", f"echo '{token}' > /home/moved").returncode == 0
+    site = laptop.repo.read("sites/local-slurm.yaml").replace("name: local-slurm\n", "name: local-slurm-b\n")
+    laptop.repo.write("sites/local-slurm-b.yaml", site.replace("10.70.", "10.71.").replace(SITE_DIR, SITE_DIR_B))
+    text = laptop.repo.read("clusters/laptop.yaml").replace("site: local-slurm\n", "site: local-slurm-b\n")
+    laptop.repo.write("clusters/laptop.yaml", text.replace("storage:\n", "storage:\n  on_move: copy\n"))
+    laptop.sites = ["local-slurm", "local-slurm-b"]
+    laptop.repo.commit("laptop moves to local-slurm-b, with its data")  # the destroy test removes both sites
+    code, out, err = laptop.cli("--dry-run", "--repo", str(laptop.repo.path), "--site", "local-slurm-b")
+    assert ("steps: close the target on local-slurm-b to users (partitions down, nologin); bulk copy while live; "
+            "drain the source (no new job; running ones finish within drain_timeout_s); freeze the source (read-only); "
+            "final pass; verify checksums; open the target on local-slurm-b; then destroy here") in out, out + err
+
+    seen = {}
+
+    def during(source, target) -> None:  # after the final pass, before the verification
+        seen["target"], seen["source"] = laptop.partitions(SITE_DIR_B), laptop.partitions(SITE_DIR)
+        seen["user on the target"] = laptop.on("laptop-login-0", "true", user="nobody", at=SITE_DIR_B)
+        seen["write on the source"] = laptop.on("laptop-compute-0", "touch", "/home/too-late")
+
+    monkeypatch.setattr(datacopy, "before_verify", during)
+    code, out, err = laptop.apply()
+    assert code == 0, out + err
+    assert "cluster laptop on local-slurm: applied: copied shared to local-slurm-b" in out, out
+    assert seen["target"] == {"compute": "down"} and seen["source"] == {"compute": "drain"}, seen
+    assert seen["user on the target"].returncode != 0 and "refuses logins" in seen["user on the target"].stderr
+    assert seen["write on the source"].returncode != 0 and "Read-only" in seen["write on the source"].stderr
+    # now open, with the data, and the source gone
+    assert laptop.partitions(SITE_DIR_B) == {"compute": "up"}
+    assert laptop.on("laptop-login-0", "true", user="nobody", at=SITE_DIR_B).returncode == 0
+    done = laptop.on("laptop-login-0", "srun", "-w", "laptop-compute-1", "cat", "/home/moved", at=SITE_DIR_B)
+    assert done.stdout.strip() == token, done.stderr
+    assert not (laptop.site_dir / "runtime" / "nodes" / "laptop-login-0").exists()
+    laptop.site_dir = laptop.repo.path / SITE_DIR_B
+
+
 def test_destroy_leaves_no_namespace_process_mount_or_directory(laptop):
-    for rel in ("clusters/laptop.yaml", "sites/local-slurm.yaml"):
-        (laptop.repo.path / rel).unlink()
+    for rel in ("clusters/laptop.yaml", "sites/local-slurm.yaml", "sites/local-slurm-b.yaml"):
+        if (laptop.repo.path / rel).exists():
+            (laptop.repo.path / rel).unlink()
     code, out, err = laptop.apply("--allow-destroy", "--allow-data-loss")
     assert code == 0, out + err
     deadline = time.monotonic() + 20
@@ -417,5 +465,6 @@ def test_destroy_leaves_no_namespace_process_mount_or_directory(laptop):
         time.sleep(0.2)
     namespaces, pids, mounts = _ours(laptop.repo.path)
     assert (namespaces, pids, mounts) == ([], [], [])
-    left = sorted(p.relative_to(laptop.site_dir).as_posix() for p in laptop.site_dir.rglob("*"))
-    assert left == sorted(f for f in left if re.fullmatch(r"(cluster-laptop|landing-zone)\.tfstate(\.backup)?", f)), left
+    for site_dir in {laptop.repo.path / SITE_DIR, laptop.site_dir}:
+        left = sorted(p.relative_to(site_dir).as_posix() for p in site_dir.rglob("*"))
+        assert left == sorted(f for f in left if re.fullmatch(r"(cluster-laptop|landing-zone)\.tfstate(\.backup)?", f)), left

@@ -4,6 +4,8 @@
     vcnode sync                                   apply the channel's current config version
     vcnode drain HOSTNAME --timeout S             on the controller: drain a node, wait for its jobs
     vcnode forget HOSTNAME                        on the controller: delete a stopped dynamic node
+    vcnode access open|closed|drained --timeout S on the controller: every partition UP, DOWN (no
+                                                  job starts), or DRAIN and wait for running jobs
 
 Nothing here prints a secret: the munge key goes from the secret store to a 0600 file.
 """
@@ -303,6 +305,27 @@ def _drained(hostname: str) -> bool:
                          and "COMPLETING" not in state and "DRAINING" not in state)
 
 
+PARTITION_STATES = {"open": "UP", "closed": "DOWN", "drained": "DRAIN"}
+
+
+def partitions() -> list[str]:
+    done = run("scontrol", "show", "partition", "-o")
+    return [f.removeprefix("PartitionName=") for line in done.stdout.splitlines() for f in line.split() if f.startswith("PartitionName=")]
+
+
+def access(state: str, timeout: float) -> None:
+    """Open or close the cluster to its users' jobs: a move's target stays closed until its data
+    is copied and verified, and its source is drained before it is frozen (no job writes to a
+    volume that is being copied for the last time). On a drain timeout nothing is killed."""
+    names = partitions()
+    for name in names:
+        run("scontrol", "update", f"partitionname={name}", f"state={PARTITION_STATES[state]}")
+    log(f"partitions {', '.join(names) or '(none)'}: {PARTITION_STATES[state]}")
+    if state == "drained":
+        until("running jobs to finish", lambda: not run("squeue", "-h", "-t", "R,CG,S", "-o", "%i").stdout.strip(),
+              timeout=timeout, interval=0.5)
+
+
 def forget(hostname: str) -> None:
     run("scontrol", "delete", f"nodename={hostname}", check=False)
 
@@ -319,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     drain_cmd.add_argument("--timeout", type=float, default=600)
     drain_cmd.add_argument("--reason", default="reconcile: node leaves its pool")
     commands.add_parser("forget").add_argument("hostname")
+    access_cmd = commands.add_parser("access")
+    access_cmd.add_argument("state", choices=sorted(PARTITION_STATES))
+    access_cmd.add_argument("--timeout", type=float, default=600)
     args = parser.parse_args(argv)
     os.umask(0o022)  # a node's own umask, whatever reconcile runs with (it keeps state 0600)
     try:
@@ -328,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
             sync()
         elif args.command == "drain":
             drain(args.hostname, args.timeout, args.reason)
+        elif args.command == "access":
+            access(args.state, args.timeout)
         else:
             forget(args.hostname)
     except (BootError, OSError, KeyError, ValueError, subprocess.TimeoutExpired) as exc:

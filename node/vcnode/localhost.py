@@ -8,12 +8,15 @@ with the resource's input as JSON in VC_INPUT and RECONCILE_STATE_ROOT set by re
     node-up / node-down       one node: network, UTS and mount namespaces of its own, booted
                               with the cluster's first-boot data; down drains it first
     publish                   a config version into the cluster's channel, then sync the nodes
+    access                    open, close or drain a cluster (VC_INPUT {"site_dir", "cluster",
+                              "state", "timeout_s"}): its partitions, and its nodes' nologin
     cluster-down              after the last node: the cluster's channel and secrets
     health                    JSON {address: why} of the nodes (VC_INPUT {"nodes": ...}) that
                               lost their namespaces or a daemon
     check                     exit 1, saying why, where this host cannot run the runtime
     enter SITE_DIR HOST CMD   run a command on a node (`nsenter`, not `ip netns exec`, which
-                              remounts /sys and hides the cgroup mounts that slurmd needs)
+                              remounts /sys and hides the cgroup mounts that slurmd needs); with
+                              VC_USER set, as that user, refused while the node says nologin
 
 Everything lives below the site's state directory (`runtime/`): the namespace files
 (bind-mounted on a private mount), one directory per node holding what the node sees at its
@@ -373,6 +376,39 @@ def health(root: str, nodes: dict[str, dict]) -> dict[str, str]:
     return broken
 
 
+# ---------------------------------------------------------------- access
+
+
+def nologin(node: Node) -> Path:
+    """What /etc/nologin is to pam_nologin: while it exists, users are refused and root is not."""
+    return node.private("/etc/vcluster") / "nologin"
+
+
+def cluster_access(site: Site, cluster: str, state: str, timeout: float) -> None:
+    nodes = [n for n in site.nodes() if n.binding.get("cluster") == cluster and n.exists()]
+    controller = next((n for n in nodes if n.daemons().get("slurmctld")), None)
+    if controller is None:
+        raise RuntimeFault(f"{cluster}: no controller runs, so its partitions cannot be set {state}")
+    if state != "open":  # users first: no new login while the partitions close
+        for node in nodes:
+            nologin(node).write_text(f"{cluster} is {state} while its data moves (reconcile: storage.on_move: copy)\n")
+    done = controller.run("python3", "/usr/libexec/vcluster/vcnode.pyz", "access", state, "--timeout", str(timeout),
+                          check=False, timeout=timeout + 60)
+    sys.stderr.write(done.stderr)
+    if done.returncode:
+        raise RuntimeFault(f"{cluster}: not {state}")
+    # drained: every node's view of the shared volumes read-only too (the host's freeze does
+    # not reach into the nodes' own mount namespaces); open: writable again
+    if state in ("drained", "open"):
+        for node in nodes:
+            for mount in node.binding.get("mounts", {}):
+                node.run("mount", "-o", f"remount,bind,{'ro' if state == 'drained' else 'rw'}", mount, check=state == "drained")
+    if state == "open":
+        for node in nodes:
+            nologin(node).unlink(missing_ok=True)
+    log(f"{cluster}: {state}")
+
+
 # ---------------------------------------------------------------- config
 
 
@@ -410,6 +446,11 @@ def main(argv: list[str] | None = None) -> int:
             node = Site(root or ".", site_dir).node(hostname)
             if not node.exists():
                 raise RuntimeFault(f"{hostname} does not run")
+            user = os.environ.get("VC_USER", "")
+            if user:
+                if nologin(node).exists():
+                    raise RuntimeFault(f"{hostname} refuses logins: {nologin(node).read_text().strip()}")
+                cmd = ["runuser", "-u", user, "--", *(cmd or ["bash", "-l"])]
             os.execvpe(node.enter()[0], [*node.enter(), *(cmd or ["bash"])], dict(os.environ))
         if not root:
             raise RuntimeFault("RECONCILE_STATE_ROOT is not set: run this stack through reconcile")
@@ -432,6 +473,8 @@ def main(argv: list[str] | None = None) -> int:
             node_down(site, spec)
         elif command == "cluster-down":
             cluster_down(site, spec["cluster"])
+        elif command == "access":
+            cluster_access(site, spec["cluster"], spec["state"], float(spec.get("timeout_s") or 600))
         elif command == "publish":
             publish(site, spec["cluster"], spec["version"], spec["files"])
         else:
