@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("unlock", "release a stack's state lock that a run left behind (killed, its runner lost)"),
         ("volumes", "list the data volumes of the local sites: retained by a move (storage.on_move: keep) and in use"),
         ("status", "what each cluster's nodes run: Slurm state and config version, against git"),
-        ("enter", "run a command on a node of the local slurm runtime (default: a shell), as root"),
+        ("enter", "run a command on a node of the local slurm runtime (default: a shell), as root or --user"),
     ):
         command = sub.add_parser(name, help=text, description=text)
         _common(command, top=False)
@@ -105,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("cluster", nargs="?", help="only this cluster")
         if name == "enter":
             command.add_argument("hostname", help="the node, e.g. laptop-login-0")
+            command.add_argument("--user", default="", help="as this user, the way a user logs in: refused while the cluster is closed")
             command.add_argument("node_command", nargs=argparse.REMAINDER, help="the command and its arguments")
         if name in ("restore-state", "unlock"):
             command.add_argument("unit", help="the unit, e.g. cluster:dev@local-a (as the plan names it)")
@@ -486,7 +487,7 @@ def cmd_enter(settings: Settings, args) -> int:
             if any(args.hostname in p.hostnames for p in unit.spec.pools):
                 check_state_locations(store, state, {unit.key: unit})
                 command = args.node_command[1:] if args.node_command[:1] == ["--"] else args.node_command
-                env = hostruntime.localhost_env(os.environ, RECONCILE_STATE_ROOT=str(settings.state_root.resolve()))
+                env = hostruntime.localhost_env(os.environ, RECONCILE_STATE_ROOT=str(settings.state_root.resolve()), VC_USER=args.user)
                 argv = hostruntime.localhost_argv("enter", unit.state.local_dir, args.hostname, *command)
                 sys.stdout.flush()
                 os.execvpe(argv[0], argv, env)
