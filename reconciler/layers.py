@@ -17,8 +17,8 @@ from ruamel.yaml import YAML
 
 from reconciler import nodepkg
 from reconciler.model import GPU_MEMORY_GB, Cluster
+from rpi.spec import SERVICE_DOMAIN  # the sites' private zones answer these names
 
-SERVICE_DOMAIN = "svc.vcluster.internal"
 ENDPOINTS = {
     "ldap": f"ldaps://ldap.{SERVICE_DOMAIN}",
     "keycloak": f"https://keycloak.{SERVICE_DOMAIN}",

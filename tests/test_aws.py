@@ -502,3 +502,40 @@ def test_an_adopted_volume_is_imported_and_not_replaced(synthesized):
     assert imports["aws_s3_bucket.bucket_datasets"] == "kept-datasets"
     assert resources(gpu, "aws_s3_bucket")["bucket_datasets"]["bucket"] == "kept-datasets"
     assert "import" not in doc(synthesized, "cluster-dev")
+
+
+def _node_package():
+    """The node package as nodes run it, imported from its source (the reconciler never does)."""
+    import importlib
+
+    from reconciler import nodepkg
+
+    sys.path.insert(0, str(nodepkg.source_dir().parent))
+    try:
+        return importlib.import_module("vcnode.platforms"), importlib.import_module("vcnode.bootstrap")
+    finally:
+        sys.path.pop(0)
+
+
+def test_lustre_and_efs_reach_the_nodes_as_what_they_mount(synthesized):
+    """The `vcluster-mounts` tag names FSx for Lustre by its LNet address and EFS by its DNS
+    name; the node package mounts the first with the Lustre client, the second over NFS 4.1,
+    and installs each client where the image lacks it."""
+    platforms, bootstrap = _node_package()
+    tags = {
+        name: json.loads(synthesized[name])["resource"]["aws_instance"]["node_login_0"]["tags"]["vcluster-mounts"]
+        for name in ("cluster-slurm-hpc", "cluster-dev")
+    }
+    assert "${aws_fsx_lustre_file_system.storage_shared.dns_name}@tcp:/${aws_fsx_lustre_file_system.storage_shared.mount_name}" in tags["cluster-slurm-hpc"]
+    assert "${aws_efs_file_system.storage_shared.dns_name}:/" in tags["cluster-dev"]
+    binding = {"/home": "fs-0abc.fsx.eu-central-2.amazonaws.com@tcp:/x7kq2bmv", "/apps": "fs-0def.efs.eu-central-2.amazonaws.com:/"}
+    assert platforms.aws_mounts(binding) == [
+        ("fs-0def.efs.eu-central-2.amazonaws.com:/", "/apps", "nfs4"),
+        ("fs-0abc.fsx.eu-central-2.amazonaws.com@tcp:/x7kq2bmv", "/home", "lustre"),
+    ]
+    assert bootstrap.MOUNT_OPTIONS["lustre"] == "relatime,flock"
+    wanted = ["mount.lustre", "mount.nfs", "slurmd", "munged"]
+    absent = {b for b in wanted if bootstrap.shutil.which(b) is None}
+    dnf = bootstrap.missing_packages(wanted, "dnf")
+    assert ("lustre-client" in dnf) == ("mount.lustre" in absent) and ("slurm-slurmd" in dnf) == ("slurmd" in absent)
+    assert set(bootstrap.missing_packages(wanted, "apt")) <= {"lustre-client-utils", "nfs-common", "slurmd", "munge"}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 
 
@@ -183,6 +184,21 @@ class ClusterSpec:
     config_version: str = ""  # the day-to-day config's content hash
     config_files: str = ""  # that config as canonical JSON: {path: {content, mode, on}}
     drain_timeout_s: int = 600  # how long a leaving node's jobs may run once drained
+
+
+# Every site's private DNS zone (Cloud DNS, Route 53 private hosted zone, the local runtime's
+# hosts file): the nodes by hostname, the landing-zone services under `svc.`. The same names on
+# every platform, so that layers 2 and 3 never change with the site.
+PRIVATE_DOMAIN = "vcluster.internal"
+SERVICE_DOMAIN = f"svc.{PRIVATE_DOMAIN}"
+
+
+def service_ip(address: str) -> str:
+    """The IPv4 address in a service's address (`ldap://10.0.0.5:389`, `10.0.0.6:8501`)."""
+    match = re.search(r"(?<![\d.])(\d{1,3}(?:\.\d{1,3}){3})(?![\d.])", address)
+    if match is None:
+        raise ValueError(f"no IPv4 address in {address!r}")
+    return match.group(1)
 
 
 def network_name(site: str) -> str:

@@ -28,7 +28,18 @@ FACTS = Path("/etc/vcluster/cluster.json")
 MUNGE_KEY = Path("/etc/munge/munge.key")
 MUNGE_SOCKET = Path("/run/munge/munge.socket.2")
 SLURM_CONF = Path("/etc/slurm/slurm.conf")
-PACKAGES = {"munged": "munge", "slurmctld": "slurmctld", "slurmd": "slurmd", "scontrol": "slurm-client"}
+# What provides each command, by package manager: Debian and Ubuntu (apt), and Rocky and
+# Amazon Linux (dnf: Slurm from EPEL, the Lustre client from Amazon Linux's own repository).
+PACKAGES = {
+    "munged": {"apt": "munge", "dnf": "munge"},
+    "slurmctld": {"apt": "slurmctld", "dnf": "slurm-slurmctld"},
+    "slurmd": {"apt": "slurmd", "dnf": "slurm-slurmd"},
+    "scontrol": {"apt": "slurm-client", "dnf": "slurm"},
+    "mount.nfs": {"apt": "nfs-common", "dnf": "nfs-utils"},
+    "mount.lustre": {"apt": "lustre-client-utils", "dnf": "lustre-client"},
+}
+MOUNT_HELPERS = {"nfs": "mount.nfs", "nfs4": "mount.nfs", "lustre": "mount.lustre"}
+MOUNT_OPTIONS = {"nfs": "hard,timeo=600,retrans=3", "nfs4": "hard,timeo=600,retrans=3", "lustre": "relatime,flock"}
 WAIT_S = 60
 
 
@@ -69,15 +80,26 @@ def daemon(*command: str) -> None:
 # ---------------------------------------------------------------- steps
 
 
+def package_manager() -> str:
+    return "apt" if shutil.which("apt-get") else "dnf" if shutil.which("dnf") else ""
+
+
+def missing_packages(wanted: list[str], manager: str) -> list[str]:
+    """The packages that provide the commands of `wanted` this image lacks."""
+    absent = [b for b in wanted if shutil.which(b) is None and not any(Path(d, b).exists() for d in ("/usr/sbin", "/sbin"))]
+    return sorted({PACKAGES[b][manager or "apt"] for b in absent})
+
+
 def ensure_packages(wanted: list[str]) -> None:
-    missing = sorted({PACKAGES[b] for b in wanted if shutil.which(b) is None and not Path(f"/usr/sbin/{b}").exists()})
+    manager = package_manager()
+    missing = missing_packages(wanted, manager)
     if not missing:
         return
     log(f"installing {', '.join(missing)}")
-    if shutil.which("apt-get"):
+    if manager == "apt":
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         run("apt-get", "install", "-y", "-q", *missing, timeout=900, env=env)
-    elif shutil.which("dnf"):
+    elif manager == "dnf":
         run("dnf", "install", "-y", *missing, timeout=900)
     else:
         raise BootError(f"{', '.join(missing)} missing and no apt-get or dnf to install them")
@@ -115,7 +137,7 @@ def mount_storage(node) -> None:
             run("mount", "--bind", source, target)
             os.chmod(target, 0o755)  # the root of a shared filesystem, as on a file server
         else:
-            run("mount", "-t", how, "-o", "hard,timeo=600,retrans=3", source, target, timeout=120)
+            run("mount", "-t", how, "-o", MOUNT_OPTIONS[how], source, target, timeout=120)
         log(f"mounted {target}")
 
 
@@ -248,8 +270,8 @@ def bootstrap(facts_path: Path) -> None:
     scheduled = facts.get("scheduler") is not None
     log(f"{node.hostname}: {role}{' and controller' if controller else ''} on {node.name}")
     wanted = ["munged", "scontrol"] + (["slurmctld"] if controller else []) + (["slurmd"] if role == "compute" else [])
-    if scheduled:
-        ensure_packages(wanted)
+    wanted = (wanted if scheduled else []) + sorted({MOUNT_HELPERS[how] for _, _, how in node.mounts() if how in MOUNT_HELPERS})
+    ensure_packages(wanted)
     set_hostname(node.hostname)
     node.protect_identity()
     mount_storage(node)

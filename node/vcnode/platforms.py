@@ -5,7 +5,7 @@
 - gcp: instance metadata attributes (`vcluster-*`), Cloud Storage and Secret Manager through
   `gcloud`, with the node's service account.
 - aws: instance tags through IMDSv2 (`vcluster-*`), S3 and Secrets Manager through `aws`, with
-  the instance profile.
+  the instance profile; EFS mounted over NFS 4.1, FSx for Lustre with the Lustre client.
 
 Cloud calls go through the cloud's own CLI, never hand-signed requests.
 """
@@ -197,10 +197,16 @@ class Aws:
         return done.returncode == 0
 
     def mounts(self) -> list[tuple[str, str, str]]:
-        return [(source, target, "nfs4") for target, source in sorted(self._mounts.items())]
+        return aws_mounts(self._mounts)
 
     def protect_identity(self) -> None:
         _only_root_reaches("169.254.169.254")
+
+
+def aws_mounts(binding: dict[str, str]) -> list[tuple[str, str, str]]:
+    """(source, mount point, how) from the `vcluster-mounts` tag: EFS as NFS 4.1 (`DNS:/`), FSx
+    for Lustre by its LNet address (`DNS@tcp:/MOUNTNAME`)."""
+    return [(source, target, "lustre" if "@tcp:/" in source else "nfs4") for target, source in sorted(binding.items())]
 
 
 def _only_root_reaches(address: str) -> None:

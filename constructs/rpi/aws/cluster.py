@@ -23,7 +23,9 @@ from rpi.aws.landing_zone import (
     private_route_table_name,
     statement,
 )
-from rpi.spec import ClusterSpec, ComputePool, StorageVolume, channel_objects, channel_prefix, network_name
+from rpi.spec import (
+    PRIVATE_DOMAIN, ClusterSpec, ComputePool, StorageVolume, channel_objects, channel_prefix, network_name,
+)
 
 # Public SSM parameters naming the current AMI. The NVIDIA image brings the GPU driver, CUDA
 # and the EFA software; every type in the AWS catalog is x86_64.
@@ -56,6 +58,7 @@ def build(stack, spec: ClusterSpec) -> None:
     filesystems, buckets = _storage(stack, spec, subnet, groups["nodes"])
     binding = _channel(stack, spec, role, filesystems)
     instances = {pool.name: _pool(stack, spec, pool, subnet, groups, profile, images, binding) for pool in spec.pools}
+    _names(stack, spec, vpc)
     _access(stack, spec)
 
     logins = [node.private_ip for pool in spec.pools if pool.role == "login" for node in instances[pool.name]]
@@ -125,6 +128,19 @@ def _subnet(stack, spec: ClusterSpec):
         stack, "subnet_routes", route_table_id=table.id, subnet_id=subnet.id
     )
     return vpc, subnet
+
+
+def _names(stack, spec: ClusterSpec, vpc) -> None:
+    """Each node's name in the site's private hosted zone, at its planned address (VPC DNS
+    would call it ip-…): a new node adds its own record and changes no other."""
+    zone = aws("data_aws_route53_zone").DataAwsRoute53Zone(
+        stack, "dns_private", name=PRIVATE_DOMAIN, private_zone=True, vpc_id=vpc.id
+    )
+    record = aws("route53_record").Route53Record
+    for pool in spec.pools:
+        for index, (hostname, address) in enumerate(zip(pool.hostnames, pool.addresses, strict=True)):
+            record(stack, f"dns_{pool.name}_{index}", zone_id=zone.zone_id, name=f"{hostname}.{PRIVATE_DOMAIN}",
+                   type="A", ttl=60, records=[address])
 
 
 def _security_groups(stack, spec: ClusterSpec, vpc) -> dict:
@@ -237,7 +253,11 @@ def _channel(stack, spec: ClusterSpec, role, filesystems: dict) -> dict:
             statement(["secretsmanager:GetSecretValue", "secretsmanager:PutSecretValue"], [secret.arn], sid="MungeKey"),
         ]),
     )
-    mounts = {fs["mount"]: f"{fs['dns_name']}:/" for fs in filesystems.values() if fs.get("type") == "efs"}
+    # what the node package's `aws_mounts` reads: EFS by its DNS name, Lustre by its LNet address
+    mounts = {
+        fs["mount"]: f"{fs['dns_name']}@tcp:/{fs['mount_name']}" if fs["type"] == "lustre" else f"{fs['dns_name']}:/"
+        for fs in filesystems.values()
+    }
     return {
         "vcluster-channel": f"s3://{spec.state.bucket}/{prefix}",
         "vcluster-secret-prefix": secret_prefix,

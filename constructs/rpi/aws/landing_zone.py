@@ -25,7 +25,7 @@ import re
 from collections.abc import Sequence
 
 from rpi import cdk
-from rpi.spec import ComputePool, LandingZoneSpec
+from rpi.spec import PRIVATE_DOMAIN, SERVICE_DOMAIN, ComputePool, LandingZoneSpec, service_ip
 
 # Managed policies, by the role that needs them (AWS documents these for EKS).
 EKS_CLUSTER_POLICIES = ("AmazonEKSClusterPolicy",)
@@ -59,6 +59,7 @@ def private_route_table_name(site: str) -> str:
 def build(stack, spec: LandingZoneSpec) -> None:
     """Add the whole landing zone to `stack` (backend and provider are set by the platform)."""
     network = _network(stack, spec)
+    _dns(stack, spec, network["vpc"])
     control_plane = _control_plane_security_group(stack, spec, network["vpc"])
     eks = _eks(stack, spec, network["private"], control_plane)
     secrets = _secrets(stack, spec)
@@ -75,6 +76,29 @@ def build(stack, spec: LandingZoneSpec) -> None:
 
 
 # ---------------------------------------------------------------- network
+
+
+def _dns(stack, spec: LandingZoneSpec, vpc) -> None:
+    """The site's private hosted zone, for its VPC only: `HOST.vcluster.internal` for every node
+    (the cluster stacks add those) and `NAME.svc.vcluster.internal` for every landing-zone
+    service. The VPC's DHCP options make it the search domain, so short hostnames resolve."""
+    zones = aws("route53_zone")
+    zone = zones.Route53Zone(
+        stack, "dns_private", name=PRIVATE_DOMAIN, vpc=[zones.Route53ZoneVpc(vpc_id=vpc.id)],
+        comment=f"nodes and services of site {spec.site}",
+    )
+    for service in spec.services:
+        aws("route53_record").Route53Record(
+            stack, f"dns_{service.name}", zone_id=zone.zone_id, name=f"{service.name}.{SERVICE_DOMAIN}", type="A",
+            ttl=300, records=[service_ip(service.address)],
+        )
+    options = aws("vpc_dhcp_options").VpcDhcpOptions(
+        stack, "dhcp_options", domain_name=PRIVATE_DOMAIN, domain_name_servers=["AmazonProvidedDNS"],
+        tags={"Name": f"{spec.site}-dhcp"},
+    )
+    aws("vpc_dhcp_options_association").VpcDhcpOptionsAssociation(
+        stack, "dhcp_options_association", vpc_id=vpc.id, dhcp_options_id=options.id
+    )
 
 
 def zone_subnets(cidr: str, reserved: Sequence[str], zone_count: int) -> list[tuple[str, str]]:

@@ -47,6 +47,7 @@ from rpi.gcp.landing_zone import (
     IAP_RANGE,
     account_id,
     bucket_name,
+    dns_zone_name,
     google,
     private_bucket,
     resource_name,
@@ -54,7 +55,8 @@ from rpi.gcp.landing_zone import (
     service_account_member,
 )
 from rpi.spec import (
-    ClusterSpec, ComputePool, NodeSpec, StorageVolume, channel_objects, channel_prefix, network_name, terraform_literal,
+    PRIVATE_DOMAIN, ClusterSpec, ComputePool, NodeSpec, StorageVolume, channel_objects, channel_prefix, network_name,
+    terraform_literal,
 )
 
 IMAGES = {
@@ -111,6 +113,7 @@ def build(stack, spec: ClusterSpec) -> None:
     filesystems, buckets = _storage(stack, spec, network)
     binding = _channel(stack, spec, account, filesystems)
     instances = {pool.name: _pool(stack, spec, pool, subnet, account, binding) for pool in spec.pools}
+    _names(stack, spec)
     _access(stack, spec, instances, account)
 
     nodes = [node for pool in spec.pools for node in instances[pool.name]]
@@ -219,6 +222,16 @@ def _subnet(stack, spec: ClusterSpec) -> tuple:
         private_ip_google_access=True,  # Google APIs (logging, registries) without a public address
     )
     return network, subnet
+
+
+def _names(stack, spec: ClusterSpec) -> None:
+    """Each node's name in the site's private zone, at its planned address: a new node adds
+    its own record and changes no other."""
+    record = google("dns_record_set").DnsRecordSet
+    for pool in spec.pools:
+        for index, (hostname, address) in enumerate(zip(pool.hostnames, pool.addresses, strict=True)):
+            record(stack, f"dns_{pool.name}_{index}", managed_zone=dns_zone_name(spec.site),
+                   name=f"{hostname}.{PRIVATE_DOMAIN}.", type="A", ttl=60, rrdatas=[address])
 
 
 def _firewall(stack, spec: ClusterSpec, network) -> None:

@@ -40,7 +40,7 @@ from collections.abc import Sequence
 
 from rpi import cdk
 from rpi.catalog import catalog
-from rpi.spec import ComputePool, LandingZoneSpec
+from rpi.spec import PRIVATE_DOMAIN, SERVICE_DOMAIN, ComputePool, LandingZoneSpec, service_ip
 
 # Where Identity-Aware Proxy's TCP forwarding comes from (Google documents this range).
 IAP_RANGE = "35.235.240.0/20"
@@ -83,6 +83,7 @@ def build(stack, spec: LandingZoneSpec) -> None:
     ranges = site_ranges(spec.network.cidr, [s.cidr for s in spec.network.subnets])
     network, subnets = _network(stack, spec, ranges)
     _firewall(stack, spec, network)
+    _dns(stack, spec, network)
     gke = _gke(stack, spec, network, subnets["services"], ranges)
     identities = _service_identities(stack, spec, gke)
     _secrets(stack, spec, identities)
@@ -199,6 +200,33 @@ def _network(stack, spec: LandingZoneSpec, ranges: dict[str, str]) -> tuple:
         reserved_peering_ranges=[allocation.name],
     )
     return network, subnets
+
+
+def dns_zone_name(site: str) -> str:
+    """The site's private Cloud DNS zone: cluster stacks add their nodes' records to it by name."""
+    return resource_name(site, "vcluster")
+
+
+def _dns(stack, spec: LandingZoneSpec, network) -> None:
+    """The site's private zone, seen from its VPC only: `HOST.vcluster.internal` for every node
+    (the cluster stacks add those) and `NAME.svc.vcluster.internal` for every landing-zone service."""
+    zones = google("dns_managed_zone")
+    zone = zones.DnsManagedZone(
+        stack,
+        "dns_private",
+        name=dns_zone_name(spec.site),
+        dns_name=f"{PRIVATE_DOMAIN}.",
+        visibility="private",
+        private_visibility_config=zones.DnsManagedZonePrivateVisibilityConfig(
+            networks=[zones.DnsManagedZonePrivateVisibilityConfigNetworks(network_url=network.id)]
+        ),
+        description=f"nodes and services of site {spec.site}",
+    )
+    for service in spec.services:
+        google("dns_record_set").DnsRecordSet(
+            stack, f"dns_{service.name}", managed_zone=zone.name, name=f"{service.name}.{SERVICE_DOMAIN}.", type="A",
+            ttl=300, rrdatas=[service_ip(service.address)],
+        )
 
 
 def _firewall(stack, spec: LandingZoneSpec, network) -> None:
