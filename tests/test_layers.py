@@ -93,3 +93,27 @@ def test_config_channel_carries_spack_containers_and_groups(repo):
     assert files["/etc/sssd/sssd.conf"]["mode"] == "0600"
     assert files["/etc/slurm/slurm.conf"]["on"] == "slurm-clients"
     assert spec.config_version == layers.config_version(files)
+
+
+def test_cloud_nodes_sync_with_the_channel_on_a_timer(tmp_path):
+    """Running cloud nodes take a new config version without being replaced: the bootstrap
+    installs a systemd timer that runs `vcnode sync`; systemd itself checks the units."""
+    import shutil
+
+    sys.path.insert(0, str(nodepkg.source_dir().parent))
+    try:
+        import importlib
+
+        bootstrap = importlib.import_module("vcnode.bootstrap")
+    finally:
+        sys.path.pop(0)
+    units = bootstrap.sync_units(60)
+    assert f"ExecStart=/usr/bin/python3 {layers.NODE_PACKAGE_PATH} sync" in units["vcluster-sync.service"]
+    assert "OnUnitActiveSec=60s" in units["vcluster-sync.timer"] and "WantedBy=timers.target" in units["vcluster-sync.timer"]
+    if shutil.which("systemd-analyze") is None:
+        return
+    for name, text in units.items():
+        (tmp_path / name).write_text(text)
+    done = subprocess.run(["systemd-analyze", "verify", *(str(tmp_path / n) for n in units)], capture_output=True, text=True)
+    problems = [line for line in done.stderr.splitlines() if "vcluster-sync" in line]
+    assert not problems, done.stderr

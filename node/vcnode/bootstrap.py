@@ -1,7 +1,8 @@
 """A node's first boot and its day-to-day config, by role, on every platform.
 
     vcnode bootstrap /etc/vcluster/cluster.json   cloud-init's runcmd, once per node
-    vcnode sync                                   apply the channel's current config version
+    vcnode sync                                   apply the channel's current config version (on
+                                                  cloud nodes a systemd timer runs it every minute)
     vcnode drain HOSTNAME --timeout S             on the controller: drain a node, wait for its jobs
     vcnode forget HOSTNAME                        on the controller: delete a stopped dynamic node
     vcnode access open|closed|drained --timeout S on the controller: every partition UP, DOWN (no
@@ -288,9 +289,42 @@ def bootstrap(facts_path: Path) -> None:
         if role == "compute":
             start_slurmd(node, facts)
             daemons.append("slurmd")
+    if node.init == "systemd":
+        install_sync_timer()
     channel.report(node.store, node.hostname, pool=node.pool, role=role, controller=controller,
                    config_version=version, ready=True, daemons=daemons, sssd=sssd)
     log(f"{node.hostname}: ready, config {version}, sssd {sssd}")
+
+
+SYNC_EVERY_S = 60  # how soon a running cloud node takes a new config version from the channel
+SYSTEMD_UNITS = Path("/etc/systemd/system")
+
+
+def sync_units(every_s: int = SYNC_EVERY_S) -> dict[str, str]:
+    """A systemd timer that runs `vcnode sync` on a node: the way a config published to the
+    channel reaches running cloud nodes (the local runtime syncs its nodes when it publishes)."""
+    return {
+        "vcluster-sync.service": (
+            "[Unit]\nDescription=Apply the cluster's current config version from its channel\n"
+            "After=network-online.target\nWants=network-online.target\n\n"
+            "[Service]\nType=oneshot\nExecStart=/usr/bin/python3 /usr/libexec/vcluster/vcnode.pyz sync\n"
+            "TimeoutStartSec=300\n"
+        ),
+        "vcluster-sync.timer": (
+            "[Unit]\nDescription=Keep the node on its cluster's current config version\n\n"
+            f"[Timer]\nOnBootSec={every_s}s\nOnUnitActiveSec={every_s}s\nRandomizedDelaySec={max(every_s // 4, 1)}s\n\n"
+            "[Install]\nWantedBy=timers.target\n"
+        ),
+    }
+
+
+def install_sync_timer(units_dir: Path = SYSTEMD_UNITS) -> None:
+    units_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in sync_units().items():
+        (units_dir / name).write_text(text)
+    run("systemctl", "daemon-reload")
+    run("systemctl", "enable", "--now", "vcluster-sync.timer")
+    log("config sync timer enabled")
 
 
 def sync() -> None:
