@@ -10,6 +10,7 @@ check says so), so here it asks for the 1,152 GB of a p4de.24xlarge.
 from __future__ import annotations
 
 import base64
+import gzip
 import dataclasses
 import ipaddress
 import json
@@ -352,7 +353,7 @@ def test_compact_pool_gets_a_cluster_placement_group(synthesized):
 
 def test_launch_template_boots_the_cluster_cloud_init(specs, synthesized):
     template = resources(doc(synthesized, "cluster-dev"), "aws_launch_template")["template_compute"]
-    assert base64.b64decode(template["user_data"]).decode() == specs["cluster-dev"].user_data
+    assert gzip.decompress(base64.b64decode(template["user_data"])).decode() == specs["cluster-dev"].user_data
     assert template["metadata_options"]["http_tokens"] == "required"
     (root,) = template["block_device_mappings"]
     assert root["ebs"] == {

@@ -7,6 +7,7 @@ marked slow) the real cdktf synthesis on local, gcp and aws.
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 
 import pytest
@@ -104,6 +105,6 @@ def test_one_definition_synthesizes_on_local_gcp_and_aws_with_only_its_site_chan
     aws = documents["aws-zurich"]["resource"]
     assert sorted(i["tags"]["Name"] for i in aws["aws_instance"].values()) == ["dev-compute-0", "dev-compute-1", "dev-login-0"]
     for template in aws["aws_launch_template"].values():
-        assert base64.b64decode(template["user_data"]).decode() == user_data["aws-zurich"]
+        assert gzip.decompress(base64.b64decode(template["user_data"])).decode() == user_data["aws-zurich"]
     for site, document in documents.items():
         assert set(document["output"]) >= {"login_addresses", "node_count", "nodes"}, site

@@ -4,12 +4,13 @@ buckets, and IAM groups that reach the nodes through SSM Session Manager.
 The VPC and its private route table belong to the landing-zone stack; they are looked up by
 the Name tags that stack sets. Nodes keep the addresses the spec gives them, and every node
 boots with the cluster's cloud-init (`spec.user_data`: layers 2 and 3, the same bytes as on
-any other platform), through its pool's launch template.
+any other platform, gzipped to fit EC2's 16 KiB), through its pool's launch template.
 """
 
 from __future__ import annotations
 
 import base64
+import gzip
 import ipaddress
 import math
 
@@ -94,9 +95,15 @@ def check(spec: ClusterSpec) -> None:
                     f"cluster {spec.name}: node {hostname} has address {address}, which AWS reserves in {subnet} "
                     f"(the first four and the last); node addresses must start at {subnet.network_address + 4}"
                 )
-    size = len(spec.user_data.encode())
+    size = len(user_data(spec))
     if size > USER_DATA_LIMIT:
-        raise ValueError(f"cluster {spec.name}: cloud-init is {size} bytes, EC2 takes at most {USER_DATA_LIMIT}")
+        raise ValueError(f"cluster {spec.name}: cloud-init is {size} bytes gzipped, EC2 takes at most {USER_DATA_LIMIT}")
+
+
+def user_data(spec: ClusterSpec) -> bytes:
+    """The cloud-init as EC2 carries it: gzipped (cloud-init unpacks it), deterministically (no
+    timestamp), so that it fits in EC2's 16 KiB; the document inside is the same on every platform."""
+    return gzip.compress(spec.user_data.encode(), compresslevel=9, mtime=0) if spec.user_data else b""
 
 
 # ---------------------------------------------------------------- network
@@ -336,7 +343,7 @@ def _launch_template(stack, spec: ClusterSpec, pool: ComputePool, name: str, pro
         instance_type=pool.machine_type,
         image_id=image,
         # Encoded here rather than with Terraform's base64encode: the same bytes, visible in the JSON.
-        user_data=base64.b64encode(spec.user_data.encode()).decode() if spec.user_data else None,
+        user_data=base64.b64encode(user_data(spec)).decode() if spec.user_data else None,
         iam_instance_profile={"arn": profile.arn},
         metadata_options={"http_endpoint": "enabled", "http_tokens": "required"},  # IMDSv2 only
         block_device_mappings=[
