@@ -161,6 +161,12 @@ class LandingZoneServices(Strict):
     orchestration: list[Literal["consul", "nomad", "vault"]] = Field(
         ["consul", "nomad", "vault"], description="Control daemons whose lifecycle the landing zone manages"
     )
+    slurm_versions: list[Annotated[str, Field(pattern=r"^\d+\.\d+$")]] = Field(
+        [],
+        description="the Slurm versions (major.minor) this site's nodes can install, from its package registry or "
+        "images; a cluster asking for another is refused. Empty: not stated, any version is taken on trust. The local "
+        "slurm runtime provides Debian's, whatever this says",
+    )
     object_store: ObjectStore | None = Field(
         None,
         description="local platform only: the store that holds the clusters' buckets (storage.object); "

@@ -128,6 +128,12 @@ def check(cluster: Cluster, site: Site, role: str = PLACEMENT, host: Host | None
         )
     if site.runtime == "slurm":
         reasons += _real_runtime_reasons(cluster, host)
+    elif (scheduler := cluster.services.scheduler) is not None and site.services.slurm_versions:
+        if scheduler.version not in site.services.slurm_versions:
+            reasons.append(
+                f"services.scheduler.version: site {site.name} provides Slurm {', '.join(site.services.slurm_versions)} "
+                f"(its services.slurm_versions), not {scheduler.version}"
+            )
     cat = catalog(site.platform)
     for pool, spec in cluster.node_pools.items():
         if cat is None:  # the local platform emulates any node

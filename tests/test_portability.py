@@ -15,6 +15,7 @@ import pytest
 from reconciler.gitsource import GitSource
 from reconciler.run import desired
 from reconciler.synth import synthesize
+from reconciler import portability
 
 
 def nothing_applied(repo) -> bool:
@@ -108,3 +109,14 @@ def test_one_definition_synthesizes_on_local_gcp_and_aws_with_only_its_site_chan
         assert gzip.decompress(base64.b64decode(template["user_data"])).decode() == user_data["aws-zurich"]
     for site, document in documents.items():
         assert set(document["output"]) >= {"login_addresses", "node_count", "nodes"}, site
+
+
+def test_a_site_that_states_its_slurm_versions_refuses_another(repo):
+    from reconciler.load import load
+
+    repo.replace("sites/aws-zurich.yaml", 'slurm_versions: ["24.05"]', 'slurm_versions: ["23.11"]')
+    defs = load(GitSource(repo.path).working_tree())
+    verdict = portability.check(defs.clusters["slurm-hpc"], defs.sites["aws-zurich"])
+    assert not verdict.realizable
+    assert "services.scheduler.version: site aws-zurich provides Slurm 23.11 (its services.slurm_versions), not 24.05" in verdict.reasons
+    assert portability.check(defs.clusters["slurm-hpc"], defs.sites["aws-frankfurt"]).realizable  # it states 24.05
