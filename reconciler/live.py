@@ -28,6 +28,7 @@ from reconciler.backends import (
     RECORD_SUFFIX,
     BackendError,
     Backends,
+    LocalBlobs,
     NoCredentials,
     Place,
     keys,
@@ -38,7 +39,7 @@ from reconciler.backends import (
 from reconciler.errors import ReconcileError
 from reconciler.locks import LockInfo
 from rpi import local_volumes
-from rpi.spec import StateLocation
+from rpi.spec import StateLocation, channel_prefix, local_channel_dir
 
 if TYPE_CHECKING:  # not imported: the records helper (prefetch) reads records without the models
     from reconciler.resolve import Unit
@@ -421,6 +422,16 @@ class LiveStore:
         """After a destroy: the stack no longer exists."""
         place = self._place(unit.state)
         place.blobs.delete(place.record)
+
+    # ------------------------------------------------------------ config channel
+
+    def channel_get(self, unit: Unit, key: str) -> bytes | None:
+        """One object of a cluster's config channel (`rpi.spec`'s layout), from where its nodes
+        read it: a directory under the state root on the local platform, the site's state
+        bucket on a cloud. Raises NoCredentials or BackendError when it cannot be read."""
+        if unit.platform == "local":
+            return LocalBlobs(self.state_root).get(f"{local_channel_dir(unit.state, unit.name)}/{key}")
+        return self._place(unit.state).blobs.get(f"{channel_prefix(unit.state, unit.name)}/{key}")
 
     # ------------------------------------------------------------ retained volumes
 

@@ -2,8 +2,10 @@
 
 Layer-1 drift is Terraform's to find; this is drift in layers 2 and 3. Each node reports the
 config version it runs to its site's config channel (`nodes/<hostname>.json`), which is read
-here and compared with the version in git; on the local slurm runtime, Slurm's own view of
-each node (`sinfo` on the controller) and the runtime's view of its daemons are added.
+here, from the site's own store on every platform (a directory under the state root on the
+local platform, the state bucket on a cloud), and compared with the version in git; on the
+local slurm runtime, Slurm's own view of each node (`sinfo` on the controller) and the
+runtime's view of its daemons are added.
 """
 
 from __future__ import annotations
@@ -11,24 +13,33 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from pathlib import Path
 
 from reconciler import hostruntime
+from reconciler.backends import BackendError, NoCredentials
 from reconciler.live import LiveStore
 from reconciler.resolve import CLUSTER, Unit
-from rpi.spec import local_channel_dir
+from rpi.spec import CHANNEL_CURRENT, channel_node_key
 
 
-def channel_dir(store: LiveStore, unit: Unit) -> Path:
-    """The cluster's config channel on a local site: in the site's local directory."""
-    return store.state_root / local_channel_dir(unit.state, unit.name)
-
-
-def _read_json(path: Path) -> dict:
+def _channel_json(store: LiveStore, unit: Unit, key: str) -> dict:
+    raw = store.channel_get(unit, key)
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        return json.loads(raw) if raw else {}
+    except ValueError:
         return {}
+
+
+def node_hostname(resource_type: str, attributes: dict) -> str:
+    """The hostname a node resource in a state is, on each platform: the local platform's
+    input, an EC2 instance's `vcluster-hostname` tag, a Compute Engine instance's name."""
+    if resource_type == "terraform_data":
+        facts = attributes.get("input")
+        return str(facts.get("hostname") or "") if isinstance(facts, dict) else ""
+    if resource_type == "aws_instance":
+        return str((attributes.get("tags") or {}).get("vcluster-hostname") or "")
+    if resource_type == "google_compute_instance":
+        return str(attributes.get("name") or "")
+    return ""
 
 
 def _slurm_view(store: LiveStore, unit: Unit) -> dict[str, str]:
@@ -53,19 +64,24 @@ def cluster_status(store: LiveStore, unit: Unit) -> dict:
     spec = unit.spec
     out = {"cluster": unit.name, "site": unit.site, "platform": unit.platform, "config_in_git": spec.config_version,
            "published": "", "nodes": [], "not_checked": ""}
-    if unit.state.backend != "local":
+    try:
+        out["published"] = (store.channel_get(unit, CHANNEL_CURRENT) or b"").decode().strip()
+    except NoCredentials:
         out["not_checked"] = f"the site's {unit.state.backend} store needs credentials (not read here)"
         return out
-    channel = channel_dir(store, unit)
-    out["published"] = (channel / "config" / "current").read_text().strip() if (channel / "config" / "current").is_file() else ""
+    except BackendError as exc:
+        out["not_checked"] = f"its config channel cannot be read: {exc}"
+        return out
     planned = {h: p.role for p in spec.pools for h in p.hostnames}
-    resources = {a["input"]["hostname"]: (f"{t}.{n}", a["input"]) for t, n, a in store.resources(unit)
-                 if n.startswith("node_") and isinstance(a.get("input"), dict) and "hostname" in a["input"]}
+    resources = {}
+    for t, n, a in store.resources(unit):
+        if n.startswith("node_") and (hostname := node_hostname(t, a)):
+            resources[hostname] = (f"{t}.{n}", a["input"] if isinstance(a.get("input"), dict) else {})
     real = {h: (address, i) for h, (address, i) in resources.items() if "site_dir" in i}
     slurm = _slurm_view(store, unit) if real and spec.controller in real else {}
     broken = hostruntime.health(store.state_root, {address: i for address, i in real.values()}) if real else {}
     for hostname in sorted(set(planned) | set(resources), key=lambda h: (h != spec.controller, h)):
-        report = _read_json(channel / "nodes" / f"{hostname}.json")
+        report = _channel_json(store, unit, channel_node_key(hostname))
         running = report.get("config_version", "")
         address = resources.get(hostname, ("", {}))[0]
         row = {

@@ -244,13 +244,27 @@ def channel_prefix(state: StateLocation, cluster: str) -> str:
     return "/".join(part for part in (directory, "channel", cluster) if part)
 
 
+# The config channel's layout below a cluster's prefix, for what publishes it (the clouds'
+# stacks; the local runtime through the node package) and what reads it (`reconcile status`).
+# The node package's `vcnode.channel` is the nodes' half; the reconciler never imports it, and
+# a test holds the two together.
+CHANNEL_CURRENT = "config/current"
+
+
+def channel_version_key(version: str) -> str:
+    return f"config/{version}.json"
+
+
+def channel_node_key(hostname: str) -> str:
+    return f"nodes/{hostname}.json"
+
+
 def channel_objects(spec: "ClusterSpec") -> list[tuple[str, str, str, str]]:
     """The objects a cloud publishes for a cluster's config channel, version first:
-    (construct id, object name, content, content type). The layout is the node package's
-    (`vcnode.channel`): `config/<version>.json`, then `config/current` naming it."""
+    (construct id, object name, content, content type): the version, then `current` naming it."""
     prefix = channel_prefix(spec.state, spec.name)
     document = json.dumps({"version": spec.config_version, "files": json.loads(spec.config_files or "{}")}, sort_keys=True)
     return [
-        ("channel_config", f"{prefix}/config/{spec.config_version}.json", terraform_literal(document), "application/json"),
-        ("channel_current", f"{prefix}/config/current", spec.config_version, "text/plain"),
+        ("channel_config", f"{prefix}/{channel_version_key(spec.config_version)}", terraform_literal(document), "application/json"),
+        ("channel_current", f"{prefix}/{CHANNEL_CURRENT}", spec.config_version, "text/plain"),
     ]
