@@ -7,9 +7,11 @@ landing zone plus one cluster.
 
 from __future__ import annotations
 
+import shutil
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 
 from reconciler import datacopy, health, hostruntime, interrupt
 from reconciler.affected import APPLY, DESTROY
@@ -17,11 +19,13 @@ from reconciler.backends import BackendError
 from reconciler.engine import Engine
 from reconciler.errors import ReconcileError
 from reconciler.gitsource import Snapshot
-from reconciler.live import LiveStore
+from reconciler.live import LiveStore, RetainedVolume
 from reconciler.resolve import CLUSTER, SITE, Unit
-from reconciler.plan import summarize
+from reconciler.plan import PlanSummary, summarize
 from reconciler.run import PLANNED, UnitPlan, engine_failure, holds_data_of
-from rpi import local_runtime
+from reconciler.synth import render_json
+from rpi import local_runtime, local_volumes
+from rpi.spec import StateLocation
 
 APPLIED, SKIPPED, FAILED, NOTHING, REFUSED = "applied", "skipped", "failed", "no changes", "refused"
 INTERRUPTED, NOT_STARTED = "interrupted", "not started"
@@ -216,3 +220,26 @@ def _apply_one(p: UnitPlan, engine: Engine, store: LiveStore, head: Snapshot, ga
             store.mark_interrupted(unit, now)
             return ApplyResult(p, INTERRUPTED, f"the engine stopped at {interrupt.received()} and wrote its state")
         return ApplyResult(p, FAILED, engine_failure(store, unit, exc))
+
+
+def delete_volume(engine: Engine, store: LiveStore, workdir: Path, volume: RetainedVolume, state: StateLocation) -> PlanSummary:
+    """Delete a retained volume of the local platform through the engine: a stack of its own
+    imports it by its id, then a destroy removes it with its destroy-time provisioner (the
+    directory, or the bucket emptied and removed). Its record goes last, so that a deletion
+    that fails or is killed leaves the volume listed. Returns what the destroy did."""
+    facts = {"name": f"{volume.cluster}-{volume.volume}", "kind": volume.kind, "size_gb": volume.size_gb, "mount": ""}
+    if volume.store:
+        facts["store"] = volume.store
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    (workdir / "cdk.tf.json").write_text(render_json(local_volumes.deletion_stack(volume.address, volume.id, facts, state)))
+    engine.init(workdir, {})
+    engine.plan(workdir)
+    engine.apply(workdir)  # the import: nothing is created
+    summary = summarize(engine.plan(workdir, destroy=True), holds_data_of("local"))
+    interrupt.checkpoint(f"before deleting retained volume {volume.id}: it stays")
+    engine.apply(workdir)
+    store.release(state, {volume.id})
+    shutil.rmtree(workdir, ignore_errors=True)
+    return summary

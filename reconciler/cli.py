@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
 import traceback
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
 from reconciler import comment, failover, gate, ghflow, hostruntime, interrupt, locks, portability, render, status
 from reconciler import event as event_module
-from reconciler.apply import APPLIED, DEFAULT_PARALLELISM, FAILED as APPLY_FAILED, INTERRUPTED, NOT_STARTED, NOTHING, REFUSED, apply
+from reconciler.apply import APPLIED, DEFAULT_PARALLELISM, FAILED as APPLY_FAILED, INTERRUPTED, NOT_STARTED, NOTHING, REFUSED, apply, delete_volume
 from reconciler.engine import CHOICES, select_engine
 from reconciler.errors import Exit, InvalidDefinitions, NotConfirmed, ReconcileError
 from reconciler.gitsource import GitSource, Snapshot
-from reconciler.live import LiveStore, volume_name
+from reconciler.live import LiveStore, RetainedVolume, volume_name
 from reconciler.load import load
 from reconciler.run import (
     FAILED, OFFLINE, PLANNED, UNSUPPORTED, Assessment, UnitPlan, assess, check_state_locations, desired, plan, unlock_stack,
@@ -78,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("comment", "post a plan comment written by `plan --comment-dir` (GitHub Actions, trusted job)"),
         ("restore-state", "put a stack's last good state back after a damaged write (the engine's backup, or the bucket's earlier version)"),
         ("unlock", "release a stack's state lock that a run left behind (killed, its runner lost)"),
-        ("volumes", "list the data volumes of the local sites: retained by a move (storage.on_move: keep) and in use"),
+        ("volumes", "list the data volumes of the local sites: retained by a move (storage.on_move: keep) and in use; --delete ID removes a retained one"),
         ("status", "what each cluster's nodes run: Slurm state and config version, against git"),
         ("enter", "run a command on a node of the local slurm runtime (default: a shell), as root or --user"),
     ):
@@ -107,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("hostname", help="the node, e.g. laptop-login-0")
             command.add_argument("--user", default="", help="as this user, the way a user logs in: refused while the cluster is closed")
             command.add_argument("node_command", nargs=argparse.REMAINDER, help="the command and its arguments")
+        if name == "volumes":
+            command.add_argument("--delete", metavar="ID", help="delete this retained volume (it needs --allow-data-loss)")
+            command.add_argument("--allow-data-loss", action="store_true", help="the data decision a deletion needs")
+            command.add_argument("--auto-approve", action="store_true", help="delete without asking")
         if name in ("restore-state", "unlock"):
             command.add_argument("unit", help="the unit, e.g. cluster:dev@local-a (as the plan names it)")
         if name == "unlock":
@@ -154,7 +159,7 @@ def _main(argv: list[str] | None) -> int:
         )
         if not settings.lock and command != "plan":
             raise ReconcileError(f"--no-lock is for plans only: {command} takes the state locks it needs")
-        if command in USES_WORK_DIR:
+        if command in USES_WORK_DIR or getattr(args, "delete", None):
             with locks.RunLock(settings.work_dir, command):
                 return COMMANDS[command](settings, args)
         return COMMANDS[command](settings, args)
@@ -454,12 +459,49 @@ def cmd_volumes(settings: Settings, args) -> int:
                 {"id": v.id, "address": v.address, "site": site, "cluster": cluster, "volume": volume_name(v.address),
                  "kind": v.kind, "stack": stack, "path": v.path, "status": "in use", "size_gb": v.size_gb}
             )
+    if args.delete:
+        return _delete_volume(settings, args, store, sites, rows)
     if settings.output_json:
         _emit({"volumes": rows, "not_checked": unreadable, "exit_code": 0})
         return Exit.OK
     sys.stdout.write(render.volumes_text(rows))
     if unreadable:
         print(f"Not checked (state in gcs/s3 needs credentials): {', '.join(unreadable)}")
+    return Exit.OK
+
+
+def _delete_volume(settings: Settings, args, store: LiveStore, sites: dict, rows: list[dict]) -> int:
+    """A retained volume deleted as a reviewed destroy: the plan names it, the data decision
+    is needed, and the destroy runs through the engine with the volume's own provisioner."""
+    found = [r for r in rows if r["id"] == args.delete]
+    retained = [r for r in found if r["status"] == "retained"]
+    if not retained:
+        if found:
+            raise ReconcileError(f"volume {args.delete} is in use by {found[0]['stack']}: only a retained volume can be deleted")
+        listed = ", ".join(r["id"] for r in rows if r["status"] == "retained") or "none"
+        raise ReconcileError(f"no retained volume {args.delete!r} (retained: {listed}); `reconcile volumes` lists them")
+    row = retained[0]
+    volume = RetainedVolume(**{f.name: row[f.name] for f in fields(RetainedVolume) if f.name in row})
+    if volume.platform != "local":
+        raise ReconcileError(
+            f"deleting a retained volume on {volume.platform} is not built yet: delete {volume.id} with the cloud's own tools, "
+            f"then remove its record under {store.where(sites[volume.site])} (retained/{volume.file_name})"
+        )
+    print(f"DELETE retained volume {volume.id} on {volume.site}: {volume.volume} of cluster {volume.cluster}"
+          f" ({volume.kind}, {volume.size_gb} GB), kept at {volume.retained_at} by {volume.from_stack}")
+    print(f"  DESTROYS DATA: {volume.address} ({volume.path or volume.id})")
+    if not args.allow_data_loss:
+        print("  BLOCKED: deleting a volume is the data decision: pass --allow-data-loss")
+        return Exit.FAILED
+    if not settings.auto_approve:
+        if not sys.stdin.isatty():
+            raise NotConfirmed("deleting a volume needs confirmation: run it in a terminal, or pass --auto-approve")
+        if input("\nDelete it? Only 'yes' will be accepted: ").strip() != "yes":
+            raise NotConfirmed("deletion cancelled; the volume stays")
+    engine = select_engine(settings.engine, settings.work_dir, settings.state_root, settings.lock_timeout)
+    workdir = settings.work_dir / "volumes" / hashlib.sha256(volume.id.encode()).hexdigest()[:16]
+    summary = delete_volume(engine, store, workdir, volume, sites[volume.site])
+    print(f"deleted {volume.id} ({summary.count('delete')} resource destroyed with its data); its record is gone")
     return Exit.OK
 
 

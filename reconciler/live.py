@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -480,6 +480,7 @@ class LiveStore:
                     revision=revision,
                     from_stack=unit.stack,
                     path=str(self.volume_location(unit.state, str(found["id"]), facts)) if local else "",
+                    store=local_volumes.bucket_store(facts) or {},
                 )
             )
         place = self._place(unit.state)
@@ -593,7 +594,8 @@ class RetainedVolume:
     retained_at: str
     revision: str | None
     from_stack: str
-    path: str = ""  # the local platform's directory, "" on clouds
+    path: str = ""  # the local platform's directory (or bucket), "" on clouds
+    store: dict = field(default_factory=dict)  # a bucket's object store (its resource's input), {} for a directory
 
     @property
     def file_name(self) -> str:

@@ -93,3 +93,20 @@ def test_a_bucket_moves_from_s3_to_gcs_verified_before_the_source_goes(stores, c
     code, out, err = cli("--dry-run", "--repo", str(repo.path))
     assert code != 0
     assert "storage.results.from: there is no volume 'no-such-bucket' on site local-b (gcs://no-such-bucket at " in out + err
+
+
+def test_a_kept_bucket_is_retained_in_its_store_and_deleted_as_a_reviewed_destroy(stores, cli):
+    repo, s3, gcs, source = stores
+    repo.replace("clusters/dev.yaml", "on_move: copy", "on_move: keep")
+    code, out, err = cli("apply", "--auto-approve", "--repo", str(repo.path))
+    assert code == 0, out + err
+    code, out, err = cli("volumes", "--json", "--repo", str(repo.path))
+    (kept,) = [v for v in json.loads(out)["volumes"] if v["status"] == "retained" and v["volume"] == "results"]
+    assert kept["id"] == source and kept["path"].startswith(f"s3://{source} at {s3.endpoint}")
+    assert s3.objects(source) == OBJECTS  # kept: the stack let go of it, its objects stay
+
+    code, out, err = cli("volumes", "--delete", source, "--allow-data-loss", "--auto-approve", "--repo", str(repo.path))
+    assert code == 0, out + err
+    assert source not in s3.buckets()  # emptied, then removed, by the volume's own provisioner
+    code, out, err = cli("volumes", "--json", "--repo", str(repo.path))
+    assert not [v for v in json.loads(out)["volumes"] if v["id"] == source]

@@ -245,6 +245,18 @@ def test_a_kept_volume_is_listed_and_taken_back_when_the_cluster_returns(applied
     assert volume_of(cli, applied, "local-b", status="retained")  # what dev wrote there is kept in turn
     assert not [v for v in volumes(cli, applied) if v["site"] == "local-a" and v["status"] == "retained"]
 
+    # deleting a retained volume is a reviewed destroy: shown, then only with the data decision
+    kept = volume_of(cli, applied, "local-b", status="retained")
+    code, out, err = cli("volumes", "--delete", kept["id"], "--repo", str(applied.path))
+    assert code == 1 and f"DELETE retained volume {kept['id']} on local-b: shared of cluster dev" in out
+    assert "BLOCKED: deleting a volume is the data decision: pass --allow-data-loss" in out and Path(kept["path"]).is_dir()
+    code, out, err = cli("volumes", "--delete", first["id"], "--allow-data-loss", "--auto-approve", "--repo", str(applied.path))
+    assert code == 1 and f"volume {first['id']} is in use by cluster-dev: only a retained volume can be deleted" in err
+    code, out, err = cli("volumes", "--delete", kept["id"], "--allow-data-loss", "--auto-approve", "--repo", str(applied.path))
+    assert code == 0, out + err
+    assert f"deleted {kept['id']} (1 resource destroyed with its data)" in out
+    assert not Path(kept["path"]).exists() and not [v for v in volumes(cli, applied) if v["status"] == "retained"]
+
     code, out, err = cli("--dry-run", "--repo", str(applied.path))  # converged: nothing left to do
     assert code == 0, out + err
 

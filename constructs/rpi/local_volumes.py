@@ -118,12 +118,26 @@ def provisioners(state: StateLocation, store: ObjectStore | None = None) -> list
     ]
 
 
-def removed_block(address: str, state: StateLocation, facts: dict | None = None) -> dict:
-    """Destroy a volume whose configuration is gone, its directory or bucket with it (`facts`:
-    the resource's input in the state)."""
+def destroy_provisioner(state: StateLocation, facts: dict | None = None) -> dict:
+    """The destroy-time provisioner of a volume known from its state (`facts`: the resource's
+    input there): its directory, or its bucket in the store the input names."""
     store = bucket_store(facts or {})
     if store is not None:
-        destroy = {"when": "destroy", "command": bucket_destroy_command(), "environment": {REMOTE_ENV: remote(store)}}
-    else:
-        destroy = {"when": "destroy", "command": destroy_command(state)}
-    return {"from": address, "lifecycle": {"destroy": True}, "provisioner": [{"local-exec": destroy}]}
+        return {"local-exec": {"when": "destroy", "command": bucket_destroy_command(), "environment": {REMOTE_ENV: remote(store)}}}
+    return {"local-exec": {"when": "destroy", "command": destroy_command(state)}}
+
+
+def removed_block(address: str, state: StateLocation, facts: dict | None = None) -> dict:
+    """Destroy a volume whose configuration is gone, its directory or bucket with it."""
+    return {"from": address, "lifecycle": {"destroy": True}, "provisioner": [destroy_provisioner(state, facts)]}
+
+
+def deletion_stack(address: str, volume_id: str, facts: dict, state: StateLocation) -> dict:
+    """A stack of its own that takes one retained volume back (an import by its id) so that a
+    destroy removes it the way its own stack would have: with its destroy-time provisioner."""
+    rtype, name = address.split(".", 1)
+    return {
+        "terraform": {"backend": {"local": {"path": "terraform.tfstate"}}},
+        "resource": {rtype: {name: {"input": facts, "provisioner": [destroy_provisioner(state, facts)]}}},
+        "import": [{"to": address, "id": volume_id}],
+    }
