@@ -543,7 +543,10 @@ def test_storage_by_flavor(specs, synthesized):
         }
     ]
     callbacks = resources(dev, "google_compute_firewall")["firewall_storage_shared"]
-    assert callbacks["source_ranges"] == "${google_filestore_instance.storage_shared.networks[0].ip_addresses}"
+    range_ = "data.google_compute_global_address.private_services_range"
+    assert callbacks["source_ranges"] == [f"${{{range_}.address}}/${{{range_}.prefix_length}}"]
+    assert resources(dev, "google_compute_firewall") and doc(synthesized, "cluster-dev")["data"]["google_compute_global_address"][
+        "private_services_range"]["name"] == "gcp-zurich-private-services"
     assert callbacks["target_tags"] == ["dev-node"]
     slurm = doc(synthesized, "cluster-slurm-hpc")  # slurm: SSD, and scratch without local SSD
     assert resources(slurm, "google_filestore_instance")["storage_shared"]["tier"] == "BASIC_SSD"
@@ -709,3 +712,39 @@ def test_nodes_find_their_channel_and_key_through_their_metadata(specs):
     secret = resource["google_secret_manager_secret"]["munge_key"]
     assert secret["secret_id"] == "vc-gcp-zurich-slurm-hpc-munge-key"
     assert "google_secret_manager_secret_version" not in resource  # the value is the controller's, never Terraform's
+
+
+def test_every_firewall_source_is_known_at_the_first_plan(synthesized):
+    """Defect: the storage firewall took its sources from the Filestore instance's addresses,
+    unknown until it exists; the provider then refuses the rule at plan time ("one of
+    source_tags, source_ranges, or source_service_accounts must be defined",
+    hashicorp/terraform-provider-google#10894). Sources may name data sources (read at plan
+    time) and literals, never an attribute of a resource of the same plan."""
+    for name, text in synthesized.items():
+        for rule, body in resources(json.loads(text), "google_compute_firewall").items():
+            for field in ("source_ranges", "source_tags", "source_service_accounts"):
+                for value in ([body[field]] if isinstance(body.get(field), str) else body.get(field) or []):
+                    assert not re.search(r"\$\{(?!data\.)[a-z_]+\.", value), f"{name}: {rule}.{field} = {value}"
+
+
+def test_a_landing_zone_can_be_destroyed_past_its_private_services_connection(synthesized):
+    """Defect: without deletion_policy ABANDON, destroying the landing zone fails while
+    Google's producer services still hold the connection (#16275, #19908)."""
+    (connection,) = resources(doc(synthesized, "landing-zone"), "google_service_networking_connection").values()
+    assert connection["deletion_policy"] == "ABANDON"
+
+
+def test_a_node_with_bundled_local_ssd_is_not_replaced_on_every_plan(synthesized):
+    """Defect: a2-ultragpu types bundle their local SSDs, which the provider reads back into
+    scratch_disk (ForceNew, not Computed): without ignoring it, every plan replaces the node (#19648)."""
+    from rpi.catalog import catalog
+
+    machines = catalog("gcp").machine_types
+    seen = 0
+    for name, text in synthesized.items():
+        for node, body in resources(json.loads(text), "google_compute_instance").items():
+            ignored = body.get("lifecycle", {}).get("ignore_changes", [])
+            bundled = machines[body["machine_type"]].local_ssd == "bundled"
+            assert ("scratch_disk" in ignored) == bundled, f"{name}: {node} ({body['machine_type']})"
+            seen += bundled
+    assert seen  # the GPU example (icon) runs on such a type

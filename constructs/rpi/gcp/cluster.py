@@ -48,6 +48,7 @@ from rpi.gcp.landing_zone import (
     account_id,
     bucket_name,
     dns_zone_name,
+    private_services_name,
     google,
     private_bucket,
     resource_name,
@@ -466,9 +467,13 @@ def _pool(stack, spec: ClusterSpec, pool: ComputePool, subnet, account, binding:
         # first-boot data only matters at a node's first boot: a new version reaches the nodes
         # created after it, and running nodes when they are replaced on purpose (day-to-day
         # config comes through the config channel).
-        instance.add_override(
-            "lifecycle.ignore_changes", ["boot_disk[0].initialize_params[0].image", 'metadata["user-data"]']
-        )
+        ignored = ["boot_disk[0].initialize_params[0].image", 'metadata["user-data"]']
+        if catalog("gcp").machine_types[pool.machine_type].local_ssd == "bundled":
+            # The provider reads a type's bundled local SSDs back into scratch_disk, which is
+            # ForceNew and not Computed: every later plan would replace the node and wipe
+            # /scratch (hashicorp/terraform-provider-google#19648; the maintainers' workaround).
+            ignored.append("scratch_disk")
+        instance.add_override("lifecycle.ignore_changes", ignored)
         nodes.append(Node(hostname, pool.role, instance, external))
     return nodes
 
@@ -502,7 +507,12 @@ def filestore_capacity_gib(tier: str, size_gb: int) -> int:
 def _storage(stack, spec: ClusterSpec, network) -> tuple[dict, dict]:
     """File systems and buckets of the cluster: ({volume: mount facts}, {volume: bucket name})."""
     filesystems, buckets = {}, {}
+    private_services = None  # the site's range (its landing zone allocates it), read at plan time
     for volume in spec.storage:
+        if volume.kind == "shared" and private_services is None:
+            private_services = google("data_google_compute_global_address").DataGoogleComputeGlobalAddress(
+                stack, "private_services_range", name=private_services_name(spec.site)
+            )
         if volume.kind == "object":
             bucket = private_bucket(
                 stack,
@@ -519,7 +529,7 @@ def _storage(stack, spec: ClusterSpec, network) -> tuple[dict, dict]:
         elif volume.kind == "scratch":
             filesystems[volume.name] = _scratch(spec, volume)
         else:
-            filesystems[volume.name] = _filestore(stack, spec, volume, network)
+            filesystems[volume.name] = _filestore(stack, spec, volume, network, private_services)
     return filesystems, buckets
 
 
@@ -537,7 +547,8 @@ def _scratch(spec: ClusterSpec, volume: StorageVolume) -> dict:
     return {"type": "local-ssd", "mount": volume.mount, "gb_per_node": per_pool}
 
 
-def _filestore(stack, spec: ClusterSpec, volume: StorageVolume, network) -> dict:
+def _filestore(stack, spec: ClusterSpec, volume: StorageVolume, network, private_services) -> dict:
+    """A Filestore instance; `private_services`: the site's range, as a data source."""
     module = google("filestore_instance")
     tier = filestore_tier(volume.size_gb, shared_on_ssd(spec))
     capacity = filestore_capacity_gib(tier, volume.size_gb)
@@ -568,7 +579,10 @@ def _filestore(stack, spec: ClusterSpec, volume: StorageVolume, network) -> dict
     if volume.adopt:
         cdk.adopt(fs, volume.adopt)
     # NFSv3 calls back into its clients (lock manager, status monitor) on ports the client
-    # picks: the rule admits the file system's own addresses and nothing else.
+    # picks: the rule admits the site's private-services range, where every Filestore instance
+    # of the site takes its addresses, and nothing else. Not the instance's own addresses: they
+    # are unknown at the first plan, and the provider refuses a rule whose sources it cannot see
+    # (hashicorp/terraform-provider-google#10894). The range is read at plan time.
     firewall = google("compute_firewall")
     firewall.ComputeFirewall(
         stack,
@@ -576,7 +590,7 @@ def _filestore(stack, spec: ClusterSpec, volume: StorageVolume, network) -> dict
         name=resource_name(spec.site, spec.name, volume.name, "nfs"),
         network=network.id,
         direction="INGRESS",
-        source_ranges=fs.networks.get(0).ip_addresses,
+        source_ranges=[f"{private_services.address}/{cdk.cdktf.Token.as_string(private_services.prefix_length)}"],
         target_tags=[node_tag(spec.name)],
         allow=[firewall.ComputeFirewallAllow(protocol="all")],
         description=f"NFS callbacks from file system {volume.name} to the nodes of cluster {spec.name}",

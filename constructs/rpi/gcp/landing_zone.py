@@ -183,23 +183,31 @@ def _network(stack, spec: LandingZoneSpec, ranges: dict[str, str]) -> tuple:
     allocation = google("compute_global_address").ComputeGlobalAddress(
         stack,
         "private_services_range",
-        name=f"{spec.site}-private-services",
+        name=private_services_name(spec.site),
         purpose="VPC_PEERING",
         address_type="INTERNAL",
         address=str(private_services.network_address),
         prefix_length=private_services.prefixlen,
         network=network.id,
     )
-    # Removing it fails while Google still holds producer resources behind it, for a while even
-    # after the last Filestore instance is gone: removing a site may have to wait and retry.
+    # Removing the connection fails while Google still holds producer resources behind it, for
+    # a while even after the last Filestore instance is gone ("Producer services ... still using
+    # this connection", hashicorp/terraform-provider-google#16275, #19908): a destroy abandons
+    # it, and the peering goes with the network.
     google("service_networking_connection").ServiceNetworkingConnection(
         stack,
         "private_services",
         network=network.id,
         service="servicenetworking.googleapis.com",
         reserved_peering_ranges=[allocation.name],
+        deletion_policy="ABANDON",
     )
     return network, subnets
+
+
+def private_services_name(site: str) -> str:
+    """The site's private-services range: cluster stacks read it (their storage firewalls)."""
+    return f"{site}-private-services"
 
 
 def dns_zone_name(site: str) -> str:
