@@ -433,8 +433,8 @@ def test_ssh_only_to_login_nodes_from_allowed_cidrs(synthesized):
 def test_access_groups_open_ssm_sessions_by_tag(synthesized):
     gpu = doc(synthesized, "cluster-gpu-ai")
     assert sorted(g["name"] for g in resources(gpu, "aws_iam_group").values()) == [
-        "gpu-ai-hpc-admins",
-        "gpu-ai-ml-researchers",
+        "aws-frankfurt-gpu-ai-hpc-admins",
+        "aws-frankfurt-gpu-ai-ml-researchers",
     ]
     policies = resources(gpu, "aws_iam_group_policy")
     admins = json.loads(policies["group_hpc-admins_sessions"]["policy"])["Statement"][0]
@@ -540,3 +540,28 @@ def test_lustre_and_efs_reach_the_nodes_as_what_they_mount(synthesized):
     dnf = bootstrap.missing_packages(wanted, "dnf")
     assert ("lustre-client" in dnf) == ("mount.lustre" in absent) and ("slurm-slurmd" in dnf) == ("slurmd" in absent)
     assert set(bootstrap.missing_packages(wanted, "apt")) <= {"lustre-client-utils", "nfs-common", "slurmd", "munge"}
+
+
+# What IAM and S3 name account-wide (S3: worldwide), with the attribute that holds the name.
+ACCOUNT_GLOBAL = {
+    "aws_iam_group": "name", "aws_iam_role": "name", "aws_iam_policy": "name", "aws_iam_user": "name",
+    "aws_iam_instance_profile": "name", "aws_s3_bucket": "bucket",
+}
+
+
+def test_every_account_global_name_carries_the_site(synthesized):
+    """Defect: IAM group names (`gpu-ai-hpc-admins`) carried no site, and IAM names are global
+    to an account: a move between two sites of one account failed with EntityAlreadyExists while
+    the source still existed, which make-before-break requires."""
+    checked = 0
+    for name, text in synthesized.items():
+        document = json.loads(text)
+        adopted = {i["to"] for i in document.get("import") or ()}  # an existing resource keeps its name
+        for rtype, attribute in ACCOUNT_GLOBAL.items():
+            for construct, body in resources(document, rtype).items():
+                if f"{rtype}.{construct}" in adopted:
+                    continue
+                value = body.get(attribute) or body.get(f"{attribute}_prefix") or ""
+                assert SITE in value or value.startswith("${aws_iam_role."), f"{name}: {rtype}.{construct} is named {value!r}"
+                checked += 1
+    assert checked > 20

@@ -470,7 +470,9 @@ def _access(stack, spec: ClusterSpec) -> None:
                 ),
             ]
         )
-        iam = aws("iam_group").IamGroup(stack, f"group_{group.name}", name=f"{spec.name}-{group.name}")
+        # IAM names are global to the account: with the site, so that a move between two sites of
+        # one account can create the target's groups while the source's still exist
+        iam = aws("iam_group").IamGroup(stack, f"group_{group.name}", name=f"{spec.site}-{spec.name}-{group.name}")
         aws("iam_group_policy").IamGroupPolicy(
             stack, f"group_{group.name}_sessions", name="ssm-sessions", group=iam.name, policy=document
         )
