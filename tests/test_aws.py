@@ -565,3 +565,18 @@ def test_every_account_global_name_carries_the_site(synthesized):
                 assert SITE in value or value.startswith("${aws_iam_role."), f"{name}: {rtype}.{construct} is named {value!r}"
                 checked += 1
     assert checked > 20
+
+
+def test_nodes_use_their_own_buckets_and_containers_reach_the_instance_credentials(synthesized):
+    """Defects: the node role had only AmazonSSMManagedInstanceCore, so nodes could not use the
+    cluster's buckets; and a hop limit of 1 kept the instance credentials from containers."""
+    gpu = doc(synthesized, "cluster-gpu-ai")
+    (access,) = [json.loads(p["policy"]) for p in resources(gpu, "aws_iam_role_policy").values() if p["name"] == "own-buckets"]
+    buckets = {f"arn:aws:s3:::${{aws_s3_bucket.bucket_{v}.bucket}}" for v in ("checkpoints", "datasets")}
+    listed, objects = access["Statement"]
+    assert set(listed["Resource"]) == buckets and set(objects["Resource"]) == {f"{b}/*" for b in buckets}
+    assert "s3:PutObject" in objects["Action"] and "*" not in json.dumps(listed["Resource"])
+    assert not [p for p in resources(doc(synthesized, "cluster-dev"), "aws_iam_role_policy").values() if p["name"] == "own-buckets"]
+    for name in ("cluster-dev", "cluster-gpu-ai"):  # on the instances: changed in place, replacing no node
+        for body in resources(doc(synthesized, name), "aws_instance").values():
+            assert body["metadata_options"]["http_put_response_hop_limit"] == 2

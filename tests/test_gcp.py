@@ -748,3 +748,14 @@ def test_a_node_with_bundled_local_ssd_is_not_replaced_on_every_plan(synthesized
             assert ("scratch_disk" in ignored) == bundled, f"{name}: {node} ({body['machine_type']})"
             seen += bundled
     assert seen  # the GPU example (icon) runs on such a type
+
+
+def test_nodes_use_their_own_buckets(synthesized):
+    """Defect: the node service account had no role on the cluster's buckets."""
+    gpu = doc(synthesized, "cluster-gpu-ai")
+    grants = {k: g for k, g in resources(gpu, "google_storage_bucket_iam_member").items() if g["bucket"] != "swisstwins-reconcile-state"}
+    buckets = resources(gpu, "google_storage_bucket")  # (the state bucket's grant is the config channel's)
+    assert {g["bucket"] for g in grants.values()} == {f"${{google_storage_bucket.{b}.name}}" for b in buckets}
+    assert {(g["role"], g["member"]) for g in grants.values()} == {
+        ("roles/storage.objectUser", "serviceAccount:${google_service_account.node_account.email}")
+    }

@@ -57,6 +57,7 @@ def build(stack, spec: ClusterSpec) -> None:
     profile, role = _node_profile(stack, spec)
     images: dict[str, str] = {}
     filesystems, buckets = _storage(stack, spec, subnet, groups["nodes"])
+    _bucket_access(stack, role, buckets)
     binding = _channel(stack, spec, role, filesystems)
     instances = {pool.name: _pool(stack, spec, pool, subnet, groups, profile, images, binding) for pool in spec.pools}
     _names(stack, spec, vpc)
@@ -234,6 +235,21 @@ def _node_profile(stack, spec: ClusterSpec):
     return aws("iam_instance_profile").IamInstanceProfile(stack, "node_profile", name=role.name, role=role.name), role
 
 
+def _bucket_access(stack, role, buckets: dict) -> None:
+    """The nodes read and write their own cluster's buckets, and no other bucket."""
+    if not buckets:
+        return
+    arns = [f"arn:aws:s3:::{name}" for _, name in sorted(buckets.items())]
+    aws("iam_role_policy").IamRolePolicy(
+        stack, "node_buckets", name="own-buckets", role=role.name,
+        policy=policy([
+            statement(["s3:ListBucket", "s3:GetBucketLocation"], arns, sid="List"),
+            statement(["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"],
+                      [f"{arn}/*" for arn in arns], sid="Objects"),
+        ]),
+    )
+
+
 def _channel(stack, spec: ClusterSpec, role, filesystems: dict) -> dict:
     """The cluster's config channel in the site's state bucket, the secret container of its
     munge key, and what the node role may do with them: read the config, write its own
@@ -309,7 +325,9 @@ def _pool(stack, spec: ClusterSpec, pool: ComputePool, subnet, groups: dict, pro
                 placement_group=placement.name if placement else None,
                 # the node package reads its binding from the tags (instance metadata, IMDSv2 only);
                 # set on the instance, where a change is made in place
-                metadata_options={"http_endpoint": "enabled", "http_tokens": "required", "instance_metadata_tags": "enabled"},
+                # hop limit 2: containers on the node (one hop more) get its credentials too
+                metadata_options={"http_endpoint": "enabled", "http_tokens": "required", "instance_metadata_tags": "enabled",
+                                  "http_put_response_hop_limit": 2},
                 tags={"Name": hostname, **tags, **binding, "vcluster-hostname": hostname, "vcluster-pool": pool.name},
             )
         )
@@ -345,7 +363,9 @@ def _launch_template(stack, spec: ClusterSpec, pool: ComputePool, name: str, pro
         # Encoded here rather than with Terraform's base64encode: the same bytes, visible in the JSON.
         user_data=base64.b64encode(user_data(spec)).decode() if spec.user_data else None,
         iam_instance_profile={"arn": profile.arn},
-        metadata_options={"http_endpoint": "enabled", "http_tokens": "required"},  # IMDSv2 only
+        # IMDSv2 only. The instances set the rest (hop limit, tags): a change there is made in place,
+        # while a new template version would replace every instance that follows it.
+        metadata_options={"http_endpoint": "enabled", "http_tokens": "required"},
         block_device_mappings=[
             module.LaunchTemplateBlockDeviceMappings(
                 device_name="/dev/xvda",  # the root device of Amazon Linux 2023 images

@@ -112,6 +112,10 @@ def build(stack, spec: ClusterSpec) -> None:
     _firewall(stack, spec, network)
     account = _node_account(stack, spec)
     filesystems, buckets = _storage(stack, spec, network)
+    for volume, name in sorted(buckets.items()):  # the nodes use their own cluster's buckets, and no other
+        google("storage_bucket_iam_member").StorageBucketIamMember(
+            stack, f"bucket_{volume}_nodes", bucket=name, role="roles/storage.objectUser", member=service_account_member(account)
+        )
     binding = _channel(stack, spec, account, filesystems)
     instances = {pool.name: _pool(stack, spec, pool, subnet, account, binding) for pool in spec.pools}
     _names(stack, spec)
