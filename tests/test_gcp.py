@@ -759,3 +759,50 @@ def test_nodes_use_their_own_buckets(synthesized):
     assert {(g["role"], g["member"]) for g in grants.values()} == {
         ("roles/storage.objectUser", "serviceAccount:${google_service_account.node_account.email}")
     }
+
+
+@pytest.mark.parametrize(
+    "case, finished_for, has_cloud_init, status, runs",
+    [
+        ("finished for this instance", "4242", True, "status: done", False),
+        ("shipped disabled", "", True, "status: disabled", True),
+        ("finished for the image's build instance only", "17", True, "status: done", True),
+        ("missing from the image", "", False, "", True),
+    ],
+)
+def test_the_shim_runs_the_user_data_unless_cloud_init_finished_it_for_this_instance(
+    tmp_path, case, finished_for, has_cloud_init, status, runs
+):
+    """Defect: the shim only checked that cloud-init was installed, so an image shipping it
+    disabled skipped the user data without a word. The metadata server, cloud-init and dnf
+    cannot run here: they are stand-ins on PATH that record their calls; the shim is the real one."""
+    import subprocess
+
+    from rpi.gcp.cluster import CLOUD_INIT_SHIM
+
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
+    bin_dir.mkdir()
+    stubs = {
+        "curl": "echo 4242",
+        "logger": 'echo "logger $*" >&2',
+        "dnf": f'echo "dnf $*" >> {calls}; printf \'#!/bin/sh\\necho "cloud-init $*" >> {calls}\\n\' > {bin_dir}/cloud-init; chmod +x {bin_dir}/cloud-init',
+    }
+    if has_cloud_init:
+        stubs["cloud-init"] = f'echo "cloud-init $*" >> {calls}; [ "$1" = status ] && echo "{status}"; true'
+    for name, body in stubs.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    if finished_for:
+        (tmp_path / "cloud" / "instances" / finished_for).mkdir(parents=True)
+        (tmp_path / "cloud" / "instances" / finished_for / "boot-finished").write_text("")
+    script = tmp_path / "shim.sh"
+    script.write_text(CLOUD_INIT_SHIM)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "VCLUSTER_CLOUD_DIR": str(tmp_path / "cloud")}
+    done = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, timeout=30)
+    assert done.returncode == 0, done.stderr
+    made = calls.read_text().splitlines() if calls.exists() else []
+    ran = "cloud-init modules --mode=final" in made
+    assert ran == runs, (case, made, done.stderr)
+    if runs:
+        assert "cloud-init init --local" in made and "running it now" in done.stderr  # said, never silent
+    assert ("dnf -y install cloud-init" in made) == (not has_cloud_init)

@@ -15,8 +15,10 @@ builds and Slurm run the same on every node of a cluster; a driver preinstalled 
 not installed by cloud-init, keeps the cloud-init the same bytes on every platform. The
 driver branch is pinned in the family name: `-latest` would change it under a running cluster.
 Google's Rocky Linux images boot with Google's guest agent, and cloud-init is not part of every
-one of them: a small startup script (`CLOUD_INIT_SHIM`, which the guest agent runs) installs
-and runs cloud-init where the image lacks it, and does nothing where cloud-init already ran.
+one of them: a small startup script (`CLOUD_INIT_SHIM`, which the guest agent runs at every
+boot) runs the user data unless cloud-init has finished it for this very instance (the image
+may lack cloud-init, ship it disabled, or carry the marker of the instance it was built on),
+installing cloud-init where it is missing, and says so in the journal.
 
 Access: an access group `g` is the Google group `group:g@DOMAIN`, where DOMAIN is the site's
 label `iam_domain` (e.g. `iam_domain: swisstwins.ch` in `sites/gcp-zurich.yaml`). Group names
@@ -67,13 +69,24 @@ IMAGES = {
 # Run by Google's guest agent at every boot, after the network is up.
 CLOUD_INIT_SHIM = """\
 #!/bin/bash
-# cloud-init reads the user-data metadata; install and run it where the image lacks it.
-set -euo pipefail
+# cloud-init reads the user-data metadata. Run it here unless it has finished for this very
+# instance: the image may lack it, ship it disabled, or it may not have run. Never silent.
+set -eo pipefail
+cloud_dir=/var/lib/cloud
+if [ -n "$VCLUSTER_CLOUD_DIR" ]; then cloud_dir=$VCLUSTER_CLOUD_DIR; fi  # tests only
+id=$(curl -fsS -H 'Metadata-Flavor: Google' http://metadata.google.internal/computeMetadata/v1/instance/id)
+finished="$cloud_dir/instances/$id/boot-finished"
+if [ -e "$finished" ]; then exit 0; fi
 if ! command -v cloud-init >/dev/null; then
+  logger -s -t vcluster "cloud-init is missing: installing it to run the user data"
   dnf -y install cloud-init
-  cloud-init init --local && cloud-init init
-  cloud-init modules --mode=config && cloud-init modules --mode=final
+elif cloud-init status 2>/dev/null | grep -q 'status: running'; then
+  cloud-init status --wait >/dev/null 2>&1 || true  # on its way: let it finish
+  if [ -e "$finished" ]; then exit 0; fi
 fi
+logger -s -t vcluster "cloud-init has not run the user data of instance $id: running it now"
+cloud-init init --local && cloud-init init
+cloud-init modules --mode=config && cloud-init modules --mode=final
 """
 BOOT_DISK_GB = 100
 BOOT_DISK_TYPE = "pd-balanced"  # offered on every series of the catalog (n2, c2, c3, a2, a3)
