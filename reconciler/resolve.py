@@ -166,6 +166,7 @@ def _site_unit(site: Site, path: str) -> Unit:
             name=network_name(site.name),
             cidr=net.cidr,
             subnets=(Subnet("services", net.services_subnet, gateway),),
+            clusters_range=net.clusters_range,
         ),
         control_plane=ComputePool(
             name="control",

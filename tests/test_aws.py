@@ -580,3 +580,14 @@ def test_nodes_use_their_own_buckets_and_containers_reach_the_instance_credentia
     for name in ("cluster-dev", "cluster-gpu-ai"):  # on the instances: changed in place, replacing no node
         for body in resources(doc(synthesized, name), "aws_instance").values():
             assert body["metadata_options"]["http_put_response_hop_limit"] == 2
+
+
+def test_cluster_subnets_reach_the_landing_zone_services_and_only_their_ports(synthesized):
+    """Defect: the services run on EKS's managed nodes, whose cluster security group admits
+    only itself; the permissive group was on the control-plane interfaces alone, so no cluster
+    could reach its site's LDAP, Keycloak or Vault."""
+    zone = doc(synthesized, "landing-zone")
+    rules = [r for r in resources(zone, "aws_vpc_security_group_ingress_rule").values()
+             if r["security_group_id"] == "${aws_eks_cluster.eks.vpc_config[0].cluster_security_group_id}"]
+    assert sorted(r["from_port"] for r in rules) == [389, 4646, 8200, 8443, 8500]
+    assert {(r["ip_protocol"], r["cidr_ipv4"], r["from_port"] == r["to_port"]) for r in rules} == {("tcp", "10.60.128.0/17", True)}

@@ -25,6 +25,7 @@ class Network:
     name: str
     cidr: str
     subnets: tuple[Subnet, ...]
+    clusters_range: str = ""  # where the site's cluster subnets are carved: what may reach its services
 
 
 @dataclass(frozen=True)
@@ -191,6 +192,15 @@ class ClusterSpec:
 # every platform, so that layers 2 and 3 never change with the site.
 PRIVATE_DOMAIN = "vcluster.internal"
 SERVICE_DOMAIN = f"svc.{PRIVATE_DOMAIN}"
+
+
+def service_port(address: str) -> int:
+    """The TCP port a service's address names, or its scheme's (`ldap://h:389`, `https://h`)."""
+    match = re.search(r":(\d+)(?:/|$)", address)
+    if match:
+        return int(match.group(1))
+    scheme = address.split("://", 1)[0] if "://" in address else ""
+    return {"ldap": 389, "ldaps": 636, "https": 443, "http": 80}.get(scheme, 0)
 
 
 def service_ip(address: str) -> str:

@@ -25,7 +25,7 @@ import re
 from collections.abc import Sequence
 
 from rpi import cdk
-from rpi.spec import PRIVATE_DOMAIN, SERVICE_DOMAIN, ComputePool, LandingZoneSpec, service_ip
+from rpi.spec import PRIVATE_DOMAIN, SERVICE_DOMAIN, ComputePool, LandingZoneSpec, service_ip, service_port
 
 # Managed policies, by the role that needs them (AWS documents these for EKS).
 EKS_CLUSTER_POLICIES = ("AmazonEKSClusterPolicy",)
@@ -279,6 +279,20 @@ def _eks(stack, spec: LandingZoneSpec, private: list, control_plane):
         access_config={"authentication_mode": "API", "bootstrap_cluster_creator_admin_permissions": True},
         depends_on=attached,  # EKS needs its policy before it can create its network interfaces
     )
+    # The managed nodes, where the services run, carry EKS's cluster security group, which
+    # admits only itself: the clusters' subnets reach the services' ports, and nothing else.
+    for port in sorted({service_port(s.address) for s in spec.services} - {0}):
+        names = ", ".join(sorted(s.name for s in spec.services if service_port(s.address) == port))
+        aws("vpc_security_group_ingress_rule").VpcSecurityGroupIngressRule(
+            stack,
+            f"services_from_clusters_{port}",
+            security_group_id=cluster.vpc_config.cluster_security_group_id,
+            ip_protocol="tcp",
+            from_port=port,
+            to_port=port,
+            cidr_ipv4=spec.network.clusters_range,
+            description=f"{names} from the cluster subnets",
+        )
     node_role, node_attached = iam_role(
         stack, "eks_nodes", f"{spec.site}-eks-nodes", {"Service": "ec2.amazonaws.com"}, EKS_NODE_POLICIES
     )
