@@ -83,4 +83,5 @@ def test_failover_patch_applies_with_git(applied, cli, tmp_path):
     code, out, err = cli("failover", "--site", "local-b", "--patch", str(tmp_path / "f.patch"), "--repo", str(applied.path))
     assert code == 0
     applied.git("apply", "--check", str(tmp_path / "f.patch"))
-    assert GitSource(applied.path).head() is not None
+    applied.git("apply", str(tmp_path / "f.patch"))  # what the patch does: slurm-hpc leaves local-b
+    assert "site: local-a" in applied.read("clusters/slurm-hpc.yaml").split("failover:")[0]

@@ -166,3 +166,18 @@ def test_an_object_store_is_checked(repo, site, block, expected):
     repo.replace(f"sites/{site}.yaml", "\nservices:\n", "\nservices:\n" + block)
     (found,) = problems(repo)
     assert found.startswith(f"sites/{site}.yaml:") and expected in found, found
+
+
+def test_the_readmes_site_examples_validate_beside_the_example_sites(repo):
+    """Every site in the README's examples (YAML blocks that name the site schema) loads beside
+    this repository's own sites: fields, and an address space apart from theirs."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    blocks = [b for b in re.findall(r"```yaml\n(.*?)```", readme, re.S) if "schema/site.schema.json" in b]
+    assert blocks
+    for block in blocks:
+        name = re.search(r"^name: (\S+)", block, re.M).group(1)
+        repo.write(f"sites/{name}.yaml", block)
+    load(GitSource(repo.path).working_tree())  # raises on any problem
