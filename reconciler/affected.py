@@ -51,13 +51,15 @@ def select(
     for key, unit in head.items():
         reasons: list[str] = []
         previous = base.get(key) if base is not None else None
-        if base is not None and previous is None:
+        new = base is not None and previous is None
+        if new:  # one reason says it all: its files are new, and it was never applied here
             reasons.append(_new_reason(unit, base))
-        reasons += [file_reason(p) for p in unit.inputs if p in changed]
+        else:
+            reasons += [file_reason(p) for p in unit.inputs if p in changed]
         if previous is not None and previous.config_hash != unit.config_hash and not reasons:
             reasons.append(f"{unit.platform} platform code changed")
         record = live.get(key, UNKNOWN)
-        if record is None:
+        if record is None and not new:
             reasons.append("never applied")
         elif isinstance(record, LiveRecord) and record.interrupted_at:
             reasons.append(f"last apply was interrupted at {record.interrupted_at}")

@@ -162,8 +162,8 @@ def footer(plans: list[UnitPlan]) -> str:
     failed = [p for p in plans if p.status == FAILED]
     unsupported = [p for p in plans if p.status == UNSUPPORTED]
     offline = [p for p in plans if p.status == OFFLINE and p.pending]
-    if not pending and not failed:
-        return "Nothing to do." if not plans else "Nothing to do: the selected stacks match their plans."
+    if not pending and not failed:  # with no plan at all, the plan's first line said so
+        return "" if not plans else "Nothing to do: the selected stacks match their plans."
     text = f"Plan: {counts_text(totals(plans))} in {len(pending) - len(unsupported)} stack(s)."
     if offline:
         text += f" {len(offline)} of them offline (configuration only)."

@@ -68,7 +68,7 @@ def test_new_never_applied_and_platform_code_reasons():
     got = chosen(select(head, base, frozenset(), {"site:a": record(SITE_A), "cluster:dev@a": None}))
     assert got == [
         (APPLY, "site:a", ("local platform code changed", "live state differs from git (last applied at abcdef1)")),
-        (APPLY, "cluster:dev@a", ("new definition: clusters/dev.yaml", "never applied")),
+        (APPLY, "cluster:dev@a", ("new definition: clusters/dev.yaml",)),
     ]
 
 
@@ -102,7 +102,7 @@ def test_a_move_destroys_the_source_after_the_target_and_names_both_sites():
     live = {**live_of(SITE_A, SITE_B, DEV_A), DEV_B.key: None}
     got = chosen(select(head, base, frozenset({"clusters/dev.yaml"}), live))
     assert got == [
-        (APPLY, "cluster:dev@b", ("placed here, was on a", "cluster file changed: clusters/dev.yaml", "never applied")),
+        (APPLY, "cluster:dev@b", ("placed here, was on a",)),
         (DESTROY, "cluster:dev@a", ("moved to b: destroy here",)),
     ]
 
@@ -171,4 +171,4 @@ def test_a_move_target_joins_the_run_once_whatever_the_number_of_sources():
 def test_a_new_cluster_beside_others_is_new_not_moved():
     base, head = keyed(SITE_A, WEB_A), keyed(SITE_A, WEB_A, DEV_A)
     got = chosen(select(head, base, frozenset(), {**live_of(SITE_A, WEB_A), DEV_A.key: None}))
-    assert got == [(APPLY, "cluster:dev@a", ("new definition: clusters/dev.yaml", "never applied"))]
+    assert got == [(APPLY, "cluster:dev@a", ("new definition: clusters/dev.yaml",))]
