@@ -309,8 +309,8 @@ def test_efa_interfaces_on_the_p4de_nodes(synthesized):
     assert interfaces["node_gpu_1_interface"]["interface_type"] == "efa"
     assert "interface_type" not in interfaces["node_login_0_interface"]
     node = resources(gpu, "aws_instance")["node_gpu_0"]
-    assert node["primary_network_interface"] == {
-        "network_interface_id": "${aws_network_interface.node_gpu_0_interface.id}"
+    assert node["network_interface"][0] == {
+        "device_index": 0, "network_card_index": 0, "network_interface_id": "${aws_network_interface.node_gpu_0_interface.id}"
     }
     assert node["tags"]["local-nvme-gb"] == "7600"
     self_rules = [
@@ -591,3 +591,34 @@ def test_cluster_subnets_reach_the_landing_zone_services_and_only_their_ports(sy
              if r["security_group_id"] == "${aws_eks_cluster.eks.vpc_config[0].cluster_security_group_id}"]
     assert sorted(r["from_port"] for r in rules) == [389, 4646, 8200, 8443, 8500]
     assert {(r["ip_protocol"], r["cidr_ipv4"], r["from_port"] == r["to_port"]) for r in rules} == {("tcp", "10.60.128.0/17", True)}
+
+
+def test_efa_runs_on_every_network_card_of_the_machine(synthesized):
+    """Defect: p4de.24xlarge has four network cards and the nodes got one EFA interface, on
+    card 0: a quarter of the bandwidth. EFA cannot be attached to a running instance, so each
+    card's interface is declared at launch, with its card index. The count comes from the
+    catalog, which names its source."""
+    from rpi.catalog import catalog
+
+    machines = catalog("aws").machine_types
+    assert machines["p4de.24xlarge"].efa_interfaces == 4 and machines["p5.48xlarge"].efa_interfaces == 32
+    assert any("vpc.amazonaws.com/efa" in source for source in json.loads((ROOT / "constructs/rpi/aws/catalog.json").read_text())["sources"])
+    gpu = doc(synthesized, "cluster-gpu-ai")
+    nodes = resources(gpu, "aws_instance")
+    interfaces = resources(gpu, "aws_network_interface")
+    for name, node in nodes.items():
+        cards = machines[node_type(gpu, node)].efa_interfaces
+        ignored = node["lifecycle"]["ignore_changes"]
+        assert "network_interface" in ignored and "primary_network_interface" in ignored  # no running node replaced
+        if cards <= 1:
+            assert "network_interface" not in node and node["primary_network_interface"]
+            continue
+        blocks = node["network_interface"]
+        assert sorted(b["network_card_index"] for b in blocks) == list(range(cards)) and "primary_network_interface" not in node
+        extra = [interfaces[b["network_interface_id"].split(".")[1]] for b in blocks if b["network_card_index"]]
+        assert {e["interface_type"] for e in extra} == {"efa-only"} and not any("private_ips" in e for e in extra)
+
+
+def node_type(document: dict, node: dict) -> str:
+    template = node["launch_template"]["id"].split(".")[1]
+    return resources(document, "aws_launch_template")[template]["instance_type"]

@@ -28,6 +28,7 @@ class MachineType:
     local_ssd_gb: int
     local_ssd: str  # bundled | attachable | none
     fabric: str  # e.g. "efa"; "" when none
+    efa_interfaces: int = 0  # AWS: the EFA interfaces the type takes, one per network card that has one
 
     def describe(self) -> str:
         gpu = f", {self.gpu_count}x {self.gpu_model}" if self.gpu_count else ""

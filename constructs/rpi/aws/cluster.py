@@ -15,6 +15,7 @@ import ipaddress
 import math
 
 from rpi import cdk, registry
+from rpi.catalog import catalog
 from rpi.aws.landing_zone import (
     aws,
     bucket_name,
@@ -313,25 +314,54 @@ def _pool(stack, spec: ClusterSpec, pool: ComputePool, subnet, groups: dict, pro
     if pool.node.local_ssd_gb:
         # Instance-store NVMe comes with the machine type: nothing to attach, cloud-init formats it.
         tags["local-nvme-gb"] = str(pool.node.local_ssd_gb)
+    cards = catalog("aws").machine_types[pool.machine_type].efa_interfaces if pool.fabric == "efa" else 0
     instances = []
     for index, (hostname, address) in enumerate(zip(pool.hostnames, pool.addresses, strict=True)):
         interface = _interface(stack, pool, index, hostname, address, subnet, security_groups)
-        instances.append(
-            aws("instance").Instance(
-                stack,
-                f"node_{pool.name}_{index}",
-                launch_template={"id": template.id, "version": version},
-                primary_network_interface={"network_interface_id": interface.id},
-                placement_group=placement.name if placement else None,
-                # the node package reads its binding from the tags (instance metadata, IMDSv2 only);
-                # set on the instance, where a change is made in place
-                # hop limit 2: containers on the node (one hop more) get its credentials too
-                metadata_options={"http_endpoint": "enabled", "http_tokens": "required", "instance_metadata_tags": "enabled",
-                                  "http_put_response_hop_limit": 2},
-                tags={"Name": hostname, **tags, **binding, "vcluster-hostname": hostname, "vcluster-pool": pool.name},
-            )
+        if cards > 1:
+            # EFA on every network card, declared at launch (EFA cannot be attached to a running
+            # instance): the primary ENA+EFA interface on card 0, an EFA-only interface (no
+            # address, so none of the subnet's planned addresses is taken) on each other card.
+            # Through `network_interface`, which takes a card index: `primary_network_interface`
+            # conflicts with it and holds one interface only.
+            extra = [_efa_only(stack, pool, index, card, hostname, subnet, groups["nodes"].id) for card in range(1, cards)]
+            interfaces = {"network_interface": [
+                {"device_index": 0, "network_card_index": 0, "network_interface_id": interface.id},
+                *({"device_index": 0, "network_card_index": card, "network_interface_id": e.id} for card, e in enumerate(extra, 1)),
+            ]}
+        else:
+            interfaces = {"primary_network_interface": {"network_interface_id": interface.id}}
+        node = aws("instance").Instance(
+            stack,
+            f"node_{pool.name}_{index}",
+            launch_template={"id": template.id, "version": version},
+            placement_group=placement.name if placement else None,
+            # the node package reads its binding from the tags (instance metadata, IMDSv2 only);
+            # set on the instance, where a change is made in place
+            # hop limit 2: containers on the node (one hop more) get its credentials too
+            metadata_options={"http_endpoint": "enabled", "http_tokens": "required", "instance_metadata_tags": "enabled",
+                              "http_put_response_hop_limit": 2},
+            tags={"Name": hostname, **tags, **binding, "vcluster-hostname": hostname, "vcluster-pool": pool.name},
         )
+        for block, value in interfaces.items():
+            node.add_override(block, value)
+        # Interfaces are chosen at launch: a node keeps its own until it is replaced on purpose
+        # (a change of interface layout replaces no running node).
+        node.add_override("lifecycle.ignore_changes", ["primary_network_interface", "network_interface"])
+        instances.append(node)
     return instances
+
+
+def _efa_only(stack, pool: ComputePool, index: int, card: int, hostname: str, subnet, nodes_group: str):
+    """An EFA-only interface for one more network card of a node: OS-bypass traffic only."""
+    return aws("network_interface").NetworkInterface(
+        stack,
+        f"node_{pool.name}_{index}_efa_{card}",
+        subnet_id=subnet.id,
+        security_groups=[nodes_group],  # the group that admits itself carries EFA traffic
+        interface_type="efa-only",
+        tags={"Name": f"{hostname}-efa-{card}"},
+    )
 
 
 def _interface(stack, pool: ComputePool, index: int, hostname: str, address: str, subnet, security_groups: list):
