@@ -284,7 +284,8 @@ def _verdicts(assessment: Assessment) -> dict[str, str]:
 
 
 def cmd_comment(settings: Settings, args) -> int:
-    pr = ghflow.post_comment_dir(ghflow.connect(args.github_repo), Path(args.from_dir), args.expect_head)
+    # this checkout (default-branch code) reads the planned commit's definitions as data
+    pr = ghflow.post_comment_dir(ghflow.connect(args.github_repo), Path(args.from_dir), args.expect_head, GitSource(settings.root))
     sys.stderr.write(f"plan comment posted on #{pr}\n")
     return Exit.OK
 

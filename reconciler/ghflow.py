@@ -18,7 +18,8 @@ from reconciler import comment
 from reconciler.errors import ReconcileError
 from reconciler.event import Event
 from reconciler.github import DEFAULT_AUTHOR, PUBLIC_API, GitHub, GitHubError
-from reconciler.run import Assessment, UnitPlan
+from reconciler.gitsource import GitSource
+from reconciler.run import Assessment, UnitPlan, desired
 
 STATUS_CONTEXT = "reconcile/apply"
 DRIFT_TITLE = "Drift: live state differs from git"
@@ -92,9 +93,10 @@ def write_comment_dir(directory: Path, bodies: list[str], pr: int | None, head_s
     (directory / "meta.json").write_text(json.dumps({"pr": pr, "head_sha": head_sha, "parts": len(bodies)}) + "\n")
 
 
-def post_comment_dir(gh: GitHub, directory: Path, expect_head: str | None) -> int:
+def post_comment_dir(gh: GitHub, directory: Path, expect_head: str | None, source: GitSource | None = None) -> int:
     """Post prepared parts as the sticky comment. The files are data from an untrusted run: the
-    pull request number must be a number and its head must still be the commit planned."""
+    pull request number must be a number, its head must still be the commit planned, and (with
+    `source`, this job's checkout) the reviewed hashes must be the ones recomputed here."""
     meta = json.loads((directory / "meta.json").read_text())
     pr, head = meta.get("pr"), meta.get("head_sha")
     if not isinstance(pr, int) or pr <= 0:
@@ -107,8 +109,47 @@ def post_comment_dir(gh: GitHub, directory: Path, expect_head: str | None) -> in
     bodies = [(directory / f"part-{i}.md").read_text() for i in range(1, int(meta["parts"]) + 1)]
     if not all(body.startswith(comment.MARKER.rstrip(" ->")) for body in bodies):
         raise ReconcileError("a comment part does not start with the plan marker")
+    if source is not None:
+        check_reviewed_hashes(comment.parse_reviewed("\n".join(bodies)), source, head)
     gh.upsert(pr, bodies, comment.MARKER)
     return pr
+
+
+def check_reviewed_hashes(reviewed: dict | None, source: GitSource, head: str) -> None:
+    """The hashes that the gate will trust after merge are recomputed here, by this job's own
+    code, from the planned commit's definitions read as data (no Node, nothing of the pull
+    request executed). An artifact whose reviewed block disagrees is refused, naming the stack:
+    the plan run wrote it, and for a fork that run is the fork's own code."""
+    if reviewed is None:
+        raise ReconcileError("the comment holds no well-formed reviewed block; refusing to post it")
+    if reviewed["head"] != head:
+        raise ReconcileError(f"the reviewed block names {reviewed['head'][:12]}, not the planned {head[:12]}; refusing to post it")
+    try:
+        snapshot = source.at_revision(head)
+    except ReconcileError:
+        raise ReconcileError(
+            f"the planned commit {head[:12]} is not in this checkout: fetch it first (git fetch origin {head}); "
+            "nothing was posted"
+        ) from None
+    units = desired(snapshot).units
+    wrong = []
+    for key, entry in sorted(reviewed["units"].items()):
+        unit = units.get(key)
+        if entry["action"] == "destroy":
+            if unit is not None:
+                wrong.append(f"{key}: the artifact says destroy, and {head[:7]} defines it")
+        elif unit is None:
+            wrong.append(f"{key}: the artifact says {entry['action']}, and {head[:7]} defines no such stack")
+        elif unit.config_hash != entry["config_hash"]:
+            wrong.append(
+                f"{key}: the artifact's configuration hash {entry['config_hash'][:12]} is not the one {head[:7]}'s "
+                f"definitions give here ({unit.config_hash[:12]})"
+            )
+    if wrong:
+        raise ReconcileError(
+            "the plan artifact disagrees with this job's own reading of the planned definitions; nothing was posted:\n  "
+            + "\n  ".join(wrong)
+        )
 
 
 # ---------------------------------------------------------------- gates before apply

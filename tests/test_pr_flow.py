@@ -87,7 +87,7 @@ def plan_and_comment(cli, applied, tmp_path, head):
     out_dir = tmp_path / "comment"
     code, out, err = cli("plan", "--comment-dir", str(out_dir), "--repo", str(applied.path), "--head", "HEAD")
     assert code == 2, out + err
-    code, out, err = cli("comment", "--from", str(out_dir), "--expect-head", head)
+    code, out, err = cli("comment", "--from", str(out_dir), "--expect-head", head, "--repo", str(applied.path))
     assert code == 0, err
 
 
@@ -173,7 +173,7 @@ def test_comment_for_a_moved_head_is_not_posted(applied, cli, github, webhooks, 
     out_dir = tmp_path / "comment"
     cli("plan", "--comment-dir", str(out_dir), "--repo", str(applied.path), "--head", "HEAD")
     github.issues[12]["head_sha"] = "f" * 40  # a newer push landed meanwhile
-    code, out, err = cli("comment", "--from", str(out_dir))
+    code, out, err = cli("comment", "--from", str(out_dir), "--repo", str(applied.path))
     assert code == 1 and "has moved on" in err
     assert github.comments_on(12) == []
 
@@ -281,3 +281,25 @@ def test_a_reviewed_plan_for_an_older_head_is_refused(applied, cli, github, webh
     assert code == 1
     assert f"#12's reviewed plan was made for {head[:7]}, but its last head commit is {newer[:7]}: plan the pull request again" in err
     assert not (applied.path / ".reconcile" / "state" / "local-a" / "cluster-climate.tfstate").exists()
+
+
+def test_a_plan_artifact_with_forged_hashes_is_refused_by_the_comment_job(applied, cli, github, webhooks, actions, tmp_path):
+    """A fork's plan run writes the artifact, so what it says was reviewed is recomputed by the
+    comment job's own code from the planned commit's definitions; a hash that disagrees is
+    refused, naming the stack, and nothing is posted."""
+    base, head = open_pull_request(applied, github, webhooks, actions)
+    out_dir = tmp_path / "comment"
+    code, out, err = cli("plan", "--comment-dir", str(out_dir), "--repo", str(applied.path), "--head", "HEAD")
+    assert code == 2, out + err
+    part = out_dir / "part-1.md"
+    reviewed = parse_reviewed(part.read_text())
+    honest = reviewed["units"]["cluster:climate@local-a"]["config_hash"]
+    part.write_text(part.read_text().replace(honest, "0" * len(honest)))  # what a fork's run could write
+    code, out, err = cli("comment", "--from", str(out_dir), "--expect-head", head, "--repo", str(applied.path))
+    assert code == 1
+    assert "cluster:climate@local-a: the artifact's configuration hash 000000000000 is not the one" in err, err
+    assert f"definitions give here ({honest[:12]})" in err and github.comments_on(12) == []
+    part.write_text(part.read_text().replace("0" * len(honest), honest))  # the honest artifact is posted
+    code, out, err = cli("comment", "--from", str(out_dir), "--expect-head", head, "--repo", str(applied.path))
+    assert code == 0, err
+    assert len(github.comments_on(12)) == 1

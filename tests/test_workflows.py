@@ -44,6 +44,9 @@ def test_comment_job_runs_trusted_code_only():
     checkout = next(s for s in job["steps"] if s.get("uses", "").startswith("actions/checkout"))
     assert "ref" not in (checkout.get("with") or {})  # the default branch, never the pull request's head
     assert job["permissions"]["pull-requests"] == "write" and job["permissions"]["contents"] == "read"
+    fetch, post = [s for s in job["steps"] if "run" in s][-2:]
+    assert "fetch --no-tags --depth=1 origin \"$PLANNED_SHA\"" in fetch["run"] and "checkout" not in fetch["run"]
+    assert "--repo ." in post["run"]  # the hashes are recomputed from that commit's definitions, as data
 
 
 def test_apply_uses_an_environment_and_never_drops_a_running_apply():
