@@ -8,7 +8,7 @@ import json
 import os
 import sys
 import traceback
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -96,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("--from", dest="from_dir", required=True, help="a directory written by plan --comment-dir")
             command.add_argument("--expect-head", help="refuse unless the comment was planned for this commit")
             command.add_argument("--github-repo", help="OWNER/NAME (default: GITHUB_REPOSITORY)")
+            command.add_argument(
+                "--render", action="store_true",
+                help="plan the planned commit here, offline, and post this job's own comment instead of the artifact's "
+                "(a fork's pull request: with --base)",
+            )
         if name == "apply":
             command.add_argument("--auto-approve", action="store_true", help="apply without asking")
             command.add_argument("--allow-destroy", action="store_true", help="allow destroying stacks whose definitions were removed")
@@ -159,7 +164,7 @@ def _main(argv: list[str] | None) -> int:
         )
         if not settings.lock and command != "plan":
             raise ReconcileError(f"--no-lock is for plans only: {command} takes the state locks it needs")
-        if command in USES_WORK_DIR or getattr(args, "delete", None):
+        if command in USES_WORK_DIR or getattr(args, "delete", None) or getattr(args, "render", False):
             with locks.RunLock(settings.work_dir, command):
                 return COMMANDS[command](settings, args)
         return COMMANDS[command](settings, args)
@@ -284,8 +289,18 @@ def _verdicts(assessment: Assessment) -> dict[str, str]:
 
 
 def cmd_comment(settings: Settings, args) -> int:
-    # this checkout (default-branch code) reads the planned commit's definitions as data
-    pr = ghflow.post_comment_dir(ghflow.connect(args.github_repo), Path(args.from_dir), args.expect_head, GitSource(settings.root))
+    """Post a plan run's comment. This checkout (default-branch code) reads the planned commit's
+    definitions as data and recomputes the hashes; with --render it plans that commit itself,
+    offline and unlocked, and posts its own comment: nothing the plan run wrote is shown."""
+    directory = Path(args.from_dir)
+    gh = ghflow.connect(args.github_repo)
+    if args.render:
+        pr, head = ghflow.planned(gh, directory, args.expect_head)
+        trusted = replace(settings, head=head, lock=False)
+        assessment, plans, _, _ = _plan_all(trusted)
+        directory = settings.work_dir / "comment"
+        ghflow.write_comment_dir(directory, ghflow.plan_comment(assessment, plans, _verdicts(assessment)), pr, head)
+    pr = ghflow.post_comment_dir(gh, directory, args.expect_head, GitSource(settings.root))
     sys.stderr.write(f"plan comment posted on #{pr}\n")
     return Exit.OK
 

@@ -93,19 +93,27 @@ def write_comment_dir(directory: Path, bodies: list[str], pr: int | None, head_s
     (directory / "meta.json").write_text(json.dumps({"pr": pr, "head_sha": head_sha, "parts": len(bodies)}) + "\n")
 
 
-def post_comment_dir(gh: GitHub, directory: Path, expect_head: str | None, source: GitSource | None = None) -> int:
-    """Post prepared parts as the sticky comment. The files are data from an untrusted run: the
-    pull request number must be a number, its head must still be the commit planned, and (with
-    `source`, this job's checkout) the reviewed hashes must be the ones recomputed here."""
+def planned(gh: GitHub, directory: Path, expect_head: str | None) -> tuple[int, str]:
+    """(pull request, planned commit) of a plan run's artifact, checked: the number is a number,
+    the commit the one expected, and still the pull request's head."""
     meta = json.loads((directory / "meta.json").read_text())
     pr, head = meta.get("pr"), meta.get("head_sha")
     if not isinstance(pr, int) or pr <= 0:
         raise ReconcileError(f"{directory}/meta.json names no pull request")
-    if expect_head and head != expect_head:
+    if not isinstance(head, str) or (expect_head and head != expect_head):
         raise ReconcileError(f"the comment was planned for {head}, not for {expect_head}; refusing to post it")
     current = gh.pull_request_head(pr)
     if current != head:
         raise ReconcileError(f"#{pr} has moved on to {current[:7]} since {str(head)[:7]} was planned; a newer plan will comment")
+    return pr, head
+
+
+def post_comment_dir(gh: GitHub, directory: Path, expect_head: str | None, source: GitSource | None = None) -> int:
+    """Post prepared parts as the sticky comment. The files are data from an untrusted run: the
+    pull request number must be a number, its head must still be the commit planned, and (with
+    `source`, this job's checkout) the reviewed hashes must be the ones recomputed here."""
+    pr, head = planned(gh, directory, expect_head)
+    meta = json.loads((directory / "meta.json").read_text())
     bodies = [(directory / f"part-{i}.md").read_text() for i in range(1, int(meta["parts"]) + 1)]
     if not all(body.startswith(comment.MARKER.rstrip(" ->")) for body in bodies):
         raise ReconcileError("a comment part does not start with the plan marker")

@@ -303,3 +303,20 @@ def test_a_plan_artifact_with_forged_hashes_is_refused_by_the_comment_job(applie
     code, out, err = cli("comment", "--from", str(out_dir), "--expect-head", head, "--repo", str(applied.path))
     assert code == 0, err
     assert len(github.comments_on(12)) == 1
+
+
+def test_a_fork_comment_is_rendered_by_the_trusted_job_from_the_definitions_alone(applied, cli, github, webhooks, actions, tmp_path):
+    """For a fork's pull request the plan run is the fork's code: with --render the comment job
+    plans the planned commit itself and posts its own comment, byte for byte what the honest
+    plan gives, whatever the artifact's text says."""
+    base, head = open_pull_request(applied, github, webhooks, actions)
+    out_dir = tmp_path / "comment"
+    code, out, err = cli("plan", "--comment-dir", str(out_dir), "--repo", str(applied.path), "--head", head)
+    assert code == 2, out + err
+    honest = (out_dir / "part-1.md").read_text()
+    (out_dir / "part-1.md").write_text(honest.replace("cluster climate on local-a", "nothing to see here"))  # the fork's text
+    code, out, err = cli("comment", "--from", str(out_dir), "--expect-head", head, "--render", "--base", base,
+                         "--repo", str(applied.path))
+    assert code == 0, err
+    (posted,) = github.comments_on(12)
+    assert posted == honest and "nothing to see here" not in posted

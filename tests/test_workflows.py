@@ -47,6 +47,7 @@ def test_comment_job_runs_trusted_code_only():
     fetch, post = [s for s in job["steps"] if "run" in s][-2:]
     assert "fetch --no-tags --depth=1 origin \"$PLANNED_SHA\"" in fetch["run"] and "checkout" not in fetch["run"]
     assert "--repo ." in post["run"]  # the hashes are recomputed from that commit's definitions, as data
+    assert '"$HEAD_REPOSITORY" != "$THIS_REPOSITORY"' in post["run"] and "--render" in post["run"]  # forks: our own text
 
 
 def test_apply_uses_an_environment_and_never_drops_a_running_apply():
