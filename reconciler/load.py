@@ -18,6 +18,7 @@ import pydantic
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from reconciler.errors import Location, Problem, Problems
 from reconciler.gitsource import Snapshot, is_definition_path
@@ -72,9 +73,31 @@ def _spot_at(spots: Mapping[Path_, Spot], path: Path_, top: Location) -> Locatio
     return spots[path].key if path else top
 
 
+# What a definition may be, checked before anything is built from it: every pull request's
+# plan job reads definitions that anyone with a fork can write. The README states them.
+MAX_FILES = 2000  # definition files in one snapshot
+MAX_FILE_BYTES = 1 << 20  # one file
+MAX_DEPTH = 32  # nesting of mappings and lists
+MAX_VALUES = 50_000  # values in one file once its aliases are expanded
+MAX_STRING = 64 << 10  # characters in one string
+
+
+class _TooLarge(Exception):
+    def __init__(self, why: str, node: Node):
+        super().__init__(why)
+        self.node = node
+
+
 def load(snapshot: Snapshot) -> Definitions:
     """Parse, compose and validate a snapshot. Raises InvalidDefinitions with every problem."""
     problems = Problems()
+    count = sum(1 for path in snapshot.files if is_definition_path(path))
+    if count > MAX_FILES:
+        problems.add(
+            Location("sites/"), "", f"{count:,} definition files, more than the limit of {MAX_FILES:,}; none was read",
+            "split the repository, or remove definitions that are not used",
+        )
+        problems.raise_if_any()
     for path in sorted(snapshot.files):
         if not is_definition_path(path):
             problems.add(
@@ -147,13 +170,27 @@ def load(snapshot: Snapshot) -> Definitions:
 
 
 def _parse(path: str, raw: bytes, problems: Problems) -> Document | None:
+    if len(raw) > MAX_FILE_BYTES:
+        problems.add(Location(path), "", f"{len(raw):,} bytes, more than the limit of {MAX_FILE_BYTES:,} for a definition file; not read")
+        return None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         problems.add(Location(path), "", f"not UTF-8 text ({exc.reason} at byte {exc.start})")
         return None
+    yaml = YAML(typ="rt")
     try:
-        node = YAML(typ="rt").load(text)
+        composed = yaml.compose(text)  # nodes only: aliases are shared, nothing is expanded yet
+        if composed is not None:
+            _measure(composed, 1, {})
+        node = yaml.constructor.construct_document(composed) if composed is not None else None
+    except _TooLarge as exc:
+        mark = exc.node.start_mark
+        problems.add(Location(path, mark.line + 1, mark.column + 1), "", f"{exc}; not read")
+        return None
+    except RecursionError:
+        problems.add(Location(path), "", f"nested too deep to read (the limit is {MAX_DEPTH} levels); not read")
+        return None
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = Location(path, mark.line + 1, mark.column + 1) if mark else Location(path)
@@ -170,6 +207,37 @@ def _parse(path: str, raw: bytes, problems: Problems) -> Document | None:
     doc = Document(path, None)
     doc.data = _plain(node, (), doc)
     return doc
+
+
+def _measure(node: Node, depth: int, memo: dict[int, tuple[int, int]]) -> tuple[int, int]:
+    """(values, height) below a composed node, aliases counted at every use, in time linear in
+    the composed graph (an alias is a shared node: measured once). Raises _TooLarge at the
+    first bound crossed, before anything is expanded."""
+    if depth > MAX_DEPTH:
+        raise _TooLarge(f"nested deeper than {MAX_DEPTH} levels", node)
+    known = memo.get(id(node))
+    if known is None:
+        if isinstance(node, ScalarNode):
+            if len(node.value) > MAX_STRING:
+                raise _TooLarge(f"a string of {len(node.value):,} characters, more than the limit of {MAX_STRING:,}", node)
+            children = []
+        elif isinstance(node, MappingNode):
+            children = [part for pair in node.value for part in pair]
+        elif isinstance(node, SequenceNode):
+            children = node.value
+        else:
+            children = []
+        memo[id(node)] = (1, MAX_DEPTH + 1)  # reached again while measuring it: a recursive alias
+        values, height = 1, 1
+        for child in children:
+            size, tall = _measure(child, depth + 1, memo)
+            values, height = values + size, max(height, tall + 1)
+            if values > MAX_VALUES:
+                raise _TooLarge(f"more than {MAX_VALUES:,} values once its aliases are expanded (the limit)", node)
+        known = memo[id(node)] = (values, height)
+    if depth + known[1] - 1 > MAX_DEPTH:
+        raise _TooLarge(f"nested deeper than {MAX_DEPTH} levels", node)
+    return known
 
 
 def _plain(node: Any, at: Path_, doc: Document) -> Any:

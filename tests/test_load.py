@@ -181,3 +181,69 @@ def test_the_readmes_site_examples_validate_beside_the_example_sites(repo):
         name = re.search(r"^name: (\S+)", block, re.M).group(1)
         repo.write(f"sites/{name}.yaml", block)
     load(GitSource(repo.path).working_tree())  # raises on any problem
+
+
+# ---------------------------------------------------------------- bounded reading
+
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(9)
+)  # 9**10 values once expanded, from a few hundred bytes
+
+
+def measured_validate(repo) -> tuple[int, str, float, int]:
+    """`reconcile validate` in a process of its own: (exit code, stderr, seconds, peak KiB)."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    wrapper = (
+        "import resource, subprocess, sys, time; t = time.monotonic(); "
+        "done = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+        "print(done.returncode, time.monotonic() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
+        "sys.stderr.write(done.stdout + done.stderr)"
+    )
+    reconcile = str(Path(sys.executable).with_name("reconcile"))
+    done = subprocess.run([sys.executable, "-c", wrapper, reconcile, "validate", "--repo", str(repo.path)],
+                          capture_output=True, text=True, timeout=60)
+    code, seconds, peak = done.stdout.split()
+    return int(code), done.stderr, float(seconds), int(peak)
+
+
+@pytest.mark.parametrize(
+    "name, text, expected",
+    [
+        ("big", "name: big\n" + "# padding\n" * 2_100_000, "bytes, more than the limit of 1,048,576 for a definition file"),
+        ("bomb", BOMB, "more than 50,000 values once its aliases are expanded (the limit)"),
+    ],
+)
+def test_a_huge_or_exploding_file_is_refused_fast_and_small(repo, name, text, expected):
+    """A 20 MB file and an alias bomb of a few hundred bytes: each one error, naming the file
+    and the limit, in under 2 s and 200 MB, before anything is built from it."""
+    repo.write(f"clusters/{name}.yaml", text)
+    code, err, seconds, peak_kib = measured_validate(repo)
+    assert code == 1 and f"clusters/{name}.yaml" in err and expected in err, err
+    assert "Traceback" not in err
+    assert seconds < 2.0, f"{seconds:.2f} s"
+    assert peak_kib < 200 * 1024, f"{peak_kib / 1024:.0f} MB"
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("name: deep\nx: " + "[" * 40 + "]" * 40 + "\n", "nested deeper than 32 levels"),
+        ("name: looped\nx: &x [*x]\n", "nested deeper than 32 levels"),
+        ("name: long\ndescription: " + "y" * 70_000 + "\n", "a string of 70,000 characters, more than the limit of 65,536"),
+    ],
+)
+def test_depth_recursion_and_string_length_are_bounded(repo, text, expected):
+    repo.write("clusters/hostile.yaml", text)
+    (found,) = problems(repo)
+    assert found.startswith("clusters/hostile.yaml:") and expected in found, found
+
+
+def test_the_number_of_definition_files_is_bounded(repo):
+    for i in range(2001):
+        (repo.path / "clusters" / "profiles" / f"p{i}.yaml").write_text("node_pools: {}\n")
+    (found,) = problems(repo)
+    assert "definition files, more than the limit of 2,000; none was read" in found
