@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from reconciler.errors import ReconcileError
+from reconciler.settings import env_seconds
 from rpi.spec import StateLocation
 
 FILE_MODE, DIRECTORY_MODE = 0o600, 0o700
@@ -66,15 +67,6 @@ class Version:
     id: str  # S3's VersionId, GCS's generation
     written: str  # when, as the store says it
     size: int
-
-
-def _seconds(name: str, default: float) -> float:
-    """A duration in seconds from the environment (an operator's knob), else `default`."""
-    try:
-        value = float(os.environ.get(name, default))
-    except ValueError:
-        raise ReconcileError(f"{name}={os.environ[name]!r}: give a number of seconds") from None
-    return value if value > 0 else default
 
 
 def _matches(rest: str, pattern: str) -> bool:
@@ -334,7 +326,7 @@ class GcsBlobs:
         self.bucket_name, self.endpoint = bucket, endpoint
         self.client = storage.Client(project="-", credentials=credentials, client_options=options)
         self.bucket = self.client.bucket(bucket)
-        self.retry: Retry = DEFAULT_RETRY.with_timeout(_seconds("RECONCILE_BACKEND_RETRY_S", RETRY_DEADLINE_S))
+        self.retry: Retry = DEFAULT_RETRY.with_timeout(env_seconds("RECONCILE_BACKEND_RETRY_S", RETRY_DEADLINE_S))
         self.timeout = (CONNECT_TIMEOUT_S, READ_TIMEOUT_S)
 
     def url(self, key: str) -> str:

@@ -18,9 +18,13 @@ from typing import Protocol
 
 from reconciler import interrupt, nodepkg
 from reconciler.errors import EngineError, ReconcileError
+from reconciler.settings import env_seconds
 
 CHOICES = ("auto", "tofu", "terraform", "embedded")
 PLAN_FILE = "reconcile.tfplan"
+# One engine command (a stack's init, plan or apply) may run this long: generous for a landing
+# zone that takes half an hour to create.
+STACK_TIMEOUT_ENV, STACK_TIMEOUT_S = "RECONCILE_STACK_TIMEOUT_S", 7200.0
 
 
 class Runner(Protocol):
@@ -41,7 +45,12 @@ class ProcessRunner:
 
     def run(self, workdir: Path, args: list[str], probe=None) -> tuple[int, str, str]:
         # umask 077: the state files the engine creates (state, backup, lock) are the owner's only
-        done = interrupt.run([*self.command, f"-chdir={workdir}", *args], probe=probe, text=True, env=self.env, umask=0o077)
+        limit = env_seconds(STACK_TIMEOUT_ENV, STACK_TIMEOUT_S)
+        try:
+            done = interrupt.run([*self.command, f"-chdir={workdir}", *args], probe=probe, limit_s=limit, text=True,
+                                 env=self.env, umask=0o077)
+        except interrupt.TimedOut as exc:
+            raise EngineError(f"{self.name} {args[0]} in {workdir} {exc} ({STACK_TIMEOUT_ENV} sets the limit)") from None
         return done.returncode, done.stdout, done.stderr
 
 
@@ -67,9 +76,24 @@ class Engine:
         if args[0] == "apply":
             _log_apply(workdir, code, out, err)
         if code != 0:
-            detail = (err or out).strip()
-            raise EngineError(f"{self.name} {args[0]} failed in {workdir}:\n{detail}")
+            detail = (err or out).strip() or "no message"
+            how = f"was killed by signal {-code}" if code < 0 else f"failed (exit {code})"
+            raise EngineError(f"{self.name} {args[0]} {how} in {workdir}:\n{detail}")
         return out
+
+    def _json(self, workdir: Path, *args: str) -> dict:
+        """What `show -json` or `output -json` promises: a JSON object, else an EngineError."""
+        out = self._run(workdir, *args)
+        try:
+            document = json.loads(out or "{}")
+        except ValueError as exc:
+            raise EngineError(
+                f"{self.name} {' '.join(args[:2])} in {workdir} answered with no JSON ({exc}; "
+                f"{len(out):,} characters, starting {out[:80]!r})"
+            ) from None
+        if not isinstance(document, dict):
+            raise EngineError(f"{self.name} {' '.join(args[:2])} in {workdir} answered with JSON that is not an object")
+        return document
 
     def init(self, workdir: Path, backend_config: dict[str, str]) -> None:
         flags = [f"-backend-config={k}={v}" for k, v in sorted(backend_config.items())]
@@ -82,7 +106,7 @@ class Engine:
         extra = (["-destroy"] if destroy else []) + [f"-replace={address}" for address in replace]
         extra += [f"-target={address}" for address in targets]
         self._run(workdir, "plan", "-input=false", "-no-color", *self._locking(), f"-out={PLAN_FILE}", *extra)
-        return json.loads(self._run(workdir, "show", "-json", "-no-color", PLAN_FILE))
+        return self._json(workdir, "show", "-json", "-no-color", PLAN_FILE)
 
     def _locking(self) -> list[str]:
         return [f"-lock-timeout={self.lock_timeout}"] if self.lock else ["-lock=false"]
@@ -97,11 +121,11 @@ class Engine:
 
     def outputs(self, workdir: Path) -> dict:
         """The stack's outputs after apply: {name: {"value": ..., "sensitive": ...}}."""
-        return json.loads(self._run(workdir, "output", "-json", "-no-color") or "{}")
+        return self._json(workdir, "output", "-json", "-no-color")
 
     def state(self, workdir: Path) -> dict:
         """The current state as JSON (`show -json`)."""
-        return json.loads(self._run(workdir, "show", "-json", "-no-color"))
+        return self._json(workdir, "show", "-json", "-no-color")
 
 
 APPLY_LOG = "apply.log"

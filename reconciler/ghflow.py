@@ -20,6 +20,7 @@ from reconciler.event import Event
 from reconciler.github import DEFAULT_AUTHOR, PUBLIC_API, GitHub, GitHubError
 from reconciler.gitsource import GitSource
 from reconciler.run import Assessment, UnitPlan, desired
+from reconciler.settings import env_seconds
 
 STATUS_CONTEXT = "reconcile/apply"
 DRIFT_TITLE = "Drift: live state differs from git"
@@ -40,9 +41,7 @@ def connect(repository: str | None) -> GitHub:
     if not repository:
         raise ReconcileError("no repository: pass --github-repo OWNER/NAME or set GITHUB_REPOSITORY")
     author = os.environ.get("RECONCILE_BOT_LOGIN") or DEFAULT_AUTHOR
-    from reconciler.backends import _seconds
-
-    backoff = _seconds("RECONCILE_GITHUB_BACKOFF_S", 2.0)  # the first retry's wait, doubled on each
+    backoff = env_seconds("RECONCILE_GITHUB_BACKOFF_S", 2.0)  # the first retry's wait, doubled on each
     return GitHub(repository, token, os.environ.get("GITHUB_API_URL") or PUBLIC_API, author=author, backoff_s=backoff)
 
 

@@ -13,8 +13,10 @@ import contextlib
 import signal
 import subprocess
 import threading
+import time
 
 from reconciler.errors import Exit, ReconcileError
+from reconciler.settings import env_seconds
 
 _requested = threading.Event()
 _lock = threading.Lock()
@@ -95,38 +97,59 @@ class Stalled(ReconcileError):
     """What an engine depends on stopped answering; the engine was stopped."""
 
 
-def run(argv: list[str], probe=None, probe_every: float | None = None, **kwargs) -> subprocess.CompletedProcess:
+class TimedOut(ReconcileError):
+    """An engine ran past its time limit; it was stopped."""
+
+
+def _stop(process: subprocess.Popen, grace_s: float) -> None:
+    """The engine's graceful stop, then SIGKILL after `grace_s`."""
+    process.send_signal(signal.SIGINT)
+    try:
+        process.communicate(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+
+
+STOP_GRACE_S = 60.0  # an engine past its time limit: its own graceful stop writes its state
+
+
+def run(argv: list[str], probe=None, probe_every: float | None = None, limit_s: float | None = None,
+        **kwargs) -> subprocess.CompletedProcess:
     """`subprocess.run` for an engine command: in a session of its own, stopped through here.
 
     `probe`: asked every `probe_every` seconds while the engine runs; it answers why the engine
     cannot go on (its state backend no longer answers), or None. After PROBE_FAILURES answers in
     a row the engine gets its graceful stop, then SIGKILL, and Stalled is raised: an engine
-    whose backend has gone never hangs the run (some backends' clients retry forever)."""
-    if probe is not None and probe_every is None:
-        from reconciler.backends import _seconds
+    whose backend has gone never hangs the run (some backends' clients retry forever).
 
-        probe_every = _seconds("RECONCILE_BACKEND_PROBE_S", PROBE_EVERY_S)
+    `limit_s`: past it the engine gets its graceful stop (SIGINT), then SIGKILL after
+    STOP_GRACE_S, and TimedOut is raised."""
+    if probe is not None and probe_every is None:
+        probe_every = env_seconds("RECONCILE_BACKEND_PROBE_S", PROBE_EVERY_S)
     process = subprocess.Popen(argv, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
     with _lock:
         _processes.add(process)
     stalled: list[str] = []
+    deadline = time.monotonic() + limit_s if limit_s else None
     try:
         if _requested.is_set():  # the signal came while it started: it still gets its graceful stop
             process.send_signal(signal.SIGINT)
         while True:
+            waits = [w for w in (probe_every if probe else None, deadline and max(deadline - time.monotonic(), 0.0)) if w is not None]
             try:
-                out, err = process.communicate(timeout=probe_every if probe else None)
+                out, err = process.communicate(timeout=min(waits) if waits else None)
                 break
             except subprocess.TimeoutExpired:
+                if deadline is not None and time.monotonic() >= deadline:
+                    _stop(process, STOP_GRACE_S)
+                    raise TimedOut(f"ran past its time limit of {limit_s:.0f} s and was stopped")
+                if probe is None:
+                    continue
                 why = probe()
                 stalled = stalled + [why] if why else []
                 if len(stalled) >= PROBE_FAILURES:
-                    process.send_signal(signal.SIGINT)
-                    try:
-                        process.communicate(timeout=GRACE_S)
-                    except subprocess.TimeoutExpired:
-                        process.kill()
-                        process.communicate()
+                    _stop(process, GRACE_S)
                     raise Stalled(f"{stalled[-1]}; the engine was stopped after {len(stalled)} failed checks")
     finally:
         with _lock:

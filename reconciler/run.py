@@ -15,7 +15,7 @@ from reconciler import affected, datacopy, health, interrupt, locks
 from reconciler.affected import APPLY, DESTROY, Selected
 from reconciler.backends import keys
 from reconciler.engine import Engine
-from reconciler.errors import InvalidDefinitions, Location, Problems, ReconcileError
+from reconciler.errors import EngineError, InvalidDefinitions, Location, Problems, ReconcileError
 from reconciler.gitsource import GitSource, Snapshot
 from reconciler.live import UNKNOWN, LiveRecord, LiveStore, RetainedVolume, StateLocationError, volume_name
 from reconciler.load import Definitions, load
@@ -267,7 +267,11 @@ def plan(settings: Settings, assessment: Assessment, engine: Engine | None, stor
                 record = assessment.live.get(unit.key)
                 broken = tuple(a for a, _ in record.unhealthy) if isinstance(record, LiveRecord) else ()
                 p.replace = broken
-                p.summary = summarize(engine.plan(p.workdir, replace=broken), holds_data_of(unit.platform))
+                document = engine.plan(p.workdir, replace=broken)
+                try:
+                    p.summary = summarize(document, holds_data_of(unit.platform))
+                except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                    raise EngineError(f"{engine.name} show -json in {p.workdir} gave a plan this cannot read ({exc!r})") from None
                 p.change_class = _change_class(p)
             except ReconcileError as exc:
                 interrupt.checkpoint("while planning: nothing was applied")

@@ -44,3 +44,12 @@ class Settings:
         values["work_dir"] = Path(values["work_dir"]).resolve()
         values["state_root"] = Path(values["state_root"]).resolve()
         return cls(**values)
+
+
+def env_seconds(name: str, default: float) -> float:
+    """A duration in seconds from the environment (an operator's knob), else `default`."""
+    try:
+        value = float(os.environ.get(name, default))
+    except ValueError:
+        raise ReconcileError(f"{name}={os.environ[name]!r}: give a number of seconds") from None
+    return value if value > 0 else default
