@@ -92,10 +92,40 @@ def write_comment_dir(directory: Path, bodies: list[str], pr: int | None, head_s
     (directory / "meta.json").write_text(json.dumps({"pr": pr, "head_sha": head_sha, "parts": len(bodies)}) + "\n")
 
 
+# A plan run's artifact is data from an untrusted run: read within bounds, by exact names only.
+ARTIFACT_PARTS, ARTIFACT_PART_CHARS, ARTIFACT_META_BYTES = 50, 65_536, 4096  # GitHub: 65,536 per comment
+
+
+def _artifact_file(directory: Path, name: str, limit: int) -> str:
+    path = directory / name
+    if path.is_symlink() or not path.is_file():
+        raise ReconcileError(f"the plan artifact has no regular file {name}; refusing to post it")
+    if path.stat().st_size > limit * 4:  # at most 4 bytes a character
+        raise ReconcileError(f"the plan artifact's {name} is larger than {limit:,} characters; refusing to post it")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ReconcileError(f"the plan artifact's {name} is not UTF-8 text; refusing to post it") from None
+    if len(text) > limit:
+        raise ReconcileError(f"the plan artifact's {name} is larger than {limit:,} characters; refusing to post it")
+    return text
+
+
+def _meta(directory: Path) -> dict:
+    try:
+        meta = json.loads(_artifact_file(directory, "meta.json", ARTIFACT_META_BYTES))
+    except ValueError:
+        raise ReconcileError("the plan artifact's meta.json is not JSON; refusing to post it") from None
+    parts = meta.get("parts") if isinstance(meta, dict) else None
+    if not isinstance(parts, int) or isinstance(parts, bool) or not 1 <= parts <= ARTIFACT_PARTS:
+        raise ReconcileError(f"the plan artifact's meta.json names no number of parts from 1 to {ARTIFACT_PARTS}; refusing to post it")
+    return meta
+
+
 def planned(gh: GitHub, directory: Path, expect_head: str | None) -> tuple[int, str]:
     """(pull request, planned commit) of a plan run's artifact, checked: the number is a number,
     the commit the one expected, and still the pull request's head."""
-    meta = json.loads((directory / "meta.json").read_text())
+    meta = _meta(directory)
     pr, head = meta.get("pr"), meta.get("head_sha")
     if not isinstance(pr, int) or pr <= 0:
         raise ReconcileError(f"{directory}/meta.json names no pull request")
@@ -112,8 +142,7 @@ def post_comment_dir(gh: GitHub, directory: Path, expect_head: str | None, sourc
     pull request number must be a number, its head must still be the commit planned, and (with
     `source`, this job's checkout) the reviewed hashes must be the ones recomputed here."""
     pr, head = planned(gh, directory, expect_head)
-    meta = json.loads((directory / "meta.json").read_text())
-    bodies = [(directory / f"part-{i}.md").read_text() for i in range(1, int(meta["parts"]) + 1)]
+    bodies = [_artifact_file(directory, f"part-{i}.md", ARTIFACT_PART_CHARS) for i in range(1, _meta(directory)["parts"] + 1)]
     if not all(body.startswith(comment.MARKER.rstrip(" ->")) for body in bodies):
         raise ReconcileError("a comment part does not start with the plan marker")
     if source is not None:

@@ -320,3 +320,24 @@ def test_a_fork_comment_is_rendered_by_the_trusted_job_from_the_definitions_alon
     assert code == 0, err
     (posted,) = github.comments_on(12)
     assert posted == honest and "nothing to see here" not in posted
+
+
+@pytest.mark.parametrize(
+    "damage, expected",
+    [
+        (lambda d: (d / "meta.json").write_text('{"pr": 12, "head_sha": "x", "parts": 100000}'), "names no number of parts from 1 to 50"),
+        (lambda d: (d / "meta.json").write_text("not json"), "meta.json is not JSON"),
+        (lambda d: (d / "part-1.md").write_text("x" * 70_000), "part-1.md is larger than 65,536 characters"),
+        (lambda d: ((d / "part-1.md").unlink(), (d / "part-1.md").symlink_to("/etc/passwd")), "has no regular file part-1.md"),
+    ],
+)
+def test_a_damaged_plan_artifact_is_refused_as_data(applied, cli, github, webhooks, actions, tmp_path, damage, expected):
+    """The artifact comes from an untrusted run: read by exact names, within bounds, never
+    followed through a link; anything else is refused with one sentence and nothing posted."""
+    base, head = open_pull_request(applied, github, webhooks, actions)
+    out_dir = tmp_path / "comment"
+    code, out, err = cli("plan", "--comment-dir", str(out_dir), "--repo", str(applied.path), "--head", "HEAD")
+    damage(out_dir)
+    code, out, err = cli("comment", "--from", str(out_dir), "--repo", str(applied.path))
+    assert code == 1 and expected in err and "Traceback" not in err, err
+    assert github.comments_on(12) == []

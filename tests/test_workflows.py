@@ -56,3 +56,14 @@ def test_apply_uses_an_environment_and_never_drops_a_running_apply():
     (job,) = apply["jobs"].values()
     assert job["environment"] == "production" and job["permissions"]["id-token"] == "write"
     assert apply["on"]["push"]["branches"] == ["main"]
+
+
+def test_every_action_is_pinned_by_commit_with_its_version_named():
+    """GitHub's hardening guide: a tag can be moved, a commit cannot. Each `uses:` names a full
+    commit SHA, and the line says which release it is."""
+    import re
+
+    for path in WORKFLOWS:
+        for line in path.read_text().splitlines():
+            if "uses:" in line:
+                assert re.search(r"uses: [\w.-]+/[\w.-]+@[0-9a-f]{40}  # v\d+\.\d+\.\d+$", line), f"{path.name}: {line.strip()}"
