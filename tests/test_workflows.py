@@ -65,5 +65,5 @@ def test_every_action_is_pinned_by_commit_with_its_version_named():
 
     for path in WORKFLOWS:
         for line in path.read_text().splitlines():
-            if "uses:" in line:
+            if line.strip().startswith(("uses:", "- uses:")):
                 assert re.search(r"uses: [\w.-]+/[\w.-]+@[0-9a-f]{40}  # v\d+\.\d+\.\d+$", line), f"{path.name}: {line.strip()}"
