@@ -6,6 +6,8 @@ repository-relative paths to file contents.
 
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Mapping
@@ -43,6 +45,7 @@ class Snapshot:
     revision: str | None  # the commit, or HEAD's commit for the working tree; None outside git
     dirty: bool  # the working tree differs from `revision`
     files: Mapping[str, bytes]
+    links: tuple[str, ...] = ()  # symbolic links under sites/ or clusters/: never followed, refused
 
 
 class GitSource:
@@ -113,15 +116,25 @@ class GitSource:
         return Snapshot(label=label, revision=sha, dirty=False, files=files)
 
     def working_tree(self) -> Snapshot:
+        """The definitions as they are on disk. A symbolic link is never followed (it could
+        reach any file of the machine): it is listed in `links`, and refused by the loader."""
         files: dict[str, bytes] = {}
+        links: list[str] = []
         for top in DEFINITION_DIRS:
             base = self.root / top
+            if base.is_symlink():
+                links.append(top)
+                continue
             if not base.is_dir():
                 continue
-            for path in sorted(base.rglob("*")):
-                rel = path.relative_to(self.root).as_posix()
-                if path.is_file() and is_yaml_under_definitions(rel):
-                    files[rel] = path.read_bytes()
+            for directory, dirs, names in os.walk(base, followlinks=False):
+                for name in sorted(dirs + names):
+                    path = Path(directory) / name
+                    rel = path.relative_to(self.root).as_posix()
+                    if path.is_symlink():
+                        links.append(rel)
+                    elif name in names and path.is_file() and is_yaml_under_definitions(rel):
+                        files[rel] = path.read_bytes()
         head = self.head()
-        dirty = head is None or files != self.at_revision(head).files
-        return Snapshot(label="working tree", revision=head, dirty=dirty, files=files)
+        dirty = head is None or links or files != self.at_revision(head).files
+        return Snapshot(label="working tree", revision=head, dirty=bool(dirty), files=dict(sorted(files.items())), links=tuple(sorted(links)))

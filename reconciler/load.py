@@ -82,7 +82,11 @@ MAX_VALUES = 50_000  # values in one file once its aliases are expanded
 MAX_STRING = 64 << 10  # characters in one string
 
 
-class _TooLarge(Exception):
+# The tags YAML gives plain values; any other (`!!python/...`, `!custom`) is refused unbuilt.
+_PLAIN_TAGS = frozenset(f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "map", "seq", "merge", "timestamp"))
+
+
+class _Refused(Exception):
     def __init__(self, why: str, node: Node):
         super().__init__(why)
         self.node = node
@@ -98,6 +102,11 @@ def load(snapshot: Snapshot) -> Definitions:
             "split the repository, or remove definitions that are not used",
         )
         problems.raise_if_any()
+    for path in snapshot.links:
+        problems.add(
+            Location(path), "", "a symbolic link: definitions must be regular files, and links are never followed",
+            "replace the link with the file itself",
+        )
     for path in sorted(snapshot.files):
         if not is_definition_path(path):
             problems.add(
@@ -176,7 +185,9 @@ def _parse(path: str, raw: bytes, problems: Problems) -> Document | None:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        problems.add(Location(path), "", f"not UTF-8 text ({exc.reason} at byte {exc.start})")
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        problems.add(Location(path, line, column), "", f"not UTF-8 text ({exc.reason} at byte {exc.start})")
         return None
     yaml = YAML(typ="rt")
     try:
@@ -184,7 +195,7 @@ def _parse(path: str, raw: bytes, problems: Problems) -> Document | None:
         if composed is not None:
             _measure(composed, 1, {})
         node = yaml.constructor.construct_document(composed) if composed is not None else None
-    except _TooLarge as exc:
+    except _Refused as exc:
         mark = exc.node.start_mark
         problems.add(Location(path, mark.line + 1, mark.column + 1), "", f"{exc}; not read")
         return None
@@ -211,15 +222,17 @@ def _parse(path: str, raw: bytes, problems: Problems) -> Document | None:
 
 def _measure(node: Node, depth: int, memo: dict[int, tuple[int, int]]) -> tuple[int, int]:
     """(values, height) below a composed node, aliases counted at every use, in time linear in
-    the composed graph (an alias is a shared node: measured once). Raises _TooLarge at the
+    the composed graph (an alias is a shared node: measured once). Raises _Refused at the
     first bound crossed, before anything is expanded."""
     if depth > MAX_DEPTH:
-        raise _TooLarge(f"nested deeper than {MAX_DEPTH} levels", node)
+        raise _Refused(f"nested deeper than {MAX_DEPTH} levels", node)
     known = memo.get(id(node))
     if known is None:
+        if node.tag and node.tag not in _PLAIN_TAGS:
+            raise _Refused(f"a YAML tag {node.tag!r}: definitions hold plain values only, no tags", node)
         if isinstance(node, ScalarNode):
             if len(node.value) > MAX_STRING:
-                raise _TooLarge(f"a string of {len(node.value):,} characters, more than the limit of {MAX_STRING:,}", node)
+                raise _Refused(f"a string of {len(node.value):,} characters, more than the limit of {MAX_STRING:,}", node)
             children = []
         elif isinstance(node, MappingNode):
             children = [part for pair in node.value for part in pair]
@@ -233,10 +246,10 @@ def _measure(node: Node, depth: int, memo: dict[int, tuple[int, int]]) -> tuple[
             size, tall = _measure(child, depth + 1, memo)
             values, height = values + size, max(height, tall + 1)
             if values > MAX_VALUES:
-                raise _TooLarge(f"more than {MAX_VALUES:,} values once its aliases are expanded (the limit)", node)
+                raise _Refused(f"more than {MAX_VALUES:,} values once its aliases are expanded (the limit)", node)
         known = memo[id(node)] = (values, height)
     if depth + known[1] - 1 > MAX_DEPTH:
-        raise _TooLarge(f"nested deeper than {MAX_DEPTH} levels", node)
+        raise _Refused(f"nested deeper than {MAX_DEPTH} levels", node)
     return known
 
 

@@ -300,6 +300,13 @@ class NodePool(Strict):
         "spread", description="compact: tightly coupled, low-latency placement for MPI"
     )
 
+    @field_validator("count")
+    @classmethod
+    def _a_login_node(cls, count: int, info: ValidationInfo) -> int:
+        if count == 0 and info.data.get("role") == "login":
+            raise ValueError("a login pool needs at least one node: the cluster's controller and its users' way in run there")
+        return count
+
 
 class SharedFilesystem(Strict):
     size_gb: int = Field(ge=100)

@@ -1,0 +1,116 @@
+"""A table of bad definitions: every row is exit 1, with a location (`file:line:col`, the
+field) and what would be valid, no traceback, under 2 s, and nothing planned, applied or
+written to any state."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+D, S = "clusters/dev.yaml", "sites/local-b.yaml"
+
+
+def swap(old: str, new: str, rel: str = D):
+    return lambda repo: repo.replace(rel, old, new)
+
+
+def write(rel: str, text: str):
+    return lambda repo: repo.write(rel, text)
+
+
+def raw(rel: str, data: bytes):
+    return lambda repo: (repo.path / rel).write_bytes(data)
+
+
+def link(rel: str, target: str):
+    return lambda repo: os.symlink(target, repo.path / rel)
+
+
+ROWS = [
+    # malformed or hostile YAML
+    ("unclosed bracket", write("clusters/x.yaml", "name: x\nfailover: [a\n"), "clusters/x.yaml", "malformed YAML"),
+    ("tab indentation", swap("node_pools:\n  compute:", "node_pools:\n\tcompute:"), D, "malformed YAML"),
+    ("duplicate key", swap("flavor: minimal\n", "flavor: minimal\nflavor: slurm\n"), D, "duplicate"),
+    ("top-level list", write("clusters/x.yaml", "- name: x\n"), "clusters/x.yaml", "expected a mapping"),
+    ("empty file", write("clusters/x.yaml", ""), "clusters/x.yaml", "expected a mapping"),
+    ("not UTF-8", raw("clusters/x.yaml", b"name: \xff\xfe\n"), "clusters/x.yaml", "not UTF-8"),
+    ("python tag", write("clusters/x.yaml", "name: !!python/object/apply:os.system [id]\n"), "clusters/x.yaml", "no tags"),
+    ("alias bomb", write("clusters/x.yaml", "a: &a [x,x,x,x,x,x,x,x,x]\n" + "".join(
+        f"{c}: &{c} [{','.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi"))), "clusters/x.yaml", "aliases are expanded"),
+    ("deep nesting", write("clusters/x.yaml", "x: " + "[" * 50 + "]" * 50 + "\n"), "clusters/x.yaml", "nested deeper"),
+    ("huge string", write("clusters/x.yaml", "name: x\ndescription: " + "z" * 70_000 + "\n"), "clusters/x.yaml", "characters, more than the limit"),
+    ("symlink out", link("sites/passwd.yaml", "/etc/passwd"), "sites/passwd.yaml", "symbolic link"),
+    ("file outside", write("clusters/deeper/x.yaml", "name: x\n"), "clusters/deeper/x.yaml", "this file is not read"),
+    # names
+    ("slash in name", swap("name: dev\n", "name: a/b\n"), D, "name"),
+    ("dots in name", swap("name: dev\n", "name: ..\n"), D, "name"),
+    ("upper case", swap("name: dev\n", "name: Dev\n"), D, "name"),
+    ("confusable", swap("name: dev\n", "name: d\u0435v\n"), D, "name"),
+    ("too long", swap("name: dev\n", "name: " + "d" * 50 + "\n"), D, "name"),
+    ("name not file", swap("name: dev\n", "name: other\n"), D, "file name"),
+    ("same name twice", write("clusters/dev-copy.yaml", "name: dev\nplacement: {site: local-a}\nflavor: minimal\n"), "clusters/dev-copy.yaml", "dev"),
+    ("unknown field", swap("    cores: 8\n", "    coress: 8\n"), D, "did you mean 'cores'"),
+    ("missing required", swap("    role: compute\n", ""), D, "role"),
+    # references
+    ("unknown profile", swap("profiles: [base]", "profiles: [bsae]"), D, "profile"),
+    ("unknown placement", swap("  site: local-a\n", "  site: local-z\n"), D, "unknown site"),
+    ("failover unknown", swap("failover: [local-b]", "failover: [local-q]"), D, "unknown site"),
+    ("failover placement", swap("failover: [local-b]", "failover: [local-a]"), D, "failover"),
+    ("site removed", lambda repo: (repo.path / "sites/local-a.yaml").unlink(), D, "unknown site"),
+    ("zone not offered", swap("  site: local-a\n", "  site: local-a\n  zone: rack-9\n"), D, "zone"),
+    # counts and sizes
+    ("negative count", swap("    count: 2\n", "    count: -1\n"), D, "count"),
+    ("zero login nodes", swap("node_pools:\n", "node_pools:\n  login:\n    role: login\n    count: 0\n    cores: 2\n    memory_gb: 4\n"), D, "count"),
+    ("absurd count", swap("    count: 2\n", "    count: 1000000000\n"), D, "count"),
+    ("string count", swap("    count: 2\n", "    count: two\n"), D, "count"),
+    ("zero cores", swap("    cores: 8\n", "    cores: 0\n"), D, "cores"),
+    ("absurd memory", swap("    memory_gb: 32\n", "    memory_gb: 99999999\n"), D, "memory_gb"),
+    ("tiny shared", swap("    size_gb: 500\n", "    size_gb: 1\n"), D, "size_gb"),
+    ("bad on_move", swap("storage:\n", "storage:\n  on_move: maybe\n"), D, "on_move"),
+    # GPUs
+    ("gpu without count", swap("    memory_gb: 32\n", "    memory_gb: 32\n    gpu: {model: nvidia-a100-80gb}\n"), D, "gpu"),
+    ("gpu without model", swap("    memory_gb: 32\n", "    memory_gb: 32\n    gpu: {count: 2}\n"), D, "gpu"),
+    ("unknown gpu", swap("    memory_gb: 32\n", "    memory_gb: 32\n    gpu: {model: nvidia-h100-80g, count: 1}\n"), D, "model"),
+    # networks and state
+    ("bad cidr", swap("  cidr: 10.20.0.0/16\n", "  cidr: 10.20.0.0/33\n", S), S, "cidr"),
+    ("overlapping sites", swap("  cidr: 10.20.0.0/16\n  services_subnet: 10.20.0.0/24\n  clusters_range: 10.20.128.0/17\n",
+                               "  cidr: 10.10.0.0/16\n  services_subnet: 10.10.64.0/24\n  clusters_range: 10.10.128.0/17\n", S), S, "overlaps"),
+    ("subnet outside", swap("  services_subnet: 10.20.0.0/24\n", "  services_subnet: 10.99.0.0/24\n", S), S, "services_subnet"),
+    ("absolute state", swap("  path: .reconcile/state/local-b\n", "  path: /etc\n", S), S, "path"),
+    ("state escapes", swap("  path: .reconcile/state/local-b\n", "  path: ../../x\n", S), S, "path"),
+    ("endpoint creds", swap("state:\n  backend: local\n  path: .reconcile/state/local-b\n",
+                            "state:\n  backend: s3\n  bucket: b-1\n  endpoint: http://key:secret@127.0.0.1:9000\n", S), S, "credentials"),
+    ("store on cloud", swap("\nservices:\n", "\nservices:\n  object_store: {backend: s3}\n", "sites/aws-zurich.yaml"), "sites/aws-zurich.yaml", "object_store"),
+]
+
+
+def state_digest(repo) -> str:
+    digest = hashlib.sha256()
+    root = repo.path / ".reconcile"
+    for path in sorted(root.rglob("*")) if root.exists() else []:
+        if path.is_file() and "state" in path.parts:
+            digest.update(path.relative_to(root).as_posix().encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+@pytest.mark.parametrize("case, damage, where, expected", ROWS, ids=[r[0] for r in ROWS])
+def test_a_bad_definition_is_one_clear_error_and_nothing_happens(repo, cli, case, damage, where, expected):
+    before = state_digest(repo)
+    damage(repo)
+    started = time.monotonic()
+    code, out, err = cli("--dry-run", "--repo", str(repo.path))
+    seconds = time.monotonic() - started
+    text = out + err
+    assert code == 1, text
+    assert "Traceback" not in text
+    located = [line for line in err.splitlines() if line.startswith(f"{where}:") and ": error: " in line]
+    assert located and any(expected in line for line in located), text
+    if not where.endswith("passwd.yaml") and case not in ("huge string",):
+        assert any(line.split(":")[1].isdigit() for line in located), f"no line number: {located}"
+    assert seconds < 2.0, f"{seconds:.2f} s"
+    assert state_digest(repo) == before
+    assert not (repo.path / ".reconcile" / "stacks").exists()  # nothing was planned
