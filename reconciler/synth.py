@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Iterable
 
@@ -41,6 +43,12 @@ def synthesize(units: Iterable[Unit], cache_dir: Path | None = None, removed: bo
     if not todo:
         return out
 
+    if shutil.which(os.environ.get("JSII_NODE") or "node") is None:
+        titles = ", ".join(u.title for u in todo)
+        raise NotSynthesizable(
+            f"Node.js is not on PATH, and synthesizing {titles} needs it (cdktf runs in Node): install Node.js 20 "
+            "or newer (Debian: apt-get install nodejs); nothing was planned"
+        )
     from rpi import cdk  # starts Node: only when something is not cached
 
     for unit in todo:
@@ -61,6 +69,11 @@ def synthesize(units: Iterable[Unit], cache_dir: Path | None = None, removed: bo
         except ValueError as exc:  # the platform refuses what it cannot build, saying what to change
             files = ", ".join(unit.inputs)
             raise NotSynthesizable(f"{unit.title} ({files}): {exc}") from None
+        except (RuntimeError, OSError, EOFError, BrokenPipeError) as exc:  # jsii's Node process failed under it
+            if isinstance(exc, ReconcileError):
+                raise
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise NotSynthesizable(f"{unit.title}: the synthesis (cdktf in Node, through jsii) failed: {first}") from None
         out[unit.key] = text
         cached = _cache_path(cache_dir, unit, removed)
         if cached is not None:

@@ -55,3 +55,14 @@ def test_an_engine_fault_is_one_error_naming_the_stack(repo, tmp_path, fault, ex
     assert done.returncode == 1, output
     assert "Traceback" not in output
     assert "site local-a" in output and expected in output, output
+
+
+def test_a_missing_node_is_one_sentence_naming_what_needs_it(repo, tmp_path):
+    """cdktf runs in Node: where it is missing (here: JSII_NODE names nothing, the way a PATH
+    without node would), the run says so and plans nothing."""
+    env = {**os.environ, **GIT_ENV, "JSII_NODE": str(tmp_path / "no-node-here")}
+    done = subprocess.run([RECONCILE, "--dry-run", "--site", "local-a", "--repo", str(repo.path)],
+                          capture_output=True, text=True, env=env, timeout=120)
+    output = done.stdout + done.stderr
+    assert done.returncode == 1 and "Traceback" not in output, output
+    assert "Node.js is not on PATH, and synthesizing site local-a" in output and "nothing was planned" in output
