@@ -67,3 +67,15 @@ def test_every_action_is_pinned_by_commit_with_its_version_named():
         for line in path.read_text().splitlines():
             if line.strip().startswith(("uses:", "- uses:")):
                 assert re.search(r"uses: [\w.-]+/[\w.-]+@[0-9a-f]{40}  # v\d+\.\d+\.\d+$", line), f"{path.name}: {line.strip()}"
+
+
+def test_no_expression_is_interpolated_into_a_script():
+    """GitHub's hardening guide: titles, branch names and bodies are attacker-controlled; an
+    expression in `run:` becomes shell code. Values reach scripts through `env:` only."""
+    for path in WORKFLOWS:
+        document = YAML(typ="safe").load(path.read_text())
+        for name, job in document["jobs"].items():
+            for step in job.get("steps", []):
+                assert "${{" not in step.get("run", ""), f"{path.name}: {name}: {step.get('name') or step['run'][:40]}"
+            assert set(job.get("permissions", {}).values()) <= {"read", "write", "none"} and job.get("permissions") is not None or name == "test"
+        assert document.get("permissions") == {"contents": "read"}, f"{path.name}: the workflow's default token reads contents only"
