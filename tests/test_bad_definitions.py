@@ -57,6 +57,9 @@ ROWS = [
     ("missing required", swap("    role: compute\n", ""), D, "role"),
     # references
     ("unknown profile", swap("profiles: [base]", "profiles: [bsae]"), D, "profile"),
+    # a profile naming profiles (a cycle, or a chain) is refused: only a cluster file lists them
+    ("profile cycle", lambda repo: repo.write("clusters/profiles/base.yaml", repo.read("clusters/profiles/base.yaml") + "profiles: [slurm]\n"),
+     "clusters/profiles/base.yaml", "a profile cannot set this field"),
     ("unknown placement", swap("  site: local-a\n", "  site: local-z\n"), D, "unknown site"),
     ("failover unknown", swap("failover: [local-b]", "failover: [local-q]"), D, "unknown site"),
     ("failover placement", swap("failover: [local-b]", "failover: [local-a]"), D, "failover"),
