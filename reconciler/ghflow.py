@@ -185,6 +185,8 @@ def check_reviewed_hashes(reviewed: dict | None, source: GitSource, head: str) -
         raise ReconcileError(
             "the plan artifact disagrees with this job's own reading of the planned definitions; nothing was posted:\n  "
             + "\n  ".join(wrong)
+            + "\n(a pull request that also changes reconcile's own code plans with that code, whose hashes this "
+            "default-branch job does not share: merge code changes on their own, then plan the definitions)"
         )
 
 
