@@ -128,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("--site", required=True, help="the site that is down")
             command.add_argument("--branch", help="branch to commit the change on (default: failover/SITE)")
             command.add_argument("--patch", help="write the change as a patch to this file ('-': standard output) instead")
+            command.add_argument("--force", action="store_true", help="replace the branch if an earlier failover left it")
+            command.add_argument("--allow-emulated", action="store_true",
+                                 help="let a cluster that runs for real fail over to emulated nodes (a records site)")
             command.add_argument("--dry-run", action="store_true", default=argparse.SUPPRESS, help="show the plan of the change; create nothing")
     return parser
 
@@ -590,11 +593,15 @@ def cmd_portability(settings: Settings, args) -> int:
 
 def cmd_failover(settings: Settings, args) -> int:
     source = GitSource(settings.root)
-    snapshot = source.at_revision(settings.head or "HEAD")
-    decisions = failover.decide(load(snapshot), args.site)
+    dry_run = getattr(args, "dry_run", False)
+    # a dry-run shows the working tree, as every other command does; the branch or patch holds
+    # only what is committed
+    snapshot = source.working_tree() if dry_run and settings.head is None else source.at_revision(settings.head or "HEAD")
+    decisions = failover.decide(load(snapshot), args.site, args.allow_emulated)
     after = failover.changed_files(snapshot, decisions)
     refused = [d for d in decisions if d.target is None]
-    lines = [f"failover of {args.site} (from {snapshot.label}):"]
+    scope = "" if dry_run else ": committed definitions only"
+    lines = [f"failover of {args.site} (from {snapshot.label}{scope}):"]
     for d in decisions:
         if d.target is None:
             lines.append(f"  cluster {d.cluster}: REFUSED, no realizable failover site")
@@ -605,7 +612,7 @@ def cmd_failover(settings: Settings, args) -> int:
         lines.append("  no cluster is placed there: nothing to do")
     report = "\n".join(lines) + "\n"
     code = Exit.FAILED if refused else Exit.OK
-    if args.dry_run:
+    if dry_run:
         store = LiveStore(settings.state_root)
         proposed = Snapshot(f"failover of {args.site} (proposed)", snapshot.revision, True, after)
         assessment = assess(settings, store, proposed)
@@ -623,8 +630,8 @@ def cmd_failover(settings: Settings, args) -> int:
         return code
     if settings.output_json:
         _emit({"failover": [d.__dict__ for d in decisions], "exit_code": int(code)})
-    else:
-        sys.stdout.write(report)
+    else:  # with `--patch -` standard output is the patch alone
+        (sys.stderr if args.patch == "-" else sys.stdout).write(report)
     if not any(d.target for d in decisions):
         return code
     message = f"Fail over {args.site}\n\n" + "\n".join(
@@ -639,7 +646,7 @@ def cmd_failover(settings: Settings, args) -> int:
             sys.stderr.write(f"wrote {args.patch}\n")
     else:
         branch = args.branch or f"failover/{args.site}"
-        commit = failover.commit_branch(settings.root, branch, snapshot.revision, after, message)
+        commit = failover.commit_branch(settings.root, branch, snapshot.revision, after, message, args.force)
         sys.stderr.write(f"committed {commit[:7]} on branch {branch}: open a pull request to review and apply it\n")
     return code
 

@@ -32,8 +32,15 @@ class Decision:
     reasons: tuple[str, ...]  # why each earlier candidate was skipped, or why all were refused
 
 
-def decide(defs: Definitions, down: str) -> list[Decision]:
-    """For each cluster placed on `down`, its first failover site that can run it."""
+def emulated(site) -> bool:
+    """A site whose nodes are records (the local platform's default runtime): nothing runs there."""
+    return site.platform == "local" and site.runtime == "records"
+
+
+def decide(defs: Definitions, down: str, allow_emulated: bool = False) -> list[Decision]:
+    """For each cluster placed on `down`, its first failover site that can run it. A cluster
+    that runs for real never goes to emulated nodes unless `allow_emulated`: its target would
+    pass the health gate on outputs alone, and the real source would then be destroyed."""
     if down not in defs.sites:
         raise ReconcileError(f"unknown site {down!r}; sites: {', '.join(defs.sites)}")
     decisions = []
@@ -43,7 +50,12 @@ def decide(defs: Definitions, down: str) -> list[Decision]:
         skipped: list[str] = []
         target = None
         for index, candidate in enumerate(cluster.failover, start=1):
-            verdict = portability.check(cluster, defs.sites[candidate], f"failover {index}")
+            site = defs.sites[candidate]
+            verdict = portability.check(cluster, site, f"failover {index}")
+            if verdict.realizable and emulated(site) and not emulated(defs.sites[down]) and not allow_emulated:
+                skipped.append(f"{candidate}: emulated nodes (a records site runs no job), and {name} runs for real on {down}; "
+                               "pass --allow-emulated to fail over there anyway")
+                continue
             if verdict.realizable:
                 target = candidate
                 break
@@ -91,7 +103,7 @@ def patch(before: Snapshot, after: dict[str, bytes]) -> str:
     return "".join(chunks)
 
 
-def commit_branch(root: Path, branch: str, base_revision: str, after: dict[str, bytes], message: str) -> str:
+def commit_branch(root: Path, branch: str, base_revision: str, after: dict[str, bytes], message: str, force: bool = False) -> str:
     """Create `branch` at `base_revision` plus the change, without touching the working tree."""
     def git(*args: str, cwd: Path = root) -> str:
         done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
@@ -99,9 +111,16 @@ def commit_branch(root: Path, branch: str, base_revision: str, after: dict[str, 
             raise GitError(f"git {' '.join(args)}: {done.stderr.strip()}")
         return done.stdout
 
+    existing = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}"], cwd=root,
+                              capture_output=True, text=True).stdout.strip()
+    if existing and not force:
+        raise ReconcileError(
+            f"branch {branch} exists already (at {existing[:7]}, an earlier failover's?): replace it with --force, "
+            "or name another with --branch NAME; nothing was written"
+        )
     with tempfile.TemporaryDirectory(prefix="reconcile-failover-") as tmp:
         tree = Path(tmp) / "tree"
-        git("worktree", "add", "--quiet", "-b", branch, str(tree), base_revision)
+        git("worktree", "add", "--quiet", "-B" if force else "-b", branch, str(tree), base_revision)
         try:
             for path, data in after.items():
                 (tree / path).write_bytes(data)

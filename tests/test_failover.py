@@ -76,7 +76,8 @@ def test_failover_refuses_a_cluster_with_no_realizable_target(applied, cli):
     applied.commit("no failover for dev")
     code, out, err = cli("failover", "--site", "local-a", "--patch", "-", "--repo", str(applied.path))
     assert code == 1
-    assert "cluster dev: REFUSED, no realizable failover site" in out and "no failover sites are listed" in out
+    assert "cluster dev: REFUSED, no realizable failover site" in err and "no failover sites are listed" in err
+    assert "REFUSED" not in out  # standard output is the patch alone
 
 
 def test_failover_patch_applies_with_git(applied, cli, tmp_path):
@@ -85,3 +86,40 @@ def test_failover_patch_applies_with_git(applied, cli, tmp_path):
     applied.git("apply", "--check", str(tmp_path / "f.patch"))
     applied.git("apply", str(tmp_path / "f.patch"))  # what the patch does: slurm-hpc leaves local-b
     assert "site: local-a" in applied.read("clusters/slurm-hpc.yaml").split("failover:")[0]
+
+
+def test_a_second_failover_names_the_branch_it_left_and_force_replaces_it(applied, cli):
+    code, out, err = cli("failover", "--site", "local-b", "--repo", str(applied.path))
+    assert code == 0, err
+    first = applied.git("rev-parse", "failover/local-b").strip()
+    code, out, err = cli("failover", "--site", "local-b", "--repo", str(applied.path))
+    assert code == 1 and "Traceback" not in err
+    assert f"branch failover/local-b exists already (at {first[:7]}" in err and "replace it with --force" in err
+    code, out, err = cli("failover", "--site", "local-b", "--force", "--repo", str(applied.path))
+    assert code == 0, err
+    assert "committed definitions only" in out
+
+
+def test_a_failover_dry_run_shows_uncommitted_edits_and_the_patch_goes_alone_to_stdout(applied, cli, tmp_path):
+    applied.replace("clusters/slurm-hpc.yaml", "failover: [local-a, aws-zurich]", "failover: [aws-zurich, local-a]")  # not committed
+    code, out, err = cli("failover", "--site", "local-b", "--patch", "-", "--repo", str(applied.path))
+    assert "slurm-hpc: local-b -> local-a" in err  # the branch and the patch hold what is committed
+    (tmp_path / "f.patch").write_text(out)
+    applied.git("stash")
+    applied.git("apply", "--check", str(tmp_path / "f.patch"))  # standard output is a patch and nothing else
+    applied.git("stash", "pop")
+    code, out, err = cli("failover", "--site", "local-b", "--dry-run", "--repo", str(applied.path))
+    assert "failover of local-b (from working tree)" in out and "slurm-hpc: local-b -> aws-zurich" in out
+
+
+def test_a_cluster_that_runs_for_real_never_fails_over_to_emulated_nodes_unasked(repo, cli, tmp_path):
+    """icon runs on gcp-netherlands; its last failover site, local-a, is a records site: nothing
+    runs there, and its target would pass the health gate on outputs alone."""
+    repo.replace("clusters/icon.yaml", "failover: [aws-frankfurt, gcp-zurich, local-a]", "failover: [local-a]")
+    repo.commit("icon fails over on premises")
+    code, out, err = cli("failover", "--site", "gcp-netherlands", "--patch", str(tmp_path / "f.patch"), "--repo", str(repo.path))
+    assert code == 1
+    assert "cluster icon: REFUSED" in out and "local-a: emulated nodes" in out and "--allow-emulated" in out
+    code, out, err = cli("failover", "--site", "gcp-netherlands", "--patch", str(tmp_path / "f.patch"), "--allow-emulated",
+                         "--repo", str(repo.path))
+    assert code == 0 and "cluster icon: gcp-netherlands -> local-a" in out, out + err
