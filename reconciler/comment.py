@@ -286,7 +286,10 @@ def _most_that_fit(render: Callable[[int], str], available: int, room: int) -> i
 
 
 def _change_line(change: Change) -> str:
-    line = f"{_GUTTER.get(change.action, ' ')} {_code(describe_change(change))}"
+    gutter, text = _GUTTER.get(change.action, " "), describe_change(change)
+    if text.startswith(gutter + " "):  # the gutter already says it: `+ addr`, never `+ + addr`
+        text = text[len(gutter) + 1:]
+    line = f"{gutter} {_code(text)}"
     if change.action == "forget":
         line += " (forgotten: left in place, not destroyed)"
     return line

@@ -179,7 +179,7 @@ def test_destroys_moves_and_decisions_stand_out_above_the_table():
     assert "| **DESTROY** cluster old on local-a" in rows and "**needs a decision**" in rows["| **DESTROY** cluster old on local-a"]
     assert "| cluster dev on local-b (move 1/2)" in rows and "| **DESTROY** cluster dev on local-a (move 2/2)" in rows
     assert "| REFUSED: no nvidia-h100 in local-b |" in rows["| cluster gpu on local-b"]
-    assert "- - null_resource.foo" in body and "- -/+ null_resource.example (replace because tainted)" in body
+    assert "- null_resource.foo" in body and "- - null_resource" not in body and "- -/+ null_resource.example (replace because tainted)" in body
     assert "  o null_resource.bar (forgotten: left in place, not destroyed)" in body
     assert "  -> random_id.test2 (moved from random_id.test)" in body
 
