@@ -189,7 +189,7 @@ def _row(p: UnitPlan, verdicts: Mapping[str, str], half: str) -> str:
     return "| " + " | ".join(cells) + " |\n"
 
 
-def _headline(plans: list[UnitPlan], head_sha: str) -> str:
+def _headline(plans: list[UnitPlan], head_sha: str, dirty: bool = False) -> str:
     changing = [p for p in plans if p.pending and p.status != UNSUPPORTED]
     bits = [f"{_plural(len(changing), 'stack')} to change"] if changing else []
     if unsupported := sum(1 for p in plans if p.status == UNSUPPORTED):
@@ -199,6 +199,8 @@ def _headline(plans: list[UnitPlan], head_sha: str) -> str:
     if failed := sum(1 for p in plans if p.status == FAILED):
         bits.append(f"{_plural(failed, 'plan')} failed")
     where = f"`{_inline(head_sha[:7])}`" if head_sha else "the working tree"
+    if head_sha and dirty:
+        where += " with uncommitted changes"  # a preview from a laptop: not what a pull request would plan
     text = f"### reconcile plan for {where}: {', '.join(bits) or 'nothing to do'}\n\n"
     if changing:
         text += f"**{counts_text(totals(plans))}**\n\n"
@@ -413,6 +415,7 @@ def render_comment(
     verdicts: Mapping[str, str] | None,
     head_sha: str,
     run_url: str = "",
+    dirty: bool = False,
 ) -> list[str]:
     """The plan comment's parts, in order. `verdicts` maps a unit key or a cluster name to its
     portability verdict. The first part holds the headline, the warnings and the summary
@@ -421,7 +424,7 @@ def render_comment(
     halves = _move_halves(plans)
     rows = [_row(p, verdicts, halves.get(id(p), "")) for p in plans]
     entries = [_reviewed_entry(p) for p in plans]
-    top = _headline(plans, head_sha) + _warnings(plans)
+    top = _headline(plans, head_sha, dirty) + _warnings(plans)
     tail = (f"[CI run]({_link(run_url)}) · " if run_url else "") + _FOOTER + "\n"
     room = _room(LIMIT) - 1  # a block joins a part with a newline
 

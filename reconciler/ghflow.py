@@ -79,7 +79,7 @@ def run_url() -> str:
 
 def plan_comment(assessment: Assessment, plans: list[UnitPlan], verdicts: dict[str, str]) -> list[str]:
     head = assessment.head.snapshot.revision or ""
-    return comment.render_comment(plans, verdicts, head, run_url())
+    return comment.render_comment(plans, verdicts, head, run_url(), dirty=assessment.head.snapshot.dirty)
 
 
 def write_comment_dir(directory: Path, bodies: list[str], pr: int | None, head_sha: str) -> None:

@@ -389,3 +389,10 @@ def test_apply_result(update_golden):
 
     calm = render_apply_result(results[:2], HEAD)
     assert "[!CAUTION]" not in calm and ": done (2 applied)" in calm and "**failed**" not in calm
+
+
+def test_a_comment_previewed_from_a_dirty_tree_says_so(repo, cli, tmp_path):
+    repo.replace("clusters/dev.yaml", "    count: 2\n", "    count: 3\n")  # not committed
+    code, out, err = cli("plan", "--comment-dir", str(tmp_path / "c"), "--repo", str(repo.path))
+    head = repo.git("rev-parse", "HEAD").strip()
+    assert f"### reconcile plan for `{head[:7]}` with uncommitted changes:" in (tmp_path / "c" / "part-1.md").read_text()
