@@ -277,7 +277,21 @@ def plan(settings: Settings, assessment: Assessment, engine: Engine | None, stor
                 interrupt.checkpoint("while planning: nothing was applied")
                 p.status, p.error = FAILED, engine_failure(store, unit, exc)
         interrupt.checkpoint("while planning: nothing was applied")
+    _tidy(plans, store)
     return plans
+
+
+def _tidy(plans: list[UnitPlan], store: LiveStore) -> None:
+    """A plan of a stack never applied leaves no trace: the engine's lock made its local state
+    directory, which would outlive the site if its definition went away. Only empty ones go."""
+    for p in plans:
+        unit = p.selected.unit
+        if unit.state.backend == "local" and p.selected.action == APPLY:
+            directory = store.state_file(unit.state).parent
+            try:
+                directory.rmdir()  # fails, and stays, unless empty
+            except OSError:
+                pass
 
 
 def unlock_stack(settings: Settings, unit: Unit, engine: Engine, lock_id: str) -> None:

@@ -32,6 +32,8 @@ def test_dry_run_apply_then_nothing_to_do(repo, cli, engine):
     assert code == 2
     assert [u["key"] for u in plan["units"]] == LOCAL_UNITS
     assert all(u["reasons"] == ["never applied"] and u["changes"]["create"] > 0 for u in plan["units"])
+    state = repo.path / ".reconcile" / "state"  # a plan leaves no empty state directory behind (its lock made them)
+    assert not state.is_dir() or list(state.iterdir()) == []
     assert sorted(plan["unchecked"]) == [
         "cluster:gpu-ai@aws-frankfurt",
         "cluster:icon@gcp-netherlands",
