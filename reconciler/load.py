@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -381,6 +382,11 @@ def _problem(model, data, spots: Mapping[Path_, Spot], top: Location, error: Map
         message = f"should be {words}"
     if kind not in ("value_error", "assertion_error") and "input" in error and not isinstance(error["input"], (dict, list)):
         message += f", got {error['input']!r}"
+    if kind == "literal_error" and isinstance(error.get("input"), str):  # a misspelled choice: say which was meant
+        expected = re.findall(r"'([^']*)'", str((error.get("ctx") or {}).get("expected", "")))
+        near = difflib.get_close_matches(error["input"], expected, n=1)
+        if near:
+            return Problem(where, field_path, message, f"did you mean {near[0]!r}?")
     return Problem(where, field_path, message)
 
 

@@ -247,3 +247,9 @@ def test_the_number_of_definition_files_is_bounded(repo):
         (repo.path / "clusters" / "profiles" / f"p{i}.yaml").write_text("node_pools: {}\n")
     (found,) = problems(repo)
     assert "definition files, more than the limit of 2,000; none was read" in found
+
+
+def test_a_misspelled_choice_says_which_was_meant(repo):
+    repo.replace("clusters/dev.yaml", "flavor: minimal", "flavor: minimall")
+    (found,) = problems(repo)
+    assert found.startswith("clusters/dev.yaml:") and "flavor" in found and "did you mean 'minimal'?" in found, found
