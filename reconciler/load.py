@@ -79,7 +79,7 @@ def _spot_at(spots: Mapping[Path_, Spot], path: Path_, top: Location) -> Locatio
 MAX_FILES = 2000  # definition files in one snapshot
 MAX_FILE_BYTES = 1 << 20  # one file
 MAX_DEPTH = 32  # nesting of mappings and lists
-MAX_VALUES = 50_000  # values in one file once its aliases are expanded
+MAX_VALUES = 10_000  # values in one file once its aliases are expanded (the examples hold under 300)
 MAX_STRING = 64 << 10  # characters in one string
 
 
@@ -192,9 +192,10 @@ def _parse(path: str, raw: bytes, problems: Problems) -> Document | None:
         return None
     yaml = YAML(typ="rt")
     try:
+        _count_events(yaml, text)  # cheap, and first: a million tiny values is refused unbuilt
         composed = yaml.compose(text)  # nodes only: aliases are shared, nothing is expanded yet
         if composed is not None:
-            _measure(composed, 1, {})
+            _measure(composed, 1, {}, yaml.constructor)
         node = yaml.constructor.construct_document(composed) if composed is not None else None
     except _Refused as exc:
         mark = exc.node.start_mark
@@ -202,6 +203,12 @@ def _parse(path: str, raw: bytes, problems: Problems) -> Document | None:
         return None
     except RecursionError:
         problems.add(Location(path), "", f"nested too deep to read (the limit is {MAX_DEPTH} levels); not read")
+        return None
+    except (ValueError, TypeError, KeyError, AssertionError, OverflowError, AttributeError) as exc:
+        # what ruamel's constructor raises for a value it cannot build (`!!int abc`, an impossible
+        # date, an integer of thousands of digits, a YAML version it does not read)
+        # (values are checked one by one first, with their place: what is left is the document's head)
+        problems.add(Location(path, 1, 1), "", f"malformed YAML: {str(exc)[:200] or type(exc).__name__}")
         return None
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -221,7 +228,37 @@ def _parse(path: str, raw: bytes, problems: Problems) -> Document | None:
     return doc
 
 
-def _measure(node: Node, depth: int, memo: dict[int, tuple[int, int]]) -> tuple[int, int]:
+class _At:
+    """Where a streaming event is: what _Refused reports."""
+
+    def __init__(self, mark):
+        self.start_mark = mark
+
+
+def _count_events(yaml: YAML, text: str) -> None:
+    """Count the parser's events (values, mappings, lists; an alias once) and their nesting,
+    and stop at the first bound crossed: parsing a million tiny values would cost tens of
+    seconds, composing them more."""
+    from ruamel.yaml.events import CollectionEndEvent, CollectionStartEvent, NodeEvent
+
+    count = depth = 0
+    for event in yaml.parse(text):
+        if isinstance(event, CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise _Refused(f"nested deeper than {MAX_DEPTH} levels", _At(event.start_mark))
+        elif isinstance(event, CollectionEndEvent):
+            depth -= 1
+        if isinstance(event, NodeEvent):
+            count += 1
+            if count > MAX_VALUES:
+                raise _Refused(f"more than {MAX_VALUES:,} values (the limit)", _At(event.start_mark))
+
+
+_BUILT_SCALARS = frozenset(f"tag:yaml.org,2002:{t}" for t in ("int", "float", "bool", "timestamp"))
+
+
+def _measure(node: Node, depth: int, memo: dict[int, tuple[int, int]], constructor=None) -> tuple[int, int]:
     """(values, height) below a composed node, aliases counted at every use, in time linear in
     the composed graph (an alias is a shared node: measured once). Raises _Refused at the
     first bound crossed, before anything is expanded."""
@@ -234,6 +271,11 @@ def _measure(node: Node, depth: int, memo: dict[int, tuple[int, int]]) -> tuple[
         if isinstance(node, ScalarNode):
             if len(node.value) > MAX_STRING:
                 raise _Refused(f"a string of {len(node.value):,} characters, more than the limit of {MAX_STRING:,}", node)
+            if constructor is not None and node.tag in _BUILT_SCALARS:
+                try:  # `!!int abc`, an impossible date, an integer of thousands of digits: said here, with its place
+                    constructor.construct_object(node)
+                except (ValueError, TypeError, KeyError, OverflowError, AttributeError) as exc:
+                    raise _Refused(f"malformed YAML: a value that cannot be read ({str(exc)[:160]})", node) from None
             children = []
         elif isinstance(node, MappingNode):
             children = [part for pair in node.value for part in pair]
@@ -244,7 +286,7 @@ def _measure(node: Node, depth: int, memo: dict[int, tuple[int, int]]) -> tuple[
         memo[id(node)] = (1, MAX_DEPTH + 1)  # reached again while measuring it: a recursive alias
         values, height = 1, 1
         for child in children:
-            size, tall = _measure(child, depth + 1, memo)
+            size, tall = _measure(child, depth + 1, memo, constructor)
             values, height = values + size, max(height, tall + 1)
             if values > MAX_VALUES:
                 raise _Refused(f"more than {MAX_VALUES:,} values once its aliases are expanded (the limit)", node)
@@ -259,15 +301,20 @@ def _plain(node: Any, at: Path_, doc: Document) -> Any:
     if isinstance(node, CommentedMap):
         out = {}
         for key, value in node.items():
-            kl, kc = node.lc.key(key)
-            vl, vc = node.lc.value(key)
+            try:
+                (kl, kc), (vl, vc) = node.lc.key(key), node.lc.value(key)
+            except (KeyError, TypeError):  # a key merged in (`<<: *defaults`) is where the mapping is
+                kl, kc = vl, vc = node.lc.line, node.lc.col
             doc.spots[at + (key,)] = Spot(Location(doc.path, kl + 1, kc + 1), Location(doc.path, vl + 1, vc + 1))
             out[key] = _plain(value, at + (key,), doc)
         return out
     if isinstance(node, CommentedSeq):
         out_list = []
         for index, value in enumerate(node):
-            line, col = node.lc.item(index)
+            try:
+                line, col = node.lc.item(index)
+            except (KeyError, TypeError):
+                line, col = node.lc.line, node.lc.col
             spot = Location(doc.path, line + 1, col + 1)
             doc.spots[at + (index,)] = Spot(spot, spot)
             out_list.append(_plain(value, at + (index,), doc))
@@ -344,14 +391,18 @@ def _copy(value: Any) -> Any:
 # ---------------------------------------------------------------- validation
 
 
+MAX_PROBLEMS_PER_FILE = 50  # past these, one line says how many more: a screenful, not 5,000
+
+
 def _validate(model, data, spots, top: Location, problems: Problems, partial: bool = False):
     try:
         return model.model_validate(data)
     except pydantic.ValidationError as exc:
-        for error in exc.errors(include_url=False):
-            if partial and error["type"] == "missing":
-                continue
+        errors = [e for e in exc.errors(include_url=False) if not (partial and e["type"] == "missing")]
+        for error in errors[:MAX_PROBLEMS_PER_FILE]:
             problems.extend([_problem(model, data, spots, top, error)])
+        if len(errors) > MAX_PROBLEMS_PER_FILE:
+            problems.add(top, "", f"and {len(errors) - MAX_PROBLEMS_PER_FILE:,} more problems in this file, not listed")
         return None
 
 

@@ -181,6 +181,8 @@ class LocalState(Strict):
     @model_validator(mode="after")
     def _inside(self) -> "LocalState":
         parts = [part for part in self.path.split("/") if part not in ("", ".")]
+        if any(ord(c) < 0x20 or c == "\x7f" for c in self.path):
+            raise ValueError("path must not hold control characters")
         if self.path.startswith("/") or ".." in parts or "\\" in self.path:
             raise ValueError("path must be relative to the state root and stay inside it, e.g. .reconcile/state/NAME")
         if not parts:

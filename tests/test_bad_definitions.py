@@ -44,6 +44,11 @@ ROWS = [
     ("deep nesting", write("clusters/x.yaml", "x: " + "[" * 50 + "]" * 50 + "\n"), "clusters/x.yaml", "nested deeper"),
     ("huge string", write("clusters/x.yaml", "name: x\ndescription: " + "z" * 70_000 + "\n"), "clusters/x.yaml", "characters, more than the limit"),
     ("symlink out", link("sites/passwd.yaml", "/etc/passwd"), "sites/passwd.yaml", "symbolic link"),
+    ("bad tagged int", swap("    count: 2\n", "    count: !!int abc\n"), D, "cannot be read"),
+    ("impossible date", swap("    count: 2\n", "    count: 2001-02-30\n"), D, "cannot be read"),
+    ("huge integer", swap("    count: 2\n", "    count: " + "9" * 5000 + "\n"), D, "cannot be read"),
+    ("yaml 1.3", lambda repo: repo.write(D, "%YAML 1.3\n---\n" + repo.read(D)), D, "version"),
+    ("nul in state path", swap("  path: .reconcile/state/local-b\n", '  path: "a\\x00b"\n', S), S, "control characters"),
     ("file outside", write("clusters/deeper/x.yaml", "name: x\n"), "clusters/deeper/x.yaml", "this file is not read"),
     # names
     ("slash in name", swap("name: dev\n", "name: a/b\n"), D, "name"),

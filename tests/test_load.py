@@ -214,7 +214,8 @@ def measured_validate(repo) -> tuple[int, str, float, int]:
     "name, text, expected",
     [
         ("big", "name: big\n" + "# padding\n" * 2_100_000, "bytes, more than the limit of 1,048,576 for a definition file"),
-        ("bomb", BOMB, "more than 50,000 values once its aliases are expanded (the limit)"),
+        ("bomb", BOMB, "more than 10,000 values once its aliases are expanded (the limit)"),
+        ("wide", "name: wide\nx: [" + "1," * 520_000 + "1]\n", "more than 10,000 values (the limit)"),
     ],
 )
 def test_a_huge_or_exploding_file_is_refused_fast_and_small(repo, name, text, expected):
@@ -253,3 +254,22 @@ def test_a_misspelled_choice_says_which_was_meant(repo):
     repo.replace("clusters/dev.yaml", "flavor: minimal", "flavor: minimall")
     (found,) = problems(repo)
     assert found.startswith("clusters/dev.yaml:") and "flavor" in found and "did you mean 'minimal'?" in found, found
+
+
+def test_merge_keys_are_read(repo):
+    """YAML merge keys (`<<: *defaults`) are plain YAML: the merged fields load, located where
+    the mapping is."""
+    repo.replace("clusters/dev.yaml", "node_pools:\n  compute:\n    role: compute\n    count: 2\n    cores: 8\n    memory_gb: 32\n",
+                 "x-pool: &pool {role: compute, count: 2, cores: 8, memory_gb: 32}\nnode_pools:\n  compute:\n    <<: *pool\n")
+    found = problems(repo)
+    assert len(found) == 1 and "x-pool" in found[0] and "unknown field" in found[0]  # the anchor's home is not a field
+    repo.replace("clusters/dev.yaml", "x-pool: &pool {role: compute, count: 2, cores: 8, memory_gb: 32}\nnode_pools:\n  compute:\n    <<: *pool\n",
+                 "node_pools:\n  compute: &pool {role: compute, count: 2, cores: 8, memory_gb: 32}\n  more:\n    <<: *pool\n    count: 1\n")
+    defs = load(GitSource(repo.path).working_tree())
+    assert defs.clusters["dev"].node_pools["more"].cores == 8 and defs.clusters["dev"].node_pools["more"].count == 1
+
+
+def test_thousands_of_problems_in_one_file_are_a_screenful(repo):
+    repo.replace("clusters/dev.yaml", "flavor: minimal\n", "flavor: minimal\n" + "".join(f"unknown{i}: 1\n" for i in range(3000)))
+    found = problems(repo)
+    assert len(found) == 51 and any(f.endswith("and 2,950 more problems in this file, not listed") for f in found)
