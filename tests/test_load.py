@@ -273,3 +273,14 @@ def test_thousands_of_problems_in_one_file_are_a_screenful(repo):
     repo.replace("clusters/dev.yaml", "flavor: minimal\n", "flavor: minimal\n" + "".join(f"unknown{i}: 1\n" for i in range(3000)))
     found = problems(repo)
     assert len(found) == 51 and any(f.endswith("and 2,950 more problems in this file, not listed") for f in found)
+
+
+def test_a_link_to_an_endless_file_is_refused_by_the_real_command(repo):
+    """The command's early helper reads site files for a hint before anything is validated:
+    it follows no link either (a link to /dev/zero would read forever)."""
+    import os
+
+    os.symlink("/dev/zero", repo.path / "sites" / "zero.yaml")
+    code, err, seconds, peak_kib = measured_validate(repo)
+    assert code == 1 and "sites/zero.yaml: error: a symbolic link" in err and "Traceback" not in err, err
+    assert seconds < 2.0 and peak_kib < 200 * 1024
