@@ -98,6 +98,8 @@ def main() -> int:
         marker = Path(tmp) / "node-started"
         for name in ("sites", "clusters", "schema"):
             shutil.copytree(ROOT / name, repo / name)
+        for rel in ("sites/local-slurm.yaml", "clusters/laptop.yaml"):  # real nodes: bench_cluster.py times those
+            (repo / rel).unlink()
         env = {**os.environ, **GIT_ENV, "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20"}
         for argv in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "bench"]):
             subprocess.run(["git", *argv], cwd=repo, check=True, env=env)
