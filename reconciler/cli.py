@@ -298,7 +298,7 @@ def cmd_comment(settings: Settings, args) -> int:
     directory = Path(args.from_dir)
     gh = ghflow.connect(args.github_repo)
     if args.render:
-        pr, head = ghflow.planned(gh, directory, args.expect_head)
+        pr, head, _ = ghflow.planned(gh, directory, args.expect_head)
         trusted = replace(settings, head=head, lock=False)
         assessment, plans, _, _ = _plan_all(trusted)
         directory = settings.work_dir / "comment"

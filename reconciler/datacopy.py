@@ -111,16 +111,22 @@ def estimate(volume: str, address: str, source: Location) -> VolumeCopy:
         size = json.loads(_rclone(["size", "-q", "--json", source.remote], "measure").stdout)
         return VolumeCopy(volume, address, source, int(size.get("count") or 0), int(size.get("bytes") or 0))
     files = size = 0
-    for path, dirs, names in os.walk(source):
-        if Path(path) == source and INTERNAL in dirs:
-            dirs.remove(INTERNAL)
+    for path, _, names in _walk(source):
         for name in names:
             files += 1
             try:
-                size += (Path(path) / name).lstat().st_size
+                size += (path / name).lstat().st_size
             except OSError:
                 pass
     return VolumeCopy(volume, address, source, files, size)
+
+
+def _walk(root: Path):
+    """os.walk below a volume's directory, as Paths, without the cluster's own INTERNAL state."""
+    for path, dirs, names in os.walk(root):
+        if Path(path) == root and INTERNAL in dirs:
+            dirs.remove(INTERNAL)
+        yield Path(path), dirs, names
 
 
 def unavailable(source: Location | None = None, target_in_store: bool = False) -> str:
@@ -277,10 +283,7 @@ def manifest(root: Path) -> dict[str, str]:
     """{relative path: what it is}: sha256 and mode of each file, the target of each symlink,
     the mode of each directory."""
     out = {}
-    for path, dirs, names in os.walk(root):
-        if Path(path) == root and INTERNAL in dirs:
-            dirs.remove(INTERNAL)
-        base = Path(path)
+    for base, dirs, names in _walk(root):
         for name in sorted(dirs):
             info = (base / name).lstat()
             rel = (base / name).relative_to(root).as_posix()

@@ -122,9 +122,9 @@ def _meta(directory: Path) -> dict:
     return meta
 
 
-def planned(gh: GitHub, directory: Path, expect_head: str | None) -> tuple[int, str]:
-    """(pull request, planned commit) of a plan run's artifact, checked: the number is a number,
-    the commit the one expected, and still the pull request's head."""
+def planned(gh: GitHub, directory: Path, expect_head: str | None) -> tuple[int, str, int]:
+    """(pull request, planned commit, parts) of a plan run's artifact, read once and checked:
+    the number is a number, the commit the one expected, and still the pull request's head."""
     meta = _meta(directory)
     pr, head = meta.get("pr"), meta.get("head_sha")
     if not isinstance(pr, int) or pr <= 0:
@@ -134,15 +134,15 @@ def planned(gh: GitHub, directory: Path, expect_head: str | None) -> tuple[int, 
     current = gh.pull_request_head(pr)
     if current != head:
         raise ReconcileError(f"#{pr} has moved on to {current[:7]} since {str(head)[:7]} was planned; a newer plan will comment")
-    return pr, head
+    return pr, head, meta["parts"]
 
 
 def post_comment_dir(gh: GitHub, directory: Path, expect_head: str | None, source: GitSource | None = None) -> int:
     """Post prepared parts as the sticky comment. The files are data from an untrusted run: the
     pull request number must be a number, its head must still be the commit planned, and (with
     `source`, this job's checkout) the reviewed hashes must be the ones recomputed here."""
-    pr, head = planned(gh, directory, expect_head)
-    bodies = [_artifact_file(directory, f"part-{i}.md", ARTIFACT_PART_CHARS) for i in range(1, _meta(directory)["parts"] + 1)]
+    pr, head, parts = planned(gh, directory, expect_head)
+    bodies = [_artifact_file(directory, f"part-{i}.md", ARTIFACT_PART_CHARS) for i in range(1, parts + 1)]
     if not all(body.startswith(comment.MARKER.rstrip(" ->")) for body in bodies):
         raise ReconcileError("a comment part does not start with the plan marker")
     if source is not None:

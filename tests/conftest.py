@@ -123,6 +123,21 @@ class Repo:
 REAL_RUNTIME_FILES = ("sites/local-slurm.yaml", "clusters/laptop.yaml")
 
 
+def node_module(name: str):
+    """A module of the node package as nodes run it, imported from its source (the reconciler
+    itself never imports it)."""
+    import importlib
+    import sys
+
+    from reconciler import nodepkg
+
+    sys.path.insert(0, str(nodepkg.source_dir().parent))
+    try:
+        return importlib.import_module(f"vcnode.{name}")
+    finally:
+        sys.path.pop(0)
+
+
 def make_repo(path: Path, real_runtime: bool = False) -> Repo:
     path.mkdir(parents=True, exist_ok=True)
     for name in ("sites", "clusters", "schema"):

@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from conftest import GOLDEN, ROOT, check_golden, make_repo, synthesize_stacks
+from conftest import GOLDEN, ROOT, check_golden, make_repo, node_module, synthesize_stacks
 from reconciler.gitsource import GitSource
 from reconciler.run import Desired, desired
 from rpi.spec import ClusterSpec
@@ -505,24 +505,11 @@ def test_an_adopted_volume_is_imported_and_not_replaced(synthesized):
     assert "import" not in doc(synthesized, "cluster-dev")
 
 
-def _node_package():
-    """The node package as nodes run it, imported from its source (the reconciler never does)."""
-    import importlib
-
-    from reconciler import nodepkg
-
-    sys.path.insert(0, str(nodepkg.source_dir().parent))
-    try:
-        return importlib.import_module("vcnode.platforms"), importlib.import_module("vcnode.bootstrap")
-    finally:
-        sys.path.pop(0)
-
-
 def test_lustre_and_efs_reach_the_nodes_as_what_they_mount(synthesized):
     """The `vcluster-mounts` tag names FSx for Lustre by its LNet address and EFS by its DNS
     name; the node package mounts the first with the Lustre client, the second over NFS 4.1,
     and installs each client where the image lacks it."""
-    platforms, bootstrap = _node_package()
+    platforms, bootstrap = node_module("platforms"), node_module("bootstrap")
     tags = {
         name: json.loads(synthesized[name])["resource"]["aws_instance"]["node_login_0"]["tags"]["vcluster-mounts"]
         for name in ("cluster-slurm-hpc", "cluster-dev")

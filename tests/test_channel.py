@@ -7,25 +7,14 @@ its half of the layout to the reconciler's (`rpi.spec`).
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
 
 import pytest
 
-from conftest import make_repo
-from reconciler import nodepkg
+from conftest import make_repo, node_module
 from reconciler.gitsource import GitSource
 from reconciler.run import desired
 from rpi.spec import CHANNEL_CURRENT, channel_node_key, channel_objects, channel_prefix, channel_version_key
-
-
-def node_module(name: str):
-    sys.path.insert(0, str(nodepkg.source_dir().parent))
-    try:
-        return importlib.import_module(f"vcnode.{name}")
-    finally:
-        sys.path.pop(0)
 
 
 def test_the_nodes_and_the_reconciler_read_one_layout(tmp_path):

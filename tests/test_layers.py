@@ -8,6 +8,7 @@ import subprocess
 import sys
 import zipfile
 
+from conftest import node_module
 from reconciler import layers, nodepkg
 from reconciler.gitsource import GitSource
 from reconciler.layers import slurm_conf
@@ -100,14 +101,7 @@ def test_cloud_nodes_sync_with_the_channel_on_a_timer(tmp_path):
     installs a systemd timer that runs `vcnode sync`; systemd itself checks the units."""
     import shutil
 
-    sys.path.insert(0, str(nodepkg.source_dir().parent))
-    try:
-        import importlib
-
-        bootstrap = importlib.import_module("vcnode.bootstrap")
-    finally:
-        sys.path.pop(0)
-    units = bootstrap.sync_units(60)
+    units = node_module("bootstrap").sync_units(60)
     assert f"ExecStart=/usr/bin/python3 {layers.NODE_PACKAGE_PATH} sync" in units["vcluster-sync.service"]
     assert "OnUnitActiveSec=60s" in units["vcluster-sync.timer"] and "WantedBy=timers.target" in units["vcluster-sync.timer"]
     if shutil.which("systemd-analyze") is None:
