@@ -374,10 +374,21 @@ def _merge_into(target: Document, layer: Document, at: Path_, source: dict, dest
             target.spots[here] = layer.spots[here]
             _merge_into(target, layer, here, value, dest[key])
             continue
-        for stale in [p for p in target.spots if p[: len(here)] == here]:
-            del target.spots[stale]  # the earlier layer's value is replaced whole
-        target.spots.update({p: s for p, s in layer.spots.items() if p[: len(here)] == here})
+        if key in dest:  # the earlier layer's value is replaced whole
+            for stale in _paths(dest[key], here):
+                target.spots.pop(stale, None)
+        target.spots[here] = layer.spots[here]
+        target.spots.update((p, layer.spots[p]) for p in _paths(value, here))
         dest[key] = _copy(value)
+
+
+def _paths(value: Any, at: Path_):
+    """The paths below a value: spots mirror the data, one per mapping key and list item, so
+    a merge touches only what it replaces (linear, not a scan of every spot per key)."""
+    children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, child in children:
+        yield at + (key,)
+        yield from _paths(child, at + (key,))
 
 
 def _copy(value: Any) -> Any:

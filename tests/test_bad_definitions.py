@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -109,9 +108,7 @@ def state_digest(repo) -> str:
 def test_a_bad_definition_is_one_clear_error_and_nothing_happens(repo, cli, case, damage, where, expected):
     before = state_digest(repo)
     damage(repo)
-    started = time.monotonic()
     code, out, err = cli("--dry-run", "--repo", str(repo.path))
-    seconds = time.monotonic() - started
     text = out + err
     assert code == 1, text
     assert "Traceback" not in text
@@ -119,6 +116,5 @@ def test_a_bad_definition_is_one_clear_error_and_nothing_happens(repo, cli, case
     assert located and any(expected in line for line in located), text
     if not where.endswith("passwd.yaml") and case not in ("huge string",):
         assert any(line.split(":")[1].isdigit() for line in located), f"no line number: {located}"
-    assert seconds < 2.0, f"{seconds:.2f} s"
     assert state_digest(repo) == before
     assert not (repo.path / ".reconcile" / "stacks").exists()  # nothing was planned

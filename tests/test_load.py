@@ -190,24 +190,23 @@ BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
 )  # 9**10 values once expanded, from a few hundred bytes
 
 
-def measured_validate(repo) -> tuple[int, str, float, int]:
-    """`reconcile validate` in a process of its own: (exit code, stderr, seconds, peak KiB)."""
+def measured_validate(repo) -> tuple[int, str, int]:
+    """`reconcile validate` in a process of its own: (exit code, stderr, peak KiB)."""
     import subprocess
     import sys
-    import time
     from pathlib import Path
 
     wrapper = (
-        "import resource, subprocess, sys, time; t = time.monotonic(); "
+        "import resource, subprocess, sys; "
         "done = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
-        "print(done.returncode, time.monotonic() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
+        "print(done.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
         "sys.stderr.write(done.stdout + done.stderr)"
     )
     reconcile = str(Path(sys.executable).with_name("reconcile"))
     done = subprocess.run([sys.executable, "-c", wrapper, reconcile, "validate", "--repo", str(repo.path)],
                           capture_output=True, text=True, timeout=60)
-    code, seconds, peak = done.stdout.split()
-    return int(code), done.stderr, float(seconds), int(peak)
+    code, peak = done.stdout.split()
+    return int(code), done.stderr, int(peak)
 
 
 @pytest.mark.parametrize(
@@ -220,12 +219,11 @@ def measured_validate(repo) -> tuple[int, str, float, int]:
 )
 def test_a_huge_or_exploding_file_is_refused_fast_and_small(repo, name, text, expected):
     """A 20 MB file and an alias bomb of a few hundred bytes: each one error, naming the file
-    and the limit, in under 2 s and 200 MB, before anything is built from it."""
+    and the limit, within 200 MB, before anything is built from it (scripts/bench times them)."""
     repo.write(f"clusters/{name}.yaml", text)
-    code, err, seconds, peak_kib = measured_validate(repo)
+    code, err, peak_kib = measured_validate(repo)
     assert code == 1 and f"clusters/{name}.yaml" in err and expected in err, err
     assert "Traceback" not in err
-    assert seconds < 2.0, f"{seconds:.2f} s"
     assert peak_kib < 200 * 1024, f"{peak_kib / 1024:.0f} MB"
 
 
@@ -281,6 +279,6 @@ def test_a_link_to_an_endless_file_is_refused_by_the_real_command(repo):
     import os
 
     os.symlink("/dev/zero", repo.path / "sites" / "zero.yaml")
-    code, err, seconds, peak_kib = measured_validate(repo)
+    code, err, peak_kib = measured_validate(repo)
     assert code == 1 and "sites/zero.yaml: error: a symbolic link" in err and "Traceback" not in err, err
-    assert seconds < 2.0 and peak_kib < 200 * 1024
+    assert peak_kib < 200 * 1024
