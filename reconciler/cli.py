@@ -6,6 +6,7 @@ import argparse
 import hashlib
 import json
 import os
+import signal
 import sys
 import traceback
 from dataclasses import asdict, fields, replace
@@ -16,7 +17,7 @@ from reconciler import comment, failover, gate, ghflow, hostruntime, interrupt, 
 from reconciler import event as event_module
 from reconciler.apply import APPLIED, DEFAULT_PARALLELISM, FAILED as APPLY_FAILED, INTERRUPTED, NOT_STARTED, NOTHING, REFUSED, apply, delete_volume
 from reconciler.engine import CHOICES, select_engine
-from reconciler.errors import Exit, InvalidDefinitions, NotConfirmed, ReconcileError
+from reconciler.errors import Exit, InvalidDefinitions, NotConfirmed, ReconcileError, printable
 from reconciler.gitsource import GitSource, Snapshot
 from reconciler.live import LiveStore, RetainedVolume, volume_name
 from reconciler.load import load
@@ -188,6 +189,9 @@ def _main(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("interrupted: nothing more was started\n")
         return Exit.INTERRUPTED
+    except BrokenPipeError:  # the reader left (`reconcile validate | head -1`): quiet, as git is
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
+        return 128 + signal.SIGPIPE
     except Exception:  # a bug: say so, with the traceback
         if interrupt.requested():  # a helper process (Node) stopped by the same Ctrl-C: not a bug
             sys.stderr.write(f"interrupted: {interrupt.received()} received; nothing more was started\n")
@@ -212,13 +216,16 @@ def cmd_validate(settings: Settings, args) -> int:
     if settings.output_json:
         verdicts = [v.as_dict() for v in portability.matrix(state.definitions)]
         listed = [{"key": u.key, "platform": u.platform, "synthesizable": u.synthesizable, "inputs": list(u.inputs)} for u in units]
-        _emit({"valid": True, "units": listed, "portability": verdicts, "exit_code": 0})
+        _emit({"valid": True, "units": listed, "portability": verdicts, "ignored": list(state.definitions.ignored), "exit_code": 0})
         return Exit.OK
     defs = state.definitions
     print(f"{state.snapshot.label}: {len(defs.sites)} sites, {len(defs.clusters)} clusters, all valid")
     for unit in units:
         note = "" if unit.synthesizable else f"  (the {unit.platform} platform is not synthesizable yet)"
         print(f"  {unit.title} [{unit.platform}] <- {', '.join(unit.inputs)}{note}")
+    if defs.ignored:
+        shown = ", ".join(printable(p) for p in defs.ignored[:10]) + (f" and {len(defs.ignored) - 10} more" if len(defs.ignored) > 10 else "")
+        print(f"  not definitions, not read: {shown}")
     refused = [v for v in portability.matrix(defs) if not v.realizable]
     for verdict in refused:
         print(f"warning: cluster {verdict.cluster} cannot fail over to {verdict.site} ({verdict.role}): {'; '.join(verdict.reasons)}")

@@ -16,6 +16,15 @@ class Exit(enum.IntEnum):
     INTERRUPTED = 130  # stopped by SIGINT or SIGTERM (128 + SIGINT, the shell's convention)
 
 
+def printable(text: str) -> str:
+    """Text from a definition as one safe line: control and format characters (newlines, ANSI
+    escapes, bidirectional overrides) written as escapes, so a key cannot forge a log line or
+    recolour a terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 @dataclass(frozen=True, order=True)
 class Location:
     """A place in a definition file; line and column are 1-based."""
@@ -26,8 +35,8 @@ class Location:
 
     def __str__(self) -> str:
         if not self.line:
-            return self.path
-        return f"{self.path}:{self.line}:{self.column}"
+            return printable(self.path)
+        return f"{printable(self.path)}:{self.line}:{self.column}"
 
 
 @dataclass(frozen=True, order=True)
@@ -41,9 +50,9 @@ class Problem:
 
     def __str__(self) -> str:
         where = f"{self.location}: " if self.location.path else ""
-        what = f"{self.field}: " if self.field else ""
-        text = f"{where}error: {what}{self.message}"
-        return f"{text} ({self.hint})" if self.hint else text
+        what = f"{printable(self.field)}: " if self.field else ""
+        text = f"{where}error: {what}{printable(self.message)}"
+        return f"{text} ({printable(self.hint)})" if self.hint else text
 
     def as_dict(self) -> dict:
         return {

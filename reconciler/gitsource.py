@@ -30,6 +30,14 @@ def is_definition_path(path: str) -> bool:
     return len(parts) == 3 and parts[0] == "clusters" and parts[1] == "profiles"
 
 
+SYMLINK_MODE = 0o120000  # a tree entry that is a symbolic link
+
+
+def _hidden(path: str) -> bool:
+    """A dot file or folder (.gitkeep, an editor's .x.yaml.swp): not a definition, not worth a word."""
+    return any(part.startswith(".") for part in PurePosixPath(path).parts)
+
+
 def is_yaml_under_definitions(path: str) -> bool:
     """Any YAML file below sites/ or clusters/: what a snapshot holds, so that a file in a
     folder that is not read is reported instead of silently ignored."""
@@ -46,6 +54,7 @@ class Snapshot:
     dirty: bool  # the working tree differs from `revision`
     files: Mapping[str, bytes]
     links: tuple[str, ...] = ()  # symbolic links under sites/ or clusters/: never followed, refused
+    others: tuple[str, ...] = ()  # other files there (README.md, x.YAML, x.json): never read, named
 
 
 class GitSource:
@@ -104,22 +113,31 @@ class GitSource:
         sha = self.resolve(rev)
         commit = self.repo.commit(sha)
         files: dict[str, bytes] = {}
+        links: list[str] = []
+        others: list[str] = []
         for top in DEFINITION_DIRS:
             try:
                 tree = commit.tree / top
             except KeyError:
                 continue
             for item in tree.traverse():
-                if item.type == "blob" and is_yaml_under_definitions(item.path):
+                if item.type != "blob":
+                    continue
+                if item.mode == SYMLINK_MODE:  # committed as a link: its text is a path, not a definition
+                    links.append(item.path)
+                elif is_yaml_under_definitions(item.path):
                     files[item.path] = item.data_stream.read()
+                elif not _hidden(item.path):
+                    others.append(item.path)
         label = rev if rev == sha else f"{rev} ({sha[:7]})"
-        return Snapshot(label=label, revision=sha, dirty=False, files=files)
+        return Snapshot(label=label, revision=sha, dirty=False, files=files, links=tuple(sorted(links)), others=tuple(sorted(others)))
 
     def working_tree(self) -> Snapshot:
         """The definitions as they are on disk. A symbolic link is never followed (it could
         reach any file of the machine): it is listed in `links`, and refused by the loader."""
         files: dict[str, bytes] = {}
         links: list[str] = []
+        others: list[str] = []
         for top in DEFINITION_DIRS:
             base = self.root / top
             if base.is_symlink():
@@ -135,6 +153,11 @@ class GitSource:
                         links.append(rel)
                     elif name in names and path.is_file() and is_yaml_under_definitions(rel):
                         files[rel] = path.read_bytes()
+                    elif name in names and not _hidden(rel):
+                        others.append(rel)
         head = self.head()
         dirty = head is None or links or files != self.at_revision(head).files
-        return Snapshot(label="working tree", revision=head, dirty=bool(dirty), files=dict(sorted(files.items())), links=tuple(sorted(links)))
+        return Snapshot(
+            label="working tree", revision=head, dirty=bool(dirty), files=dict(sorted(files.items())),
+            links=tuple(sorted(links)), others=tuple(sorted(others)),
+        )

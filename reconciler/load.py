@@ -20,6 +20,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from ruamel.yaml.reader import ReaderError
 
 from reconciler.errors import Location, Problem, Problems
 from reconciler.gitsource import Snapshot, is_definition_path
@@ -56,6 +57,7 @@ class Definitions:
     files: Mapping[str, bytes]
     cluster_spots: Mapping[str, Mapping[Path_, Spot]] = field(default_factory=dict)  # where each field was set
     site_spots: Mapping[str, Mapping[Path_, Spot]] = field(default_factory=dict)
+    ignored: tuple[str, ...] = ()  # files under sites/ and clusters/ that are not definitions (README.md)
 
     def locate_site(self, site: str, path: Path_) -> Location:
         """Where a site's field was written; the file's top if unknown."""
@@ -108,6 +110,14 @@ def load(snapshot: Snapshot) -> Definitions:
             Location(path), "", "a symbolic link: definitions must be regular files, and links are never followed",
             "replace the link with the file itself",
         )
+    for path in snapshot.others:
+        suffix = PurePosixPath(path).suffix
+        if suffix.lower() in (".yaml", ".yml", ".json"):  # meant as a definition, surely: say why it is not one
+            problems.add(
+                Location(path, 1, 1), "", f"this file is not read: definitions end in .yaml or .yml, in lower case, not {suffix}",
+                f"rename it to {PurePosixPath(path).with_suffix('.yaml').as_posix()}"
+                + ("; YAML reads JSON as it is" if suffix == ".json" else ""),
+            )
     for path in sorted(snapshot.files):
         if not is_definition_path(path):
             problems.add(
@@ -173,6 +183,7 @@ def load(snapshot: Snapshot) -> Definitions:
         files=snapshot.files,
         cluster_spots=cluster_spots,
         site_spots=site_spots,
+        ignored=snapshot.others,
     )
 
 
@@ -210,6 +221,12 @@ def _parse(path: str, raw: bytes, problems: Problems) -> Document | None:
         # (values are checked one by one first, with their place: what is left is the document's head)
         problems.add(Location(path, 1, 1), "", f"malformed YAML: {str(exc)[:200] or type(exc).__name__}")
         return None
+    except ReaderError as exc:  # a character YAML does not allow (NUL, ...): at its place
+        before = text[: exc.position]
+        where = Location(path, before.count("\n") + 1, exc.position - (before.rfind("\n") + 1) + 1)
+        char = chr(exc.character) if isinstance(exc.character, int) else str(exc.character)
+        problems.add(where, "", f"malformed YAML: the character {char!r} (U+{ord(char[:1] or ' '):04X}) is not allowed in YAML text")
+        return None
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = Location(path, mark.line + 1, mark.column + 1) if mark else Location(path)
@@ -224,7 +241,7 @@ def _parse(path: str, raw: bytes, problems: Problems) -> Document | None:
         problems.add(Location(path, 1, 1), "", f"expected a mapping of fields at the top level, got {kind}")
         return None
     doc = Document(path, None)
-    doc.data = _plain(node, (), doc)
+    doc.data = _plain(node, (), doc, problems)
     return doc
 
 
@@ -296,8 +313,9 @@ def _measure(node: Node, depth: int, memo: dict[int, tuple[int, int]], construct
     return known
 
 
-def _plain(node: Any, at: Path_, doc: Document) -> Any:
-    """ruamel's round-trip nodes -> plain Python, recording positions on the way."""
+def _plain(node: Any, at: Path_, doc: Document, problems: Problems) -> Any:
+    """ruamel's round-trip nodes -> plain Python, recording positions on the way. A key that
+    is not a string (`true:`, `3:`, `? [a]`) is reported where it is written, and left out."""
     if isinstance(node, CommentedMap):
         out = {}
         for key, value in node.items():
@@ -305,8 +323,11 @@ def _plain(node: Any, at: Path_, doc: Document) -> Any:
                 (kl, kc), (vl, vc) = node.lc.key(key), node.lc.value(key)
             except (KeyError, TypeError):  # a key merged in (`<<: *defaults`) is where the mapping is
                 kl, kc = vl, vc = node.lc.line, node.lc.col
+            if not isinstance(key, str):
+                problems.add(Location(doc.path, kl + 1, kc + 1), _dotted(at), *_not_a_string_key(key))
+                continue
             doc.spots[at + (key,)] = Spot(Location(doc.path, kl + 1, kc + 1), Location(doc.path, vl + 1, vc + 1))
-            out[key] = _plain(value, at + (key,), doc)
+            out[key] = _plain(value, at + (key,), doc, problems)
         return out
     if isinstance(node, CommentedSeq):
         out_list = []
@@ -317,12 +338,23 @@ def _plain(node: Any, at: Path_, doc: Document) -> Any:
                 line, col = node.lc.line, node.lc.col
             spot = Location(doc.path, line + 1, col + 1)
             doc.spots[at + (index,)] = Spot(spot, spot)
-            out_list.append(_plain(value, at + (index,), doc))
+            out_list.append(_plain(value, at + (index,), doc, problems))
         return out_list
     for plain in (bool, int, float, str):  # ruamel's ScalarFloat, ScalarString, ... -> built-ins
         if isinstance(node, plain):
             return plain(node)
     return node
+
+
+def _not_a_string_key(key: Any) -> tuple[str, str]:
+    """(message, hint) for a mapping key that YAML read as something other than a string."""
+    if isinstance(key, bool) or key is None:
+        written = {True: "true", False: "false", None: "null"}[key]
+        return f"a key must be a string; {written} is read as {'no value' if key is None else 'a boolean'}", f'quote it: "{written}"'
+    if isinstance(key, (int, float)):
+        return f"a key must be a string; {key!r} is read as a number", f'quote it: "{key}"'
+    kind = "a list" if isinstance(key, tuple) else "a mapping" if isinstance(key, Mapping) else type(key).__name__
+    return f"a key must be a string, not {kind}", "keys are names: write one plain name"
 
 
 # ---------------------------------------------------------------- composition

@@ -27,11 +27,34 @@ def _cidr(value: str) -> str:
 Cidr = Annotated[str, AfterValidator(_cidr), Field(description="IPv4 network, e.g. 10.10.0.0/16")]
 
 VOLUME_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,254}$"
+ZONE_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+# A label key every platform takes (Google Cloud's rule, the strictest; lower case is applied there).
+LABEL_KEY_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,62}$"
+LABEL_VALUE_PATTERN = r"^[^\x00-\x1f\x7f]{0,255}$"
+DN_PATTERN = r"^[A-Za-z][A-Za-z0-9-]*=[^,=+\x00-\x1f\x7f]+(,[A-Za-z][A-Za-z0-9-]*=[^,=+\x00-\x1f\x7f]+)*$"
 # What each pattern means, for messages that name no regular expression.
 PATTERN_WORDS = {
     NAME_PATTERN: "a name of lower-case letters, digits and '-', 1-40 characters, starting with a letter and not ending in '-'",
     VOLUME_ID_PATTERN: "a volume id, as `reconcile volumes` lists it, or the cloud's resource id",
+    ZONE_PATTERN: "a zone name of lower-case letters, digits and '-', at most 63 characters (e.g. europe-west4-a)",
+    LABEL_KEY_PATTERN: "a label key of letters, digits, '_' and '-', at most 63 characters, starting with a letter",
+    LABEL_VALUE_PATTERN: "a label value of at most 255 characters, without control characters",
+    DN_PATTERN: "an LDAP distinguished name such as dc=cscs,dc=ch (attribute=value, separated by commas)",
 }
+
+
+def _no_repeats(items: list) -> list:
+    seen = set()
+    for item in items:
+        if item in seen:
+            raise ValueError(f"{item} is listed twice: list each once")
+        seen.add(item)
+    return items
+
+
+Zone = Annotated[str, Field(pattern=ZONE_PATTERN)]
+LabelKey = Annotated[str, Field(pattern=LABEL_KEY_PATTERN)]
+LabelValue = Annotated[str, Field(pattern=LABEL_VALUE_PATTERN)]
 
 VolumeId = Annotated[
     str,
@@ -95,7 +118,7 @@ class SiteNetwork(Strict):
 
 
 class Ldap(Strict):
-    base_dn: str = Field(description="e.g. dc=cscs,dc=ch")
+    base_dn: str = Field(pattern=DN_PATTERN, max_length=1024, description="e.g. dc=cscs,dc=ch")
 
 
 class Keycloak(Strict):
@@ -115,8 +138,8 @@ class Secrets(Strict):
 
 class ControlNodes(Strict):
     count: int = Field(3, ge=1, le=9)
-    cores: int = Field(4, ge=1)
-    memory_gb: int = Field(16, ge=1)
+    cores: int = Field(4, ge=1, le=512)
+    memory_gb: int = Field(16, ge=1, le=32768)
 
 
 def _check_endpoint(value: str | None) -> str | None:
@@ -241,8 +264,8 @@ class Site(Strict):
     platform: Platform
     account: str = Field("", description="GCP project ID or AWS account ID; not used on local")
     region: str
-    zones: list[str] = Field(min_length=1)
-    labels: dict[str, str] = Field({}, description="e.g. sovereignty: CH")
+    zones: Annotated[list[Zone], AfterValidator(_no_repeats)] = Field(min_length=1)
+    labels: dict[LabelKey, LabelValue] = Field({}, max_length=64, description="e.g. sovereignty: CH")
     network: SiteNetwork
     services: LandingZoneServices
     state: StateBackend
@@ -311,13 +334,13 @@ class NodePool(Strict):
 
 
 class SharedFilesystem(Strict):
-    size_gb: int = Field(ge=100)
+    size_gb: int = Field(ge=100, le=10_000_000, description="100 GB to 10 PB")
     mount: str = "/home"
     from_: VolumeId | None = Field(None, alias="from")
 
 
 class Scratch(Strict):
-    size_gb: int = Field(ge=100)
+    size_gb: int = Field(ge=100, le=10_000_000, description="100 GB to 10 PB")
     mount: str = "/scratch"
 
 
@@ -401,25 +424,36 @@ class Cluster(Strict):
 
     name: Name
     description: str = ""
-    profiles: list[Name] = Field([], description="Profiles under clusters/profiles/ to compose, in order")
+    profiles: Annotated[list[Name], AfterValidator(_no_repeats)] = Field(
+        [], description="Profiles under clusters/profiles/ to compose, in order"
+    )
     placement: Placement
-    failover: list[Name] = Field([], description="Sites to fail over to, in order of preference")
+    failover: Annotated[list[Name], AfterValidator(_no_repeats)] = Field(
+        [], description="Sites to fail over to, in order of preference"
+    )
     flavor: Flavor
     node_pools: dict[Name, NodePool] = Field(min_length=1)
     storage: Storage = Storage()
     network: ClusterNetwork = ClusterNetwork()
     access: Access = Access()
-    services: Services = Services()
+    services: Services = Field(Services(), validate_default=True)
     environment: UserEnvironment = UserEnvironment()
     health_check: HealthCheck | None = Field(None, description="Overrides the flavor's default health check")
 
-    @model_validator(mode="after")
-    def _flavor_needs(self) -> "Cluster":
-        if self.flavor == "gpu" and not any(p.gpu for p in self.node_pools.values()):
+    # What a flavor needs is checked on the field that lacks it, so the error points there.
+    @field_validator("node_pools")
+    @classmethod
+    def _gpu_flavor_has_gpus(cls, pools: dict[str, NodePool], info: ValidationInfo) -> dict[str, NodePool]:
+        if info.data.get("flavor") == "gpu" and not any(p.gpu for p in pools.values()):
             raise ValueError("flavor gpu needs at least one node pool with gpu")
-        if self.flavor == "slurm" and self.services.scheduler is None:
+        return pools
+
+    @field_validator("services")
+    @classmethod
+    def _slurm_flavor_has_a_scheduler(cls, services: Services, info: ValidationInfo) -> Services:
+        if info.data.get("flavor") == "slurm" and services.scheduler is None:
             raise ValueError("flavor slurm needs services.scheduler")
-        return self
+        return services
 
     @field_validator("failover")
     @classmethod

@@ -1,6 +1,7 @@
 """A table of bad definitions: every row is exit 1, with a location (`file:line:col`, the
-field) and what would be valid, no traceback, under 2 s, and nothing planned, applied or
-written to any state."""
+field) and what would be valid, no traceback, nothing but printable text (a key cannot forge a
+log line), and nothing planned, applied or written to any state. `scripts/bench_hostile.py`
+times the slowest kinds."""
 
 from __future__ import annotations
 
@@ -49,6 +50,13 @@ ROWS = [
     ("yaml 1.3", lambda repo: repo.write(D, "%YAML 1.3\n---\n" + repo.read(D)), D, "version"),
     ("nul in state path", swap("  path: .reconcile/state/local-b\n", '  path: "a\\x00b"\n', S), S, "control characters"),
     ("file outside", write("clusters/deeper/x.yaml", "name: x\n"), "clusters/deeper/x.yaml", "this file is not read"),
+    ("upper-case suffix", write("clusters/x.YAML", "name: x\n"), "clusters/x.YAML", "rename it to clusters/x.yaml"),
+    ("json suffix", write("sites/x.json", '{"name": "x"}\n'), "sites/x.json", "rename it to sites/x.yaml"),
+    ("nul byte", raw("clusters/x.yaml", b"name: x\n\x00\n"), "clusters/x.yaml", "U+0000"),
+    ("boolean key", swap("flavor: minimal\n", "flavor: minimal\ntrue: 1\n"), D, 'quote it: "true"'),
+    ("number key", swap("    count: 2\n", "    count: 2\n    3: 4\n"), D, "is read as a number"),
+    ("list key", swap("flavor: minimal\n", "flavor: minimal\n? [a, b]\n: 1\n"), D, "not a list"),
+    ("escapes in a key", swap("flavor: minimal\n", 'flavor: minimal\n"x\\e[31m\\nforged": 1\n'), D, "\\x1b[31m\\nforged"),
     # names
     ("slash in name", swap("name: dev\n", "name: a/b\n"), D, "name"),
     ("dots in name", swap("name: dev\n", "name: ..\n"), D, "name"),
@@ -67,6 +75,13 @@ ROWS = [
     ("unknown placement", swap("  site: local-a\n", "  site: local-z\n"), D, "unknown site"),
     ("failover unknown", swap("failover: [local-b]", "failover: [local-q]"), D, "unknown site"),
     ("failover placement", swap("failover: [local-b]", "failover: [local-a]"), D, "failover"),
+    ("failover twice", swap("failover: [local-b]", "failover: [local-b, local-b]"), D, "local-b is listed twice"),
+    ("profile twice", swap("profiles: [base]", "profiles: [base, base]"), D, "base is listed twice"),
+    ("zone twice", swap("zones: [rack-1]", "zones: [rack-1, rack-1]", S), S, "rack-1 is listed twice"),
+    ("zone with spaces", swap("zones: [rack-1]", "zones: [rack 1]", S), S, "a zone name"),
+    ("label key", swap("  operator: cscs\n", '  "op erator": cscs\n', S), S, "a label key"),
+    ("label escape", swap("  operator: cscs\n", '  operator: "cs\\ecs"\n', S), S, "without control characters"),
+    ("base_dn newline", swap("base_dn: dc=local-b,dc=hpc,dc=example", 'base_dn: "dc=local-b\\ncn=admin"', S), S, "distinguished name"),
     ("site removed", lambda repo: (repo.path / "sites/local-a.yaml").unlink(), D, "unknown site"),
     ("zone not offered", swap("  site: local-a\n", "  site: local-a\n  zone: rack-9\n"), D, "zone"),
     # counts and sizes
@@ -77,6 +92,8 @@ ROWS = [
     ("zero cores", swap("    cores: 8\n", "    cores: 0\n"), D, "cores"),
     ("absurd memory", swap("    memory_gb: 32\n", "    memory_gb: 99999999\n"), D, "memory_gb"),
     ("tiny shared", swap("    size_gb: 500\n", "    size_gb: 1\n"), D, "size_gb"),
+    ("absurd shared", swap("    size_gb: 500\n", "    size_gb: 99999999999\n"), D, "size_gb"),
+    ("absurd control cores", swap("  control_nodes:\n    count: 1\n", "  control_nodes:\n    count: 1\n    cores: 100000\n", S), S, "cores"),
     ("bad on_move", swap("storage:\n", "storage:\n  on_move: maybe\n"), D, "on_move"),
     # GPUs
     ("gpu without count", swap("    memory_gb: 32\n", "    memory_gb: 32\n    gpu: {model: nvidia-a100-80gb}\n"), D, "gpu"),
@@ -112,6 +129,7 @@ def test_a_bad_definition_is_one_clear_error_and_nothing_happens(repo, cli, case
     text = out + err
     assert code == 1, text
     assert "Traceback" not in text
+    assert all(line.isprintable() for line in err.splitlines()), err
     located = [line for line in err.splitlines() if line.startswith(f"{where}:") and ": error: " in line]
     assert located and any(expected in line for line in located), text
     if not where.endswith("passwd.yaml") and case not in ("huge string",):

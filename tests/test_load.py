@@ -125,7 +125,7 @@ def test_semantic_checks(repo):
     repo.replace("clusters/gpu-ai.yaml", "    gpu:\n      model: nvidia-a100-80gb\n      count: 8\n", "")
     found = problems(repo)
     assert any(f.startswith("sites/local-b.yaml:11:3: error: network: services_subnet 10.99.0.0/24 is not inside cidr") for f in found)
-    assert any(f.startswith("clusters/gpu-ai.yaml:1:1: error: flavor gpu needs at least one node pool with gpu") for f in found)
+    assert any(f.startswith("clusters/gpu-ai.yaml:10:3: error: node_pools: flavor gpu needs at least one node pool with gpu") for f in found), found
 
 
 def test_all_problems_of_a_run_are_reported_together(repo):
@@ -282,3 +282,46 @@ def test_a_link_to_an_endless_file_is_refused_by_the_real_command(repo):
     code, err, peak_kib = measured_validate(repo)
     assert code == 1 and "sites/zero.yaml: error: a symbolic link" in err and "Traceback" not in err, err
     assert peak_kib < 200 * 1024
+
+
+def test_other_files_beside_definitions_are_named_never_read(repo, cli):
+    """A README beside the definitions is listed as not read; a dot file is not worth a word."""
+    repo.write("clusters/README.md", "# our clusters\n")
+    repo.write("sites/.gitkeep", "")
+    repo.write("clusters/dev.yaml~", "name: dev\n")  # an editor's backup in the working tree
+    code, out, err = cli("validate", "--repo", str(repo.path))
+    assert code == 0, err
+    assert "not definitions, not read: clusters/README.md, clusters/dev.yaml~" in out, out
+    assert ".gitkeep" not in out
+    code, out, _ = cli("validate", "--json", "--repo", str(repo.path))
+    import json
+
+    assert json.loads(out)["ignored"] == ["clusters/README.md", "clusters/dev.yaml~"]
+
+
+def test_a_link_committed_to_git_is_refused_not_read_as_its_target_path(repo, cli):
+    """At a revision a link is a blob whose text is its target: it is refused as a link."""
+    import os
+
+    os.symlink("/etc/passwd", repo.path / "sites" / "passwd.yaml")
+    head = repo.commit("a link")
+    code, out, err = cli("validate", "--head", head, "--repo", str(repo.path))
+    assert code == 1 and "sites/passwd.yaml: error: a symbolic link" in err, err
+
+
+def test_a_reader_that_leaves_early_is_no_traceback(repo):
+    """`reconcile validate | head -1`: the pipe closes, the command ends quietly (128 + SIGPIPE)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    reader, writer = os.pipe()
+    os.close(reader)  # the reader has left before the first line
+    try:
+        done = subprocess.run([str(Path(sys.executable).with_name("reconcile")), "validate", "--repo", str(repo.path)],
+                              stdout=writer, stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(writer)
+    assert done.returncode == 141, done.stderr
+    assert done.stderr == "", done.stderr
