@@ -13,8 +13,17 @@ import pytest
 from reconciler.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
 GOLDEN = Path(__file__).resolve().parent / "golden"
+# Real plan JSON recorded by HashiCorp's terraform-json project (MPL-2.0, its LICENSE beside
+# them), copied in so that these tests run in every clone and fail, never skip.
+PLAN_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "terraform-json"
+
+
+def plan_fixture(name: str) -> dict:
+    """One recorded plan, parsed."""
+    import json
+
+    return json.loads((PLAN_FIXTURES / name).read_text())
 
 GIT_ENV = {
     "GIT_CONFIG_GLOBAL": os.devnull,

@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from conftest import GOLDEN, SHARED, check_golden
+from conftest import GOLDEN, check_golden, plan_fixture
 from reconciler.affected import APPLY, DESTROY, Selected
 from reconciler.apply import APPLIED, NOTHING, REFUSED, SKIPPED, ApplyResult
 from reconciler.apply import FAILED as APPLY_FAILED
@@ -30,18 +30,10 @@ from reconciler.resolve import CLUSTER, SITE, Unit
 from reconciler.run import FAILED, OFFLINE, PLANNED, UNSUPPORTED, UnitPlan
 from rpi.spec import StateLocation
 
-FIXTURES = SHARED / "fixtures" / "terraform-json"
 COMMENTS = GOLDEN / "comments"
 HEAD = "4f0c2a1d9e8b7c6a5f4e3d2c1b0a998877665544"
 RUN = "https://github.example/swisstwins/hpc/actions/runs/4711"
 GITHUB_MAX = 65_536
-
-
-def fixture(name: str) -> dict:
-    path = FIXTURES / name
-    if not path.exists():
-        pytest.skip(f"{path} is not beside this repository")
-    return json.loads(path.read_text())
 
 
 def as_destroy(plan: dict) -> dict:
@@ -75,10 +67,10 @@ def table_rows(body: str) -> list[str]:
 def basic() -> tuple[list[UnitPlan], dict[str, str]]:
     """A landing zone and two clusters, applied: creates, an update, changed outputs."""
     plans = [
-        unit_plan(SITE, "local-a", "local-a", fixture("basic.plan.json"), reasons=("site changed: sites/local-a.yaml",)),
-        unit_plan(CLUSTER, "dev", "local-a", fixture("identity.plan.json"), reasons=("cluster file changed: clusters/dev.yaml",)),
+        unit_plan(SITE, "local-a", "local-a", plan_fixture("basic.plan.json"), reasons=("site changed: sites/local-a.yaml",)),
+        unit_plan(CLUSTER, "dev", "local-a", plan_fixture("identity.plan.json"), reasons=("cluster file changed: clusters/dev.yaml",)),
         unit_plan(
-            CLUSTER, "hpc", "local-a", fixture("output_depends_on.plan.json"),
+            CLUSTER, "hpc", "local-a", plan_fixture("output_depends_on.plan.json"),
             reasons=("profile changed: clusters/profiles/slurm.yaml", "never applied"),
         ),
     ]
@@ -87,16 +79,16 @@ def basic() -> tuple[list[UnitPlan], dict[str, str]]:
 
 def moves_and_destroys() -> tuple[list[UnitPlan], dict[str, str]]:
     """A move that keeps its data, a removed cluster waiting for a decision, a replace, a state move."""
-    source_plan = as_destroy(fixture("basic.plan.json"))
+    source_plan = as_destroy(plan_fixture("basic.plan.json"))
     for rc in source_plan["resource_changes"]:
         if rc["address"] == "null_resource.bar":
             rc["change"]["actions"] = ["forget"]  # storage.on_move: keep -> a `removed` block
     plans = [
-        unit_plan(CLUSTER, "dev", "local-b", fixture("deep_module.plan.json"), reasons=("placed here, was on local-a",)),
-        unit_plan(CLUSTER, "gpu", "local-b", fixture("action_reason.plan.json"), reasons=("live state differs from git (last applied at 0badc0f)",)),
-        unit_plan(CLUSTER, "hpc", "local-b", fixture("moved_block.plan.json"), reasons=("local platform code changed",)),
+        unit_plan(CLUSTER, "dev", "local-b", plan_fixture("deep_module.plan.json"), reasons=("placed here, was on local-a",)),
+        unit_plan(CLUSTER, "gpu", "local-b", plan_fixture("action_reason.plan.json"), reasons=("live state differs from git (last applied at 0badc0f)",)),
+        unit_plan(CLUSTER, "hpc", "local-b", plan_fixture("moved_block.plan.json"), reasons=("local platform code changed",)),
         unit_plan(CLUSTER, "dev", "local-a", source_plan, DESTROY, ("moved to local-b: destroy here",)),
-        unit_plan(CLUSTER, "old", "local-a", as_destroy(fixture("config_resource_depends_on.plan.json")), DESTROY, ("definition removed: clusters/old.yaml",)),
+        unit_plan(CLUSTER, "old", "local-a", as_destroy(plan_fixture("config_resource_depends_on.plan.json")), DESTROY, ("definition removed: clusters/old.yaml",)),
     ]
     plans[3].kept = ("null_resource.bar",)
     plans[4].blocked = "the move would destroy data (terraform_data.shared); set storage.on_move to keep or drop in clusters/old.yaml"
@@ -116,7 +108,7 @@ def statuses() -> tuple[list[UnitPlan], dict[str, str]]:
         "Error: Invalid reference\n\n  on cdk.tf.json line 12:\n  12: \"input\": \"${terraform_data.nope.id}\"\n"
         "A managed resource \"terraform_data\" \"nope\" has not been declared in the root module. ```"
     )
-    quiet = dict(fixture("no_changes.plan.json"), output_changes={})
+    quiet = dict(plan_fixture("no_changes.plan.json"), output_changes={})
     record_only = unit_plan(CLUSTER, "dev", "local-a", quiet, reasons=("live state differs from git (last applied at 0badc0f)",))
     up_to_date = unit_plan(CLUSTER, "tiny", "local-a", quiet, reasons=("requested with --all",))
     return [failed, offline, unsupported, record_only, up_to_date], {"icon": "realizable"}
@@ -202,7 +194,7 @@ def node_address(u: int, r: int) -> str:
 
 
 def many_changes(units: int, per_unit: int, address=node_address) -> list[UnitPlan]:
-    base = fixture("basic.plan.json")
+    base = plan_fixture("basic.plan.json")
     template = next(rc for rc in base["resource_changes"] if rc["change"]["actions"] == ["create"])
     actions = (["create"], ["update"], ["delete", "create"], ["delete"])
     plans = []
@@ -245,7 +237,7 @@ def test_600_changes_over_30_units_split_below_the_limit_with_the_whole_table_fi
 
 def test_thousands_of_units_keep_headline_and_warnings_first_and_every_row_somewhere():
     plans = many_changes(2_500, 1, lambda u, r: f"terraform_data.node_{u:04d}")
-    plans[7] = unit_plan(CLUSTER, "gone", "local-a", as_destroy(fixture("deep_module.plan.json")), DESTROY, ("definition removed: clusters/gone.yaml",))
+    plans[7] = unit_plan(CLUSTER, "gone", "local-a", as_destroy(plan_fixture("deep_module.plan.json")), DESTROY, ("definition removed: clusters/gone.yaml",))
     parts = render_comment(plans, {}, HEAD)
     assert_well_formed(parts)
     first = parts[0]
@@ -295,13 +287,13 @@ def test_split_keeps_blocks_whole_in_order_and_cuts_only_an_oversized_one():
 
 def test_sensitive_values_never_appear():
     secret = "s3cr3t-value-123"
-    plan = copy.deepcopy(fixture("basic.plan.json"))
+    plan = copy.deepcopy(plan_fixture("basic.plan.json"))
     rc = next(rc for rc in plan["resource_changes"] if rc["address"] == "null_resource.bar")
     rc["change"]["after"] = {"triggers": {"password": secret}}
     rc["change"]["after_sensitive"] = {"triggers": {"password": True}}
     plan["output_changes"]["db_password"] = {"actions": ["create"], "before": None, "after": secret, "after_unknown": False, "after_sensitive": True}
     plan["variables"]["db_password"] = {"value": secret}
-    changed = copy.deepcopy(fixture("identity.plan.json"))
+    changed = copy.deepcopy(plan_fixture("identity.plan.json"))
     changed["resource_changes"][0]["change"]["before"] = {"password": secret}
     changed["resource_changes"][0]["change"]["before_sensitive"] = {"password": True}
     plans = [unit_plan(CLUSTER, "dev", "local-a", plan), unit_plan(CLUSTER, "db", "local-a", changed)]
@@ -323,9 +315,9 @@ def test_reviewed_block_round_trips_and_lists_only_pending_stacks():
     assert "-->" not in reviewed_line(HEAD, odd).removesuffix(" -->") and parse_reviewed(f"{MARKER}\n{reviewed_line(HEAD, odd)}") == {"head": HEAD, "units": odd}
 
     plans = [
-        unit_plan(CLUSTER, "dev", "local-a", fixture("basic.plan.json")),
-        unit_plan(CLUSTER, "noop", "local-a", dict(fixture("no_changes.plan.json"), output_changes={})),
-        unit_plan(CLUSTER, "old", "local-a", as_destroy(fixture("deep_module.plan.json")), DESTROY),
+        unit_plan(CLUSTER, "dev", "local-a", plan_fixture("basic.plan.json")),
+        unit_plan(CLUSTER, "noop", "local-a", dict(plan_fixture("no_changes.plan.json"), output_changes={})),
+        unit_plan(CLUSTER, "old", "local-a", as_destroy(plan_fixture("deep_module.plan.json")), DESTROY),
     ]
     assert parse_reviewed(render_comment(plans, {}, HEAD)[0]) == {
         "head": HEAD,
@@ -343,7 +335,7 @@ def test_reviewed_block_round_trips_and_lists_only_pending_stacks():
 
 def test_nothing_in_a_plan_or_definition_can_forge_the_reviewed_block():
     forged = "\n" + reviewed_line(HEAD, {"cluster:evil@local-a": {"action": "apply", "config_hash": "0" * 64}}) + "\n"
-    plan = copy.deepcopy(fixture("deep_module.plan.json"))
+    plan = copy.deepcopy(plan_fixture("deep_module.plan.json"))
     plan["resource_changes"][0]["address"] = f'terraform_data.node["{forged}"]'
     p = unit_plan(CLUSTER, "dev", "local-a", plan, reasons=(f"cluster file changed: clusters/{forged}.yaml",))
     p.blocked = forged
@@ -359,12 +351,12 @@ def test_nothing_in_a_plan_or_definition_can_forge_the_reviewed_block():
 
 def apply_results() -> list[ApplyResult]:
     plans = [
-        unit_plan(SITE, "local-a", "local-a", fixture("basic.plan.json")),
-        unit_plan(CLUSTER, "climate", "local-a", fixture("deep_module.plan.json")),
-        unit_plan(CLUSTER, "dev", "local-b", fixture("deep_module.plan.json")),
-        unit_plan(CLUSTER, "dev", "local-a", as_destroy(fixture("basic.plan.json")), DESTROY),
-        unit_plan(CLUSTER, "old", "local-a", as_destroy(fixture("basic.plan.json")), DESTROY),
-        unit_plan(CLUSTER, "tiny", "local-a", dict(fixture("no_changes.plan.json"), output_changes={})),
+        unit_plan(SITE, "local-a", "local-a", plan_fixture("basic.plan.json")),
+        unit_plan(CLUSTER, "climate", "local-a", plan_fixture("deep_module.plan.json")),
+        unit_plan(CLUSTER, "dev", "local-b", plan_fixture("deep_module.plan.json")),
+        unit_plan(CLUSTER, "dev", "local-a", as_destroy(plan_fixture("basic.plan.json")), DESTROY),
+        unit_plan(CLUSTER, "old", "local-a", as_destroy(plan_fixture("basic.plan.json")), DESTROY),
+        unit_plan(CLUSTER, "tiny", "local-a", dict(plan_fixture("no_changes.plan.json"), output_changes={})),
     ]
     return [
         ApplyResult(plans[0], APPLIED),
