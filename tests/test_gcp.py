@@ -417,8 +417,10 @@ def test_icon_runs_on_a2_ultragpu_with_its_built_in_gpus(specs, synthesized):
     assert "guest_accelerator" not in node  # Google refuses one on accelerator-optimized types
     assert "scratch_disk" not in node  # the type bundles its 3000 GB of local SSD
     assert node["scheduling"] == {"on_host_maintenance": "TERMINATE", "automatic_restart": True}
-    assert node["boot_disk"]["initialize_params"]["image"].startswith("rocky-linux-accelerator-cloud/")
-    assert node["shielded_instance_config"]["enable_secure_boot"] is False
+    # A2 is not in Google's table of accelerator images: the HPC image, and the driver at first boot
+    assert node["boot_disk"]["initialize_params"]["image"] == "cloud-hpc-image-public/hpc-rocky-linux-8"
+    assert "install_driver" in node["metadata"]["startup-script"]
+    assert node["shielded_instance_config"]["enable_secure_boot"] is False  # the driver's module is unsigned
     assert not resources(icon, "google_compute_resource_policy")  # one compact node: nothing to place together
     assert icon["output"]["filesystems"]["value"] == {
         "scratch": {"type": "local-ssd", "mount": "/scratch", "gb_per_node": {"compute": 3000}}
@@ -805,3 +807,84 @@ def test_the_shim_runs_the_user_data_unless_cloud_init_finished_it_for_this_inst
     if runs:
         assert "cloud-init init --local" in made and "running it now" in done.stderr  # said, never silent
     assert ("dnf -y install cloud-init" in made) == (not has_cloud_init)
+
+
+def test_every_gpu_node_boots_an_image_its_series_is_listed_for_or_installs_its_driver(synthesized):
+    """Defect 8: the A2 example booted rocky-linux-8-optimized-gcp-nvidia-580, which Google's
+    table of accelerator images lists for A4 and A3 only. Each GPU node's image is read against
+    that table as the catalog commits it (its source named there)."""
+    from rpi.catalog import catalog
+
+    raw = json.loads((ROOT / "constructs/rpi/gcp/catalog.json").read_text())["boot_images"]
+    assert any("docs.cloud.google.com/ai-hypercomputer/docs/images" in s for s in raw["sources"])
+    listed = {f"{row['project']}/{row['family']}": set(row["series"]) for row in raw["accelerator"]}
+    hpc = f"{raw['cpu']['project']}/{raw['cpu']['family']}"
+    machines = catalog("gcp").machine_types
+    seen = set()
+    for name, text in synthesized.items():
+        for node, body in instances(json.loads(text)).items():
+            machine = machines[body["machine_type"]]
+            image = body["boot_disk"]["initialize_params"]["image"]
+            gpu = bool(machine.gpu_count or body.get("guest_accelerator"))
+            script = body["metadata"].get("startup-script", "")
+            if not gpu:
+                assert image == hpc and "install_driver" not in script, f"{name}: {node}"
+                continue
+            series = raw["series"].get(machine.name) or raw["series"].get(machine.family)
+            if image in listed:
+                assert series in listed[image], f"{name}: {node} ({machine.name}, {series}) boots {image}"
+                assert "install_driver" not in script
+            else:
+                assert image == hpc and f'python3 "$installer" install_driver' in script, f"{name}: {node}"
+                assert raw["driver_installer"] in script
+            seen.add((series, image in listed))
+    assert ("A2 Ultra", False) in seen  # icon: a2-ultragpu, the driver installed at first boot
+
+
+def test_the_boot_image_follows_the_series_table():
+    from rpi.catalog import catalog
+    from rpi.gcp.cluster import boot_image
+
+    machines = catalog("gcp").machine_types
+    assert boot_image(machines["a3-highgpu-8g"], True).image.endswith("/rocky-linux-8-optimized-gcp-nvidia-580")
+    assert not boot_image(machines["a3-highgpu-8g"], True).installs_driver
+    assert boot_image(machines["a2-ultragpu-8g"], True) == boot_image(machines["n2-standard-8"], False).__class__(
+        "cloud-hpc-image-public/hpc-rocky-linux-8", True)
+    assert not boot_image(machines["n2-standard-8"], False).installs_driver
+
+
+@pytest.mark.parametrize("answers_after, installs, goes_on", [(0, False, True), (1, True, True), (None, True, False)],
+                         ids=["driver present", "installed now", "installer reboots"])
+def test_the_driver_step_installs_until_the_driver_answers(tmp_path, answers_after, installs, goes_on):
+    """The startup script of a GPU node without a driver in its image: Google's installer runs
+    (downloaded once) until `nvidia-smi` answers; while it reboots, cloud-init waits for the
+    next boot. The metadata server, nvidia-smi, the installer and cloud-init are stand-ins on
+    PATH that record their calls; the script is the real one."""
+    import subprocess
+
+    from rpi.catalog import catalog
+    from rpi.gcp.cluster import boot_image, startup_script
+
+    script = startup_script(boot_image(catalog("gcp").machine_types["a2-ultragpu-8g"], True))
+    bin_dir, calls, state = tmp_path / "bin", tmp_path / "calls", tmp_path / "driver"
+    bin_dir.mkdir()
+    answers = "exit 1" if answers_after is None else f'[ -e {state} ] || [ {answers_after} = 0 ]'
+    stubs = {
+        "curl": f'if [ "$1" = -fsS ]; then echo 4242; else echo "curl $*" >> {calls}; touch "${{@: -2:1}}"; fi',
+        "logger": 'echo "logger $*" >&2',
+        "nvidia-smi": answers,
+        "python3": f'echo "python3 $*" >> {calls}; touch {state}',
+        "cloud-init": f'echo "cloud-init $*" >> {calls}; true',
+    }
+    for name, body in stubs.items():
+        (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    path = tmp_path / "startup.sh"
+    path.write_text(script.replace("/opt/google/cuda-installer", str(tmp_path / "installer")))
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "VCLUSTER_CLOUD_DIR": str(tmp_path / "cloud")}
+    done = subprocess.run(["bash", str(path)], capture_output=True, text=True, env=env, timeout=30)
+    assert done.returncode == 0, done.stderr
+    made = calls.read_text().splitlines() if calls.exists() else []
+    assert any(line.startswith("python3 ") and line.endswith("cuda_installer.pyz install_driver") for line in made) == installs, made
+    assert any(line.startswith("curl ") and "cuda-installer-v1.9.1/cuda_installer.pyz" in line for line in made) == installs, made
+    assert ("cloud-init modules --mode=final" in made) == goes_on, made

@@ -8,12 +8,17 @@ future. Nodes keep the names and addresses the spec gives them, and every node b
 cluster's cloud-init (`spec.user_data`: layers 2 and 3, the same bytes as on any other
 platform) as its `user-data` metadata.
 
-Images (`IMAGES`): CPU nodes boot Google's HPC VM image (Rocky Linux 8 tuned for tightly
-coupled MPI, which Slurm on Google Cloud boots by default); GPU nodes boot the Rocky Linux 8
-accelerator image with the NVIDIA 580 driver preinstalled. Both are Rocky Linux 8, so Spack
-builds and Slurm run the same on every node of a cluster; a driver preinstalled in the image,
-not installed by cloud-init, keeps the cloud-init the same bytes on every platform. The
-driver branch is pinned in the family name: `-latest` would change it under a running cluster.
+Images (`boot_image`, from the catalog's `boot_images`): CPU nodes boot Google's HPC VM
+image (Rocky Linux 8 tuned for tightly coupled MPI, which Slurm on Google Cloud boots by
+default). A GPU node boots the Rocky Linux 8 accelerator image with the NVIDIA 580 driver
+where Google's table of accelerator images lists its machine series (A3 High with 8 GPUs, A3
+Ultra, A3 Mega, A4); on any other series (A2, N1 with attached GPUs) it boots the HPC image,
+and Google's driver installer runs from the startup script before cloud-init, at every boot
+until the driver answers (`GPU_DRIVER_STEP`: the installer reboots the node between its
+stages). All are Rocky Linux 8, so Spack builds and Slurm run the same on every node of a
+cluster, and the driver never comes from cloud-init, which stays the same bytes on every
+platform. The driver branch is pinned in the family name: `-latest` would change it under a
+running cluster.
 Google's Rocky Linux images boot with Google's guest agent, and cloud-init is not part of every
 one of them: a small startup script (`CLOUD_INIT_SHIM`, which the guest agent runs at every
 boot) runs the user data unless cloud-init has finished it for this very instance (the image
@@ -40,7 +45,11 @@ nodes' local SSD, not a network file system. Object storage is one bucket per vo
 from __future__ import annotations
 
 import ipaddress
+import json
 import math
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from rpi import cdk, registry
@@ -62,10 +71,44 @@ from rpi.spec import (
     terraform_literal,
 )
 
-IMAGES = {
-    "cpu": "cloud-hpc-image-public/hpc-rocky-linux-8",
-    "gpu": "rocky-linux-accelerator-cloud/rocky-linux-8-optimized-gcp-nvidia-580",
-}
+@dataclass(frozen=True)
+class BootImage:
+    image: str  # project/family
+    installs_driver: bool  # a GPU node on an image without the driver: installed at first boot
+
+
+def boot_image(machine: MachineType, gpu: bool) -> BootImage:
+    """The boot image of a node, from the catalog's `boot_images` (Google's own table of which
+    accelerator image serves which machine series). A GPU series that table lists gets its
+    accelerator image, driver included; any other GPU node (A2, N1 with attached GPUs) gets the
+    HPC image and Google's driver installer at first boot."""
+    images = _boot_images()
+    cpu = f"{images['cpu']['project']}/{images['cpu']['family']}"
+    if not gpu:
+        return BootImage(cpu, False)
+    series = images["series"].get(machine.name) or images["series"].get(machine.family)
+    for row in images["accelerator"]:
+        if row["family"] == images["preferred_accelerator"] and series in row["series"]:
+            return BootImage(f"{row['project']}/{row['family']}", False)
+    return BootImage(cpu, True)
+
+
+@cache
+def _boot_images() -> dict:
+    return json.loads((Path(__file__).parent / "catalog.json").read_text())["boot_images"]
+
+
+# Before cloud-init, on a GPU node whose image has no driver: Google's installer, at every boot
+# until the driver answers (it reboots the node between its stages, and is started again here).
+GPU_DRIVER_STEP = """if ! nvidia-smi -L >/dev/null 2>&1; then
+  installer=/opt/google/cuda-installer/cuda_installer.pyz
+  mkdir -p "$(dirname "$installer")"
+  [ -s "$installer" ] || curl -fsSL --retry 5 -o "$installer" {url}
+  logger -s -t vcluster "no NVIDIA driver answers: installing it with Google's installer (the node reboots)"
+  python3 "$installer" install_driver
+  if ! nvidia-smi -L >/dev/null 2>&1; then exit 0; fi  # rebooting: the next boot goes on from here
+fi
+"""
 # Run by Google's guest agent at every boot, after the network is up.
 CLOUD_INIT_SHIM = """\
 #!/bin/bash
@@ -88,6 +131,17 @@ logger -s -t vcluster "cloud-init has not run the user data of instance $id: run
 cloud-init init --local && cloud-init init
 cloud-init modules --mode=config && cloud-init modules --mode=final
 """
+
+
+def startup_script(image: BootImage) -> str:
+    """What the guest agent runs at every boot: the driver step where the image needs it, then
+    the cloud-init shim."""
+    if not image.installs_driver:
+        return CLOUD_INIT_SHIM
+    head, rest = CLOUD_INIT_SHIM.split("set -eo pipefail\n", 1)
+    return head + "set -eo pipefail\n" + GPU_DRIVER_STEP.format(url=_boot_images()["driver_installer"]) + rest
+
+
 BOOT_DISK_GB = 100
 BOOT_DISK_TYPE = "pd-balanced"  # offered on every series of the catalog (n2, c2, c3, a2, a3)
 METADATA_VALUE_LIMIT = 256 * 1024  # bytes in one metadata value; Compute Engine refuses more
@@ -424,8 +478,9 @@ def _pool(stack, spec: ClusterSpec, pool: ComputePool, subnet, account, binding:
     tags = [node_tag(spec.name)] + ([login_tag(spec.name)] if pool.role == "login" else [])
     metadata = {"enable-oslogin": "TRUE"}  # IAM decides who logs in; SSH keys in metadata are ignored
     metadata |= {**binding, "vcluster-pool": pool.name}  # where the node package finds its channel and secrets
+    image = boot_image(machine, gpu)
     if spec.user_data:
-        metadata |= {"user-data": terraform_literal(spec.user_data), "startup-script": CLOUD_INIT_SHIM}
+        metadata |= {"user-data": terraform_literal(spec.user_data), "startup-script": startup_script(image)}
     public = spec.public_login and pool.role == "login"
     nodes = []
     for index, (hostname, address) in enumerate(zip(pool.hostnames, pool.addresses, strict=True)):
@@ -446,7 +501,7 @@ def _pool(stack, spec: ClusterSpec, pool: ComputePool, subnet, account, binding:
             labels={"pool": pool.name, "role": pool.role},
             boot_disk={
                 "initialize_params": {
-                    "image": IMAGES["gpu" if gpu else "cpu"],
+                    "image": image.image,
                     "size": BOOT_DISK_GB,
                     "type": BOOT_DISK_TYPE,
                 }
