@@ -173,6 +173,14 @@ def load(snapshot: Snapshot) -> Definitions:
             cluster_spots[cluster.name] = composed.spots
     for name, cluster in clusters.items():
         _check_zone(cluster, sites.get(cluster.placement.site), cluster_spots[name], problems)
+    if problems:  # the run stops here: say now, too, what the valid clusters' sites cannot run
+        from reconciler.resolve import placement_problems  # (resolve builds on this module)
+
+        for name, cluster in clusters.items():
+            if (site := sites.get(cluster.placement.site)) is not None:
+                top = Location(cluster_files[name][0], 1, 1)
+                locate = lambda path, spots=cluster_spots[name], top=top: _spot_at(spots, path, top)  # noqa: E731
+                problems.extend(placement_problems(cluster, site, locate)[1])
 
     problems.raise_if_any()
     return Definitions(
@@ -442,11 +450,31 @@ def _validate(model, data, spots, top: Location, problems: Problems, partial: bo
         return model.model_validate(data)
     except pydantic.ValidationError as exc:
         errors = [e for e in exc.errors(include_url=False) if not (partial and e["type"] == "missing")]
+        errors = _typos_of_required(errors)
         for error in errors[:MAX_PROBLEMS_PER_FILE]:
             problems.extend([_problem(model, data, spots, top, error)])
         if len(errors) > MAX_PROBLEMS_PER_FILE:
             problems.add(top, "", f"and {len(errors) - MAX_PROBLEMS_PER_FILE:,} more problems in this file, not listed")
         return None
+
+
+def _typos_of_required(errors: list[dict]) -> list[dict]:
+    """A misspelled required field is one problem, not two: the unknown key that is close to a
+    missing field beside it absorbs that field's "missing" (its hint says it is required)."""
+    missing = {(tuple(e["loc"][:-1]), e["loc"][-1]): e for e in errors if e["type"] == "missing"}
+    if not missing:
+        return errors
+    absorbed = set()
+    for error in errors:
+        if error["type"] != "extra_forbidden":
+            continue
+        parent = tuple(error["loc"][:-1])
+        names = [name for (at, name) in missing if at == parent and (at, name) not in absorbed]
+        close = difflib.get_close_matches(str(error["loc"][-1]), names, n=1)
+        if close:
+            absorbed.add((parent, close[0]))
+            error["required_typo"] = close[0]
+    return [e for e in errors if not (e["type"] == "missing" and (tuple(e["loc"][:-1]), e["loc"][-1]) in absorbed)]
 
 
 def _problem(model, data, spots: Mapping[Path_, Spot], top: Location, error: Mapping) -> Problem:
@@ -457,12 +485,11 @@ def _problem(model, data, spots: Mapping[Path_, Spot], top: Location, error: Map
     if kind == "extra_forbidden":
         spot = spots.get(present)
         valid = _fields_at(model, loc[:-1])
-        return Problem(
-            spot.key if spot else top,
-            field_path,
-            f"unknown field {loc[-1]!r}",
-            _choices("valid fields", loc[-1], valid),
-        )
+        if "required_typo" in error:
+            hint = f"did you mean {error['required_typo']!r}? It is required; valid fields: {', '.join(sorted(valid))}"
+        else:
+            hint = _choices("valid fields", loc[-1], valid)
+        return Problem(spot.key if spot else top, field_path, f"unknown field {loc[-1]!r}", hint)
     if kind == "missing":
         spot = spots.get(present)
         parent = spot.key if spot else top

@@ -141,11 +141,29 @@ def check(cluster: Cluster, site: Site, role: str = PLACEMENT, host: Host | None
             continue
         match = resolve(cat, site.region, node_spec(cluster, pool))
         if match.machine is None:
-            reasons.append(f"node_pools.{pool}: {match.explain()}")
+            reasons.append(f"node_pools.{pool}{_culprit(match)}: {match.explain()}")
             continue
         fabric = match.machine.fabric if spec.placement == "compact" else ""
         fits.append(PoolFit(pool, match.machine.name, fabric, match.machine.describe()))
     return Verdict(cluster.name, site.name, site.platform, site.region, role, tuple(reasons), tuple(fits))
+
+
+# What a nearest type lacks -> the field of the node spec that asks for it.
+_SHORTFALL_FIELDS = (("cores (", ".cores"), ("memory (", ".memory_gb"), ("GPUs (", ".gpu.count"), ("local SSD (", ".local_ssd_gb"))
+
+
+def _culprit(match) -> str:
+    """The one field to point at when no type fits: what the nearest type that misses by a single
+    thing lacks (12 H100s where a type has 8: `gpu.count`). The GPU model asked for is taken as
+    meant, so a type of another model is no guide; without such a type, the pool itself."""
+    if "is not offered in" in match.problem:
+        return ".gpu.model"
+    for _, short in match.nearest:
+        if len(short) == 1:
+            for prefix, suffix in _SHORTFALL_FIELDS:
+                if short[0].startswith(prefix):
+                    return suffix
+    return ""
 
 
 def matrix(defs: Definitions) -> list[Verdict]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Iterator, Mapping
 
 from reconciler import layers, portability
-from reconciler.errors import Location, Problems
+from reconciler.errors import Location, Problem, Problems
 from reconciler.load import Definitions
 from reconciler.model import Cluster, GcsState, LocalState, S3State, Site
 from rpi import registry
@@ -220,6 +220,23 @@ def _allocate_subnets(defs: Definitions, problems: Problems) -> dict[str, ipaddr
     return allocated
 
 
+def placement_problems(cluster: Cluster, site: Site, locate) -> tuple[portability.Verdict, list[Problem]]:
+    """Why a cluster cannot run on its placement site, each reason at the field it concerns
+    (`locate`: a field path -> where it was written). The loader reports these beside schema
+    errors in other files, so one run says everything."""
+    verdict = portability.check(cluster, site)
+    found = []
+    for reason in verdict.reasons:
+        field_path, _, why = reason.partition(": ")
+        found.append(Problem(
+            locate(tuple(field_path.split("."))),
+            field_path,
+            f"cluster {cluster.name} cannot run on its placement site {site.name} ({site.platform} {site.region}): {why}",
+            "change the node spec or place the cluster on another site (see `reconcile portability`)",
+        ))
+    return verdict, found
+
+
 def _cluster_unit(
     cluster: Cluster, site: Site, subnet: ipaddress.IPv4Network, defs: Definitions, problems: Problems
 ) -> Unit | None:
@@ -233,16 +250,9 @@ def _cluster_unit(
             f"lower cluster_prefix of site {site.name}",
         )
         return None
-    verdict = portability.check(cluster, site)
-    for reason in verdict.reasons:
-        field_path, _, why = reason.partition(": ")
-        problems.add(
-            defs.locate(cluster.name, tuple(field_path.split("."))),
-            field_path,
-            f"cluster {cluster.name} cannot run on its placement site {site.name} ({site.platform} {site.region}): {why}",
-            "change the node spec or place the cluster on another site (see `reconcile portability`)",
-        )
-    if verdict.reasons:
+    verdict, refused = placement_problems(cluster, site, lambda path: defs.locate(cluster.name, path))
+    if refused:
+        problems.extend(refused)
         return None
     pools = []
     for name, pool in cluster.node_pools.items():

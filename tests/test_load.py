@@ -325,3 +325,22 @@ def test_a_reader_that_leaves_early_is_no_traceback(repo):
         os.close(writer)
     assert done.returncode == 141, done.stderr
     assert done.stderr == "", done.stderr
+
+
+def test_a_misspelled_required_field_is_one_problem(repo):
+    repo.replace("clusters/dev.yaml", "flavor: minimal", "flavr: minimal")
+    (found,) = problems(repo)
+    assert found.startswith("clusters/dev.yaml:8:1: error: flavr: unknown field 'flavr'") and "did you mean 'flavor'? It is required" in found, found
+
+
+def test_portability_problems_come_with_schema_problems_in_one_run(repo):
+    """A cluster that validates but cannot run on its site is reported even while another file
+    has a schema error; its GPU count is pointed at, not its pool."""
+    repo.replace("clusters/dev.yaml", "  site: local-a\n", "  site: gcp-netherlands\n")
+    repo.replace("clusters/dev.yaml", "failover: [local-b]", "failover: []")
+    repo.replace("clusters/dev.yaml", "    memory_gb: 32\n", "    memory_gb: 32\n    gpu:\n      model: nvidia-h100-80gb\n      count: 12\n")
+    repo.replace("clusters/slurm-hpc.yaml", "    cores: 64\n", "    coress: 64\n")
+    found = problems(repo)
+    assert any(f.startswith("clusters/slurm-hpc.yaml:") and "coress" in f for f in found), found
+    assert any(f.startswith("clusters/dev.yaml:17:7: error: node_pools.compute.gpu.count: cluster dev cannot run on its placement site gcp-netherlands")
+               and "a3-highgpu-8g lacks GPUs (8 < 12)" in f for f in found), found

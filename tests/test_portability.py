@@ -44,7 +44,7 @@ def test_portability_matrix_explains_every_refusal(repo, cli):
     assert verdicts["icon", "gcp-netherlands"]["machine_types"]["compute"] == "a2-ultragpu-8g"
     (why,) = verdicts["icon", "gcp-zurich"]["reasons"]
     assert why == (
-        "node_pools.compute: nvidia-a100-80gb is not offered in europe-west6; offered in europe-west4, us-central1"
+        "node_pools.compute.gpu.model: nvidia-a100-80gb is not offered in europe-west6; offered in europe-west4, us-central1"
     )
     (why,) = verdicts["icon", "aws-frankfurt"]["reasons"]
     assert "p4de.24xlarge lacks memory (1152 < 1360 GB)" in why
@@ -58,7 +58,7 @@ def test_region_without_the_gpu_is_refused_before_synthesis(repo, cli):
     repo.place("icon", "gcp-zurich")
     code, _, err = cli("--dry-run", "--repo", str(repo.path))
     assert code == 1
-    assert err.startswith("clusters/icon.yaml:11:3: error: node_pools.compute: cluster icon cannot run on its placement site")
+    assert err.startswith("clusters/icon.yaml:17:7: error: node_pools.compute.gpu.model: cluster icon cannot run on its placement site")
     assert "nvidia-a100-80gb is not offered in europe-west6; offered in europe-west4, us-central1" in err
     assert "nothing was planned or applied" in err
     assert nothing_applied(repo)
@@ -68,7 +68,7 @@ def test_impossible_node_spec_names_the_nearest_types(repo, cli):
     repo.replace("clusters/icon.yaml", "memory_gb: 1360", "memory_gb: 4000")
     code, _, err = cli("apply", "--auto-approve", "--repo", str(repo.path))
     assert code == 1
-    assert "clusters/icon.yaml:11:3: error: node_pools.compute:" in err
+    assert "clusters/icon.yaml:15:5: error: node_pools.compute.memory_gb:" in err  # what the nearest type lacks
     assert "no type in europe-west4 has 48 cores, 4000 GB, 8x nvidia-a100-80gb, 3000 GB local SSD" in err
     assert "nearest: a2-ultragpu-8g lacks memory (1360 < 4000 GB)" in err
     assert nothing_applied(repo)
