@@ -178,12 +178,28 @@ def cli(capsys):
     return run
 
 
+@pytest.fixture(scope="session")
+def applied_template(tmp_path_factory) -> Path:
+    """The example repository with its local stacks applied (embedded engine), once per session:
+    `applied` copies it. State and records hold no absolute path (backends are configured
+    at every init), so a copy is the same repository applied in another place."""
+    import contextlib
+    import io
+
+    repo = make_repo(tmp_path_factory.mktemp("applied") / "repo")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        code = main(["apply", "--auto-approve", "--repo", str(repo.path), "--engine", "embedded"])
+    assert code == 0, out.getvalue()
+    return repo.path
+
+
 @pytest.fixture
-def applied(repo, cli) -> Repo:
-    """The example repository with its local stacks applied (embedded engine)."""
-    code, out, err = cli("apply", "--auto-approve", "--repo", str(repo.path), "--engine", "embedded")
-    assert code == 0, out + err
-    return repo
+def applied(tmp_path, applied_template) -> Repo:
+    """The example repository with its local stacks applied: a copy of the session's template."""
+    path = tmp_path / "repo"
+    shutil.copytree(applied_template, path, symlinks=True)
+    return Repo(path)
 
 
 @pytest.fixture
