@@ -17,7 +17,7 @@ from reconciler import comment, failover, gate, ghflow, hostruntime, interrupt, 
 from reconciler import event as event_module
 from reconciler.apply import APPLIED, DEFAULT_PARALLELISM, FAILED as APPLY_FAILED, INTERRUPTED, NOT_STARTED, NOTHING, REFUSED, apply, delete_volume
 from reconciler.engine import CHOICES, select_engine
-from reconciler.errors import Exit, InvalidDefinitions, NotConfirmed, ReconcileError, printable
+from reconciler.errors import FORMAT_VERSION, Exit, InvalidDefinitions, NotConfirmed, ReconcileError, printable
 from reconciler.gitsource import GitSource, Snapshot
 from reconciler.live import LiveStore, RetainedVolume, volume_name
 from reconciler.load import load
@@ -202,6 +202,8 @@ def _main(argv: list[str] | None) -> int:
 
 
 def _emit(document: dict) -> None:
+    """A --json document: the contract of `reconciler/output.py` (schema/output/)."""
+    document = {"format_version": FORMAT_VERSION, **document}
     sys.stdout.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
 
 
@@ -357,6 +359,8 @@ def cmd_apply(settings: Settings, args) -> int:
         outcome = {r.plan.selected.unit.key: {"outcome": r.outcome, "detail": r.detail} for r in results}
         for unit in document["units"]:
             unit.update(outcome[unit["key"]])
+            if unit["outcome"] in (APPLIED, NOTHING):  # what was applied is no longer pending
+                unit["pending"] = False
         _emit(document)
     else:
         print("\nApply:")
@@ -471,6 +475,7 @@ def cmd_volumes(settings: Settings, args) -> int:
     store = LiveStore(settings.state_root)
     check_state_locations(store, state, state.units)
     sites = {u.site: u.state for u in state.units.values() if u.kind == "site"}
+    platforms = {u.site: u.platform for u in state.units.values() if u.kind == "site"}
     rows, unreadable = [], []
     for site, location in sorted(sites.items()):
         if not store.readable(location):
@@ -482,8 +487,9 @@ def cmd_volumes(settings: Settings, args) -> int:
             stack = v.stack
             cluster = stack.removeprefix("cluster-") if stack.startswith("cluster-") else ""
             rows.append(
-                {"id": v.id, "address": v.address, "site": site, "cluster": cluster, "volume": volume_name(v.address),
-                 "kind": v.kind, "stack": stack, "path": v.path, "status": "in use", "size_gb": v.size_gb}
+                {"id": v.id, "address": v.address, "platform": platforms[site], "site": site, "cluster": cluster,
+                 "volume": volume_name(v.address), "kind": v.kind, "stack": stack, "path": v.path, "status": "in use",
+                 "size_gb": v.size_gb, "retained_at": "", "revision": None, "from_stack": ""}
             )
     if args.delete:
         return _delete_volume(settings, args, store, sites, rows)

@@ -6,6 +6,9 @@ import enum
 from dataclasses import dataclass, field
 
 
+FORMAT_VERSION = 1  # of every --json document (reconciler/output.py is the contract)
+
+
 class Exit(enum.IntEnum):
     """Process exit codes, shared by every subcommand."""
 

@@ -199,7 +199,7 @@ def classify(summary: PlanSummary, rolls: bool, controller: str = "") -> ChangeC
         return ChangeClass(REMOVES, f"{len(removed)} nodes drained, then removed")
     others = [c for c in active if not NODE_ADDRESS.match(c.address)]
     if created and all(c.action == "create" for c in others):
-        return ChangeClass(CREATES_ONLY, f"{len(created)} nodes created; no running node changes")
+        return ChangeClass(CREATES_ONLY, f"{len(created)} node{'s' if len(created) != 1 else ''} created; no running node changes")
     if all(c.action == "create" for c in active):
         return ChangeClass(CREATES_ONLY, "only new resources; no running node changes")
     return ChangeClass(CONFIG_ONLY, "no node is created, replaced or removed")

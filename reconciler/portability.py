@@ -36,6 +36,7 @@ class Verdict:
     role: str  # "placement" or "failover N"
     reasons: tuple[str, ...]  # empty when realizable
     fits: tuple[PoolFit, ...]
+    emulated: bool = False  # nodes are records only (the local platform's records runtime)
 
     @property
     def realizable(self) -> bool:
@@ -52,6 +53,7 @@ class Verdict:
             "region": self.region,
             "role": self.role,
             "realizable": self.realizable,
+            "emulated": self.emulated,
             "reasons": list(self.reasons),
             "machine_types": {f.pool: f.machine_type for f in self.fits if f.machine_type},
         }
@@ -145,7 +147,8 @@ def check(cluster: Cluster, site: Site, role: str = PLACEMENT, host: Host | None
             continue
         fabric = match.machine.fabric if spec.placement == "compact" else ""
         fits.append(PoolFit(pool, match.machine.name, fabric, match.machine.describe()))
-    return Verdict(cluster.name, site.name, site.platform, site.region, role, tuple(reasons), tuple(fits))
+    emulated = site.platform == "local" and site.runtime == "records"
+    return Verdict(cluster.name, site.name, site.platform, site.region, role, tuple(reasons), tuple(fits), emulated)
 
 
 # What a nearest type lacks -> the field of the node spec that asks for it.

@@ -184,7 +184,7 @@ def plans_json(assessment: Assessment, plans: list[UnitPlan], engine_name: str |
         "up_to_date": [u.key for u in assessment.up_to_date],
         "unchecked": [u.key for u in assessment.unchecked],
         "out_of_scope": [s.unit.key for s in assessment.out_of_scope],
-        "totals": totals(plans),
+        "totals": counts_json(totals(plans)),
         "moves": [
             {"cluster": m.cluster, "from": m.source.selected.unit.site, "to": m.target.selected.unit.site,
              "source": m.source.selected.unit.key, "target": m.target.selected.unit.key}
@@ -192,6 +192,14 @@ def plans_json(assessment: Assessment, plans: list[UnitPlan], engine_name: str |
         ],
         "exit_code": exit_code,
     }
+
+
+# The JSON says what the text says: Terraform's "delete" is a destroy.
+JSON_ACTION = {"delete": "destroy"}
+
+
+def counts_json(counts: dict[str, int]) -> dict[str, int]:
+    return {JSON_ACTION.get(action, action): n for action, n in counts.items()}
 
 
 def _unit_json(p: UnitPlan) -> dict:
@@ -220,11 +228,11 @@ def _unit_json(p: UnitPlan) -> dict:
         out["change_class"] = {"kind": p.change_class.kind, "detail": p.change_class.detail,
                                "batches": [list(b) for b in p.change_class.batches]}
     if p.summary is not None:
-        out["changes"] = p.summary.counts
+        out["changes"] = counts_json(p.summary.counts)
         out["destroys_data"] = list(p.summary.data_lost)
         out["resources"] = [
-            {"address": c.address, "action": c.action, "previous_address": c.previous_address, "reason": c.reason,
-             "drains": c.drains}
+            {"address": c.address, "action": JSON_ACTION.get(c.action, c.action), "previous_address": c.previous_address,
+             "reason": c.reason, "drains": c.drains}
             for c in p.summary.visible
         ]
     if p.error:
@@ -290,7 +298,8 @@ def portability_text(verdicts: list[Verdict]) -> str:
             lines.append(f"{'' if not lines else chr(10)}cluster {v.cluster}")
         where = f"{v.site} ({v.platform} {v.region})"
         if v.realizable:
-            types = ", ".join(f"{f.pool}: {f.machine_type}" for f in v.fits if f.machine_type) or "emulated nodes"
+            types = ", ".join(f"{f.pool}: {f.machine_type}" for f in v.fits if f.machine_type)
+            types = types or ("emulated nodes" if v.emulated else "real nodes on the applying machine")
             lines.append(f"  {v.role:<11} {where:<40} realizable  {types}")
         else:
             lines.append(f"  {v.role:<11} {where:<40} REFUSED")

@@ -44,6 +44,10 @@ def schemas() -> dict[str, dict]:
     profile["title"] = "Profile"
     profile["description"] = "A partial cluster shared by the clusters that list it in `profiles`."
     out = {"site.schema.json": site, "cluster.schema.json": cluster, "profile.schema.json": profile}
+    from reconciler.output import DOCUMENTS  # the --json contract of each command
+
+    for command, model in DOCUMENTS.items():
+        out[f"output/{command}.schema.json"] = model.model_json_schema()
     for name, schema in out.items():
         schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
         schema["$id"] = BASE_URI + name
@@ -60,6 +64,7 @@ def write(root: Path) -> list[Path]:
     written = []
     for name, schema in schemas().items():
         path = directory / name
+        path.parent.mkdir(exist_ok=True)
         path.write_text(render(schema))
         written.append(path)
     return written

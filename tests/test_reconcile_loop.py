@@ -63,7 +63,7 @@ def test_editing_a_cluster_selects_only_that_cluster(applied, cli):
     assert unit["key"] == "cluster:dev@local-a"
     assert unit["reasons"][0] == "cluster file changed: clusters/dev.yaml"
     # growing a pool creates a node and changes nothing else (nodes are dynamic: no list to update)
-    assert unit["changes"] == {"create": 1, "update": 0, "replace": 0, "delete": 0, "move": 0, "import": 0}
+    assert unit["changes"] == {"create": 1, "update": 0, "replace": 0, "destroy": 0, "move": 0, "import": 0}
     assert [r["address"] for r in unit["resources"]] == ["terraform_data.node_compute_2"]
 
 
@@ -118,7 +118,7 @@ def test_live_state_out_of_date_without_any_git_change(applied, cli):
     (unit,) = plan["units"]
     assert unit["key"] == "cluster:dev@local-a"
     assert unit["reasons"] == [f"live state differs from git (last applied at {plan['head']['revision'][:7]})"]
-    assert unit["changes"]["delete"] == 1 and unit["changes"]["update"] == 0
+    assert unit["changes"]["destroy"] == 1 and unit["changes"]["update"] == 0
 
 
 def test_removed_definition_is_destroyed_explicitly(applied, cli):
@@ -129,7 +129,7 @@ def test_removed_definition_is_destroyed_explicitly(applied, cli):
     assert code == 2
     (unit,) = plan["units"]
     assert (unit["key"], unit["action"], unit["reasons"]) == ("cluster:dev@local-a", "destroy", ["definition removed: clusters/dev.yaml"])
-    assert unit["changes"]["delete"] == len(state_resources(applied, "local-a", "cluster-dev")) and unit["changes"]["create"] == 0
+    assert unit["changes"]["destroy"] == len(state_resources(applied, "local-a", "cluster-dev")) and unit["changes"]["create"] == 0
     assert unit["destroys_data"] == ["terraform_data.storage_shared"]  # shown before any decision is asked
     code, out, err = cli("apply", "--auto-approve", "--repo", str(applied.path))
     assert code == 1 and "destroying cluster dev on local-a needs an explicit decision" in err
@@ -235,7 +235,7 @@ def test_move_creates_the_target_checks_it_then_destroys_the_source_keeping_data
     assert "MOVE dev 2/2: destroy on local-a, only once local-b is healthy" in out
     assert source["kept"] == ["terraform_data.storage_shared"]
     actions = {r["address"]: r["action"] for r in source["resources"]}
-    assert actions["terraform_data.storage_shared"] == "forget" and actions["terraform_data.node_compute_0"] == "delete"
+    assert actions["terraform_data.storage_shared"] == "forget" and actions["terraform_data.node_compute_0"] == "destroy"
     code, out, err = cli("apply", "--auto-approve", "--repo", str(applied.path))
     assert code == 0, out + err
     assert "cluster dev on local-b: applied: healthy: outputs agree with the definition" in out
