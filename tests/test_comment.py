@@ -388,3 +388,39 @@ def test_a_comment_previewed_from_a_dirty_tree_says_so(repo, cli, tmp_path):
     code, out, err = cli("plan", "--comment-dir", str(tmp_path / "c"), "--repo", str(repo.path))
     head = repo.git("rev-parse", "HEAD").strip()
     assert f"### reconcile plan for `{head[:7]}` with uncommitted changes:" in (tmp_path / "c" / "part-1.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "line, why",
+    [
+        ("<!-- reconcile:reviewed {not json} -->", "not JSON"),
+        ('<!-- reconcile:reviewed {"head": null, "units": {}} -->', "a null head"),
+        ('<!-- reconcile:reviewed {"head": 7, "units": {}} -->', "a head that is not a sha"),
+        ('<!-- reconcile:reviewed {"head": "' + HEAD + '", "units": []} -->', "units that are not a mapping"),
+        ('<!-- reconcile:reviewed {"head": "' + HEAD + '"} -->', "no units"),
+        ('<!-- reconcile:reviewed {"head": "' + HEAD + '", "units": {"site:a": {"action": 1, "config_hash": "x"}}} -->', "an action that is no word"),
+        ('<!-- reconcile:reviewed {"head": "' + HEAD + '", "units": {"site:a": {"action": "apply"}}} -->', "no config hash"),
+        ('<!-- reconcile:reviewed {"head": "' + HEAD + '", "units": {"site:a": {"action": "apply", "config_hash": "x", "needs": []}}} -->',
+         "needs that are not a mapping"),
+    ],
+    ids=lambda v: v if " " in v and not v.startswith("<") else None,
+)
+def test_a_bad_reviewed_block_reviews_nothing(line, why):
+    good = reviewed_line(HEAD, {"cluster:dev@local-a": {"action": "apply", "config_hash": "ab" * 32}})
+    assert parse_reviewed(f"{MARKER}\n{good}\n") is not None
+    assert parse_reviewed(f"{MARKER}\n{good}\n{line}\n") is None, why  # one bad line spoils them all
+    assert parse_reviewed(f"{MARKER}\n{line}\n") is None, why
+
+
+def test_parts_agree_on_a_stack_or_nothing_is_reviewed():
+    """Parts of a split comment each record their own stacks; the same stack twice must say the
+    same, or the comment was tampered with and reviews nothing."""
+    one = {"site:a": {"action": "apply", "config_hash": "1" * 64}}
+    same = reviewed_line(HEAD, one)
+    other = reviewed_line(HEAD, {"site:a": {"action": "apply", "config_hash": "2" * 64}})
+    destroy = reviewed_line(HEAD, {"site:a": {"action": "destroy", "config_hash": "1" * 64}})
+    more = reviewed_line(HEAD, {"site:b": {"action": "apply", "config_hash": "3" * 64}})
+    assert parse_reviewed(f"{MARKER}\n{same}\n{same}\n")["units"] == one
+    assert parse_reviewed(f"{MARKER}\n{same}\n{more}\n")["units"].keys() == {"site:a", "site:b"}
+    assert parse_reviewed(f"{MARKER}\n{same}\n{other}\n") is None
+    assert parse_reviewed(f"{MARKER}\n{same}\n{destroy}\n") is None

@@ -49,3 +49,60 @@ def test_summaries_never_carry_values():
     plan = plan_fixture("basic.plan.json")
     text = repr(summarize(plan))
     assert "after" not in text and "before" not in text
+
+
+# ---------------------------------------------------------------- config_diff (offline plans)
+
+BASE_DOC = {
+    "resource": {
+        "terraform_data": {"node_a": {"input": {"cores": 2}}, "node_b": {"input": {"cores": 2}}, "storage_shared": {"input": {"size": 1}}},
+    },
+    "output": {"nodes": {"value": ["a", "b"]}},
+}
+
+
+def _doc(**changes) -> dict:
+    import copy
+
+    doc = copy.deepcopy(BASE_DOC)
+    for key, value in changes.items():
+        if value is None:
+            del doc["resource"]["terraform_data"][key]
+        else:
+            doc["resource"]["terraform_data"][key] = value
+    return doc
+
+
+def test_config_diff_tells_create_update_delete_and_no_op_apart():
+    from reconciler.plan import config_diff
+
+    head = _doc(node_a={"input": {"cores": 4}}, node_b=None, node_c={"input": {"cores": 2}})
+    summary = config_diff(BASE_DOC, head)
+    actions = {c.address: c.action for c in summary.changes}
+    assert actions == {"terraform_data.node_a": "update", "terraform_data.node_b": "delete",
+                       "terraform_data.node_c": "create", "terraform_data.storage_shared": "no-op"}
+    assert summary.counts["delete"] == 1 and summary.counts["create"] == 1 and summary.counts["update"] == 1
+
+
+def test_config_diff_flags_a_deleted_data_holder_and_only_deleted_ones():
+    from reconciler.plan import config_diff
+
+    holds = lambda kind, body: "size" in body.get("input", {})  # noqa: E731
+    gone = config_diff(BASE_DOC, _doc(storage_shared=None), holds_data=holds)
+    assert gone.data_lost == ("terraform_data.storage_shared",)
+    kept = config_diff(BASE_DOC, _doc(node_b=None), holds_data=holds)
+    assert kept.data_lost == ()
+    created = config_diff(None, BASE_DOC, holds_data=holds)  # nothing before: nothing held data
+    assert created.data_lost == () and created.counts["create"] == 3
+
+
+def test_config_diff_sees_an_output_only_change():
+    from reconciler.plan import config_diff
+
+    head = _doc()
+    head["output"]["nodes"]["value"] = ["a", "b", "c"]
+    summary = config_diff(BASE_DOC, head)
+    assert all(c.action == "no-op" for c in summary.changes) and summary.output_changes == ("nodes",)
+    assert summary.has_changes
+    assert not config_diff(BASE_DOC, _doc()).has_changes
+    assert config_diff(BASE_DOC, {k: v for k, v in _doc().items() if k != "output"}).output_changes == ("nodes",)
