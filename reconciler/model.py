@@ -310,7 +310,7 @@ class Gpu(Strict):
     def _memory_matches_model(self) -> "Gpu":
         expected = GPU_MEMORY_GB[self.model]
         if self.memory_gb is not None and self.memory_gb != expected:
-            raise ValueError(f"{self.model} has {expected} GB per GPU, not {self.memory_gb}")
+            raise ValueError(f"{self.model} has {expected} GiB per GPU, not {self.memory_gb}")
         return self
 
 
@@ -318,9 +318,9 @@ class NodePool(Strict):
     role: Literal["login", "compute", "service"]
     count: int = Field(ge=0, le=1024)
     cores: int = Field(ge=1, le=512, description="Physical cores per node (a cloud vCPU is one hardware thread)")
-    memory_gb: int = Field(ge=1, le=32768, description="Memory per node in GB")
+    memory_gb: int = Field(ge=1, le=32768, description="Memory per node in GiB, as the clouds count it (the name says GB)")
     gpu: Gpu | None = None
-    local_ssd_gb: int = Field(0, ge=0)
+    local_ssd_gb: int = Field(0, ge=0, description="Local SSD per node in decimal GB, as EC2 counts it (a Google disk of 375 GiB is 402 GB)")
     placement: Literal["spread", "compact"] = Field(
         "spread", description="compact: tightly coupled, low-latency placement for MPI"
     )

@@ -112,7 +112,7 @@ def _real_runtime_reasons(cluster: Cluster, host: Host | None) -> list[str]:
             reasons.append(f"node_pools.{pool}.cores: {spec.cores} cores per node, and this machine has {host.cores}")
         if spec.memory_gb > host.memory_gb:
             reasons.append(
-                f"node_pools.{pool}.memory_gb: {spec.memory_gb} GB per node, and this machine has {host.memory_gb:.1f} GB"
+                f"node_pools.{pool}.memory_gb: {spec.memory_gb} GiB per node, and this machine has {host.memory_gb:.1f} GiB"
             )
     return reasons
 
@@ -139,7 +139,7 @@ def check(cluster: Cluster, site: Site, role: str = PLACEMENT, host: Host | None
     cat = catalog(site.platform)
     for pool, spec in cluster.node_pools.items():
         if cat is None:  # the local platform emulates any node
-            fits.append(PoolFit(pool, "", "", f"{spec.cores} cores, {spec.memory_gb} GB (emulated)"))
+            fits.append(PoolFit(pool, "", "", f"{spec.cores} cores, {spec.memory_gb} GiB (emulated)"))
             continue
         match = resolve(cat, site.region, node_spec(cluster, pool))
         if match.machine is None:

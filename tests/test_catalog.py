@@ -52,7 +52,7 @@ def test_gpu_model_not_in_region_names_where_it_is():
 def test_impossible_spec_names_nearest_candidates_and_what_they_lack():
     node = NodeSpec(cores=48, memory_gb=2048, gpu_model="nvidia-a100-80gb", gpu_count=8)
     text = resolve(CAT, "here", node).explain()
-    assert text.startswith("no type in here has 48 cores, 2048 GB, 8x nvidia-a100-80gb; nearest: gpu80-8 lacks memory (1360 < 2048 GB)")
+    assert text.startswith("no type in here has 48 cores, 2048 GiB, 8x nvidia-a100-80gb; nearest: gpu80-8 lacks memory (1360 < 2048 GiB)")
 
 
 def test_unknown_region():

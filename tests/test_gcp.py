@@ -66,7 +66,7 @@ state:
   prefix: gcp-netherlands
 """
 
-# The node an a2-ultragpu-8g satisfies (48 cores, 1360 GB, 8x A100 80GB, 3000 GB local SSD).
+# The node an a2-ultragpu-8g satisfies (48 cores, 1360 GiB, 8x A100 80GB, 3221 GB local SSD).
 GPU_AI_NODE = {"cores": 48, "memory_gb": 1152, "local_ssd_gb": 3000}
 
 MAX_PROVIDER_SUBMODULES = 40  # of ~1,500: proof that the provider package is loaded lazily
@@ -415,7 +415,7 @@ def test_icon_runs_on_a2_ultragpu_with_its_built_in_gpus(specs, synthesized):
     node = instances(icon)["node_compute_0"]
     assert node["machine_type"] == "a2-ultragpu-8g"
     assert "guest_accelerator" not in node  # Google refuses one on accelerator-optimized types
-    assert "scratch_disk" not in node  # the type bundles its 3000 GB of local SSD
+    assert "scratch_disk" not in node  # the type bundles its 8 x 375 GiB (3,221 GB) of local SSD
     assert node["scheduling"] == {"on_host_maintenance": "TERMINATE", "automatic_restart": True}
     # A2 is not in Google's table of accelerator images: the HPC image, and the driver at first boot
     assert node["boot_disk"]["initialize_params"]["image"] == "cloud-hpc-image-public/hpc-rocky-linux-8"
@@ -423,7 +423,7 @@ def test_icon_runs_on_a2_ultragpu_with_its_built_in_gpus(specs, synthesized):
     assert node["shielded_instance_config"]["enable_secure_boot"] is False  # the driver's module is unsigned
     assert not resources(icon, "google_compute_resource_policy")  # one compact node: nothing to place together
     assert icon["output"]["filesystems"]["value"] == {
-        "scratch": {"type": "local-ssd", "mount": "/scratch", "gb_per_node": {"compute": 3000}}
+        "scratch": {"type": "local-ssd", "mount": "/scratch", "gb_per_node": {"compute": 3221}}
     }
     assert not resources(icon, "google_filestore_instance")  # scratch is no network file system
     login = instances(icon)["node_login_0"]
@@ -464,15 +464,17 @@ def test_local_ssd_disk_counts():
 
     types = catalog("gcp").machine_types
     assert local_ssd_disks(types["n2-standard-2"], 1) == 1
-    assert local_ssd_disks(types["n2-standard-2"], 751) == 4
+    assert local_ssd_disks(types["n2-standard-2"], 751) == 2  # a disk is 375 GiB: 402 GB
+    assert local_ssd_disks(types["n2-standard-2"], 806) == 4  # 3 disks' worth: the next valid count
     assert local_ssd_disks(types["n2-standard-128"], 1) == 16  # large n2 types take at least 16
     assert local_ssd_disks(types["n2-standard-16"], 7000) == 24
     assert local_ssd_disks(types["c2-standard-60"], 375) == 8
     assert local_ssd_disks(types["a2-highgpu-2g"], 375) == 2
     assert local_ssd_disks(types["a2-ultragpu-8g"], 3000) == 0  # bundled
     assert local_ssd_disks(types["c3-standard-8"], 0) == 0
+    assert local_ssd_disks(types["c2-standard-16"], 3221) == 8
     with pytest.raises(ValueError, match="at most 8 disks"):
-        local_ssd_disks(types["c2-standard-16"], 3001)
+        local_ssd_disks(types["c2-standard-16"], 3222)
 
 
 def test_gpus_are_attached_only_to_types_without_their_own():

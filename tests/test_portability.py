@@ -25,7 +25,7 @@ def nothing_applied(repo) -> bool:
 def test_icon_resolves_to_the_type_that_matches_its_node_exactly(repo):
     spec = desired(GitSource(repo.path).working_tree()).units["cluster:icon@gcp-netherlands"].spec
     compute = next(p for p in spec.pools if p.name == "compute")
-    assert compute.machine_type == "a2-ultragpu-8g"  # 48 cores, 1,360 GB, 8x A100 80 GB, 3,000 GB local SSD
+    assert compute.machine_type == "a2-ultragpu-8g"  # 48 cores, 1,360 GiB, 8x A100 80 GB, 3,221 GB local SSD
     node = compute.node
     assert (node.cores, node.memory_gb, node.gpu_model, node.gpu_count, node.local_ssd_gb) == (
         48,
@@ -47,10 +47,10 @@ def test_portability_matrix_explains_every_refusal(repo, cli):
         "node_pools.compute.gpu.model: nvidia-a100-80gb is not offered in europe-west6; offered in europe-west4, us-central1"
     )
     (why,) = verdicts["icon", "aws-frankfurt"]["reasons"]
-    assert "p4de.24xlarge lacks memory (1152 < 1360 GB)" in why
+    assert "p4de.24xlarge lacks memory (1152 < 1360 GiB)" in why
     assert verdicts["icon", "local-a"]["realizable"]
     assert verdicts["gpu-ai", "aws-frankfurt"]["machine_types"]["gpu"] == "p4de.24xlarge"
-    assert "a2-ultragpu-8g lacks local SSD (3000 < 7600 GB)" in verdicts["gpu-ai", "gcp-netherlands"]["reasons"][0]
+    assert "a2-ultragpu-8g lacks local SSD (3221 < 7600 GB)" in verdicts["gpu-ai", "gcp-netherlands"]["reasons"][0]
     assert verdicts["slurm-hpc", "aws-zurich"]["machine_types"]["compute"] == "c6i.32xlarge"
 
 
@@ -69,8 +69,8 @@ def test_impossible_node_spec_names_the_nearest_types(repo, cli):
     code, _, err = cli("apply", "--auto-approve", "--repo", str(repo.path))
     assert code == 1
     assert "clusters/icon.yaml:15:5: error: node_pools.compute.memory_gb:" in err  # what the nearest type lacks
-    assert "no type in europe-west4 has 48 cores, 4000 GB, 8x nvidia-a100-80gb, 3000 GB local SSD" in err
-    assert "nearest: a2-ultragpu-8g lacks memory (1360 < 4000 GB)" in err
+    assert "no type in europe-west4 has 48 cores, 4000 GiB, 8x nvidia-a100-80gb, 3000 GB local SSD" in err
+    assert "nearest: a2-ultragpu-8g lacks memory (1360 < 4000 GiB)" in err
     assert nothing_applied(repo)
 
 

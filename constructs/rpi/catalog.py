@@ -33,7 +33,7 @@ class MachineType:
     def describe(self) -> str:
         gpu = f", {self.gpu_count}x {self.gpu_model}" if self.gpu_count else ""
         ssd = f", {self.local_ssd_gb} GB local SSD" if self.local_ssd_gb else ""
-        return f"{self.name} ({self.cores} cores, {self.memory_gb} GB{gpu}{ssd})"
+        return f"{self.name} ({self.cores} cores, {self.memory_gb} GiB{gpu}{ssd})"
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ def shortfalls(machine: MachineType, node: NodeSpec) -> tuple[str, ...]:
     if machine.cores < node.cores:
         out.append(f"cores ({machine.cores} < {node.cores})")
     if machine.memory_gb < node.memory_gb:
-        out.append(f"memory ({machine.memory_gb} < {node.memory_gb} GB)")
+        out.append(f"memory ({machine.memory_gb} < {node.memory_gb} GiB)")
     if node.gpu_model:
         if machine.gpu_model != node.gpu_model:
             out.append(f"{node.gpu_model} (has {machine.gpu_model or 'no GPU'})")
@@ -118,7 +118,7 @@ def resolve(cat: Catalog, region: str, node: NodeSpec) -> Match:
 
 
 def _wanted(node: NodeSpec) -> str:
-    parts = [f"{node.cores} cores", f"{node.memory_gb} GB"]
+    parts = [f"{node.cores} cores", f"{node.memory_gb} GiB"]
     if node.gpu_model:
         parts.append(f"{node.gpu_count}x {node.gpu_model}")
     if node.local_ssd_gb:

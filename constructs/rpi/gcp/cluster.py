@@ -146,10 +146,12 @@ BOOT_DISK_GB = 100
 BOOT_DISK_TYPE = "pd-balanced"  # offered on every series of the catalog (n2, c2, c3, a2, a3)
 METADATA_VALUE_LIMIT = 256 * 1024  # bytes in one metadata value; Compute Engine refuses more
 
-# Local SSD comes in disks of 375 GB, and a type takes only some counts of them: 1, 2, 4, 8,
+# Local SSD comes in disks of 375 GiB (402.65 decimal GB: node specs and the catalog count local
+# SSD in decimal GB, as EC2 states it), and a type takes only some counts of them: 1, 2, 4, 8,
 # 16 or 24, up to what the catalog says the type can hold, and at least as many as its size
 # needs (Google: "Choose a valid number of Local SSD disks"): (up to this many vCPUs, fewest).
-LOCAL_SSD_DISK_GB = 375
+LOCAL_SSD_DISK_GIB = 375
+LOCAL_SSD_DISK_GB = LOCAL_SSD_DISK_GIB * 1.073741824
 LOCAL_SSD_COUNTS = (1, 2, 4, 8, 16, 24)
 FEWEST_LOCAL_SSDS = {
     "n2": ((10, 1), (20, 2), (40, 4), (80, 8), (128, 16)),
@@ -369,20 +371,20 @@ def guest_accelerators(machine: MachineType, node: NodeSpec) -> list[tuple[str, 
 
 
 def local_ssd_disks(machine: MachineType, size_gb: int) -> int:
-    """How many 375 GB local SSD disks to attach for `size_gb` of local SSD.
+    """How many 375 GiB local SSD disks to attach for `size_gb` (decimal GB) of local SSD.
 
     0 when nothing is asked, when the type bundles its own (a2-ultragpu and a3 come with
     theirs) or when it takes none.
     """
     if size_gb <= 0 or machine.local_ssd != "attachable":
         return 0
-    most = machine.local_ssd_gb // LOCAL_SSD_DISK_GB
+    most = round(machine.local_ssd_gb / LOCAL_SSD_DISK_GB)  # the catalog's figure is n disks, floored
     least = max(math.ceil(size_gb / LOCAL_SSD_DISK_GB), _fewest_local_ssds(machine))
     count = next((c for c in LOCAL_SSD_COUNTS if least <= c <= most), None)
     if count is None:
         raise ValueError(
             f"{size_gb} GB of local SSD do not fit on {machine.name}, which takes at most {most} disks of "
-            f"{LOCAL_SSD_DISK_GB} GB (lower local_ssd_gb)"
+            f"{LOCAL_SSD_DISK_GIB} GiB ({machine.local_ssd_gb} GB; lower local_ssd_gb)"
         )
     return count
 
@@ -398,7 +400,7 @@ def local_ssd_gb(machine: MachineType, node: NodeSpec) -> int:
     """The local SSD a node of `machine` has: the bundled disks, or the ones attached for it."""
     if machine.local_ssd == "bundled":
         return machine.local_ssd_gb
-    return local_ssd_disks(machine, node.local_ssd_gb) * LOCAL_SSD_DISK_GB
+    return math.floor(local_ssd_disks(machine, node.local_ssd_gb) * LOCAL_SSD_DISK_GB)
 
 
 class Node(NamedTuple):
