@@ -107,6 +107,30 @@ class GitSource:
             raise GitError(f"{ref!r} and HEAD have no common ancestor")
         return bases[0].hexsha
 
+    def removed_sites(self, rev: str | None = None) -> dict[str, bytes]:
+        """Every site file deleted in the history of `rev` (default HEAD), at its last version
+        before the deletion: where a removed site kept its state, so its stacks are found
+        whatever runs were skipped since. {path: content}; a path deleted twice counts once,
+        at its latest deletion."""
+        if self.repo is None or (rev is None and self.head() is None):
+            return {}
+        try:
+            log = self.repo.git.log(rev or "HEAD", "--diff-filter=D", "--format=%x00%H", "--name-only", "--", "sites/")
+        except git.GitCommandError as exc:
+            raise GitError(f"cannot read the history of sites/: {exc}") from None
+        found: dict[str, bytes] = {}
+        for entry in log.split("\x00")[1:]:
+            sha, *paths = [line for line in entry.splitlines() if line.strip()]
+            parent = self.repo.commit(sha).parents
+            for path in paths:
+                if path in found or not parent or not is_definition_path(path):
+                    continue
+                try:
+                    found[path] = (parent[0].tree / path).data_stream.read()
+                except KeyError:
+                    continue
+        return found
+
     # -- snapshots
 
     def at_revision(self, rev: str) -> Snapshot:

@@ -23,7 +23,7 @@ from reconciler import plan as plan_module
 from reconciler.plan import ChangeClass, PlanSummary, config_diff, summarize
 from reconciler import prefetch
 from reconciler.prefetch import Prefetch
-from reconciler.resolve import CLUSTER, Unit, resolve
+from reconciler.resolve import CLUSTER, Unit, resolve, state_location
 from reconciler.settings import Settings
 from reconciler.synth import render_json, synthesize
 from rpi import local_runtime, local_volumes, registry
@@ -160,6 +160,7 @@ def _desired_and_live(settings: Settings, store: LiveStore, head_snapshot: Snaps
     units = {**(base.units if base else {}), **head.units}
     check_state_locations(store, head, units)
     directories = state_directories(units.values())
+    directories += removed_site_directories(source, units, directories)
     remote = {k: u for k, u in units.items() if u.state.backend != "local"}
     answer = helper.collect(remote, [d for d in directories if d.backend != "local"]) if remote else None
     if answer is None:  # no helper: read here
@@ -176,6 +177,28 @@ def _desired_and_live(settings: Settings, store: LiveStore, head_snapshot: Snaps
         orphans = [r for state in directories if state.backend == "local" for r in store.records_under(state, known)]
         orphans += [r for listed in remote_under for r in listed]
     return head, base, note, units, live, orphans
+
+
+def removed_site_directories(source: GitSource, units: dict[str, Unit], known: list) -> list:
+    """The state directories of sites deleted from git at any time, that neither the head nor
+    the base names: what their stacks left behind is listed as orphans, so a site removed in a
+    run that was skipped, or applied from a checkout whose base already lacks it, is still
+    destroyed (as a reviewed destroy). A removed file that no longer validates is passed over."""
+    named = {u.site for u in units.values()}
+    seen = {(d.backend, d.endpoint, d.bucket, keys(d)[0]) for d in known}
+    out = []
+    for path, raw in sorted(source.removed_sites().items()):
+        try:
+            defs = load(Snapshot(f"{path} before its removal", None, False, {path: raw}))
+        except InvalidDefinitions:
+            continue
+        for site in defs.sites.values():
+            state = state_location(site, "landing-zone")
+            key = (state.backend, state.endpoint, state.bucket, keys(state)[0])
+            if site.name not in named and key not in seen:
+                seen.add(key)
+                out.append(state)
+    return out
 
 
 def state_directories(units) -> list:

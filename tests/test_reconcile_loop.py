@@ -152,6 +152,30 @@ def test_stack_in_live_state_but_in_no_definition_is_destroyed(applied, cli):
     assert unit["action"] == "destroy" and unit["reasons"] == ["in live state but defined neither at base nor at head"]
 
 
+def test_a_site_removed_with_its_cluster_on_main_is_found_from_history_and_destroyed(applied, cli):
+    """Site local-a and its cluster removed in one commit on main (base == head) and then a run
+    skipped: neither revision names local-a any more, so only git's history says where its
+    state lived. Its stacks are found there and destroyed as a reviewed destroy."""
+    (applied.path / "clusters" / "dev.yaml").unlink()
+    (applied.path / "sites" / "local-a.yaml").unlink()
+    applied.replace("clusters/slurm-hpc.yaml", "failover: [local-a, aws-zurich]", "failover: [aws-zurich]")
+    applied.replace("clusters/icon.yaml", ", local-a]", "]")
+    applied.commit("retire local-a and dev")
+    applied.replace("clusters/slurm-hpc.yaml", "description:", "# a later commit: the removal is no longer the last one\ndescription:")
+    applied.commit("later change")
+    code, plan = dry_run(cli, applied)
+    assert code == 2
+    destroyed = {u["key"]: u["reasons"] for u in plan["units"] if u["action"] == "destroy"}
+    assert set(destroyed) == {"site:local-a", "cluster:dev@local-a"}, plan["units"]
+    code, out, err = cli("apply", "--auto-approve", "--repo", str(applied.path))
+    assert code == 1 and "needs an explicit decision" in err  # a destroy is never silent
+    code, out, err = cli("apply", "--auto-approve", "--allow-destroy", "--allow-data-loss", "--repo", str(applied.path))
+    assert code == 0, out + err
+    assert state_resources(applied, "local-a", "cluster-dev") == [] and state_resources(applied, "local-a", "landing-zone") == []
+    code, out, err = cli("--dry-run", "--repo", str(applied.path))
+    assert code == 0, out + err
+
+
 def test_invalid_input_exits_1_and_applies_nothing(repo, cli):
     repo.replace("clusters/dev.yaml", "    cores: 8\n", "    cores: eight\n")
     code, out, err = cli("apply", "--auto-approve", "--repo", str(repo.path))
