@@ -43,6 +43,9 @@ PATTERN_WORDS = {
 }
 
 
+AWS_ZONE_ID = re.compile(r"^[a-z]{2,5}[0-9]+(-[a-z]+[0-9]+)?-az[0-9]+$")  # euc1-az2, use1-atl2-az1 (a Local Zone)
+
+
 def _no_repeats(items: list) -> list:
     seen = set()
     for item in items:
@@ -282,6 +285,20 @@ class Site(Strict):
         if services.object_store is not None and platform not in (None, "local"):
             raise ValueError(f"object_store is for the local platform: a {platform} site's buckets are its cloud's own")
         return services
+
+    @field_validator("zones")
+    @classmethod
+    def _zones_of_the_platform(cls, zones: list[str], info: ValidationInfo) -> list[str]:
+        platform, region = info.data.get("platform"), info.data.get("region")
+        for zone in zones:
+            if platform == "aws" and not AWS_ZONE_ID.match(zone):
+                raise ValueError(
+                    f"{zone}: on aws, zones are zone IDs such as euc1-az2 (`aws ec2 describe-availability-zones` "
+                    "lists them): a zone name such as eu-central-1a means another zone in each account"
+                )
+            if platform == "gcp" and region and not zone.startswith(f"{region}-"):
+                raise ValueError(f"{zone} is not a zone of region {region} (zones of a region are named {region}-a, ...)")
+        return zones
 
     @model_validator(mode="after")
     def _cloud_needs_account(self) -> "Site":

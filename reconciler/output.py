@@ -182,6 +182,7 @@ class Verdict(_Out):
     emulated: bool = Field(description="Realizable only as records: the local platform's records runtime runs nothing")
     reasons: list[str]
     machine_types: dict[str, str]
+    zone: str = Field(description="The zone the cluster goes to on this site: one that offers every pool's type")
 
 
 class Portability(Document):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from reconciler.load import Definitions
 from reconciler.model import GPU_MEMORY_GB, Cluster, Site
-from rpi.catalog import catalog, resolve
+from rpi.catalog import catalog, choose_zone, resolve
 from rpi.spec import NodeSpec
 
 PLACEMENT = "placement"
@@ -37,6 +37,7 @@ class Verdict:
     reasons: tuple[str, ...]  # empty when realizable
     fits: tuple[PoolFit, ...]
     emulated: bool = False  # nodes are records only (the local platform's records runtime)
+    zone: str = ""  # where the cluster goes on this site: a zone that offers every pool's type
 
     @property
     def realizable(self) -> bool:
@@ -56,6 +57,7 @@ class Verdict:
             "emulated": self.emulated,
             "reasons": list(self.reasons),
             "machine_types": {f.pool: f.machine_type for f in self.fits if f.machine_type},
+            "zone": self.zone,
         }
 
 
@@ -147,8 +149,15 @@ def check(cluster: Cluster, site: Site, role: str = PLACEMENT, host: Host | None
             continue
         fabric = match.machine.fabric if spec.placement == "compact" else ""
         fits.append(PoolFit(pool, match.machine.name, fabric, match.machine.describe()))
+    fixed = cluster.placement.zone if role == PLACEMENT else None
+    zone = fixed or site.zones[0]
+    if cat is not None and not reasons:  # every pool has a type: is there a zone that offers them all?
+        zone, why = choose_zone(cat, site.region, tuple(site.zones), {f.pool: f.machine_type for f in fits}, fixed)
+        if zone is None:
+            reasons.append(f"{'placement.zone' if fixed else 'placement.site'}: {why}")
     emulated = site.platform == "local" and site.runtime == "records"
-    return Verdict(cluster.name, site.name, site.platform, site.region, role, tuple(reasons), tuple(fits), emulated)
+    return Verdict(cluster.name, site.name, site.platform, site.region, role, tuple(reasons), tuple(fits), emulated,
+                   zone or "")
 
 
 # What a nearest type lacks -> the field of the node spec that asks for it.

@@ -300,6 +300,8 @@ def portability_text(verdicts: list[Verdict]) -> str:
         if v.realizable:
             types = ", ".join(f"{f.pool}: {f.machine_type}" for f in v.fits if f.machine_type)
             types = types or ("emulated nodes" if v.emulated else "real nodes on the applying machine")
+            if v.platform != "local" and v.zone:
+                types += f" (zone {v.zone})"
             lines.append(f"  {v.role:<11} {where:<40} realizable  {types}")
         else:
             lines.append(f"  {v.role:<11} {where:<40} REFUSED")

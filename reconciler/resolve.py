@@ -291,7 +291,7 @@ def _cluster_unit(
         site=site.name,
         platform=site.platform,
         region=site.region,
-        zone=cluster.placement.zone or site.zones[0],
+        zone=verdict.zone,
         labels=tuple(sorted({**site.labels, "cluster": cluster.name, "flavor": cluster.flavor}.items())),
         subnet=Subnet(stack, str(subnet), gateway),
         public_login=cluster.network.public_login,

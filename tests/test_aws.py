@@ -195,14 +195,14 @@ def test_landing_zone_network(synthesized, example):
     lz = doc(synthesized, "landing-zone")
     assert resources(lz, "aws_vpc")["vpc"]["tags"] == {"Name": "aws-frankfurt-vpc"}
     subnets = {
-        name.removeprefix("subnet_"): (s["cidr_block"], s["availability_zone"])
+        name.removeprefix("subnet_"): (s["cidr_block"], s["availability_zone_id"])
         for name, s in resources(lz, "aws_subnet").items()
     }
     assert subnets == {
-        "services": ("10.60.0.0/22", "eu-central-1a"),
-        "public-eu-central-1a": ("10.60.4.0/24", "eu-central-1a"),
-        "public-eu-central-1b": ("10.60.6.0/24", "eu-central-1b"),
-        "private-eu-central-1b": ("10.60.7.0/24", "eu-central-1b"),
+        "services": ("10.60.0.0/22", "euc1-az1"),  # zone IDs: the same zones in every account
+        "public-euc1-az1": ("10.60.4.0/24", "euc1-az1"),
+        "public-euc1-az2": ("10.60.6.0/24", "euc1-az2"),
+        "private-euc1-az2": ("10.60.7.0/24", "euc1-az2"),
     }
     site = example.definitions.sites[SITE]
     clusters = ipaddress.IPv4Network(site.network.clusters_range)
@@ -235,7 +235,7 @@ def test_eks_is_private_across_two_zones_with_pod_identities(synthesized):
     assert eks["vpc_config"]["endpoint_private_access"] is True
     assert eks["vpc_config"]["subnet_ids"] == [
         "${aws_subnet.subnet_services.id}",
-        "${aws_subnet.subnet_private-eu-central-1b.id}",
+        "${aws_subnet.subnet_private-euc1-az2.id}",
     ]
     group = resources(lz, "aws_eks_node_group")["control_nodes"]
     assert group["instance_types"] == ["m6i.2xlarge"]  # 3 nodes of 4 cores / 16 GB: 8 vCPUs
@@ -291,9 +291,9 @@ def test_registries_secrets_and_buckets(synthesized):
 def test_one_zone_site_takes_a_second_zone_from_the_region(synthesized):
     lz = doc(synthesized, "variant-one-zone")
     zones = lz["data"]["aws_availability_zones"]["other_zones"]
-    assert zones["exclude_names"] == ["eu-central-1a"]
+    assert zones["exclude_zone_ids"] == ["euc1-az1"]
     second = resources(lz, "aws_subnet")["subnet_private-other-zone"]
-    assert second["availability_zone"] == "${element(data.aws_availability_zones.other_zones.names, 0)}"
+    assert second["availability_zone_id"] == "${element(data.aws_availability_zones.other_zones.zone_ids, 0)}"
     assert len(resources(lz, "aws_eks_cluster")["eks"]["vpc_config"]["subnet_ids"]) == 2
 
 
@@ -410,7 +410,7 @@ def test_cluster_finds_the_site_vpc_by_its_name_tag(synthesized):
     table = dev["data"]["aws_route_table"]["private_route_table"]
     assert table["filter"] == [{"name": "tag:Name", "values": ["aws-frankfurt-private"]}]
     subnet = resources(dev, "aws_subnet")["subnet"]
-    assert subnet["vpc_id"] == "${data.aws_vpc.vpc.id}" and subnet["availability_zone"] == "eu-central-1a"
+    assert subnet["vpc_id"] == "${data.aws_vpc.vpc.id}" and subnet["availability_zone_id"] == "euc1-az1"
 
 
 def test_ssh_only_to_login_nodes_from_allowed_cidrs(synthesized):

@@ -120,3 +120,61 @@ def test_a_site_that_states_its_slurm_versions_refuses_another(repo):
     assert not verdict.realizable
     assert "services.scheduler.version: site aws-zurich provides Slurm 23.11 (its services.slurm_versions), not 24.05" in verdict.reasons
     assert portability.check(defs.clusters["slurm-hpc"], defs.sites["aws-frankfurt"]).realizable  # it states 24.05
+
+
+# ---------------------------------------------------------------- zones
+
+H100_POOL = "  compute:\n    role: compute\n    count: 1\n    cores: 104\n    memory_gb: 1872\n    gpu: {model: nvidia-h100-80gb, count: 8}\n"
+
+
+def test_a_cluster_goes_to_a_zone_that_offers_every_pool_and_icon_stays_where_it_is(repo):
+    """europe-west4-a (gcp-netherlands' first zone) has no a3-highgpu-8g: an H100 cluster lands
+    in europe-west4-b, which offers it and the login type; icon's A100s are in -a only."""
+    text = repo.read("clusters/icon.yaml")
+    head, _ = text.split("node_pools:\n", 1)
+    repo.write("clusters/h100.yaml", head.replace("name: icon", "name: h100").replace("failover: [aws-frankfurt, gcp-zurich, local-a]\n", "")
+               + "node_pools:\n  login:\n    role: login\n    count: 1\n    cores: 4\n    memory_gb: 16\n" + H100_POOL)
+    units = desired(GitSource(repo.path).working_tree()).units
+    h100 = units["cluster:h100@gcp-netherlands"].spec
+    assert {p.name: p.machine_type for p in h100.pools} == {"login": "c3-standard-8", "compute": "a3-highgpu-8g"}
+    assert h100.zone == "europe-west4-b"
+    assert units["cluster:icon@gcp-netherlands"].spec.zone == "europe-west4-a"  # unchanged
+
+
+def test_a_zone_that_lacks_a_pools_type_is_refused_naming_the_zones_that_offer_it(repo, cli):
+    text = repo.read("clusters/icon.yaml")
+    head, _ = text.split("node_pools:\n", 1)
+    head = head.replace("name: icon", "name: h100").replace("failover: [aws-frankfurt, gcp-zurich, local-a]\n", "")
+    repo.write("clusters/h100.yaml", head.replace("  site: gcp-netherlands\n", "  site: gcp-netherlands\n  zone: europe-west4-a\n")
+               + "node_pools:\n" + H100_POOL)
+    code, _, err = cli("validate", "--repo", str(repo.path))
+    assert code == 1
+    assert "clusters/h100.yaml:" in err and "placement.zone: cluster h100 cannot run on its placement site gcp-netherlands" in err, err
+    assert "zone europe-west4-a does not offer every pool's type: login (c3-standard-8) in europe-west4-a, europe-west4-b, " \
+           "europe-west4-c; compute (a3-highgpu-8g) in europe-west4-b, europe-west4-c; every pool is offered in europe-west4-b, europe-west4-c" in err, err
+
+
+def test_aws_zones_are_zone_ids(repo, cli):
+    repo.replace("sites/aws-frankfurt.yaml", "zones: [euc1-az1, euc1-az2]", "zones: [eu-central-1a, eu-central-1b]")
+    code, _, err = cli("validate", "--repo", str(repo.path))
+    assert code == 1 and "sites/aws-frankfurt.yaml:" in err and "on aws, zones are zone IDs such as euc1-az2" in err, err
+
+
+@pytest.mark.parametrize("platform", ["gcp", "aws"])
+def test_offers_per_zone_cover_the_catalog(platform):
+    """offers.csv (copied from the catalog's source) has zones for every type the catalog lists
+    in a region, and nothing else; regions it has no rows for are named in the sources."""
+    from rpi.catalog import catalog
+    from reconciler.model import AWS_ZONE_ID
+
+    cat = catalog(platform)
+    for region, names in cat.regions.items():
+        if not cat.zones_known(region):
+            assert platform == "aws" and region == "eu-central-2"  # no rows in the source; said in its sources
+            continue
+        for name in names:
+            zones = cat.zones_of(name, region)
+            assert zones, (name, region)
+            assert all(z.startswith(f"{region}-") if platform == "gcp" else AWS_ZONE_ID.match(z) for z in zones), zones
+    assert {r for _, r in cat.zones} <= set(cat.regions)
+    assert all(name in cat.regions[region] for name, region in cat.zones)

@@ -6,8 +6,9 @@ Pure data and pure functions: reading a catalog never starts Node.
 
 from __future__ import annotations
 
+import csv
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
@@ -42,9 +43,36 @@ class Catalog:
     machine_types: dict[str, MachineType]
     regions: dict[str, tuple[str, ...]]
     gpu_models: dict[str, str]
+    zones: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)  # (type, region) -> zones
 
     def offered(self, region: str) -> list[MachineType]:
         return [self.machine_types[n] for n in self.regions.get(region, ())]
+
+    def zones_known(self, region: str) -> bool:
+        """Whether offers per zone are recorded for `region` (offers.csv has rows for it)."""
+        return any(r == region for _, r in self.zones)
+
+    def zones_of(self, machine_type: str, region: str) -> tuple[str, ...]:
+        return self.zones.get((machine_type, region), ())
+
+
+def choose_zone(cat: Catalog, region: str, zones: tuple[str, ...], types: dict[str, str],
+                fixed: str | None = None) -> tuple[str | None, str]:
+    """The zone a cluster goes to: `fixed` (its placement.zone) if it offers every pool's type,
+    else the first of the site's `zones` that does. (zone, "") or (None, why not: the zones
+    that offer each pool). `types`: pool -> machine type. Where offers per zone are not
+    recorded for the region, the fixed zone or the site's first, unchecked."""
+    if not cat.zones_known(region):
+        return fixed or zones[0], ""
+    candidates = (fixed,) if fixed else zones
+    for zone in candidates:
+        if all(zone in cat.zones_of(t, region) for t in types.values()):
+            return zone, ""
+    lacking = [f"{pool} ({t}) in {', '.join(cat.zones_of(t, region)) or 'no zone'}" for pool, t in types.items()]
+    where = f"zone {fixed} does not offer" if fixed else f"no zone of the site ({', '.join(zones)}) offers"
+    every = sorted(set.intersection(*(set(cat.zones_of(t, region)) for t in types.values()))) if types else []
+    hint = f"; every pool is offered in {', '.join(every)}" if every else "; no zone of the region offers every pool"
+    return None, f"{where} every pool's type: {'; '.join(lacking)}{hint}"
 
 
 @dataclass(frozen=True)
@@ -73,7 +101,14 @@ def catalog(platform: str) -> Catalog | None:
     raw = json.loads(path.read_text())
     types = {name: MachineType(name=name, **fields) for name, fields in raw["machine_types"].items()}
     regions = {region: tuple(names) for region, names in raw["regions"].items()}
-    return Catalog(raw["platform"], types, regions, dict(raw.get("gpu_models", {})))
+    zones: dict[tuple[str, str], list[str]] = {}
+    offers = _HERE / platform / "offers.csv"
+    if offers.is_file():
+        with offers.open(newline="") as handle:
+            for row in csv.DictReader(handle):
+                zones.setdefault((row["machine_type"], row["region"]), []).append(row["zone"])
+    return Catalog(raw["platform"], types, regions, dict(raw.get("gpu_models", {})),
+                   {k: tuple(v) for k, v in zones.items()})
 
 
 def shortfalls(machine: MachineType, node: NodeSpec) -> tuple[str, ...]:

@@ -122,7 +122,7 @@ def _subnet(stack, spec: ClusterSpec):
         "subnet",
         vpc_id=vpc.id,
         cidr_block=spec.subnet.cidr,
-        availability_zone=spec.zone,
+        availability_zone_id=spec.zone,  # a zone ID: the same zone in every account
         tags={"Name": spec.subnet.name},
     )
     data_table = aws("data_aws_route_table")

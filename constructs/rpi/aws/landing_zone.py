@@ -174,7 +174,7 @@ def _network(stack, spec: LandingZoneSpec) -> dict:
 
 def _subnet(stack, site: str, vpc, name: str, cidr: str, zone: str):
     return aws("subnet").Subnet(
-        stack, f"subnet_{name}", vpc_id=vpc.id, cidr_block=cidr, availability_zone=zone, tags={"Name": f"{site}-{name}"}
+        stack, f"subnet_{name}", vpc_id=vpc.id, cidr_block=cidr, availability_zone_id=zone, tags={"Name": f"{site}-{name}"}
     )
 
 
@@ -183,7 +183,8 @@ def _private_zones(stack, spec: LandingZoneSpec) -> list[tuple[str, str]]:
 
     EKS refuses a cluster whose subnets are in fewer than two zones. A one-zone site gets its
     second private subnet in the first other zone the region offers (a data source, sorted by
-    name by AWS): only the EKS control plane uses it, cluster nodes stay in the site's zone.
+    AWS): only the EKS control plane uses it, cluster nodes stay in the site's zone. Zones are
+    zone IDs (euc1-az2): a zone name means another zone in each account.
     """
     if len(spec.zones) >= 2:
         return [(zone, zone) for zone in spec.zones[1:]]
@@ -192,11 +193,11 @@ def _private_zones(stack, spec: LandingZoneSpec) -> list[tuple[str, str]]:
         stack,
         "other_zones",
         state="available",
-        exclude_names=[spec.zones[0]],
+        exclude_zone_ids=[spec.zones[0]],
         # Local and Wavelength Zones are opt-in: leaving them out keeps to the region's own zones.
         filter=[zones.DataAwsAvailabilityZonesFilter(name="opt-in-status", values=["opt-in-not-required"])],
     )
-    return [("other-zone", cdk.cdktf.Fn.element(others.names, 0))]
+    return [("other-zone", cdk.cdktf.Fn.element(others.zone_ids, 0))]
 
 
 def _route_table(stack, name: str, vpc, tag: str, subnets: dict, **target) -> None:
