@@ -48,10 +48,11 @@ MAX_NOTE = 1_000
 
 _REVIEWED_LINE = re.compile(r"^<!-- reconcile:reviewed (\{.*\}) -->\r?$", re.MULTILINE)
 _GUTTER = {"create": "+", "delete": "-", "replace": "-", "update": "!"}  # the colour GitHub gives a ```diff line
-_TABLE_HEAD = (
-    "| unit | platform | site | why | create | update | replace | destroy | portability | status |\n"
-    "|---|---|---|---|--:|--:|--:|--:|---|---|\n"
+_TABLE_HEAD = (  # what a reviewer scans; the details below say the rest
+    "| unit | changes | why | flags |\n"
+    "|---|---|---|---|\n"
 )
+WHY_WORDS = 60  # characters of the reasons in the table; the details hold them whole
 _FOOTER = (
     "Merging applies exactly this plan: a stack whose configuration changes after this comment is refused "
     "until it is planned again. Only addresses, actions and output names are shown here, never values."
@@ -180,13 +181,58 @@ def _move_halves(plans: list[UnitPlan]) -> dict[int, str]:
 def _row(p: UnitPlan, verdicts: Mapping[str, str], half: str) -> str:
     unit = p.selected.unit
     name = f"{'**DESTROY** ' if p.selected.action == DESTROY else ''}{_cell(unit.title)}{half}"
+    return f"| {name} | {_changes_cell(p)} | {_cell(_short(_why(p)))} | {_flags(p, verdicts, half)} |\n"
+
+
+def _changes_cell(p: UnitPlan) -> str:
+    """The resource changes in a few signs: `+1 ~2 -6`, replacements `-/+1`, moves `->1`."""
+    if p.summary is None:
+        return "—"
+    counts = p.summary.counts
+    signs = (("create", "+"), ("update", "~"), ("delete", "-"), ("replace", "-/+"), ("move", "->"))
+    parts = [f"{sign}{counts[action]:,}" for action, sign in signs if counts[action]]
+    if counts["import"]:
+        parts.append(f"{counts['import']:,} imported")
+    return " ".join(parts) or "none"
+
+
+def _why(p: UnitPlan) -> str:
+    return "; ".join(p.selected.reasons)
+
+
+def _short(text: str, limit: int = WHY_WORDS) -> str:
+    if len(text) <= limit:
+        return text
+    cut = text[:limit].rsplit(" ", 1)[0].rstrip(";:,")
+    return cut + " …"
+
+
+def _flags(p: UnitPlan, verdicts: Mapping[str, str], half: str) -> str:
+    """What needs a reviewer's eye, in words: each stands for a warning above or a detail below."""
+    flags = ["**needs a decision**"] if p.blocked else []
+    if p.status == FAILED:
+        flags.append("**plan failed**")
+    elif p.status == UNSUPPORTED:
+        flags.append("not synthesizable yet")
+    elif p.status == OFFLINE:
+        flags.append("offline")
+    if half:
+        flags.append("move")
     counts = p.summary.counts if p.summary is not None else {}
-    cells = [
-        name, _cell(unit.platform), _cell(unit.site), _cell("; ".join(p.selected.reasons)),
-        *(f"{counts[a]:,}" if a in counts else "—" for a in ("create", "update", "replace", "delete")),
-        _cell(_verdict(p, verdicts)), _status(p),
-    ]
-    return "| " + " | ".join(cells) + " |\n"
+    if p.selected.action == DESTROY or counts.get("delete") or counts.get("replace"):
+        flags.append("destroy")
+    if p.summary is not None and p.summary.data_lost:
+        flags.append("**data**")
+    if p.summary is not None and p.summary.replaces_all:
+        flags.append("replace-all")
+    verdict = _verdict(p, verdicts)
+    if verdict.startswith("REFUSED"):
+        flags.append(_cell(f"portability refused: {_short(verdict.removeprefix('REFUSED').lstrip(': '), 40)}"))
+    elif verdict not in ("—", "realizable"):  # realizable, with a failover site that is not
+        flags.append(_cell(_short(verdict.removeprefix("realizable").lstrip("; "), 40)))
+    if p.summary is not None and not p.summary.has_changes:
+        flags.append("live record only" if p.pending else "no changes")
+    return ", ".join(flags) or "—"
 
 
 def _headline(plans: list[UnitPlan], head_sha: str, dirty: bool = False) -> str:
@@ -303,6 +349,8 @@ def details(p: UnitPlan) -> str:
     outcome = counts_text(p.summary.counts) if p.summary is not None and p.summary.visible else _status(p).replace("**", "")
     title = f"{'DESTROY ' if p.selected.action == DESTROY else ''}{unit.title} [{unit.platform}]: {outcome}"
     lines = [f"<details><summary>{_inline(title)}</summary>", ""]
+    if len(_why(p)) > WHY_WORDS:
+        lines += [f"Why: {_inline(_why(p), MAX_NOTE)}", ""]
     if p.blocked:
         lines += [f"**Needs a decision:** {_inline(p.blocked, MAX_NOTE)}", ""]
     if p.change_class is not None:
