@@ -180,10 +180,13 @@ def _desired_and_live(settings: Settings, store: LiveStore, head_snapshot: Snaps
 
 
 def removed_site_directories(source: GitSource, units: dict[str, Unit], known: list) -> list:
-    """The state directories of sites deleted from git at any time, that neither the head nor
-    the base names: what their stacks left behind is listed as orphans, so a site removed in a
-    run that was skipped, or applied from a checkout whose base already lacks it, is still
-    destroyed (as a reviewed destroy). A removed file that no longer validates is passed over."""
+    """The local state directories of sites deleted from git at any time, that neither the head
+    nor the base names: what their stacks left behind is listed as orphans, so a local site
+    removed in a run that was skipped, or applied from a checkout whose base already lacks it,
+    is still destroyed (as a reviewed destroy). Only state on this machine: a site git no
+    longer names is never contacted over the network, with whatever credentials this run has
+    (for remote state the base names a removed site: the apply workflow passes the push's
+    `before`). A removed file that no longer validates is passed over."""
     named = {u.site for u in units.values()}
     seen = {(d.backend, d.endpoint, d.bucket, keys(d)[0]) for d in known}
     out = []
@@ -194,6 +197,8 @@ def removed_site_directories(source: GitSource, units: dict[str, Unit], known: l
             continue
         for site in defs.sites.values():
             state = state_location(site, "landing-zone")
+            if state.backend != "local":
+                continue
             key = (state.backend, state.endpoint, state.bucket, keys(state)[0])
             if site.name not in named and key not in seen:
                 seen.add(key)
