@@ -230,7 +230,7 @@ def cmd_validate(settings: Settings, args) -> int:
         print(f"  not definitions, not read: {shown}")
     refused = [v for v in portability.matrix(defs) if not v.realizable]
     for verdict in refused:
-        print(f"warning: cluster {verdict.cluster} cannot fail over to {verdict.site} ({verdict.role}): {'; '.join(verdict.reasons)}")
+        print(printable(f"warning: cluster {verdict.cluster} cannot fail over to {verdict.site} ({verdict.role}): {'; '.join(verdict.reasons)}"))
     return Exit.OK
 
 
@@ -600,7 +600,7 @@ def cmd_portability(settings: Settings, args) -> int:
     if settings.output_json:
         _emit({"verdicts": [v.as_dict() for v in verdicts], "exit_code": int(code)})
     else:
-        sys.stdout.write(render.portability_text(verdicts))
+        sys.stdout.write("\n".join(printable(line) for line in render.portability_text(verdicts).split("\n")))
     return code
 
 

@@ -7,8 +7,9 @@ repository-relative paths to file contents.
 from __future__ import annotations
 
 import os
+import stat
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Mapping
 
@@ -17,6 +18,8 @@ import git
 from reconciler.errors import GitError
 
 DEFINITION_DIRS = ("sites", "clusters")
+MAX_FILES = 2000  # definition files in one snapshot: past it, none is read
+MAX_FILE_BYTES = 1 << 20  # one file: past it, only this much is read (the loader refuses it)
 YAML_SUFFIXES = (".yaml", ".yml")
 
 
@@ -55,6 +58,8 @@ class Snapshot:
     files: Mapping[str, bytes]
     links: tuple[str, ...] = ()  # symbolic links under sites/ or clusters/: never followed, refused
     others: tuple[str, ...] = ()  # other files there (README.md, x.YAML, x.json): never read, named
+    oversize: Mapping[str, int] = field(default_factory=dict)  # definition files past MAX_FILE_BYTES: their size
+    specials: tuple[str, ...] = ()  # FIFOs, sockets, devices: never opened, refused
 
 
 class GitSource:
@@ -136,7 +141,7 @@ class GitSource:
     def at_revision(self, rev: str) -> Snapshot:
         sha = self.resolve(rev)
         commit = self.repo.commit(sha)
-        files: dict[str, bytes] = {}
+        blobs: dict = {}
         links: list[str] = []
         others: list[str] = []
         for top in DEFINITION_DIRS:
@@ -145,23 +150,32 @@ class GitSource:
             except KeyError:
                 continue
             for item in tree.traverse():
-                if item.type != "blob":
+                if item.type != "blob" or _hidden(item.path):
                     continue
                 if item.mode == SYMLINK_MODE:  # committed as a link: its text is a path, not a definition
                     links.append(item.path)
                 elif is_yaml_under_definitions(item.path):
-                    files[item.path] = item.data_stream.read()
-                elif not _hidden(item.path):
+                    blobs[item.path] = item
+                else:
                     others.append(item.path)
+        oversize = {path: blob.size for path, blob in blobs.items() if blob.size > MAX_FILE_BYTES}
+        if len(blobs) <= MAX_FILES:  # past the bound, none is read: the loader refuses the count
+            files = {path: b"" if path in oversize else blob.data_stream.read() for path, blob in blobs.items()}
+        else:
+            files = dict.fromkeys(blobs, b"")
         label = rev if rev == sha else f"{rev} ({sha[:7]})"
-        return Snapshot(label=label, revision=sha, dirty=False, files=files, links=tuple(sorted(links)), others=tuple(sorted(others)))
+        return Snapshot(label=label, revision=sha, dirty=False, files=files, links=tuple(sorted(links)),
+                        others=tuple(sorted(others)), oversize=oversize)
 
     def working_tree(self) -> Snapshot:
         """The definitions as they are on disk. A symbolic link is never followed (it could
         reach any file of the machine): it is listed in `links`, and refused by the loader."""
         files: dict[str, bytes] = {}
+        oversize: dict[str, int] = {}
+        candidates: list[tuple[str, Path]] = []
         links: list[str] = []
         others: list[str] = []
+        specials: list[str] = []
         for top in DEFINITION_DIRS:
             base = self.root / top
             if base.is_symlink():
@@ -173,15 +187,29 @@ class GitSource:
                 for name in sorted(dirs + names):
                     path = Path(directory) / name
                     rel = path.relative_to(self.root).as_posix()
+                    if _hidden(rel):  # dot files and folders are passed over, and never opened
+                        continue
                     if path.is_symlink():
                         links.append(rel)
-                    elif name in names and path.is_file() and is_yaml_under_definitions(rel):
-                        files[rel] = path.read_bytes()
-                    elif name in names and not _hidden(rel):
-                        others.append(rel)
+                    elif name in names:
+                        mode = path.lstat().st_mode
+                        if not stat.S_ISREG(mode):
+                            specials.append(rel)  # a FIFO would block a read forever
+                        elif is_yaml_under_definitions(rel):
+                            candidates.append((rel, path))
+                        else:
+                            others.append(rel)
+        if len(candidates) <= MAX_FILES:  # past the bound, none is read: the loader refuses the count
+            for rel, path in candidates:
+                with path.open("rb") as handle:
+                    files[rel] = handle.read(MAX_FILE_BYTES + 1)  # never more than the limit and a byte
+                if len(files[rel]) > MAX_FILE_BYTES:
+                    oversize[rel], files[rel] = path.stat().st_size, b""
+        else:
+            files = dict.fromkeys((rel for rel, _ in candidates), b"")
         head = self.head()
-        dirty = head is None or links or files != self.at_revision(head).files
+        dirty = head is None or links or specials or files != self.at_revision(head).files
         return Snapshot(
             label="working tree", revision=head, dirty=bool(dirty), files=dict(sorted(files.items())),
-            links=tuple(sorted(links)), others=tuple(sorted(others)),
+            links=tuple(sorted(links)), others=tuple(sorted(others)), oversize=oversize, specials=tuple(sorted(specials)),
         )

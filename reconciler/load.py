@@ -23,7 +23,7 @@ from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from ruamel.yaml.reader import ReaderError
 
 from reconciler.errors import Location, Problem, Problems
-from reconciler.gitsource import Snapshot, is_definition_path
+from reconciler.gitsource import MAX_FILE_BYTES, MAX_FILES, Snapshot, is_definition_path
 from reconciler.model import CLUSTER_ONLY_FIELDS, PATTERN_WORDS, Cluster, LocalState, Site
 
 Path_ = tuple[Any, ...]  # a field path inside a document: ("node_pools", "compute", "cores")
@@ -78,10 +78,10 @@ def _spot_at(spots: Mapping[Path_, Spot], path: Path_, top: Location) -> Locatio
 
 # What a definition may be, checked before anything is built from it: every pull request's
 # plan job reads definitions that anyone with a fork can write. The README states them.
-MAX_FILES = 2000  # definition files in one snapshot
-MAX_FILE_BYTES = 1 << 20  # one file
+# MAX_FILES and MAX_FILE_BYTES are gitsource's: it reads no more than they allow
 MAX_DEPTH = 32  # nesting of mappings and lists
-MAX_VALUES = 10_000  # values in one file once its aliases are expanded (the examples hold under 300)
+MAX_VALUES = 5_000  # values in one file once its aliases are expanded (the examples hold under 300)
+MAX_EXPANDED = 2 << 20  # characters of a file's strings once its aliases are expanded: twice what a file holds
 MAX_STRING = 64 << 10  # characters in one string
 
 
@@ -101,10 +101,15 @@ def load(snapshot: Snapshot) -> Definitions:
     count = sum(1 for path in snapshot.files if is_definition_path(path))
     if count > MAX_FILES:
         problems.add(
-            Location("sites/"), "", f"{count:,} definition files, more than the limit of {MAX_FILES:,}; none was read",
+            Location("sites/ and clusters/"), "", f"{count:,} definition files, more than the limit of {MAX_FILES:,}; none was read",
             "split the repository, or remove definitions that are not used",
         )
         problems.raise_if_any()
+    for path, size in sorted(snapshot.oversize.items()):
+        problems.add(Location(path), "", f"{size:,} bytes, more than the limit of {MAX_FILE_BYTES:,} for a definition file; not read")
+    for path in snapshot.specials:
+        problems.add(Location(path), "", "not a regular file (a FIFO, socket or device): definitions are regular files; not opened",
+                     "remove it from sites/ and clusters/")
     for path in snapshot.links:
         problems.add(
             Location(path), "", "a symbolic link: definitions must be regular files, and links are never followed",
@@ -129,7 +134,7 @@ def load(snapshot: Snapshot) -> Definitions:
     docs = {
         path: doc
         for path, raw in sorted(snapshot.files.items())
-        if is_definition_path(path) and (doc := _parse(path, raw, problems))
+        if is_definition_path(path) and path not in snapshot.oversize and (doc := _parse(path, raw, problems))
     }
 
     profiles = {PurePosixPath(p).stem: d for p, d in docs.items() if p.startswith("clusters/profiles/")}
@@ -245,7 +250,7 @@ def _parse(path: str, raw: bytes, problems: Problems) -> Document | None:
         problems.add(Location(path), "", f"malformed YAML: {exc}")
         return None
     if not isinstance(node, CommentedMap):
-        kind = "empty" if node is None else type(node).__name__
+        kind = "empty" if node is None else "a list" if isinstance(node, list) else f"a single value ({type(node).__name__.lower().removeprefix('scalar')})"
         problems.add(Location(path, 1, 1), "", f"expected a mapping of fields at the top level, got {kind}")
         return None
     doc = Document(path, None)
@@ -283,16 +288,17 @@ def _count_events(yaml: YAML, text: str) -> None:
 _BUILT_SCALARS = frozenset(f"tag:yaml.org,2002:{t}" for t in ("int", "float", "bool", "timestamp"))
 
 
-def _measure(node: Node, depth: int, memo: dict[int, tuple[int, int]], constructor=None) -> tuple[int, int]:
-    """(values, height) below a composed node, aliases counted at every use, in time linear in
-    the composed graph (an alias is a shared node: measured once). Raises _Refused at the
-    first bound crossed, before anything is expanded."""
+def _measure(node: Node, depth: int, memo: dict[int, tuple[int, int, int]], constructor=None) -> tuple[int, int, int]:
+    """(values, height, characters) below a composed node, aliases counted at every use, in
+    time linear in the composed graph (an alias is a shared node: measured once). Raises
+    _Refused at the first bound crossed, before anything is expanded."""
     if depth > MAX_DEPTH:
         raise _Refused(f"nested deeper than {MAX_DEPTH} levels", node)
     known = memo.get(id(node))
     if known is None:
         if node.tag and node.tag not in _PLAIN_TAGS:
             raise _Refused(f"a YAML tag {node.tag!r}: definitions hold plain values only, no tags", node)
+        chars = 0
         if isinstance(node, ScalarNode):
             if len(node.value) > MAX_STRING:
                 raise _Refused(f"a string of {len(node.value):,} characters, more than the limit of {MAX_STRING:,}", node)
@@ -301,21 +307,23 @@ def _measure(node: Node, depth: int, memo: dict[int, tuple[int, int]], construct
                     constructor.construct_object(node)
                 except (ValueError, TypeError, KeyError, OverflowError, AttributeError) as exc:
                     raise _Refused(f"malformed YAML: a value that cannot be read ({str(exc)[:160]})", node) from None
-            children = []
+            children, chars = [], len(node.value)
         elif isinstance(node, MappingNode):
             children = [part for pair in node.value for part in pair]
         elif isinstance(node, SequenceNode):
             children = node.value
         else:
             children = []
-        memo[id(node)] = (1, MAX_DEPTH + 1)  # reached again while measuring it: a recursive alias
+        memo[id(node)] = (1, MAX_DEPTH + 1, 0)  # reached again while measuring it: a recursive alias
         values, height = 1, 1
         for child in children:
-            size, tall = _measure(child, depth + 1, memo, constructor)
-            values, height = values + size, max(height, tall + 1)
+            size, tall, text = _measure(child, depth + 1, memo, constructor)
+            values, height, chars = values + size, max(height, tall + 1), chars + text
             if values > MAX_VALUES:
                 raise _Refused(f"more than {MAX_VALUES:,} values once its aliases are expanded (the limit)", node)
-        known = memo[id(node)] = (values, height)
+            if chars > MAX_EXPANDED:
+                raise _Refused(f"more than {MAX_EXPANDED:,} characters of strings once its aliases are expanded (the limit)", node)
+        known = memo[id(node)] = (values, height, chars)
     if depth + known[1] - 1 > MAX_DEPTH:
         raise _Refused(f"nested deeper than {MAX_DEPTH} levels", node)
     return known
@@ -356,13 +364,13 @@ def _plain(node: Any, at: Path_, doc: Document, problems: Problems) -> Any:
 
 def _not_a_string_key(key: Any) -> tuple[str, str]:
     """(message, hint) for a mapping key that YAML read as something other than a string."""
+    quote = "put the key in quotes, as it is written: only then is it read as text"
     if isinstance(key, bool) or key is None:
-        written = {True: "true", False: "false", None: "null"}[key]
-        return f"a key must be a string; {written} is read as {'no value' if key is None else 'a boolean'}", f'quote it: "{written}"'
+        return f"a key must be a string; this one is read as {'no value' if key is None else f'the boolean {str(key).lower()}'}", quote
     if isinstance(key, (int, float)):
-        return f"a key must be a string; {key!r} is read as a number", f'quote it: "{key}"'
-    kind = "a list" if isinstance(key, tuple) else "a mapping" if isinstance(key, Mapping) else type(key).__name__
-    return f"a key must be a string, not {kind}", "keys are names: write one plain name"
+        return f"a key must be a string; this one is read as the number {key!r}", quote
+    kind = "a list" if isinstance(key, tuple) else "a mapping" if isinstance(key, Mapping) else f"a {type(key).__name__}"
+    return f"a key must be a string, not {kind}", quote if kind in ("a date", "a datetime") else "keys are names: write one plain name"
 
 
 # ---------------------------------------------------------------- composition

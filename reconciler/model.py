@@ -31,6 +31,11 @@ ZONE_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 # A label key every platform takes (Google Cloud's rule, the strictest; lower case is applied there).
 LABEL_KEY_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,62}$"
 LABEL_VALUE_PATTERN = r"^[^\x00-\x1f\x7f]{0,255}$"
+REGION_PATTERN = r"^[a-z][a-z0-9-]{0,62}$"
+ACCOUNT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}$|^$"
+MOUNT_PATTERN = r"^/[A-Za-z0-9._/-]{0,255}$"
+SLURM_KEY_PATTERN = r"^[A-Za-z][A-Za-z0-9]{0,63}$"
+SLURM_VALUE_PATTERN = r"^[^\x00-\x1f\x7f#]{0,1024}$"
 DN_PATTERN = r"^[A-Za-z][A-Za-z0-9-]*=[^,=+\x00-\x1f\x7f]+(,[A-Za-z][A-Za-z0-9-]*=[^,=+\x00-\x1f\x7f]+)*$"
 # What each pattern means, for messages that name no regular expression.
 PATTERN_WORDS = {
@@ -39,6 +44,11 @@ PATTERN_WORDS = {
     ZONE_PATTERN: "a zone name of lower-case letters, digits and '-', at most 63 characters (e.g. europe-west4-a)",
     LABEL_KEY_PATTERN: "a label key of letters, digits, '_' and '-', at most 63 characters, starting with a letter",
     LABEL_VALUE_PATTERN: "a label value of at most 255 characters, without control characters",
+    REGION_PATTERN: "a region name of lower-case letters, digits and '-' (e.g. europe-west4)",
+    ACCOUNT_PATTERN: "a project or account ID of letters, digits and '-'",
+    MOUNT_PATTERN: "an absolute path of letters, digits, '.', '_', '-' and '/'",
+    SLURM_KEY_PATTERN: "a slurm.conf parameter name (letters and digits, e.g. SchedulerType)",
+    SLURM_VALUE_PATTERN: "a slurm.conf value on one line: no control characters and no '#'",
     DN_PATTERN: "an LDAP distinguished name such as dc=cscs,dc=ch (attribute=value, separated by commas)",
 }
 
@@ -265,8 +275,8 @@ class Site(Strict):
     name: Name
     description: str = ""
     platform: Platform
-    account: str = Field("", description="GCP project ID or AWS account ID; not used on local")
-    region: str
+    account: str = Field("", pattern=ACCOUNT_PATTERN, description="GCP project ID or AWS account ID; not used on local")
+    region: str = Field(pattern=REGION_PATTERN)
     zones: Annotated[list[Zone], AfterValidator(_no_repeats)] = Field(min_length=1)
     labels: dict[LabelKey, LabelValue] = Field({}, max_length=64, description="e.g. sovereignty: CH")
     network: SiteNetwork
@@ -337,7 +347,7 @@ class NodePool(Strict):
     cores: int = Field(ge=1, le=512, description="Physical cores per node (a cloud vCPU is one hardware thread)")
     memory_gb: int = Field(ge=1, le=32768, description="Memory per node in GiB, as the clouds count it (the name says GB)")
     gpu: Gpu | None = None
-    local_ssd_gb: int = Field(0, ge=0, description="Local SSD per node in decimal GB, as EC2 counts it (a Google disk of 375 GiB is 402 GB)")
+    local_ssd_gb: int = Field(0, ge=0, le=1_000_000, description="Local SSD per node in decimal GB, as EC2 counts it (a Google disk of 375 GiB is 402 GB)")
     placement: Literal["spread", "compact"] = Field(
         "spread", description="compact: tightly coupled, low-latency placement for MPI"
     )
@@ -352,13 +362,13 @@ class NodePool(Strict):
 
 class SharedFilesystem(Strict):
     size_gb: int = Field(ge=100, le=10_000_000, description="100 GB to 10 PB")
-    mount: str = "/home"
+    mount: str = Field("/home", pattern=MOUNT_PATTERN)
     from_: VolumeId | None = Field(None, alias="from")
 
 
 class Scratch(Strict):
     size_gb: int = Field(ge=100, le=10_000_000, description="100 GB to 10 PB")
-    mount: str = "/scratch"
+    mount: str = Field("/scratch", pattern=MOUNT_PATTERN)
 
 
 class Bucket(Strict):
@@ -396,7 +406,10 @@ class Access(Strict):
 class Scheduler(Strict):
     kind: Literal["slurm"]
     version: str = "24.05"
-    settings: dict[str, str | int | bool] = Field({}, description="Extra slurm.conf settings")
+    settings: dict[
+        Annotated[str, Field(pattern=SLURM_KEY_PATTERN)],
+        Annotated[str, Field(pattern=SLURM_VALUE_PATTERN)] | int | bool,
+    ] = Field({}, max_length=200, description="Extra slurm.conf settings, one line each")
     drain_timeout_s: int = Field(
         600, ge=1, le=7 * 86400,
         description="How long a node that leaves (a pool shrinks, a node is replaced) may keep running its jobs "

@@ -28,7 +28,8 @@ HOSTILE = {
     "alias bomb (9**10 values)": ("clusters/bomb.yaml", BOMB),
     "520,000 values in 1 MB": ("clusters/wide.yaml", "name: wide\nx: [" + "1," * 520_000 + "1]\n"),
     "nested 40 deep": ("clusters/deep.yaml", "name: deep\nx: " + "[" * 40 + "]" * 40 + "\n"),
-    "3,000 unknown fields": ("clusters/many.yaml", "name: many\n" + "".join(f"unknown{i}: 1\n" for i in range(3000))),
+    "2,000 unknown fields": ("clusters/many.yaml", "name: many\n" + "".join(f"unknown{i}: 1\n" for i in range(2000))),
+    "alias-expanded strings": ("clusters/aliases.yaml", "name: aliases\nx: [&s " + "x" * 65_000 + ", " + ", ".join(["*s"] * 4_000) + "]\n"),
     "link to /dev/zero": ("sites/zero.yaml", None),
 }
 

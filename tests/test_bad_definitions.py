@@ -53,8 +53,14 @@ ROWS = [
     ("upper-case suffix", write("clusters/x.YAML", "name: x\n"), "clusters/x.YAML", "rename it to clusters/x.yaml"),
     ("json suffix", write("sites/x.json", '{"name": "x"}\n'), "sites/x.json", "rename it to sites/x.yaml"),
     ("nul byte", raw("clusters/x.yaml", b"name: x\n\x00\n"), "clusters/x.yaml", "U+0000"),
-    ("boolean key", swap("flavor: minimal\n", "flavor: minimal\ntrue: 1\n"), D, 'quote it: "true"'),
-    ("number key", swap("    count: 2\n", "    count: 2\n    3: 4\n"), D, "is read as a number"),
+    ("boolean key", swap("flavor: minimal\n", "flavor: minimal\ntrue: 1\n"), D, "read as the boolean true (put the key in quotes"),
+    ("number key", swap("    count: 2\n", "    count: 2\n    0x1F: 4\n"), D, "read as the number 31 (put the key in quotes, as it is written"),
+    ("date key", swap("flavor: minimal\n", "flavor: minimal\n2024-01-01: 1\n"), D, "not a date (put the key in quotes"),
+    ("slurm.conf line", swap("flavor: minimal\n", "flavor: minimal\nservices:\n  scheduler:\n    kind: slurm\n    settings: {\"Foo\\nSlurmdUser\": root}\n"), D, "slurm.conf parameter name"),
+    ("slurm.conf value", swap("flavor: minimal\n", "flavor: minimal\nservices:\n  scheduler:\n    kind: slurm\n    settings: {Bar: \"x\\nSlurmdUser=root\"}\n"), D, "slurm.conf value on one line"),
+    ("mount escape", swap("    size_gb: 500\n", "    size_gb: 500\n    mount: \"../../etc\\n\"\n"), D, "an absolute path"),
+    ("escape in region", swap("region: lugano", "region: \"lugano\\e[31m\"", S), S, "a region name"),
+    ("fifo", lambda repo: os.mkfifo(repo.path / "sites" / "pipe.yaml"), "sites/pipe.yaml", "not a regular file"),
     ("list key", swap("flavor: minimal\n", "flavor: minimal\n? [a, b]\n: 1\n"), D, "not a list"),
     ("escapes in a key", swap("flavor: minimal\n", 'flavor: minimal\n"x\\e[31m\\nforged": 1\n'), D, "\\x1b[31m\\nforged"),
     # names
@@ -132,7 +138,7 @@ def test_a_bad_definition_is_one_clear_error_and_nothing_happens(repo, cli, case
     assert all(line.isprintable() for line in err.splitlines()), err
     located = [line for line in err.splitlines() if line.startswith(f"{where}:") and ": error: " in line]
     assert located and any(expected in line for line in located), text
-    if not where.endswith("passwd.yaml") and case not in ("huge string",):
+    if not where.endswith("passwd.yaml") and case not in ("huge string", "fifo"):
         assert any(line.split(":")[1].isdigit() for line in located), f"no line number: {located}"
     assert state_digest(repo) == before
     assert not (repo.path / ".reconcile" / "stacks").exists()  # nothing was planned

@@ -213,8 +213,10 @@ def measured_validate(repo) -> tuple[int, str, int]:
     "name, text, expected",
     [
         ("big", "name: big\n" + "# padding\n" * 2_100_000, "bytes, more than the limit of 1,048,576 for a definition file"),
-        ("bomb", BOMB, "more than 10,000 values once its aliases are expanded (the limit)"),
-        ("wide", "name: wide\nx: [" + "1," * 520_000 + "1]\n", "more than 10,000 values (the limit)"),
+        ("bomb", BOMB, "more than 5,000 values once its aliases are expanded (the limit)"),
+        ("wide", "name: wide\nx: [" + "1," * 520_000 + "1]\n", "more than 5,000 values (the limit)"),
+        ("strings", "name: strings\nx: [&s " + "x" * 65_000 + ", " + ", ".join(["*s"] * 4_000) + "]\n",
+         "more than 2,097,152 characters of strings once its aliases are expanded (the limit)"),
     ],
 )
 def test_a_huge_or_exploding_file_is_refused_fast_and_small(repo, name, text, expected):
@@ -268,9 +270,9 @@ def test_merge_keys_are_read(repo):
 
 
 def test_thousands_of_problems_in_one_file_are_a_screenful(repo):
-    repo.replace("clusters/dev.yaml", "flavor: minimal\n", "flavor: minimal\n" + "".join(f"unknown{i}: 1\n" for i in range(3000)))
+    repo.replace("clusters/dev.yaml", "flavor: minimal\n", "flavor: minimal\n" + "".join(f"unknown{i}: 1\n" for i in range(2000)))
     found = problems(repo)
-    assert len(found) == 51 and any(f.endswith("and 2,950 more problems in this file, not listed") for f in found)
+    assert len(found) == 51 and any(f.endswith("and 1,950 more problems in this file, not listed") for f in found)
 
 
 def test_a_link_to_an_endless_file_is_refused_by_the_real_command(repo):
@@ -344,3 +346,14 @@ def test_portability_problems_come_with_schema_problems_in_one_run(repo):
     assert any(f.startswith("clusters/slurm-hpc.yaml:") and "coress" in f for f in found), found
     assert any(f.startswith("clusters/dev.yaml:17:7: error: node_pools.compute.gpu.count: cluster dev cannot run on its placement site gcp-netherlands")
                and "a3-highgpu-8g lacks GPUs (8 < 12)" in f for f in found), found
+
+
+def test_a_huge_sparse_file_is_never_read_whole(repo):
+    """600 MB that take no disk: the size is refused after reading at most the limit and a byte."""
+    import os
+
+    with open(repo.path / "sites" / "huge.yaml", "wb") as handle:
+        os.ftruncate(handle.fileno(), 600 << 20)
+    code, err, peak_kib = measured_validate(repo)
+    assert code == 1 and "sites/huge.yaml: error: 629,145,600 bytes, more than the limit of 1,048,576" in err, err
+    assert peak_kib < 200 * 1024, f"{peak_kib / 1024:.0f} MB"
