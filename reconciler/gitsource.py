@@ -20,6 +20,7 @@ from reconciler.errors import GitError
 DEFINITION_DIRS = ("sites", "clusters")
 MAX_FILES = 2000  # definition files in one snapshot: past it, none is read
 MAX_FILE_BYTES = 1 << 20  # one file: past it, only this much is read (the loader refuses it)
+MAX_TOTAL_BYTES = 16 << 20  # all definition files together: past it, none is read (a thousand clusters take ~2 MiB)
 YAML_SUFFIXES = (".yaml", ".yml")
 
 
@@ -60,6 +61,7 @@ class Snapshot:
     others: tuple[str, ...] = ()  # other files there (README.md, x.YAML, x.json): never read, named
     oversize: Mapping[str, int] = field(default_factory=dict)  # definition files past MAX_FILE_BYTES: their size
     specials: tuple[str, ...] = ()  # FIFOs, sockets, devices: never opened, refused
+    total_bytes: int = 0  # of the definition files, when past MAX_TOTAL_BYTES (then none was read)
 
 
 class GitSource:
@@ -159,13 +161,14 @@ class GitSource:
                 else:
                     others.append(item.path)
         oversize = {path: blob.size for path, blob in blobs.items() if blob.size > MAX_FILE_BYTES}
-        if len(blobs) <= MAX_FILES:  # past the bound, none is read: the loader refuses the count
+        total = sum(blob.size for path, blob in blobs.items() if path not in oversize)  # what would be read
+        if len(blobs) <= MAX_FILES and total <= MAX_TOTAL_BYTES:  # past a bound, none is read: the loader refuses it
             files = {path: b"" if path in oversize else blob.data_stream.read() for path, blob in blobs.items()}
         else:
             files = dict.fromkeys(blobs, b"")
         label = rev if rev == sha else f"{rev} ({sha[:7]})"
         return Snapshot(label=label, revision=sha, dirty=False, files=files, links=tuple(sorted(links)),
-                        others=tuple(sorted(others)), oversize=oversize)
+                        others=tuple(sorted(others)), oversize=oversize, total_bytes=total if total > MAX_TOTAL_BYTES else 0)
 
     def working_tree(self) -> Snapshot:
         """The definitions as they are on disk. A symbolic link is never followed (it could
@@ -199,7 +202,8 @@ class GitSource:
                             candidates.append((rel, path))
                         else:
                             others.append(rel)
-        if len(candidates) <= MAX_FILES:  # past the bound, none is read: the loader refuses the count
+        total = sum(size for _, path in candidates if (size := path.lstat().st_size) <= MAX_FILE_BYTES)  # what would be read
+        if len(candidates) <= MAX_FILES and total <= MAX_TOTAL_BYTES:  # past a bound, none is read: the loader refuses it
             for rel, path in candidates:
                 with path.open("rb") as handle:
                     files[rel] = handle.read(MAX_FILE_BYTES + 1)  # never more than the limit and a byte
@@ -212,4 +216,5 @@ class GitSource:
         return Snapshot(
             label="working tree", revision=head, dirty=bool(dirty), files=dict(sorted(files.items())),
             links=tuple(sorted(links)), others=tuple(sorted(others)), oversize=oversize, specials=tuple(sorted(specials)),
+            total_bytes=total if total > MAX_TOTAL_BYTES else 0,
         )

@@ -23,7 +23,7 @@ from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from ruamel.yaml.reader import ReaderError
 
 from reconciler.errors import Location, Problem, Problems
-from reconciler.gitsource import MAX_FILE_BYTES, MAX_FILES, Snapshot, is_definition_path
+from reconciler.gitsource import MAX_FILE_BYTES, MAX_FILES, MAX_TOTAL_BYTES, Snapshot, is_definition_path
 from reconciler.model import CLUSTER_ONLY_FIELDS, PATTERN_WORDS, Cluster, LocalState, Site
 
 Path_ = tuple[Any, ...]  # a field path inside a document: ("node_pools", "compute", "cores")
@@ -102,6 +102,13 @@ def load(snapshot: Snapshot) -> Definitions:
     if count > MAX_FILES:
         problems.add(
             Location("sites/ and clusters/"), "", f"{count:,} definition files, more than the limit of {MAX_FILES:,}; none was read",
+            "split the repository, or remove definitions that are not used",
+        )
+        problems.raise_if_any()
+    if snapshot.total_bytes:
+        problems.add(
+            Location("sites/ and clusters/"), "",
+            f"{snapshot.total_bytes:,} bytes of definitions, more than the limit of {MAX_TOTAL_BYTES:,}; none was read",
             "split the repository, or remove definitions that are not used",
         )
         problems.raise_if_any()

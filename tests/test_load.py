@@ -357,3 +357,11 @@ def test_a_huge_sparse_file_is_never_read_whole(repo):
     code, err, peak_kib = measured_validate(repo)
     assert code == 1 and "sites/huge.yaml: error: 629,145,600 bytes, more than the limit of 1,048,576" in err, err
     assert peak_kib < 200 * 1024, f"{peak_kib / 1024:.0f} MB"
+
+
+def test_the_definitions_together_are_bounded_and_none_is_read_past_it(repo):
+    """17 files of 1,000,000 bytes each (under the file limit): 17 MB together, refused unread."""
+    for i in range(17):
+        (repo.path / "clusters" / "profiles" / f"big{i}.yaml").write_text("# " + "x" * 999_996 + "\n")
+    (found,) = problems(repo)
+    assert "bytes of definitions, more than the limit of 16,777,216; none was read" in found, found
