@@ -24,7 +24,7 @@ from ruamel.yaml.reader import ReaderError
 
 from reconciler.errors import Location, Problem, Problems
 from reconciler.gitsource import MAX_FILE_BYTES, MAX_FILES, MAX_TOTAL_BYTES, Snapshot, is_definition_path
-from reconciler.model import CLUSTER_ONLY_FIELDS, PATTERN_WORDS, Cluster, LocalState, Site
+from reconciler.model import CLUSTER_ONLY_FIELDS, NAME_PATTERN, PATTERN_WORDS, Cluster, LocalState, Site
 
 Path_ = tuple[Any, ...]  # a field path inside a document: ("node_pools", "compute", "cores")
 
@@ -517,7 +517,8 @@ def _problem(model, data, spots: Mapping[Path_, Spot], top: Location, error: Map
     if kind == "string_pattern_mismatch" and (words := PATTERN_WORDS.get((error.get("ctx") or {}).get("pattern"))):
         message = f"should be {words}"
     if kind not in ("value_error", "assertion_error") and "input" in error and not isinstance(error["input"], (dict, list)):
-        message += f", got {error['input']!r}"
+        given = error["input"]
+        message += f", got {ascii(given) if isinstance(given, str) and not given.isascii() else repr(given)}"  # a confusable shows
     if kind == "literal_error" and isinstance(error.get("input"), str):  # a misspelled choice: say which was meant
         expected = re.findall(r"'([^']*)'", str((error.get("ctx") or {}).get("expected", "")))
         near = difflib.get_close_matches(error["input"], expected, n=1)
@@ -639,11 +640,19 @@ def _check_file_name(doc: Document, problems: Problems) -> None:
     name = doc.data.get("name")
     stem = PurePosixPath(doc.path).stem
     if isinstance(name, str) and name != stem:
+        valid = re.compile(NAME_PATTERN)
+        fixes = []  # only what would be valid: a name (or file name) the name pattern takes
+        if valid.match(name):
+            fixes.append(f"rename the file to {name}{PurePosixPath(doc.path).suffix}")
+        if valid.match(stem):
+            fixes.append(f"set name: {stem}")
+        hint = " or ".join(fixes) or "name the file and the definition alike, in lower-case letters, digits and '-'"
         problems.add(
             doc.spots[("name",)].value,
             "name",
-            f"name {name!r} differs from the file name {PurePosixPath(doc.path).name!r}",
-            f"rename the file to {name}{PurePosixPath(doc.path).suffix} or set name: {stem}",
+            f"name {ascii(name) if not name.isascii() else repr(name)} differs from the file name "
+            f"{ascii(PurePosixPath(doc.path).name) if not doc.path.isascii() else repr(PurePosixPath(doc.path).name)}",
+            hint,
         )
 
 

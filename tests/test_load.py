@@ -365,3 +365,15 @@ def test_the_definitions_together_are_bounded_and_none_is_read_past_it(repo):
         (repo.path / "clusters" / "profiles" / f"big{i}.yaml").write_text("# " + "x" * 999_996 + "\n")
     (found,) = problems(repo)
     assert "bytes of definitions, more than the limit of 16,777,216; none was read" in found, found
+
+
+def test_a_name_mismatch_suggests_only_valid_names_and_shows_a_confusable(repo):
+    repo.replace("clusters/dev.yaml", "name: dev\n", "name: d\u0435v\n")  # a Cyrillic e
+    found = problems(repo)
+    mismatch = next(f for f in found if "differs from the file name" in f)
+    assert "'d\\u0435v'" in mismatch and mismatch.endswith("(set name: dev)"), mismatch
+    assert any("got 'd\\u0435v'" in f for f in found), found
+    repo.replace("clusters/dev.yaml", "name: d\u0435v\n", "name: dev\n")
+    (repo.path / "clusters" / "dev.yaml").rename(repo.path / "clusters" / "DEV.yaml")
+    (found,) = [f for f in problems(repo) if "differs" in f]
+    assert found.endswith("(rename the file to dev.yaml)") and "set name: DEV" not in found, found
