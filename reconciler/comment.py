@@ -143,15 +143,22 @@ def _well_formed(entry: object) -> bool:
 # ---------------------------------------------------------------- summary
 
 
-def _status(p: UnitPlan) -> str:
-    """The row's status, plainly: what was planned and what stands in the way."""
+def _standing(p: UnitPlan, offline: str) -> list[str]:
+    """What stands in the way of a unit, or how it was planned: a decision, a failed plan, a
+    platform not synthesizable, an offline plan (in the words `offline`)."""
     notes = ["**needs a decision**"] if p.blocked else []
     if p.status == FAILED:
         notes.append("**plan failed**")
     elif p.status == UNSUPPORTED:
         notes.append("not synthesizable yet")
     elif p.status == OFFLINE:
-        notes.append("offline: configuration diff")
+        notes.append(offline)
+    return notes
+
+
+def _status(p: UnitPlan) -> str:
+    """The unit's status, plainly (a details section's title when no resource changes)."""
+    notes = _standing(p, "offline: configuration diff")
     if p.summary is not None:
         if p.summary.has_changes:
             notes.append("changes")
@@ -209,13 +216,7 @@ def _short(text: str, limit: int = WHY_WORDS) -> str:
 
 def _flags(p: UnitPlan, verdicts: Mapping[str, str], half: str) -> str:
     """What needs a reviewer's eye, in words: each stands for a warning above or a detail below."""
-    flags = ["**needs a decision**"] if p.blocked else []
-    if p.status == FAILED:
-        flags.append("**plan failed**")
-    elif p.status == UNSUPPORTED:
-        flags.append("not synthesizable yet")
-    elif p.status == OFFLINE:
-        flags.append("offline")
+    flags = _standing(p, "offline")
     if half:
         flags.append("move")
     counts = p.summary.counts if p.summary is not None else {}

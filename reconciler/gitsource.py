@@ -133,9 +133,11 @@ class GitSource:
                 if path in found or not parent or not is_definition_path(path):
                     continue
                 try:
-                    found[path] = (parent[0].tree / path).data_stream.read()
+                    blob = parent[0].tree / path
                 except KeyError:
                     continue
+                if blob.size <= MAX_FILE_BYTES:  # a removed file past the bound is never read, as any other
+                    found[path] = blob.data_stream.read()
         return found
 
     # -- snapshots
@@ -175,7 +177,7 @@ class GitSource:
         reach any file of the machine): it is listed in `links`, and refused by the loader."""
         files: dict[str, bytes] = {}
         oversize: dict[str, int] = {}
-        candidates: list[tuple[str, Path]] = []
+        candidates: list[tuple[str, Path, int]] = []  # (path, file, size as listed)
         links: list[str] = []
         others: list[str] = []
         specials: list[str] = []
@@ -195,22 +197,22 @@ class GitSource:
                     if path.is_symlink():
                         links.append(rel)
                     elif name in names:
-                        mode = path.lstat().st_mode
-                        if not stat.S_ISREG(mode):
+                        info = path.lstat()
+                        if not stat.S_ISREG(info.st_mode):
                             specials.append(rel)  # a FIFO would block a read forever
                         elif is_yaml_under_definitions(rel):
-                            candidates.append((rel, path))
+                            candidates.append((rel, path, info.st_size))
                         else:
                             others.append(rel)
-        total = sum(size for _, path in candidates if (size := path.lstat().st_size) <= MAX_FILE_BYTES)  # what would be read
+        total = sum(size for _, _, size in candidates if size <= MAX_FILE_BYTES)  # what would be read
         if len(candidates) <= MAX_FILES and total <= MAX_TOTAL_BYTES:  # past a bound, none is read: the loader refuses it
-            for rel, path in candidates:
+            for rel, path, _ in candidates:
                 with path.open("rb") as handle:
                     files[rel] = handle.read(MAX_FILE_BYTES + 1)  # never more than the limit and a byte
                 if len(files[rel]) > MAX_FILE_BYTES:
                     oversize[rel], files[rel] = path.stat().st_size, b""
         else:
-            files = dict.fromkeys((rel for rel, _ in candidates), b"")
+            files = dict.fromkeys((rel for rel, _, _ in candidates), b"")
         head = self.head()
         dirty = head is None or links or specials or files != self.at_revision(head).files
         return Snapshot(

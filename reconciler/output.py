@@ -14,8 +14,6 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from reconciler.errors import FORMAT_VERSION  # noqa: F401  (the version these models describe)
-
 
 class _Out(BaseModel):
     model_config = ConfigDict(extra="forbid")
