@@ -13,18 +13,18 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from reconciler import datacopy, health, hostruntime, interrupt
+from reconciler import datacopy, health, hostruntime, interrupt, transfer
 from reconciler.affected import APPLY, DESTROY
 from reconciler.backends import BackendError
 from reconciler.engine import Engine
 from reconciler.errors import ReconcileError
 from reconciler.gitsource import Snapshot
-from reconciler.live import LiveStore, RetainedVolume
+from reconciler.live import LiveStore, RetainedVolume, volume_name
 from reconciler.resolve import CLUSTER, SITE, Unit
 from reconciler.plan import PlanSummary, summarize
 from reconciler.run import PLANNED, UnitPlan, engine_failure, holds_data_of
 from reconciler.synth import render_json
-from rpi import local_runtime, local_volumes
+from rpi import copyroute, local_runtime, local_volumes
 from rpi.spec import StateLocation
 
 APPLIED, SKIPPED, FAILED, NOTHING, REFUSED = "applied", "skipped", "failed", "no changes", "refused"
@@ -98,7 +98,7 @@ def apply(
     return [results[_id(p)] for p in plans]
 
 
-def _copy_data(p: UnitPlan, store: LiveStore) -> list[str]:
+def _copy_data(p: UnitPlan, store: LiveStore, engine: Engine | None = None) -> list[str]:
     """storage.on_move: copy, before the source is destroyed: each volume into the target's
     volume of the same resource, with a cutover. What was copied, one line per volume.
 
@@ -111,12 +111,19 @@ def _copy_data(p: UnitPlan, store: LiveStore) -> list[str]:
     if not p.copies:
         return []
     source, target = p.selected.unit, p.copy_target
-    volumes = store.volumes_of(target)
-    pairs = []
+    volumes = _volumes_by_name(store, target)
+    pairs, services = [], []
     for plan in p.copies:
-        if plan.address not in volumes:
-            raise datacopy.CopyError(f"{target.title} has no {plan.address} to copy {plan.volume} into; the source stays")
-        pairs.append((plan, volumes[plan.address]))
+        if plan.volume not in volumes:
+            raise datacopy.CopyError(f"{target.title} has no volume {plan.volume} to copy {plan.address} into; the source stays")
+        if plan.route in (copyroute.RSYNC, copyroute.RCLONE):
+            pairs.append((plan, _runner_location(volumes[plan.volume])))
+        else:
+            services.append((plan, volumes[plan.volume]))
+    # a transfer service in the target's cloud: a stack of its own, for the copy's time
+    transferred = _transfer(p, services, engine) if services else []
+    if not pairs:
+        return transferred
     source_real, target_real = p.cutover
     if target_real:
         _set_access(store, target, "closed")
@@ -133,11 +140,76 @@ def _copy_data(p: UnitPlan, store: LiveStore) -> list[str]:
         raise
     if target_real:
         _set_access(store, target, "open")
-    return [
+    return transferred + [
         f"copied {c.volume} to {target.site} ({c.files:,} files, {c.bytes:,} bytes; {c.sent:,} bytes sent), "
         "verified by checksums, then destroyed here"
         for c in copied
     ]
+
+
+def _volumes_by_name(store: LiveStore, unit: Unit) -> dict[str, object]:
+    """{volume name: location} of a stack's data volumes, from its state, on any platform."""
+    found = store.volumes_of(unit) if unit.platform == "local" else copyroute.locate(unit.platform, store.resources(unit))
+    return {volume_name(address): location for address, location in found.items()}
+
+
+def _runner_location(volume):
+    if isinstance(volume, copyroute.CloudVolume) and volume.store is not None:
+        return datacopy.Bucket(volume.store, volume.id)
+    return volume
+
+
+def _transfer(p: UnitPlan, services: list, engine: Engine) -> list[str]:
+    """Copies by a transfer service (reconciler.transfer): the transfer stack applied, a bulk
+    and a final pass, verification, the stack destroyed; only then may the source go."""
+    from rpi import cdk, registry  # starts Node: only a move that copies within a cloud needs it
+
+    source, target = p.selected.unit, p.copy_target
+    spec = copyroute.TransferSpec(
+        target.platform, target.site, target.spec.account, target.spec.region, target.name,
+        _sibling(target.state, target.stack, f"transfer-{target.name}"),
+        tuple((plan.volume, plan.source, into) for plan, into in services),
+    )
+    platform = registry.platform(target.platform)
+
+    def build(app):
+        stack = cdk.new_stack(app, spec.stack)
+        platform.transfer(stack, spec)
+        return {spec.stack: stack}
+
+    workdir = p.workdir.parent / spec.stack
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "cdk.tf.json").write_text(render_json(cdk.synthesize(build)[spec.stack]))
+    engine.init(workdir, {})
+    engine.plan(workdir)
+    engine.apply(workdir)
+    ids = (engine.outputs(workdir).get("transfers") or {}).get("value") or {}
+    where = target.spec.region if target.platform == "aws" else target.spec.account
+    lines = []
+    for plan, into in services:
+        bulk = transfer.run(plan.route, ids[plan.volume], where)
+        interrupt.checkpoint(f"after the bulk transfer of {plan.volume}: the source stays")
+        final = transfer.run(plan.route, ids[plan.volume], where)
+        if into.kind == "bucket":
+            objects = transfer.verify_buckets(_runner_location(plan.source), _runner_location(into))
+            how = f"{objects:,} objects verified by checksums"
+        elif final.verified:
+            how = "verified by DataSync"
+        else:
+            raise datacopy.CopyError(f"{plan.volume}: {plan.route} did not verify the copy; the source stays")
+        lines.append(
+            f"copied {plan.volume} to {target.site} by {plan.route} ({bulk.bytes + final.bytes:,} bytes sent), {how}, then destroyed here"
+        )
+    engine.plan(workdir, destroy=True)
+    engine.apply(workdir)
+    return lines
+
+
+def _sibling(state: StateLocation, stack: str, other: str) -> StateLocation:
+    """The state location of another stack beside `stack`, in the same backend and prefix."""
+    at = state.key.rfind(stack)
+    key = state.key[:at] + other + state.key[at + len(stack):] if at >= 0 else f"{other}.tfstate"
+    return StateLocation(state.backend, state.bucket, key, state.region, state.endpoint)
 
 
 def _set_access(store: LiveStore, unit: Unit, state: str, quiet: bool = False) -> str:
@@ -187,7 +259,7 @@ def _apply_one(p: UnitPlan, engine: Engine, store: LiveStore, head: Snapshot, ga
             now = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
             if p.kept:  # recorded first: the volumes this apply lets go of are never untracked
                 store.retain(unit, p.kept, head.revision, now)
-            copied = _copy_data(p, store)  # raises: the source stays
+            copied = _copy_data(p, store, engine)  # raises: the source stays
             if p.summary.has_changes and p.change_class is not None and p.change_class.batches:
                 _roll(p, engine)
             elif p.summary.has_changes:

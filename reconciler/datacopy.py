@@ -79,6 +79,8 @@ class VolumeCopy:
     source: Location
     files: int
     bytes: int
+    route: str = "rsync"  # rpi.copyroute: rsync, rclone, storage-transfer, datasync
+    measured: bool = True  # False where only the transfer service can measure the source (a cloud file system)
 
 
 @dataclass(frozen=True)
@@ -105,11 +107,15 @@ def exists(location: Location) -> bool:
     return f"{location.name}/" in listed.stdout.splitlines()
 
 
-def estimate(volume: str, address: str, source: Location) -> VolumeCopy:
-    """Files and bytes in `source`, for the plan."""
+def estimate(volume: str, address: str, source, measure: bool = True, route: str = "") -> VolumeCopy:
+    """Files and bytes in `source`, for the plan. `measure` False: a cloud file system, which
+    only its transfer service reads."""
+    route = route or ("rclone" if isinstance(source, Bucket) else "rsync")
+    if not measure:
+        return VolumeCopy(volume, address, source, 0, 0, route, measured=False)
     if isinstance(source, Bucket):
         size = json.loads(_rclone(["size", "-q", "--json", source.remote], "measure").stdout)
-        return VolumeCopy(volume, address, source, int(size.get("count") or 0), int(size.get("bytes") or 0))
+        return VolumeCopy(volume, address, source, int(size.get("count") or 0), int(size.get("bytes") or 0), route)
     files = size = 0
     for path, _, names in _walk(source):
         for name in names:
@@ -118,7 +124,7 @@ def estimate(volume: str, address: str, source: Location) -> VolumeCopy:
                 size += (path / name).lstat().st_size
             except OSError:
                 pass
-    return VolumeCopy(volume, address, source, files, size)
+    return VolumeCopy(volume, address, source, files, size, route)
 
 
 def _walk(root: Path):
@@ -169,7 +175,7 @@ def finish(plan: VolumeCopy, target: Location, sent: int) -> Copied:
         take = object_manifest if objects else manifest
         source_manifest, target_manifest = take(source), take(target)
     if source_manifest != target_manifest:
-        raise CopyError(f"{plan.volume}: the copy differs from the source after the final pass ({_difference(source_manifest, target_manifest)}); the source stays")
+        raise CopyError(f"{plan.volume}: the copy differs from the source after the final pass ({difference(source_manifest, target_manifest)}); the source stays")
     return Copied(plan.volume, target, sent, plan.files, plan.bytes)
 
 
@@ -300,7 +306,7 @@ def manifest(root: Path) -> dict[str, str]:
     return out
 
 
-def _difference(source: dict[str, str], target: dict[str, str]) -> str:
+def difference(source: dict[str, str], target: dict[str, str]) -> str:
     differ = sorted(k for k in source.keys() | target.keys() if source.get(k) != target.get(k))
     shown = ", ".join(differ[:3]) + (f" and {len(differ) - 3} more" if len(differ) > 3 else "")
     return f"{len(differ)} path{'s' if len(differ) != 1 else ''} differ: {shown}"

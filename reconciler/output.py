@@ -82,6 +82,8 @@ class Copy(_Out):
     address: str
     files: int
     bytes: int
+    route: Literal["rsync", "rclone", "storage-transfer", "datasync"] = Field(description="How the volume is copied (rpi.copyroute)")
+    measured: bool = Field(description="Whether files and bytes were measured; a cloud file system is measured by its transfer service")
 
 
 class Adopted(_Out):
@@ -107,6 +109,7 @@ class Unit(_Out):
     kept: list[str]
     copies: list[Copy]
     copy_note: str
+    copy_unfrozen: str = Field(description="Why the copy's source cannot be frozen (a cloud's): then the data decision is needed")
     adopts: list[Adopted]
     health_probe: str
     change_class: ChangeClass | None = None

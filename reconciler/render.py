@@ -103,6 +103,8 @@ def plans_text(assessment: Assessment, plans: list[UnitPlan], engine_name: str |
             lines.append(f"      steps: {'; '.join(copy_steps(p))}")
         if p.copy_note:
             lines.append(f"    NO COPY: {p.copy_note}")
+        if p.unfrozen:
+            lines.append(f"    NOT FROZEN: {p.unfrozen}")
         if p.summary is not None and p.summary.data_lost:
             when = " (once its copy is verified)" if p.copies_cover_data else ""
             lines.append(f"    DESTROYS DATA{when}: {', '.join(p.summary.data_lost)}")
@@ -219,8 +221,12 @@ def _unit_json(p: UnitPlan) -> dict:
         "pending": p.pending,
         "blocked": p.blocked,
         "kept": list(p.kept),
-        "copies": [{"volume": c.volume, "address": c.address, "files": c.files, "bytes": c.bytes} for c in p.copies],
+        "copies": [
+            {"volume": c.volume, "address": c.address, "files": c.files, "bytes": c.bytes, "route": c.route, "measured": c.measured}
+            for c in p.copies
+        ],
         "copy_note": p.copy_note,
+        "copy_unfrozen": p.unfrozen,
         "adopts": [{"id": v.id, "address": v.address, "retained_at": v.retained_at} for v in p.adopted],
         "health_probe": p.probe,
     }
@@ -242,24 +248,41 @@ def _unit_json(p: UnitPlan) -> dict:
 
 def copy_steps(p: UnitPlan) -> list[str]:
     """The cutover, as the plan shows it: a cluster that runs for real (the local slurm runtime)
-    is closed, drained and opened around the copy; a bucket is not frozen (datacopy says why)."""
+    is closed, drained and opened around the copy; a bucket is not frozen (datacopy says why);
+    a transfer service's copy runs from a transfer stack that lives only while it copies."""
     (source_real, target_real), target = p.cutover, p.copy_target
+    services = sorted({c.route for c in p.copies if c.route not in ("rsync", "rclone")})
     steps = [f"close the target on {target.site} to users (partitions down, nologin)"] if target_real else []
+    if services:
+        steps.append(f"apply the transfer stack on {target.site} ({', '.join(services)})")
     steps.append("bulk copy while live")
     if source_real:
         steps.append("drain the source (no new job; running ones finish within drain_timeout_s)")
-    if any(not isinstance(c.source, datacopy.Bucket) for c in p.copies):
+    local_source = p.selected.unit.platform == "local"
+    if local_source and any(not isinstance(c.source, datacopy.Bucket) for c in p.copies):
         steps.append("freeze the source (read-only)")
-    if any(isinstance(c.source, datacopy.Bucket) for c in p.copies):
+    if local_source and any(isinstance(c.source, datacopy.Bucket) for c in p.copies):
         steps.append("no freeze for a bucket (nothing here writes to it but its users)")
-    steps += ["final pass", "verify checksums"]
+    if not local_source:
+        steps.append(f"no freeze on {p.selected.unit.platform} yet")
+    steps.append("final pass")
+    if any(c.route == "datasync" and not c.measured for c in p.copies):
+        steps.append("DataSync verifies the file systems")
+    if any(c.measured for c in p.copies):
+        steps.append("verify checksums")
+    if services:
+        steps.append("destroy the transfer stack")
     if target_real:
         steps.append(f"open the target on {target.site}")
     return [*steps, "then destroy here"]
 
 
 def copies_text(copies) -> str:
-    return "; ".join(f"{c.volume} ({c.files:,} files, {_size(c.bytes)})" for c in copies)
+    return "; ".join(
+        f"{c.volume} ({c.files:,} files, {_size(c.bytes)}" + (f", by {c.route})" if c.route not in ("rsync", "rclone") else ")")
+        if c.measured else f"{c.volume} (by {c.route}, which measures it)"
+        for c in copies
+    )
 
 
 def _size(n: int) -> str:

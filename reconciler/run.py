@@ -26,7 +26,7 @@ from reconciler.prefetch import Prefetch
 from reconciler.resolve import CLUSTER, Unit, resolve, state_location
 from reconciler.settings import Settings
 from reconciler.synth import render_json, synthesize
-from rpi import local_runtime, local_volumes, registry
+from rpi import copyroute, local_runtime, local_volumes, registry
 from rpi.spec import ClusterSpec
 
 PLANNED, OFFLINE, UNSUPPORTED, FAILED = "planned", "offline", "not synthesizable yet", "failed"
@@ -88,6 +88,7 @@ class UnitPlan:
     copies: tuple[datacopy.VolumeCopy, ...] = ()  # storage.on_move: copy, before this source is destroyed
     copy_target: Unit | None = None  # where the copies go
     copy_note: str = ""  # why no copy is possible (the source cannot be read)
+    unfrozen: str = ""  # why a copy cannot be made safe from late writes (a cloud source is not frozen yet)
     cutover: tuple[bool, bool] = (False, False)  # whether the source, the target runs for real: closed, drained, opened
     change_class: ChangeClass | None = None  # what a cluster's change does to the running cluster
     replace: tuple[str, ...] = ()  # resources planned with -replace (broken behind Terraform's back)
@@ -96,7 +97,7 @@ class UnitPlan:
     def copies_cover_data(self) -> bool:
         """Every data-holding resource this plan destroys is copied first (storage.on_move: copy)."""
         lost = self.summary.data_lost if self.summary is not None else ()
-        return bool(lost) and set(lost) <= {c.address for c in self.copies}
+        return bool(lost) and not self.unfrozen and set(lost) <= {c.address for c in self.copies}
 
     @property
     def record_outdated(self) -> bool:
@@ -401,27 +402,44 @@ def _protect_data(p: UnitPlan, assessment: Assessment, document: str, cache: Pat
 
 
 def _plan_copies(p: UnitPlan, target: Unit, data: list[str], store: LiveStore) -> None:
-    """What `storage.on_move: copy` will copy, with an estimate; or why it cannot."""
+    """What `storage.on_move: copy` will copy, by which route (`rpi.copyroute`), with an
+    estimate; or why it cannot. Volumes pair by name: `shared` goes into the target's `shared`,
+    whatever resource each platform makes of it."""
     unit = p.selected.unit
-    if unit.platform != "local" or target.platform != "local":
+    kinds = {v.name: _target_kind(target, v) for v in target.spec.storage}
+    if not store.readable(unit.state):
         p.blocked = (
-            f"storage.on_move: copy from {unit.platform} to {target.platform} is not built yet (only between local sites): "
-            f"keep or drop the data in {target.inputs[0]}, or copy it yourself"
+            f"storage.on_move: copy: the source's state ({unit.state.backend}://{unit.state.bucket}) cannot be read here, "
+            "so its volumes are not known: the copy is planned where the site's credentials are (the apply workflow)"
         )
         return
-    sources = store.volumes_of(unit)
-    into_store = {v.name for v in target.spec.storage if v.store is not None}
+    sources = store.volumes_of(unit) if unit.platform == "local" else copyroute.locate(unit.platform, store.resources(unit))
     p.copy_target = target
     p.cutover = (runs_for_real(unit, store), runs_for_real(target, store))
+    routes = []
     for address in data:
-        source = sources.get(address)
-        if why := datacopy.unavailable(source, volume_name(address) in into_store):
+        name, source = volume_name(address), sources.get(address)
+        into = kinds.get(name)
+        if into is None:
+            p.blocked, p.copies = f"storage.on_move: copy: {target.title} has no volume {name} to copy {address} into ({target.inputs[0]})", ()
+            return
+        route = copyroute.route(unit.platform, source if source is not None else "directory", target.platform, into)
+        if route == copyroute.STAGED:
+            p.blocked, p.copies = (
+                f"storage.on_move: copy of {name} from {unit.platform} to {target.platform} ({'file system' if into != 'bucket' else 'bucket'}) "
+                "would be staged through a bucket by the clusters' login nodes, which is not built yet: keep or drop the "
+                f"data in {target.inputs[0]}, or copy it yourself"
+            ), ()
+            return
+        routes.append(route)
+        runner_side = route in (copyroute.RSYNC, copyroute.RCLONE)
+        if runner_side and (why := datacopy.unavailable(_runner_location(source), into == "bucket")):
             p.blocked, p.copies = f"storage.on_move: copy cannot run here: {why}", ()
             return
         try:
-            readable = source is not None and datacopy.exists(source)
+            readable = source is not None and (not runner_side or datacopy.exists(_runner_location(source)))
             if readable:
-                p.copies += (datacopy.estimate(volume_name(address), address, source),)
+                p.copies += (datacopy.estimate(name, address, _runner_location(source), measure=route != copyroute.DATASYNC or source.kind == "bucket", route=route),)
         except datacopy.CopyError as exc:
             p.blocked, p.copies = f"storage.on_move: copy cannot be planned: {exc}; nothing was copied", ()
             return
@@ -432,6 +450,25 @@ def _plan_copies(p: UnitPlan, target: Unit, data: list[str], store: LiveStore) -
             )
             p.copies = ()
             return
+    if unit.platform != "local":
+        p.unfrozen = (
+            f"the source on {unit.platform} cannot be frozen yet (its nodes keep writing during the final pass), so "
+            "writes after the final pass would be lost: that needs the data decision"
+        )
+
+
+def _target_kind(target: Unit, volume) -> str:
+    """What a target's volume is for the route: "bucket", "filesystem" (a cloud's) or "directory"."""
+    if target.platform == "local":
+        return "bucket" if volume.store is not None else "directory"
+    return "bucket" if volume.kind == "object" else "filesystem"
+
+
+def _runner_location(source):
+    """A volume as the machine that applies reaches it (a cloud bucket through rclone)."""
+    if isinstance(source, copyroute.CloudVolume) and source.store is not None:
+        return datacopy.Bucket(source.store, source.id)
+    return source
 
 
 def runs_for_real(unit: Unit, store: LiveStore) -> bool:

@@ -33,6 +33,12 @@ class AwsPlatform:
         _provider(stack, spec.region, spec.account, spec.labels)
         _cluster.build(stack, spec)
 
+    def transfer(self, stack, spec) -> None:
+        """The transfer stack of a copy into a site of this platform (`rpi.copyroute.TransferSpec`)."""
+        from rpi.aws import transfer as _transfer
+
+        _transfer.build(stack, spec)
+
 
 def _provider(stack, region: str, account: str, labels: tuple[tuple[str, str], ...]) -> None:
     """The AWS provider, refusing any other account: a wrong profile fails instead of building."""

@@ -46,6 +46,12 @@ class GcpPlatform:
         _provider(stack, spec.account, spec.region, spec.labels)
         _cluster.build(stack, spec)
 
+    def transfer(self, stack, spec) -> None:
+        """The transfer stack of a copy into a site of this platform (`rpi.copyroute.TransferSpec`)."""
+        from rpi.gcp import transfer as _transfer
+
+        _transfer.build(stack, spec)
+
 
 def gcp_labels(labels: tuple[tuple[str, str], ...]) -> dict[str, str]:
     """The spec's labels as valid Google Cloud labels (see the module docstring)."""

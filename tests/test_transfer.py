@@ -1,0 +1,196 @@
+"""Copies between clouds (`storage.on_move: copy`): the route each volume takes, the volumes read
+from a stack's state, and the transfer stacks (Storage Transfer Service, DataSync) as
+synthesized, checked against golden JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import check_golden
+from rpi import copyroute
+from rpi.copyroute import DATASYNC, RCLONE, RSYNC, STAGED, STORAGE_TRANSFER, CloudVolume, TransferSpec
+from rpi.spec import StateLocation
+
+GOLDEN = Path(__file__).parent / "golden" / "transfer"
+
+
+class LocalBucket:
+    store = {"backend": "s3", "endpoint": "http://127.0.0.1:9000"}
+
+
+GCS = CloudVolume("gcp", "bucket", "gcs", "a-bucket", "europe-west6", (("project", "p"),))
+S3 = CloudVolume("aws", "bucket", "s3", "b-bucket", "eu-central-2", (("arn", "arn:aws:s3:::b-bucket"),))
+EFS = CloudVolume("aws", "filesystem", "efs", "fs-1", "eu-central-2")
+LUSTRE = CloudVolume("aws", "filesystem", "lustre", "fs-2", "eu-central-2")
+FILESTORE = CloudVolume("gcp", "filesystem", "filestore", "projects/p/locations/z/instances/i", "z")
+
+
+@pytest.mark.parametrize(
+    "source_platform,source,target_platform,target,expected",
+    [
+        ("local", Path("/v/a"), "local", Path("/v/b"), RSYNC),
+        ("local", LocalBucket(), "gcp", "bucket", RCLONE),
+        ("gcp", GCS, "aws", "bucket", RCLONE),
+        ("aws", S3, "gcp", GCS, RCLONE),
+        ("aws", S3, "local", Path("/v/b"), RCLONE),
+        ("gcp", GCS, "gcp", "bucket", STORAGE_TRANSFER),
+        ("aws", S3, "aws", "bucket", DATASYNC),
+        ("aws", EFS, "aws", "filesystem", DATASYNC),
+        ("aws", EFS, "aws", EFS, DATASYNC),
+        ("aws", EFS, "aws", LUSTRE, STAGED),  # DataSync does not carry EFS into Lustre here
+        ("gcp", FILESTORE, "gcp", "filesystem", STAGED),
+        ("gcp", FILESTORE, "aws", "filesystem", STAGED),
+        ("local", Path("/v/a"), "aws", "filesystem", STAGED),
+        ("aws", EFS, "gcp", "bucket", STAGED),
+    ],
+)
+def test_each_pair_of_volumes_takes_its_route(source_platform, source, target_platform, target, expected):
+    assert copyroute.route(source_platform, source, target_platform, target) == expected
+
+
+def test_a_cloud_stacks_volumes_are_read_from_its_state():
+    resources = [
+        ("aws_subnet", "subnet", {"arn": "arn:aws:ec2:eu-central-2:1:subnet/s-1"}),
+        ("aws_security_group", "security_group_login", {"arn": "arn:aws:ec2:eu-central-2:1:security-group/sg-l"}),
+        ("aws_security_group", "security_group_nodes", {"arn": "arn:aws:ec2:eu-central-2:1:security-group/sg-n"}),
+        ("aws_efs_file_system", "storage_shared", {"id": "fs-1", "arn": "arn:aws:elasticfilesystem:eu-central-2:1:file-system/fs-1"}),
+        ("aws_s3_bucket", "bucket_datasets", {"bucket": "b", "arn": "arn:aws:s3:::b", "region": "eu-central-2"}),
+        ("aws_instance", "node_login_0", {"id": "i-1"}),
+    ]
+    found = copyroute.locate("aws", resources)
+    assert sorted(found) == ["aws_efs_file_system.storage_shared", "aws_s3_bucket.bucket_datasets"]
+    efs = found["aws_efs_file_system.storage_shared"]
+    assert (efs.kind, efs.service, efs.id, efs.region) == ("filesystem", "efs", "fs-1", "eu-central-2")
+    assert efs.fact("subnet_arn").endswith("subnet/s-1") and efs.fact("security_group_arn").endswith("sg-n")
+    assert found["aws_s3_bucket.bucket_datasets"].store == {"backend": "s3", "region": "eu-central-2"}
+    gcs = copyroute.locate("gcp", [("google_storage_bucket", "bucket_datasets", {"name": "g", "project": "p", "location": "EUROPE-WEST6"})])
+    assert gcs["google_storage_bucket.bucket_datasets"].store == {"backend": "gcs", "project": "p"}
+    assert str(gcs["google_storage_bucket.bucket_datasets"]) == "gcs://g"
+
+
+def _synth(platform_name: str, spec: TransferSpec) -> str:
+    from reconciler.synth import render_json
+    from rpi import cdk, registry
+
+    platform = registry.platform(platform_name)
+
+    def build(app):
+        stack = cdk.new_stack(app, spec.stack)
+        platform.transfer(stack, spec)
+        return {spec.stack: stack}
+
+    return render_json(cdk.synthesize(build)[spec.stack])
+
+
+@pytest.mark.slow
+def test_the_storage_transfer_stack_grants_only_what_the_job_needs(update_golden):
+    target = CloudVolume("gcp", "bucket", "gcs", "proj-gcp-zurich-dev-datasets", "europe-west6", (("project", "proj"),))
+    source = CloudVolume("gcp", "bucket", "gcs", "proj-gcp-netherlands-dev-datasets", "europe-west4", (("project", "proj"),))
+    spec = TransferSpec("gcp", "gcp-zurich", "proj", "europe-west6", "dev",
+                        StateLocation("gcs", "proj-gcp-zurich-state", "hpc/gcp-zurich/transfer-dev"), (("datasets", source, target),))
+    text = _synth("gcp", spec)
+    check_golden(GOLDEN / "gcp-transfer-dev.tf.json", text, update_golden)
+    doc = json.loads(text)
+    job = doc["resource"]["google_storage_transfer_job"]["transfer_datasets"]
+    assert "schedule" not in job, "the reconciler runs the job; a schedule would run it again by itself"
+    assert job["transfer_spec"]["gcs_data_source"]["bucket_name"] == source.id
+    assert job["transfer_spec"]["gcs_data_sink"]["bucket_name"] == target.id
+    grants = doc["resource"]["google_storage_bucket_iam_member"].values()
+    assert {(g["bucket"], g["role"]) for g in grants} == {
+        (source.id, "roles/storage.objectViewer"), (source.id, "roles/storage.legacyBucketReader"),
+        (target.id, "roles/storage.legacyBucketWriter"), (target.id, "roles/storage.objectViewer"),
+    }
+    assert all("transfer_agent" in g["member"] for g in grants)
+    assert doc["terraform"]["backend"]["gcs"]["prefix"] == "hpc/gcp-zurich/transfer-dev"
+
+
+@pytest.mark.slow
+def test_the_datasync_stack_verifies_and_reaches_only_its_volumes(update_golden):
+    efs = lambda fs, site: CloudVolume(  # noqa: E731
+        "aws", "filesystem", "efs", fs, "eu-central-2",
+        (("arn", f"arn:aws:elasticfilesystem:eu-central-2:111122223333:file-system/{fs}"),
+         ("subnet_arn", f"arn:aws:ec2:eu-central-2:111122223333:subnet/subnet-{site}"),
+         ("security_group_arn", f"arn:aws:ec2:eu-central-2:111122223333:security-group/sg-{site}")),
+    )
+    bucket = lambda name: CloudVolume("aws", "bucket", "s3", name, "eu-central-2", (("arn", f"arn:aws:s3:::{name}"),))  # noqa: E731
+    spec = TransferSpec(
+        "aws", "aws-zurich", "111122223333", "eu-central-2", "dev",
+        StateLocation("s3", "state-aws-zurich", "hpc/aws-zurich/transfer-dev.tfstate", "eu-central-2"),
+        (("shared", efs("fs-source", "a"), efs("fs-target", "b")), ("datasets", bucket("src-datasets"), bucket("dst-datasets"))),
+    )
+    text = _synth("aws", spec)
+    check_golden(GOLDEN / "aws-transfer-dev.tf.json", text, update_golden)
+    doc = json.loads(text)
+    tasks = doc["resource"]["aws_datasync_task"]
+    assert sorted(tasks) == ["transfer_datasets", "transfer_shared"]
+    for task in tasks.values():
+        assert task["options"]["verify_mode"] == "POINT_IN_TIME_CONSISTENT"
+        assert task["options"]["preserve_deleted_files"] == "REMOVE"
+        assert task["excludes"] == {"filter_type": "SIMPLE_PATTERN", "value": "/.vcluster"}
+    trust = json.loads(doc["resource"]["aws_iam_role"]["transfer_role"]["assume_role_policy"])
+    assert trust["Statement"][0]["Principal"] == {"Service": "datasync.amazonaws.com"}
+    assert trust["Statement"][0]["Condition"] == {"StringEquals": {"aws:SourceAccount": "111122223333"}}
+    policy = json.loads(doc["resource"]["aws_iam_role_policy"]["transfer_buckets"]["policy"])
+    resources = {r for s in policy["Statement"] for r in s["Resource"]}
+    assert resources == {"arn:aws:s3:::src-datasets", "arn:aws:s3:::dst-datasets", "arn:aws:s3:::src-datasets/*", "arn:aws:s3:::dst-datasets/*"}
+    locations = doc["resource"]["aws_datasync_location_efs"]
+    assert {loc["ec2_config"]["subnet_arn"].rsplit("-", 1)[-1] for loc in locations.values()} == {"a", "b"}
+
+
+def _datasync(emulator):
+    import boto3
+
+    return boto3.client(
+        "datasync", endpoint_url=emulator.endpoint, region_name="eu-central-2",
+        aws_access_key_id="emulated", aws_secret_access_key="emulated",
+    )
+
+
+def _task(client, name: str) -> str:
+    """A task between two S3 locations, made as the transfer stack's resources make it."""
+    arns = [
+        client.create_location_s3(
+            S3BucketArn=f"arn:aws:s3:::{bucket}", Subdirectory="/", S3Config={"BucketAccessRoleArn": "arn:aws:iam::123456789012:role/t"}
+        )["LocationArn"]
+        for bucket in (f"{name}-src", f"{name}-dst")
+    ]
+    return client.create_task(SourceLocationArn=arns[0], DestinationLocationArn=arns[1], Name=name)["TaskArn"]
+
+
+def test_a_datasync_pass_is_started_and_waited_for_through_the_api(emulators, monkeypatch):
+    """moto's server speaks DataSync's API (it moves no bytes): an execution runs through its
+    states to SUCCESS, and the runner waits for it, polling, and returns it verified."""
+    from reconciler import transfer
+
+    monkeypatch.setenv(transfer.POLL_ENV, "0.01")
+    client = _datasync(emulators["s3"])
+    task = _task(client, "pass")
+    done = transfer.run_datasync(task, "eu-central-2", client=client)
+    assert done.verified and done.execution.startswith(task + "/execution/")
+    assert client.describe_task_execution(TaskExecutionArn=done.execution)["Status"] == "SUCCESS"
+
+
+def test_a_datasync_pass_that_does_not_finish_in_time_is_cancelled_and_the_source_stays(emulators, monkeypatch):
+    from reconciler import transfer
+    from reconciler.datacopy import CopyError
+
+    monkeypatch.setenv(transfer.POLL_ENV, "0.01")
+    monkeypatch.setenv(transfer.TIMEOUT_ENV, "0")
+    client = _datasync(emulators["s3"])
+    task = _task(client, "late")
+    with pytest.raises(CopyError, match="did not finish in 0 s.*cancelled") as raised:
+        transfer.run_datasync(task, "eu-central-2", client=client)
+    execution = str(raised.value).split()[2]
+    assert client.describe_task_execution(TaskExecutionArn=execution)["Status"] == "ERROR", "cancelled, not left running"
+
+
+def test_a_task_that_cannot_start_names_it(emulators):
+    from reconciler import transfer
+    from reconciler.datacopy import CopyError
+
+    client = _datasync(emulators["s3"])
+    with pytest.raises(CopyError, match="could not start DataSync task arn:aws:datasync:eu-central-2:123456789012:task/task-missing"):
+        transfer.run_datasync("arn:aws:datasync:eu-central-2:123456789012:task/task-missing", "eu-central-2", client=client)
