@@ -279,3 +279,42 @@ def remote_repo(path: Path, emulator, monkeypatch=None) -> tuple[Repo, str]:
         for key, value in emulator.env.items():
             monkeypatch.setenv(key, value)
     return repo, bucket
+
+
+@pytest.fixture(scope="session")
+def remote_templates(emulators, tmp_path_factory):
+    """`template(kind)`: the example's local stacks applied once per session with their state in
+    a bucket of that emulator: (repository path, bucket, the bucket's objects after the apply).
+    `applied_remote_copy` gives each test that bucket back as it was, and a copy of the repository."""
+    import contextlib
+    import io
+
+    made = {}
+
+    def template(kind: str):
+        if kind not in made:
+            emulator = emulators[kind]
+            with emulator.client_env():
+                repo, bucket = remote_repo(tmp_path_factory.mktemp(f"applied-{kind}") / "repo", emulator)
+                out = io.StringIO()
+                with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+                    code = main(["apply", "--auto-approve", "--repo", str(repo.path), "--engine", "embedded"])
+            assert code == 0, out.getvalue()
+            made[kind] = (repo.path, bucket, emulator.objects(bucket))
+        return made[kind]
+
+    return template
+
+
+def applied_remote_copy(emulator, template, path: Path, monkeypatch) -> tuple[Repo, str]:
+    """The applied template of `emulator`'s kind, for one test: its bucket emptied and filled with
+    the objects the apply left, and the repository copied to `path`."""
+    source, bucket, objects = template(emulator.kind)
+    for key in emulator.objects(bucket):
+        emulator.delete(bucket, key)
+    for key, data in objects.items():
+        emulator.put(bucket, key, data)
+    shutil.copytree(source, path, symlinks=True)
+    for key, value in emulator.env.items():
+        monkeypatch.setenv(key, value)
+    return Repo(path), bucket

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from conftest import remote_repo
+from conftest import applied_remote_copy, remote_repo
 from test_kill_apply import ENGINES
 
 KINDS = ["s3", "gcs"]
@@ -36,12 +36,12 @@ def remote(request, emulators, tmp_path, monkeypatch):
     return emulator, repo, bucket
 
 
-@pytest.fixture
-def applied_remote(remote, cli):
-    emulator, repo, bucket = remote
-    code, out, err = cli("apply", "--auto-approve", "--repo", str(repo.path), "--engine", "embedded")
-    assert code == 0, out + err
-    return remote
+@pytest.fixture(params=KINDS)
+def applied_remote(request, emulators, remote_templates, tmp_path, monkeypatch):
+    """The example's local stacks applied with state in a bucket: the session's template, copied."""
+    emulator = emulators[request.param]
+    repo, bucket = applied_remote_copy(emulator, remote_templates, tmp_path / "repo", monkeypatch)
+    return emulator, repo, bucket
 
 
 @pytest.mark.slow
@@ -115,12 +115,10 @@ HELD = {
 
 
 @pytest.fixture
-def applied_s3(emulators, tmp_path, monkeypatch, cli):
+def applied_s3(emulators, remote_templates, tmp_path, monkeypatch):
     """S3 only: gcp-storage-emulator ignores GCS's preconditions (ifGenerationMatch), on which
     the gcs backend's lock rests, so a held GCS lock cannot be shown against it."""
-    repo, bucket = remote_repo(tmp_path / "repo", emulators["s3"], monkeypatch)
-    code, out, err = cli("apply", "--auto-approve", "--repo", str(repo.path), "--engine", "embedded")
-    assert code == 0, out + err
+    repo, bucket = applied_remote_copy(emulators["s3"], remote_templates, tmp_path / "repo", monkeypatch)
     return emulators["s3"], repo, bucket
 
 
