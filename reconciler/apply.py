@@ -226,6 +226,25 @@ def _set_access(store: LiveStore, unit: Unit, state: str, quiet: bool = False) -
     return ""
 
 
+def forget_replaced(p: UnitPlan, engine: Engine) -> None:
+    """A volume replaced in place whose old one is kept (storage.on_move: keep): the state
+    forgets the old volume (it stays, recorded as retained), then the stack is planned again, and
+    that plan must hold only what the review showed, with the kept volume created instead of
+    replaced. A run killed between the two converges: the next plan creates the volume."""
+    for address in p.kept_replaced:
+        engine.state_rm(p.workdir, address)
+    kept = set(p.kept_replaced)
+    reviewed = {(c.address, "create" if c.address in kept else c.action) for c in p.summary.changes if c.action not in ("no-op", "read")}
+    again = summarize(engine.plan(p.workdir, replace=tuple(a for a in p.replace if a not in kept)), holds_data_of(p.selected.unit.platform))
+    unreviewed = sorted(f"{c.action} {c.address}" for c in again.changes if c.action not in ("no-op", "read") and (c.address, c.action) not in reviewed)
+    if unreviewed:
+        raise ReconcileError(
+            f"after forgetting the kept {', '.join(sorted(kept))}, the plan holds what the review did not show "
+            f"({', '.join(unreviewed)}); the old volume stays, retained; nothing more was applied: plan again"
+        )
+    p.summary = again
+
+
 def _roll(p: UnitPlan, engine: Engine) -> None:
     """A rolling change: the reviewed end state, reached in batches of nodes. Each batch is a
     targeted plan and apply on that same configuration (its nodes drain, are replaced and boot
@@ -257,8 +276,10 @@ def _apply_one(p: UnitPlan, engine: Engine, store: LiveStore, head: Snapshot, ga
     try:
         if p.pending:
             now = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
-            if p.kept:  # recorded first: the volumes this apply lets go of are never untracked
-                store.retain(unit, p.kept, head.revision, now)
+            if p.kept or p.kept_replaced:  # recorded first: the volumes this apply lets go of are never untracked
+                store.retain(unit, p.kept or p.kept_replaced, head.revision, now)
+            if p.kept_replaced:
+                forget_replaced(p, engine)
             copied = _copy_data(p, store, engine)  # raises: the source stays
             if p.summary.has_changes and p.change_class is not None and p.change_class.batches:
                 _roll(p, engine)

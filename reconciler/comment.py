@@ -358,6 +358,11 @@ def details(p: UnitPlan) -> str:
         lines += [f"To the running cluster: **{_inline(p.change_class.kind)}**: {_inline(p.change_class.detail, MAX_NOTE)}.", ""]
     if p.kept:
         lines += [f"Keeps its data: {', '.join(f'`{_inline(a)}`' for a in p.kept)} left in place (storage.on_move: keep).", ""]
+    if p.kept_replaced:
+        lines += [
+            f"Replaces {', '.join(f'`{_inline(a)}`' for a in p.kept_replaced)} in place and keeps the old volume "
+            "(retained; a new empty one is created; storage.on_move: keep).", "",
+        ]
     if p.copies:
         lines += [
             f"Copies its data to {_inline(p.copy_target.site)} first (storage.on_move: copy): {_inline(copies_text(p.copies))}. "

@@ -115,6 +115,10 @@ class Engine:
         """Apply exactly the saved plan: the engine refuses it if the state moved on meanwhile."""
         self._run(workdir, "apply", "-input=false", "-no-color", f"-lock-timeout={self.lock_timeout}", PLAN_FILE)
 
+    def state_rm(self, workdir: Path, address: str) -> None:
+        """Make the state forget a resource without destroying it (`state rm`, under the lock)."""
+        self._run(workdir, "state", "rm", *self._locking(), address)
+
     def force_unlock(self, workdir: Path, lock_id: str) -> None:
         """Release a stack's state lock that its holder left behind."""
         self._run(workdir, "force-unlock", "-force", lock_id)

@@ -385,7 +385,9 @@ class Storage(Strict):
         None,
         description="When the cluster moves: keep the source's shared filesystem and buckets (the source stack "
         "forgets them, the data stays), drop them (destroyed), or copy them to the target (bulk copy, freeze, final "
-        "pass, checksum verification, and only then the source is destroyed). A move of a cluster holding data needs one.",
+        "pass, checksum verification, and only then the source is destroyed). A move of a cluster holding data needs one. "
+        "`keep` also holds when a change replaces a volume in place (a zone, a shrink): the old volume is retained and a "
+        "new, empty one is created; without it, such a replacement needs the data decision.",
     )
 
 

@@ -107,6 +107,7 @@ class Unit(_Out):
     pending: bool = Field(description="Changes remain after this run (after an apply: what it did not apply)")
     blocked: str = Field(description="Why this unit may not run; empty when it may")
     kept: list[str]
+    kept_replaced: list[str] = Field(description="Data holders replaced in place whose old volume is retained (storage.on_move: keep)")
     copies: list[Copy]
     copy_note: str
     copy_unfrozen: str = Field(description="Why the copy's source cannot be frozen (a cloud's): then the data decision is needed")

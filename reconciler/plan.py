@@ -20,11 +20,13 @@ class Change:
     holds_data: bool = False  # the resource as it is now holds data (a filesystem, a bucket)
     imported: bool = False  # an import block brings an existing resource under this stack
     drains: bool = False  # a node that runs jobs: drained before it goes
+    kept: bool = False  # a data holder replaced in place whose old volume is retained (storage.on_move: keep)
 
     @property
     def loses_data(self) -> bool:
-        """Destroying or replacing a resource that holds data loses the data."""
-        return self.holds_data and self.action in ("delete", "replace")
+        """Destroying or replacing a resource that holds data loses the data, unless the old
+        volume is kept."""
+        return self.holds_data and self.action in ("delete", "replace") and not self.kept
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,11 @@ def plans_text(assessment: Assessment, plans: list[UnitPlan], engine_name: str |
             lines.append(f"    BLOCKED: {p.blocked}")
         if p.kept:
             lines.append(f"    keeps its data: {', '.join(p.kept)} left in place (storage.on_move: keep)")
+        if p.kept_replaced:
+            lines.append(
+                f"    replaces {', '.join(p.kept_replaced)} in place and keeps the old volume: retained, listed by "
+                "`reconcile volumes`, and a new empty one is created (storage.on_move: keep)"
+            )
         for v in p.adopted:
             lines.append(f"    adopts retained volume {v.id} as {v.address} (kept by {v.from_stack} at {v.retained_at})")
         if p.copies:
@@ -221,6 +226,7 @@ def _unit_json(p: UnitPlan) -> dict:
         "pending": p.pending,
         "blocked": p.blocked,
         "kept": list(p.kept),
+        "kept_replaced": list(p.kept_replaced),
         "copies": [
             {"volume": c.volume, "address": c.address, "files": c.files, "bytes": c.bytes, "route": c.route, "measured": c.measured}
             for c in p.copies

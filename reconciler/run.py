@@ -5,6 +5,7 @@ desired (git -> load -> resolve) -> assess (base, live, affected) -> plan (synth
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -83,6 +84,7 @@ class UnitPlan:
     workdir: Path | None = None
     blocked: str = ""  # why apply must refuse this plan until the definition decides
     kept: tuple[str, ...] = ()  # data-holding resources a move leaves in place (forgotten, not destroyed)
+    kept_replaced: tuple[str, ...] = ()  # data holders replaced in place whose old volume is retained (on_move: keep)
     probe: str = ""  # the definition's health probe, when it is new or changed: it will run on the apply runner
     adopted: tuple[RetainedVolume, ...] = ()  # retained volumes this apply takes back (import blocks)
     copies: tuple[datacopy.VolumeCopy, ...] = ()  # storage.on_move: copy, before this source is destroyed
@@ -273,7 +275,7 @@ def plan(settings: Settings, assessment: Assessment, engine: Engine | None, stor
             documents[key] = _destroy_what_left(p.selected.unit, documents[key], store)
     for p in plans:
         if p.status == OFFLINE:
-            p.summary = _offline(p, assessment, documents, cache)
+            p.summary = _keep_replaced(p, _offline(p, assessment, documents, cache))
             p.change_class = _change_class(p)
     work = [p for p in plans if p.status == PLANNED]
     if work and engine is None:
@@ -298,7 +300,7 @@ def plan(settings: Settings, assessment: Assessment, engine: Engine | None, stor
                 p.replace = broken
                 document = engine.plan(p.workdir, replace=broken)
                 try:
-                    p.summary = summarize(document, holds_data_of(unit.platform))
+                    p.summary = _keep_replaced(p, summarize(document, holds_data_of(unit.platform)))
                 except (KeyError, TypeError, ValueError, AttributeError) as exc:
                     raise EngineError(f"{engine.name} show -json in {p.workdir} gave a plan this cannot read ({exc!r})") from None
                 p.change_class = _change_class(p)
@@ -308,6 +310,20 @@ def plan(settings: Settings, assessment: Assessment, engine: Engine | None, stor
         interrupt.checkpoint("while planning: nothing was applied")
     _tidy(plans, store)
     return plans
+
+
+def _keep_replaced(p: UnitPlan, summary: PlanSummary) -> PlanSummary:
+    """`storage.on_move: keep` holds for a volume that a change replaces in place too (a zone, a
+    shrink, a kind that the platform cannot change): the old volume is retained and recorded,
+    and a new, empty one is created. Apply makes the stack forget the old one first
+    (`apply.forget_replaced`)."""
+    if p.selected.action != APPLY or getattr(p.selected.unit.spec, "on_move", "") != "keep":
+        return summary
+    kept = tuple(c.address for c in summary.changes if c.holds_data and c.action == "replace")
+    if not kept:
+        return summary
+    p.kept_replaced = kept
+    return dataclasses.replace(summary, changes=tuple(dataclasses.replace(c, kept=True) if c.address in kept else c for c in summary.changes))
 
 
 def _tidy(plans: list[UnitPlan], store: LiveStore) -> None:

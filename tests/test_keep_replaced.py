@@ -1,0 +1,91 @@
+"""`storage.on_move: keep` holds for a volume that a change replaces in place: the old volume is
+retained and recorded, a new empty one is created, and no decision is asked for. Without
+`keep`, that replacement is a data loss that needs the data decision.
+
+A real stack on a real engine: a local volume (`terraform_data`, with the local platform's
+own directory provisioners) whose replacement is forced by a trigger, as a cloud's zone or
+shrink forces a Filestore's or an FSx's."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from reconciler import gate
+from reconciler.affected import APPLY, Selected
+from reconciler.apply import APPLIED, apply
+from reconciler.live import LiveStore
+from reconciler.plan import summarize
+from reconciler.resolve import CLUSTER, Unit
+from reconciler.run import PLANNED, UnitPlan, _keep_replaced, holds_data_of
+from rpi import local_volumes
+from rpi.spec import StateLocation
+from reconciler.engine import select_engine
+from test_apply_order import EMPTY_OUTPUTS, SNAP, cluster_spec
+
+STATE = StateLocation("local", "state/a", "cluster-dev.tfstate")
+
+
+def _document(zone: str) -> str:
+    volume = {
+        "input": {"name": "dev-shared", "kind": "shared", "size_gb": 100, "mount": "/home"},
+        "triggers_replace": {"zone": zone},
+        "provisioner": local_volumes.provisioners(STATE),
+    }
+    return json.dumps({
+        "terraform": {"backend": {"local": {}}},
+        "resource": {"terraform_data": {"storage_shared": volume}},
+        "output": {k: {"value": v["value"]} for k, v in EMPTY_OUTPUTS.items()},
+    })
+
+
+@pytest.fixture
+def engine(tmp_path):
+    """The engine, with this test's directory as its state root: the volumes' directories are there."""
+    return select_engine("auto", tmp_path / "work", tmp_path)
+
+
+def _planned(tmp_path, engine, on_move: str) -> tuple[UnitPlan, LiveStore, str]:
+    store = LiveStore(tmp_path)
+    spec = dataclasses.replace(cluster_spec("dev", "a", STATE), on_move=on_move)
+    unit = Unit(CLUSTER, "dev", "a", "local", (), ("site:a",), spec, "h" * 64, STATE)
+    workdir = tmp_path / "work" / "dev"
+    workdir.mkdir(parents=True)
+    (workdir / "cdk.tf.json").write_text(_document("zone-a"))
+    engine.init(workdir, {"path": str(store.state_file(STATE))})
+    engine.plan(workdir)
+    engine.apply(workdir)
+    (old_id,) = store.resource_ids(unit).values()
+    (store.volume_path(STATE, old_id) / "results.csv").write_text("written before the change\n")
+    (workdir / "cdk.tf.json").write_text(_document("zone-b"))  # forces the replacement
+    p = UnitPlan(Selected(unit, APPLY, ("test",)), PLANNED)
+    p.summary = _keep_replaced(p, summarize(engine.plan(workdir), holds_data_of("local")))
+    p.workdir = workdir
+    return p, store, old_id
+
+
+@pytest.mark.slow
+def test_a_volume_replaced_in_place_keeps_the_old_one_when_the_definition_says_keep(tmp_path, engine):
+    p, store, old_id = _planned(tmp_path, engine, "keep")
+    assert p.kept_replaced == ("terraform_data.storage_shared",)
+    assert p.summary.data_lost == () and gate.needs(p) == {}
+    assert gate.refusals([p], {p.selected.unit.key: p.selected.unit}, gate.Decisions()) == {}
+
+    (result,) = apply([p], engine, store, SNAP)
+    assert result.outcome == APPLIED, result.detail
+    (new_id,) = store.resource_ids(p.selected.unit).values()
+    assert new_id != old_id
+    assert (store.volume_path(STATE, old_id) / "results.csv").read_text() == "written before the change\n"
+    assert store.volume_path(STATE, new_id).is_dir() and not any(store.volume_path(STATE, new_id).iterdir())
+    (retained,) = store.retained(STATE)
+    assert (retained.id, retained.address, retained.cluster) == (old_id, "terraform_data.storage_shared", "dev")
+
+
+@pytest.mark.slow
+def test_without_keep_the_same_replacement_needs_the_data_decision(tmp_path, engine):
+    p, store, old_id = _planned(tmp_path, engine, "")
+    assert p.kept_replaced == () and p.summary.data_lost == ("terraform_data.storage_shared",)
+    refused = gate.refusals([p], {p.selected.unit.key: p.selected.unit}, gate.Decisions())
+    assert "would destroy data (terraform_data.storage_shared)" in refused[(APPLY, p.selected.unit.key)]
