@@ -24,7 +24,7 @@ from reconciler.resolve import CLUSTER, SITE, Unit
 from reconciler.plan import PlanSummary, summarize
 from reconciler.run import PLANNED, UnitPlan, engine_failure, holds_data_of
 from reconciler.synth import render_json
-from rpi import copyroute, local_runtime, local_volumes
+from rpi import copyroute, local_runtime, local_volumes, retained
 from rpi.spec import StateLocation
 
 APPLIED, SKIPPED, FAILED, NOTHING, REFUSED = "applied", "skipped", "failed", "no changes", "refused"
@@ -315,22 +315,34 @@ def _apply_one(p: UnitPlan, engine: Engine, store: LiveStore, head: Snapshot, ga
         return ApplyResult(p, FAILED, engine_failure(store, unit, exc))
 
 
-def delete_volume(engine: Engine, store: LiveStore, workdir: Path, volume: RetainedVolume, state: StateLocation) -> PlanSummary:
-    """Delete a retained volume of the local platform through the engine: a stack of its own
-    imports it by its id, then a destroy removes it with its destroy-time provisioner (the
-    directory, or the bucket emptied and removed). Its record goes last, so that a deletion
-    that fails or is killed leaves the volume listed. Returns what the destroy did."""
-    facts = {"name": f"{volume.cluster}-{volume.volume}", "kind": volume.kind, "size_gb": volume.size_gb, "mount": ""}
-    if volume.store:
-        facts["store"] = volume.store
+def delete_volume(
+    engine: Engine, store: LiveStore, workdir: Path, volume: RetainedVolume, state: StateLocation, account: str = "", region: str = "",
+) -> PlanSummary:
+    """Delete a retained volume through the engine: a stack of its own imports it by its id,
+    then a destroy removes it. On the local platform, with its destroy-time provisioner (the
+    directory, or the bucket emptied and removed); on a cloud (`account`, `region`: its site's),
+    with the provider, a bucket emptied first by rclone. Its record goes last, so that a
+    deletion that fails or is killed leaves the volume listed. Returns what the destroy did."""
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
-    (workdir / "cdk.tf.json").write_text(render_json(local_volumes.deletion_stack(volume.address, volume.id, facts, state)))
+    if volume.platform == "local":
+        facts = {"name": f"{volume.cluster}-{volume.volume}", "kind": volume.kind, "size_gb": volume.size_gb, "mount": ""}
+        if volume.store:
+            facts["store"] = volume.store
+        document = local_volumes.deletion_stack(volume.address, volume.id, facts, state)
+    else:
+        document = retained.deletion_stack(volume.platform, volume.address, volume.id, account, region)
+    (workdir / "cdk.tf.json").write_text(render_json(document))
     engine.init(workdir, {})
     engine.plan(workdir)
-    engine.apply(workdir)  # the import: nothing is created
-    summary = summarize(engine.plan(workdir, destroy=True), holds_data_of("local"))
+    engine.apply(workdir)  # the import: nothing is created, nothing changed
+    rtype = volume.address.split(".", 1)[0]
+    if volume.platform != "local" and rtype in copyroute.BUCKET_TYPES:
+        store_of = {"backend": "gcs", "project": account} if rtype == "google_storage_bucket" else {"backend": "s3", "region": region}
+        interrupt.checkpoint(f"before emptying retained bucket {volume.id}: it stays")
+        datacopy.empty(datacopy.Bucket(store_of, volume.id))
+    summary = summarize(engine.plan(workdir, destroy=True), holds_data_of(volume.platform))
     interrupt.checkpoint(f"before deleting retained volume {volume.id}: it stays")
     engine.apply(workdir)
     store.release(state, {volume.id})

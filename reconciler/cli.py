@@ -492,7 +492,7 @@ def cmd_volumes(settings: Settings, args) -> int:
                  "size_gb": v.size_gb, "retained_at": "", "revision": None, "from_stack": ""}
             )
     if args.delete:
-        return _delete_volume(settings, args, store, sites, rows)
+        return _delete_volume(settings, args, store, sites, rows, state)
     if settings.output_json:
         _emit({"volumes": rows, "not_checked": unreadable, "exit_code": 0})
         return Exit.OK
@@ -502,7 +502,7 @@ def cmd_volumes(settings: Settings, args) -> int:
     return Exit.OK
 
 
-def _delete_volume(settings: Settings, args, store: LiveStore, sites: dict, rows: list[dict]) -> int:
+def _delete_volume(settings: Settings, args, store: LiveStore, sites: dict, rows: list[dict], state) -> int:
     """A retained volume deleted as a reviewed destroy: the plan names it, the data decision
     is needed, and the destroy runs through the engine with the volume's own provisioner."""
     found = [r for r in rows if r["id"] == args.delete]
@@ -514,11 +514,6 @@ def _delete_volume(settings: Settings, args, store: LiveStore, sites: dict, rows
         raise ReconcileError(f"no retained volume {args.delete!r} (retained: {listed}); `reconcile volumes` lists them")
     row = retained[0]
     volume = RetainedVolume(**{f.name: row[f.name] for f in fields(RetainedVolume) if f.name in row})
-    if volume.platform != "local":
-        raise ReconcileError(
-            f"deleting a retained volume on {volume.platform} is not built yet: delete {volume.id} with the cloud's own tools, "
-            f"then remove its record under {store.where(sites[volume.site])} (retained/{volume.file_name})"
-        )
     print(f"DELETE retained volume {volume.id} on {volume.site}: {volume.volume} of cluster {volume.cluster}"
           f" ({volume.kind}, {volume.size_gb} GB), kept at {volume.retained_at} by {volume.from_stack}")
     print(f"  DESTROYS DATA: {volume.address} ({volume.path or volume.id})")
@@ -532,7 +527,9 @@ def _delete_volume(settings: Settings, args, store: LiveStore, sites: dict, rows
             raise NotConfirmed("deletion cancelled; the volume stays")
     engine = select_engine(settings.engine, settings.work_dir, settings.state_root, settings.lock_timeout)
     workdir = settings.work_dir / "volumes" / hashlib.sha256(volume.id.encode()).hexdigest()[:16]
-    summary = delete_volume(engine, store, workdir, volume, sites[volume.site])
+    site = state.definitions.sites.get(volume.site)
+    account, region = (getattr(site, "account", "") or "", getattr(site, "region", "") or "") if site is not None else ("", "")
+    summary = delete_volume(engine, store, workdir, volume, sites[volume.site], account, region)
     print(f"deleted {volume.id} ({summary.count('delete')} resource destroyed with its data); its record is gone")
     return Exit.OK
 

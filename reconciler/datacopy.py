@@ -208,6 +208,11 @@ def _sync(source: Location, target: Location) -> int:
     return sent
 
 
+def empty(bucket: Bucket) -> None:
+    """Delete every object of a bucket (not the bucket): what a cloud's destroy needs first."""
+    _rclone(["delete", "-q", bucket.remote], "empty")
+
+
 def object_manifest(location: Location) -> dict[str, str]:
     """{path: sha256} of every object or file, computed from its bytes."""
     listed = _rclone(["hashsum", "-q", "sha256", "--download", "--exclude", f"/{INTERNAL}/**", _where(location)], "checksum")

@@ -38,7 +38,7 @@ from reconciler.backends import (
 )
 from reconciler.errors import ReconcileError
 from reconciler.locks import LockInfo
-from rpi import local_volumes
+from rpi import copyroute, local_volumes
 from rpi.spec import StateLocation, channel_prefix, local_channel_dir
 
 if TYPE_CHECKING:  # not imported: the records helper (prefetch) reads records without the models
@@ -474,7 +474,7 @@ class LiveStore:
                     site=unit.site,
                     cluster=unit.name,
                     volume=volume_name(address),
-                    kind=str(facts.get("kind", "")),
+                    kind=str(facts.get("kind") or ("object" if address.split(".", 1)[0] in copyroute.BUCKET_TYPES else "shared")),
                     size_gb=int(facts.get("size_gb") or 0),
                     retained_at=now,
                     revision=revision,

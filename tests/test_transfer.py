@@ -194,3 +194,44 @@ def test_a_task_that_cannot_start_names_it(emulators):
     client = _datasync(emulators["s3"])
     with pytest.raises(CopyError, match="could not start DataSync task arn:aws:datasync:eu-central-2:123456789012:task/task-missing"):
         transfer.run_datasync("arn:aws:datasync:eu-central-2:123456789012:task/task-missing", "eu-central-2", client=client)
+
+
+@pytest.mark.parametrize(
+    "platform,address,volume_id,requires",
+    [
+        ("gcp", "google_storage_bucket.bucket_datasets", "p-gcp-zurich-dev-datasets", {"name", "location"}),
+        ("gcp", "google_filestore_instance.storage_shared", "projects/p/locations/europe-west6-a/instances/dev-shared",
+         {"name", "location", "tier", "file_shares", "networks"}),
+        ("aws", "aws_s3_bucket.bucket_datasets", "a-aws-zurich-dev-datasets", {"bucket"}),
+        ("aws", "aws_efs_file_system.storage_shared", "fs-0123", set()),
+        ("aws", "aws_fsx_lustre_file_system.storage_shared", "fs-0456", {"subnet_ids", "storage_capacity", "deployment_type"}),
+    ],
+)
+def test_a_retained_cloud_volume_is_deleted_by_an_import_that_changes_nothing(platform, address, volume_id, requires):
+    from rpi import retained
+
+    doc = retained.deletion_stack(platform, address, volume_id, "proj-or-account", "europe-west6")
+    rtype, name = address.split(".")
+    body = doc["resource"][rtype][name]
+    assert doc["import"] == [{"to": address, "id": volume_id}]
+    assert body["lifecycle"] == {"ignore_changes": "all"}, "the import adopts the volume as it is: no update, no replacement"
+    assert set(body) - {"lifecycle"} == requires
+    assert list(doc["provider"]) == [retained.PROVIDERS[platform][0]]
+    assert doc["terraform"]["backend"] == {"local": {"path": "terraform.tfstate"}}
+    if rtype == "google_filestore_instance":
+        assert (body["name"], body["location"]) == ("dev-shared", "europe-west6-a")
+
+
+def test_the_pinned_providers_of_deletion_stacks_are_those_the_platforms_synthesize():
+    from rpi import retained
+
+    for platform, (provider, version) in retained.PROVIDERS.items():
+        golden = json.loads((Path(__file__).parent / "golden" / platform / "cluster-dev.tf.json").read_text())
+        assert golden["terraform"]["required_providers"][provider]["version"] == version
+
+
+def test_a_retained_type_this_tool_cannot_delete_is_refused_by_name():
+    from rpi import retained
+
+    with pytest.raises(ValueError, match="aws_instance cannot be deleted by this tool"):
+        retained.deletion_stack("aws", "aws_instance.x", "i-1", "1", "eu-central-2")
