@@ -7,7 +7,9 @@ landing zone plus one cluster.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -65,6 +67,8 @@ def apply(
     gated = {
         _id(p) for p in plans if p.selected.action == APPLY and p.selected.unit.kind == CLUSTER and p.selected.unit.name in moved
     }
+    # a move's target that copies its data boots closed to users: its nodes read the channel first
+    closing = {q.copy_target.key for q in plans if q.copies and q.copy_target is not None and (q.cutover[1] or q.copy_target.platform != "local")}
     waiting = list(plans)
     running: dict[Future, UnitPlan] = {}
     ok = {APPLIED, NOTHING}
@@ -84,7 +88,7 @@ def apply(
                 elif failed:
                     results[_id(p)] = ApplyResult(p, SKIPPED, f"{', '.join(failed)} did not succeed")
                 elif all(n in results for n in needs) and len(running) < parallelism:
-                    running[pool.submit(_apply_one, p, engine, store, head, _id(p) in gated)] = p
+                    running[pool.submit(_apply_one, p, engine, store, head, _id(p) in gated, closed_first=p.selected.action == APPLY and p.selected.unit.key in closing)] = p
                 else:
                     continue
                 waiting.remove(p)
@@ -121,7 +125,7 @@ def _copy_data(p: UnitPlan, store: LiveStore, engine: Engine | None = None) -> l
         else:
             services.append((plan, volumes[plan.volume]))
     # a transfer service in the target's cloud: a stack of its own, for the copy's time
-    transferred = _transfer(p, services, engine) if services else []
+    transferred = _transfer(p, services, engine, store) if services else []
     if not pairs:
         return transferred
     source_real, target_real = p.cutover
@@ -132,7 +136,9 @@ def _copy_data(p: UnitPlan, store: LiveStore, engine: Engine | None = None) -> l
     try:
         if source_real:
             _set_access(store, source, "drained")
-        copied = [datacopy.finish(plan, into, sent[plan.address]) for plan, into in pairs]
+        # a cloud source is frozen through its channel; a local one by datacopy (a read-only bind mount)
+        with _frozen_through_channel(store, source) if source.platform != "local" else contextlib.nullcontext():
+            copied = [datacopy.finish(plan, into, sent[plan.address]) for plan, into in pairs]
     except BaseException as exc:
         still = _set_access(store, source, "open", quiet=True) if source_real else ""
         if still and isinstance(exc, ReconcileError):
@@ -140,6 +146,8 @@ def _copy_data(p: UnitPlan, store: LiveStore, engine: Engine | None = None) -> l
         raise
     if target_real:
         _set_access(store, target, "open")
+    elif target.platform != "local":  # it booted closed; its nodes open at their next sync
+        channel_access(store, target, "open", wait=False)
     return transferred + [
         f"copied {c.volume} to {target.site} ({c.files:,} files, {c.bytes:,} bytes; {c.sent:,} bytes sent), "
         "verified by checksums, then destroyed here"
@@ -159,7 +167,7 @@ def _runner_location(volume):
     return volume
 
 
-def _transfer(p: UnitPlan, services: list, engine: Engine) -> list[str]:
+def _transfer(p: UnitPlan, services: list, engine: Engine, store: LiveStore) -> list[str]:
     """Copies by a transfer service (reconciler.transfer): the transfer stack applied, a bulk
     and a final pass, verification, the stack destroyed; only then may the source go."""
     from rpi import cdk, registry  # starts Node: only a move that copies within a cloud needs it
@@ -185,24 +193,37 @@ def _transfer(p: UnitPlan, services: list, engine: Engine) -> list[str]:
     engine.apply(workdir)
     ids = (engine.outputs(workdir).get("transfers") or {}).get("value") or {}
     where = target.spec.region if target.platform == "aws" else target.spec.account
+    bulk = {plan.volume: transfer.run(plan.route, ids[plan.volume], where) for plan, _ in services}
+    interrupt.checkpoint("after the bulk transfers: the source stays")
     lines = []
-    for plan, into in services:
-        bulk = transfer.run(plan.route, ids[plan.volume], where)
-        interrupt.checkpoint(f"after the bulk transfer of {plan.volume}: the source stays")
-        final = transfer.run(plan.route, ids[plan.volume], where)
-        if into.kind == "bucket":
-            objects = transfer.verify_buckets(_runner_location(plan.source), _runner_location(into))
-            how = f"{objects:,} objects verified by checksums"
-        elif final.verified:
-            how = "verified by DataSync"
-        else:
-            raise datacopy.CopyError(f"{plan.volume}: {plan.route} did not verify the copy; the source stays")
-        lines.append(
-            f"copied {plan.volume} to {target.site} by {plan.route} ({bulk.bytes + final.bytes:,} bytes sent), {how}, then destroyed here"
-        )
+    with _frozen_through_channel(store, source):
+        for plan, into in services:
+            final = transfer.run(plan.route, ids[plan.volume], where)
+            if into.kind == "bucket":
+                objects = transfer.verify_buckets(_runner_location(plan.source), _runner_location(into))
+                how = f"{objects:,} objects verified by checksums"
+            elif final.verified:
+                how = "verified by DataSync"
+            else:
+                raise datacopy.CopyError(f"{plan.volume}: {plan.route} did not verify the copy; the source stays")
+            sent = bulk[plan.volume].bytes + final.bytes
+            lines.append(f"copied {plan.volume} to {target.site} by {plan.route} ({sent:,} bytes sent), {how}, then destroyed here")
     engine.plan(workdir, destroy=True)
     engine.apply(workdir)
+    channel_access(store, target, "open", wait=False)  # it booted closed; its nodes open at their next sync
     return lines
+
+
+@contextlib.contextmanager
+def _frozen_through_channel(store: LiveStore, unit: Unit):
+    """A cloud cluster frozen for a copy's final pass: drained, users refused, volumes read-only,
+    acknowledged by every node. If the copy fails, it opens again (at the nodes' next sync)."""
+    channel_access(store, unit, "frozen")
+    try:
+        yield
+    except BaseException:
+        channel_access(store, unit, "open", wait=False)
+        raise
 
 
 def _sibling(state: StateLocation, stack: str, other: str) -> StateLocation:
@@ -212,12 +233,38 @@ def _sibling(state: StateLocation, stack: str, other: str) -> StateLocation:
     return StateLocation(state.backend, state.bucket, key, state.region, state.endpoint)
 
 
+ACK_SLACK_S = 3 * 60  # a cloud node takes the channel's access at its next sync (every minute), plus its drain
+
+
+def channel_access(store: LiveStore, unit: Unit, state: str, wait: bool = True, poll_s: float = 5.0) -> str:
+    """Ask a cluster's nodes for an access state through its channel, and wait (bounded) until
+    every node that reports has taken it: how a cloud cluster is closed, frozen and opened
+    around a copy (`vcnode sync` takes it). Returns the serial; raises CopyError on timeout."""
+    serial = f"{datetime.now(timezone.utc).isoformat()}-{state}"
+    store.ask_access(unit, state, serial)
+    if not wait:
+        return serial
+    timeout = getattr(unit.spec, "drain_timeout_s", local_runtime.DRAIN_TIMEOUT_S) + ACK_SLACK_S
+    deadline = time.monotonic() + timeout
+    while True:
+        behind = sorted(h for h, r in store.node_reports(unit).items() if r.get("access_serial") != serial)
+        if not behind:
+            return serial
+        if time.monotonic() > deadline:
+            raise datacopy.CopyError(
+                f"{unit.title}: {', '.join(behind)} did not take access {state} within {timeout:.0f} s; the source stays"
+            )
+        interrupt.checkpoint(f"while {unit.title} becomes {state}: the source stays")
+        time.sleep(poll_s)
+
+
 def _set_access(store: LiveStore, unit: Unit, state: str, quiet: bool = False) -> str:
     """Open, close or drain a cluster that runs for real (the local slurm runtime). `quiet`: on
     the way out of a failure, say what failed instead of raising."""
     drain = getattr(unit.spec, "drain_timeout_s", local_runtime.DRAIN_TIMEOUT_S)
     timeout = drain if state == "drained" else 60
-    try:
+    try:  # the channel first: a node that boots meanwhile takes the same state
+        store.ask_access(unit, state, f"{datetime.now(timezone.utc).isoformat()}-{state}")
         hostruntime.cluster_access(store.state_root, unit.state.local_dir, unit.name, state, timeout)
     except hostruntime.RuntimeFault as exc:
         if quiet:
@@ -270,12 +317,15 @@ def _roll(p: UnitPlan, engine: Engine) -> None:
         engine.apply(p.workdir)
 
 
-def _apply_one(p: UnitPlan, engine: Engine, store: LiveStore, head: Snapshot, gate: bool) -> ApplyResult:
-    """Apply one saved plan and record it; a move's target must then pass its health check."""
+def _apply_one(p: UnitPlan, engine: Engine, store: LiveStore, head: Snapshot, gate: bool, closed_first: bool = False) -> ApplyResult:
+    """Apply one saved plan and record it; a move's target must then pass its health check.
+    `closed_first`: the target of a move that copies its data, whose nodes boot closed."""
     unit = p.selected.unit
     try:
         if p.pending:
             now = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+            if closed_first:
+                store.ask_access(unit, "closed", f"{now}-closed")
             if p.kept or p.kept_replaced:  # recorded first: the volumes this apply lets go of are never untracked
                 store.retain(unit, p.kept or p.kept_replaced, head.revision, now)
             if p.kept_replaced:
@@ -287,6 +337,8 @@ def _apply_one(p: UnitPlan, engine: Engine, store: LiveStore, head: Snapshot, ga
                 engine.apply(p.workdir)
             if p.selected.action == DESTROY:
                 store.forget(unit)
+                if unit.kind == CLUSTER:  # a cluster placed here again later boots open
+                    store.channel_delete(unit, "access")
                 if copied:
                     return ApplyResult(p, APPLIED, "; ".join(copied))
             else:

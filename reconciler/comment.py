@@ -371,8 +371,6 @@ def details(p: UnitPlan) -> str:
         ]
     if p.copy_note:
         lines += [f"**No copy:** {_inline(p.copy_note, MAX_NOTE)}", ""]
-    if p.unfrozen:
-        lines += [f"**Not frozen:** {_inline(p.unfrozen, MAX_NOTE)}", ""]
     if p.adopted:
         adopted = ", ".join(f"`{_inline(v.id)}` as `{_inline(v.address)}`" for v in p.adopted)
         lines += [f"Adopts retained volumes (kept by an earlier move): {adopted}.", ""]

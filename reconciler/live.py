@@ -433,6 +433,39 @@ class LiveStore:
             return LocalBlobs(self.state_root).get(f"{local_channel_dir(unit.state, unit.name)}/{key}")
         return self._place(unit.state).blobs.get(f"{channel_prefix(unit.state, unit.name)}/{key}")
 
+    def channel_put(self, unit: Unit, key: str, data: bytes) -> None:
+        """Write one object of a cluster's config channel, where its nodes read it."""
+        if unit.platform == "local":
+            LocalBlobs(self.state_root).put(f"{local_channel_dir(unit.state, unit.name)}/{key}", data)
+        else:
+            self._place(unit.state).blobs.put(f"{channel_prefix(unit.state, unit.name)}/{key}", data)
+
+    def node_reports(self, unit: Unit) -> dict[str, dict]:
+        """{hostname: what the node last reported} of a cluster's nodes, from its channel."""
+        if unit.platform == "local":
+            blobs, prefix = LocalBlobs(self.state_root), local_channel_dir(unit.state, unit.name)
+        else:
+            blobs, prefix = self._place(unit.state).blobs, channel_prefix(unit.state, unit.name)
+        out = {}
+        for key in blobs.names(f"{prefix}/nodes/", "*.json"):
+            try:
+                report = json.loads(blobs.get(key) or b"{}")
+            except ValueError:
+                continue
+            out[key.rsplit("/", 1)[-1].removesuffix(".json")] = report if isinstance(report, dict) else {}
+        return out
+
+    def channel_delete(self, unit: Unit, key: str) -> None:
+        if unit.platform == "local":
+            LocalBlobs(self.state_root).delete(f"{local_channel_dir(unit.state, unit.name)}/{key}")
+        else:
+            self._place(unit.state).blobs.delete(f"{channel_prefix(unit.state, unit.name)}/{key}")
+
+    def ask_access(self, unit: Unit, state: str, serial: str) -> None:
+        """Ask a cluster's nodes for an access state (the channel's `access`, vcnode.channel's
+        format): a node that boots reads it first, a running one at its next sync."""
+        self.channel_put(unit, "access", json.dumps({"serial": serial, "state": state}, sort_keys=True).encode())
+
     # ------------------------------------------------------------ retained volumes
 
     def volume_path(self, state: StateLocation, volume_id: str) -> Path:

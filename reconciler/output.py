@@ -110,7 +110,6 @@ class Unit(_Out):
     kept_replaced: list[str] = Field(description="Data holders replaced in place whose old volume is retained (storage.on_move: keep)")
     copies: list[Copy]
     copy_note: str
-    copy_unfrozen: str = Field(description="Why the copy's source cannot be frozen (a cloud's): then the data decision is needed")
     adopts: list[Adopted]
     health_probe: str
     change_class: ChangeClass | None = None

@@ -108,8 +108,6 @@ def plans_text(assessment: Assessment, plans: list[UnitPlan], engine_name: str |
             lines.append(f"      steps: {'; '.join(copy_steps(p))}")
         if p.copy_note:
             lines.append(f"    NO COPY: {p.copy_note}")
-        if p.unfrozen:
-            lines.append(f"    NOT FROZEN: {p.unfrozen}")
         if p.summary is not None and p.summary.data_lost:
             when = " (once its copy is verified)" if p.copies_cover_data else ""
             lines.append(f"    DESTROYS DATA{when}: {', '.join(p.summary.data_lost)}")
@@ -232,7 +230,6 @@ def _unit_json(p: UnitPlan) -> dict:
             for c in p.copies
         ],
         "copy_note": p.copy_note,
-        "copy_unfrozen": p.unfrozen,
         "adopts": [{"id": v.id, "address": v.address, "retained_at": v.retained_at} for v in p.adopted],
         "health_probe": p.probe,
     }
@@ -258,7 +255,7 @@ def copy_steps(p: UnitPlan) -> list[str]:
     a transfer service's copy runs from a transfer stack that lives only while it copies."""
     (source_real, target_real), target = p.cutover, p.copy_target
     services = sorted({c.route for c in p.copies if c.route not in ("rsync", "rclone")})
-    steps = [f"close the target on {target.site} to users (partitions down, nologin)"] if target_real else []
+    steps = [f"close the target on {target.site} to users (partitions down, nologin)"] if target_real or target.platform != "local" else []
     if services:
         steps.append(f"apply the transfer stack on {target.site} ({', '.join(services)})")
     steps.append("bulk copy while live")
@@ -270,7 +267,7 @@ def copy_steps(p: UnitPlan) -> list[str]:
     if local_source and any(isinstance(c.source, datacopy.Bucket) for c in p.copies):
         steps.append("no freeze for a bucket (nothing here writes to it but its users)")
     if not local_source:
-        steps.append(f"no freeze on {p.selected.unit.platform} yet")
+        steps.append("freeze the source through its channel (drained, users refused, volumes read-only; every node acknowledges)")
     steps.append("final pass")
     if any(c.route == "datasync" and not c.measured for c in p.copies):
         steps.append("DataSync verifies the file systems")
@@ -278,7 +275,7 @@ def copy_steps(p: UnitPlan) -> list[str]:
         steps.append("verify checksums")
     if services:
         steps.append("destroy the transfer stack")
-    if target_real:
+    if target_real or target.platform != "local":
         steps.append(f"open the target on {target.site}")
     return [*steps, "then destroy here"]
 

@@ -90,7 +90,6 @@ class UnitPlan:
     copies: tuple[datacopy.VolumeCopy, ...] = ()  # storage.on_move: copy, before this source is destroyed
     copy_target: Unit | None = None  # where the copies go
     copy_note: str = ""  # why no copy is possible (the source cannot be read)
-    unfrozen: str = ""  # why a copy cannot be made safe from late writes (a cloud source is not frozen yet)
     cutover: tuple[bool, bool] = (False, False)  # whether the source, the target runs for real: closed, drained, opened
     change_class: ChangeClass | None = None  # what a cluster's change does to the running cluster
     replace: tuple[str, ...] = ()  # resources planned with -replace (broken behind Terraform's back)
@@ -99,7 +98,7 @@ class UnitPlan:
     def copies_cover_data(self) -> bool:
         """Every data-holding resource this plan destroys is copied first (storage.on_move: copy)."""
         lost = self.summary.data_lost if self.summary is not None else ()
-        return bool(lost) and not self.unfrozen and set(lost) <= {c.address for c in self.copies}
+        return bool(lost) and set(lost) <= {c.address for c in self.copies}
 
     @property
     def record_outdated(self) -> bool:
@@ -466,11 +465,6 @@ def _plan_copies(p: UnitPlan, target: Unit, data: list[str], store: LiveStore) -
             )
             p.copies = ()
             return
-    if unit.platform != "local":
-        p.unfrozen = (
-            f"the source on {unit.platform} cannot be frozen yet (its nodes keep writing during the final pass), so "
-            "writes after the final pass would be lost: that needs the data decision"
-        )
 
 
 def _target_kind(target: Unit, volume) -> str:

@@ -415,6 +415,46 @@ def test_replacing_the_only_controller_is_replace_all_and_needs_a_decision(lapto
                         "  login:\n    role: login\n    count: 1\n    cores: 1\n    memory_gb: 1")
 
 
+def test_the_channel_freezes_and_opens_a_running_cluster_the_way_cloud_nodes_take_it(laptop):
+    """A cloud cluster is frozen and opened around a copy through its config channel: the
+    reconciler asks (`channel.ACCESS`), every node takes it at its next `vcnode sync`, and the
+    reconciler waits until each has acknowledged. The nodes of the local runtime run the same
+    sync for real here; only the timer that runs it on a cloud node is replaced by this test."""
+    from reconciler.apply import channel_access
+    from reconciler.gitsource import GitSource
+    from reconciler.live import LiveStore
+    from reconciler.run import desired
+
+    unit = desired(GitSource(laptop.repo.path).working_tree()).units["cluster:laptop@local-slurm"]
+    store = LiveStore(laptop.repo.path)
+    hosts = sorted(store.node_reports(unit))
+    assert hosts == ["laptop-compute-0", "laptop-compute-1", "laptop-compute-2", "laptop-login-0"]
+
+    def synced(state: str) -> str:
+        asked = {}
+        waiting = threading.Thread(target=lambda: asked.setdefault("serial", channel_access(store, unit, state, poll_s=0.2)))
+        waiting.start()
+        time.sleep(0.5)
+        assert waiting.is_alive(), "it waits for the nodes"
+        for host in hosts:
+            done = laptop.on(host, "python3", "/usr/libexec/vcluster/vcnode.pyz", "sync", timeout=120)
+            assert done.returncode == 0, done.stderr
+        waiting.join(timeout=60)
+        return asked["serial"]
+
+    serial = synced("frozen")
+    assert {store.node_reports(unit)[h]["access_serial"] for h in hosts} == {serial}
+    assert laptop.partitions(SITE_DIR) == {"compute": "drain"}
+    assert "Read-only" in laptop.on("laptop-compute-1", "touch", "/home/during-the-freeze").stderr
+    refused = laptop.on("laptop-login-0", "true", user="nobody")
+    assert refused.returncode != 0 and "refuses logins" in refused.stderr
+
+    synced("open")
+    assert laptop.partitions(SITE_DIR) == {"compute": "up"}
+    assert laptop.on("laptop-compute-1", "touch", "/home/after-the-freeze").returncode == 0
+    assert laptop.on("laptop-login-0", "true", user="nobody").returncode == 0
+
+
 def test_a_move_with_its_data_keeps_users_where_the_data_is_until_the_copy_is_verified(laptop, monkeypatch):
     from reconciler import datacopy
 
@@ -439,9 +479,22 @@ def test_a_move_with_its_data_keeps_users_where_the_data_is_until_the_copy_is_ve
         seen["write on the source"] = laptop.on("laptop-compute-0", "touch", "/home/too-late")
 
     monkeypatch.setattr(datacopy, "before_verify", during)
+    from reconciler import apply as apply_module
+
+    set_access = apply_module._set_access
+
+    def first_sight(store, unit, state, quiet=False):  # the target as it booted: closed already
+        if state == "closed" and "booted" not in seen:
+            seen["booted"] = laptop.partitions(SITE_DIR_B)
+            seen["user at boot"] = laptop.on("laptop-login-0", "true", user="nobody", at=SITE_DIR_B)
+        return set_access(store, unit, state, quiet)
+
+    monkeypatch.setattr(apply_module, "_set_access", first_sight)
     code, out, err = laptop.apply()
     assert code == 0, out + err
     assert "cluster laptop on local-slurm: applied: copied shared to local-slurm-b" in out, out
+    assert seen["booted"] == {"compute": "down"}, "the target booted closed, before its health check: " + str(seen)
+    assert seen["user at boot"].returncode != 0 and "refuses logins" in seen["user at boot"].stderr
     assert seen["target"] == {"compute": "down"} and seen["source"] == {"compute": "drain"}, seen
     assert seen["user on the target"].returncode != 0 and "refuses logins" in seen["user on the target"].stderr
     assert seen["write on the source"].returncode != 0 and "Read-only" in seen["write on the source"].stderr

@@ -276,6 +276,9 @@ def bootstrap(facts_path: Path) -> None:
     set_hostname(node.hostname)
     node.protect_identity()
     mount_storage(node)
+    wanted = channel.wanted_access(node.store)
+    if wanted["state"] != "open":  # users are refused before any daemon starts: a move's target boots closed
+        take_access(node, False, False, wanted, 0)
     version, _ = apply_config(node, takes_slurm_files=role != "compute")
     sssd = directory_service(facts)
     daemons = []
@@ -289,10 +292,13 @@ def bootstrap(facts_path: Path) -> None:
         if role == "compute":
             start_slurmd(node, facts)
             daemons.append("slurmd")
+    if wanted["state"] != "open" and controller and scheduled:
+        access(wanted["state"], facts.get("drain_timeout_s", 600))
     if node.init == "systemd":
         install_sync_timer()
     channel.report(node.store, node.hostname, pool=node.pool, role=role, controller=controller,
-                   config_version=version, ready=True, daemons=daemons, sssd=sssd)
+                   config_version=version, ready=True, daemons=daemons, sssd=sssd,
+                   access=wanted["state"], access_serial=wanted["serial"])
     log(f"{node.hostname}: ready, config {version}, sssd {sssd}")
 
 
@@ -338,6 +344,10 @@ def sync() -> None:
         log(f"{node.hostname}: slurmctld reconfigured to config {version}")
     previous = json.loads(node.store.read(f"nodes/{node.hostname}.json") or b"{}")
     kept = {k: v for k, v in previous.items() if k not in ("hostname", "reported_at")}
+    wanted = channel.wanted_access(node.store)
+    if wanted["serial"] and wanted["serial"] != previous.get("access_serial"):
+        take_access(node, controller, facts.get("scheduler") is not None, wanted, facts.get("drain_timeout_s", 600))
+        kept.update(access=wanted["state"], access_serial=wanted["serial"])
     channel.report(node.store, node.hostname, **{**kept, "config_version": version})
 
 
@@ -361,7 +371,7 @@ def _drained(hostname: str) -> bool:
                          and "COMPLETING" not in state and "DRAINING" not in state)
 
 
-PARTITION_STATES = {"open": "UP", "closed": "DOWN", "drained": "DRAIN"}
+PARTITION_STATES = {"open": "UP", "closed": "DOWN", "drained": "DRAIN", "frozen": "DRAIN"}
 
 
 def partitions() -> list[str]:
@@ -377,9 +387,28 @@ def access(state: str, timeout: float) -> None:
     for name in names:
         run("scontrol", "update", f"partitionname={name}", f"state={PARTITION_STATES[state]}")
     log(f"partitions {', '.join(names) or '(none)'}: {PARTITION_STATES[state]}")
-    if state == "drained":
+    if state in ("drained", "frozen"):
         until("running jobs to finish", lambda: not run("squeue", "-h", "-t", "R,CG,S", "-o", "%i").stdout.strip(),
               timeout=timeout, interval=0.5)
+
+
+def take_access(node, controller: bool, scheduled: bool, wanted: dict, timeout: float) -> None:
+    """What the channel's `access` asks of this node (a move's cutover, `channel.ACCESS`):
+    closed, drained or frozen, users are refused (nologin; root still gets in); the controller
+    sets the partitions; frozen, the cluster's volumes are remounted read-only; open undoes it
+    all. Taken at first boot (a move's target boots closed) and at every sync."""
+    state = wanted["state"]
+    if state != "open":
+        node.nologin.parent.mkdir(parents=True, exist_ok=True)
+        node.nologin.write_text(f"this cluster is {state} while its data moves (reconcile: storage.on_move: copy)\n")
+    if controller and scheduled:
+        access(state, timeout)
+    for _, mount, how in node.mounts() if state in ("frozen", "open") else ():
+        options = "remount,bind" if how == "bind" else "remount"
+        run("mount", "-o", f"{options},{'ro' if state == 'frozen' else 'rw'}", mount, check=state == "frozen")
+    if state == "open":
+        node.nologin.unlink(missing_ok=True)
+    log(f"{node.hostname}: access {state}")
 
 
 def forget(hostname: str) -> None:

@@ -17,6 +17,25 @@ import json
 import time
 
 CURRENT = "config/current"
+ACCESS = "access"  # {"state": open | closed | drained | frozen, "serial": ...}: who may use the cluster (a move's cutover)
+ACCESS_STATES = ("open", "closed", "drained", "frozen")
+
+
+def wanted_access(store) -> dict:
+    """The access the reconciler asks of a cluster's nodes; open when it asks nothing. A state
+    this package does not know is refused, never guessed."""
+    raw = store.read(ACCESS)
+    wanted = json.loads(raw) if raw else {}
+    state = wanted.get("state", "open")
+    if state not in ACCESS_STATES:
+        raise ValueError(f"access channel: unknown state {state!r}")
+    return {"state": state, "serial": str(wanted.get("serial", ""))}
+
+
+def ask_access(store, state: str, serial: str) -> None:
+    if state not in ACCESS_STATES:
+        raise ValueError(f"not an access state: {state!r}")
+    store.write(ACCESS, json.dumps({"state": state, "serial": serial}, sort_keys=True).encode())
 
 
 def version_key(version: str) -> str:

@@ -96,6 +96,7 @@ class CliStore:
 class Local:
     name = "local"
     init = "direct"  # no init system inside a node's namespaces: daemons are started directly
+    nologin = Path("/etc/vcluster/nologin")  # what the local runtime's `enter --user` honours, as pam_nologin does /etc/nologin
 
     def __init__(self, binding: dict):
         self.binding = binding
@@ -120,6 +121,7 @@ class Local:
 class Gcp:
     name = "gcp"
     init = "systemd"
+    nologin = Path("/etc/nologin")  # pam_nologin: users are refused while it exists, root is not
     _META = "http://metadata.google.internal/computeMetadata/v1/instance/"
 
     def __init__(self):
@@ -159,6 +161,7 @@ class Gcp:
 class Aws:
     name = "aws"
     init = "systemd"
+    nologin = Path("/etc/nologin")  # pam_nologin: users are refused while it exists, root is not
     _IMDS = "http://169.254.169.254/latest/"
 
     def __init__(self):
