@@ -26,7 +26,7 @@ from conftest import GIT_ENV, make_repo
 
 RECONCILE = str(Path(sys.executable).with_name("reconcile"))
 SIZES = (40, 64)  # dev's compute pool alternates between these, so every apply has work to do
-TRIALS = {"embedded": 10, "terraform": 4, "tofu": 4}  # 14 kills with a binary on PATH (CI has terraform)
+TRIALS = {"embedded": 7, "terraform": 3, "tofu": 3}  # 10 kills with a binary on PATH (CI has terraform)
 ENGINES = ["embedded"] + [e for e in ("terraform", "tofu") if shutil.which(e)]
 POLL_S, LIMIT_S = 0.002, 120
 
