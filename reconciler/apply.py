@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from reconciler import datacopy, health, hostruntime, interrupt, transfer
+from reconciler import datacopy, health, hostruntime, interrupt, stagedcopy, transfer
 from reconciler.affected import APPLY, DESTROY
 from reconciler.backends import BackendError
 from reconciler.engine import Engine
@@ -116,16 +116,19 @@ def _copy_data(p: UnitPlan, store: LiveStore, engine: Engine | None = None) -> l
         return []
     source, target = p.selected.unit, p.copy_target
     volumes = _volumes_by_name(store, target)
-    pairs, services = [], []
+    pairs, services, staged = [], [], []
     for plan in p.copies:
         if plan.volume not in volumes:
             raise datacopy.CopyError(f"{target.title} has no volume {plan.volume} to copy {plan.address} into; the source stays")
         if plan.route in (copyroute.RSYNC, copyroute.RCLONE):
             pairs.append((plan, _runner_location(volumes[plan.volume])))
+        elif plan.route == copyroute.STAGED:
+            staged.append((plan, volumes[plan.volume]))
         else:
             services.append((plan, volumes[plan.volume]))
     # a transfer service in the target's cloud: a stack of its own, for the copy's time
     transferred = _transfer(p, services, engine, store) if services else []
+    transferred += stagedcopy.copy(p, staged, store, _set_access, channel_access) if staged else []
     if not pairs:
         return transferred
     source_real, target_real = p.cutover
@@ -338,7 +341,7 @@ def _apply_one(p: UnitPlan, engine: Engine, store: LiveStore, head: Snapshot, ga
             if p.selected.action == DESTROY:
                 store.forget(unit)
                 if unit.kind == CLUSTER:  # a cluster placed here again later boots open
-                    store.channel_delete(unit, "access")
+                    store.channel_delete(unit, "config/access")
                 if copied:
                     return ApplyResult(p, APPLIED, "; ".join(copied))
             else:

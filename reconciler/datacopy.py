@@ -190,13 +190,13 @@ def _where(location: Location) -> str:
 
 def _sync(source: Location, target: Location) -> int:
     """rclone sync, source to target; the bytes it transferred."""
-    argv = _rclone_argv(["sync", "-v", "--use-json-log", "--stats", "0", "--exclude", f"/{INTERNAL}/**", _where(source), _where(target)])
+    argv = rclone_argv(["sync", "-v", "--use-json-log", "--stats", "0", "--exclude", f"/{INTERNAL}/**", _where(source), _where(target)])
     if os.environ.get(BWLIMIT_ENV):
         argv.append(f"--bwlimit={os.environ[BWLIMIT_ENV]}k")
     done = interrupt.run(argv, text=True)
     if done.returncode != 0:
         interrupt.checkpoint("during a copy: the source stays")
-        raise CopyError(f"rclone sync from {source} to {target} failed (exit {done.returncode}): {_rclone_errors(done.stderr)}")
+        raise CopyError(f"rclone sync from {source} to {target} failed (exit {done.returncode}): {rclone_errors(done.stderr)}")
     sent = 0
     for line in done.stderr.splitlines():
         try:
@@ -224,7 +224,7 @@ def object_manifest(location: Location) -> dict[str, str]:
     return out
 
 
-def _rclone_argv(args: list[str]) -> list[str]:
+def rclone_argv(args: list[str]) -> list[str]:
     """rclone with the apply's credentials, mapped as the volumes' provisioners map them."""
     return ["sh", "-c", f'{local_volumes.RCLONE_ENV}; exec rclone "$@"', "rclone", *args]
 
@@ -232,15 +232,15 @@ def _rclone_argv(args: list[str]) -> list[str]:
 def _rclone(args: list[str], doing: str) -> subprocess.CompletedProcess:
     target = args[-1]
     try:
-        done = subprocess.run(_rclone_argv(args), capture_output=True, text=True, timeout=RCLONE_LIMIT_S)
+        done = subprocess.run(rclone_argv(args), capture_output=True, text=True, timeout=RCLONE_LIMIT_S)
     except subprocess.TimeoutExpired:
         raise CopyError(f"could not {doing} {target}: rclone did not answer in {RCLONE_LIMIT_S} s") from None
     if done.returncode != 0:
-        raise CopyError(f"could not {doing} {target} (rclone exit {done.returncode}): {_rclone_errors(done.stderr)}")
+        raise CopyError(f"could not {doing} {target} (rclone exit {done.returncode}): {rclone_errors(done.stderr)}")
     return done
 
 
-def _rclone_errors(stderr: str) -> str:
+def rclone_errors(stderr: str) -> str:
     """rclone's last error, without its timestamps and retry chatter."""
     lines = [re.sub(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d ", "", line) for line in stderr.strip().splitlines()]
     lines = [line for line in lines if line and not line.startswith("NOTICE")]
@@ -314,4 +314,14 @@ def manifest(root: Path) -> dict[str, str]:
 def difference(source: dict[str, str], target: dict[str, str]) -> str:
     differ = sorted(k for k in source.keys() | target.keys() if source.get(k) != target.get(k))
     shown = ", ".join(differ[:3]) + (f" and {len(differ) - 3} more" if len(differ) > 3 else "")
-    return f"{len(differ)} path{'s' if len(differ) != 1 else ''} differ: {shown}"
+    first = differ[0] if differ else ""
+    detail = f" ({first}: {_short(source.get(first))} in the source, {_short(target.get(first))} in the copy)" if first else ""
+    return f"{len(differ)} path{'s' if len(differ) != 1 else ''} differ: {shown}{detail}"
+
+
+def _short(entry: str | None) -> str:
+    """A manifest entry as a message shows it: its kind and mode, and a digest's first 12 digits."""
+    if entry is None:
+        return "absent"
+    parts = entry.split()
+    return " ".join(p[:12] if len(p) == 64 else p for p in parts)

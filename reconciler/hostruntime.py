@@ -69,5 +69,15 @@ def cluster_access(state_root, site_dir: str, cluster: str, state: str, timeout_
         raise RuntimeFault(f"{cluster} could not be {state}: {lines[-1] if lines else 'no message'}")
 
 
+def sync_node(state_root, site_dir: str, hostname: str, timeout_s: float = 24 * 3600) -> None:
+    """Run one node's `vcnode sync` now (`vcnode.localhost sync`): what a cloud node's timer
+    does every minute. Raises RuntimeFault with the runtime's own words."""
+    env = localhost_env(RECONCILE_STATE_ROOT=str(state_root), VC_INPUT=json.dumps({"site_dir": site_dir, "hostname": hostname}))
+    done = subprocess.run(localhost_argv("sync"), capture_output=True, text=True, timeout=timeout_s + 60, env=env)
+    if done.returncode:
+        lines = [line.removeprefix("local runtime: ") for line in done.stderr.strip().splitlines() if line.strip()]
+        raise RuntimeFault(f"{hostname}: {lines[-1] if lines else 'sync failed'}")
+
+
 class RuntimeFault(ReconcileError):
     """The local slurm runtime refused or failed."""

@@ -464,7 +464,7 @@ class LiveStore:
     def ask_access(self, unit: Unit, state: str, serial: str) -> None:
         """Ask a cluster's nodes for an access state (the channel's `access`, vcnode.channel's
         format): a node that boots reads it first, a running one at its next sync."""
-        self.channel_put(unit, "access", json.dumps({"serial": serial, "state": state}, sort_keys=True).encode())
+        self.channel_put(unit, "config/access", json.dumps({"serial": serial, "state": state}, sort_keys=True).encode())
 
     # ------------------------------------------------------------ retained volumes
 

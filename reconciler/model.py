@@ -389,6 +389,14 @@ class Storage(Strict):
         "`keep` also holds when a change replaces a volume in place (a zone, a shrink): the old volume is retained and a "
         "new, empty one is created; without it, such a replacement needs the data decision.",
     )
+    copy_via: Literal["runner", "nodes"] = Field(
+        "runner",
+        description="How `on_move: copy` carries a file system: `runner` (rsync or rclone on the machine that applies, "
+        "where it reaches both volumes) or `nodes` (staged: the source's login node writes the volume to a staging "
+        "area of its site with its own identity, and the target's login node reads it, so the data never passes "
+        "through the runner within a site). A cloud file system is always staged, and a bucket always copied by the "
+        "runner or the cloud's transfer service.",
+    )
 
 
 class ClusterNetwork(Strict):

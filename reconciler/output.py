@@ -82,7 +82,7 @@ class Copy(_Out):
     address: str
     files: int
     bytes: int
-    route: Literal["rsync", "rclone", "storage-transfer", "datasync"] = Field(description="How the volume is copied (rpi.copyroute)")
+    route: Literal["rsync", "rclone", "storage-transfer", "datasync", "staged"] = Field(description="How the volume is copied (rpi.copyroute)")
     measured: bool = Field(description="Whether files and bytes were measured; a cloud file system is measured by its transfer service")
 
 

@@ -254,15 +254,18 @@ def copy_steps(p: UnitPlan) -> list[str]:
     is closed, drained and opened around the copy; a bucket is not frozen (datacopy says why);
     a transfer service's copy runs from a transfer stack that lives only while it copies."""
     (source_real, target_real), target = p.cutover, p.copy_target
-    services = sorted({c.route for c in p.copies if c.route not in ("rsync", "rclone")})
+    services = sorted({c.route for c in p.copies if c.route in ("storage-transfer", "datasync")})
     steps = [f"close the target on {target.site} to users (partitions down, nologin)"] if target_real or target.platform != "local" else []
     if services:
         steps.append(f"apply the transfer stack on {target.site} ({', '.join(services)})")
-    steps.append("bulk copy while live")
+    steps.append("bulk copy while live" + (" (staged: the source's login node, each site's staging area, the target's login node)"
+                                             if any(c.route == "staged" for c in p.copies) else ""))
     if source_real:
         steps.append("drain the source (no new job; running ones finish within drain_timeout_s)")
+        if any(not isinstance(c.source, datacopy.Bucket) for c in p.copies):
+            steps.append("freeze the source (read-only)")
     local_source = p.selected.unit.platform == "local"
-    if local_source and any(not isinstance(c.source, datacopy.Bucket) for c in p.copies):
+    if local_source and any(not isinstance(c.source, datacopy.Bucket) for c in p.copies) and not source_real:
         steps.append("freeze the source (read-only)")
     if local_source and any(isinstance(c.source, datacopy.Bucket) for c in p.copies):
         steps.append("no freeze for a bucket (nothing here writes to it but its users)")

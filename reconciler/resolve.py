@@ -316,6 +316,7 @@ def _cluster_unit(
         health_url=cluster.health_check.url if cluster.health_check else "",
         health_timeout_s=cluster.health_check.timeout_s if cluster.health_check else 600,
         on_move=cluster.storage.on_move or "",
+        copy_via=cluster.storage.copy_via,
         runtime=site.runtime,
         controller=layers.controller(cluster),
         config_version=layers.config_version(config),

@@ -439,12 +439,10 @@ def _plan_copies(p: UnitPlan, target: Unit, data: list[str], store: LiveStore) -
             p.blocked, p.copies = f"storage.on_move: copy: {target.title} has no volume {name} to copy {address} into ({target.inputs[0]})", ()
             return
         route = copyroute.route(unit.platform, source if source is not None else "directory", target.platform, into)
-        if route == copyroute.STAGED:
-            p.blocked, p.copies = (
-                f"storage.on_move: copy of {name} from {unit.platform} to {target.platform} ({'file system' if into != 'bucket' else 'bucket'}) "
-                "would be staged through a bucket by the clusters' login nodes, which is not built yet: keep or drop the "
-                f"data in {target.inputs[0]}, or copy it yourself"
-            ), ()
+        if route == copyroute.RSYNC and target.spec.copy_via == "nodes":
+            route = copyroute.STAGED  # the data passes through the login nodes, not the runner
+        if route == copyroute.STAGED and (why := _cannot_stage(unit, target, store)):
+            p.blocked, p.copies = f"storage.on_move: copy of {name} is staged through the login nodes, and {why}", ()
             return
         routes.append(route)
         runner_side = route in (copyroute.RSYNC, copyroute.RCLONE)
@@ -454,7 +452,8 @@ def _plan_copies(p: UnitPlan, target: Unit, data: list[str], store: LiveStore) -
         try:
             readable = source is not None and (not runner_side or datacopy.exists(_runner_location(source)))
             if readable:
-                p.copies += (datacopy.estimate(name, address, _runner_location(source), measure=route != copyroute.DATASYNC or source.kind == "bucket", route=route),)
+                measure = isinstance(source, (Path, datacopy.Bucket)) or source.kind == "bucket"
+                p.copies += (datacopy.estimate(name, address, _runner_location(source), measure=measure, route=route),)
         except datacopy.CopyError as exc:
             p.blocked, p.copies = f"storage.on_move: copy cannot be planned: {exc}; nothing was copied", ()
             return
@@ -465,6 +464,20 @@ def _plan_copies(p: UnitPlan, target: Unit, data: list[str], store: LiveStore) -
             )
             p.copies = ()
             return
+
+
+def _cannot_stage(source: Unit, target: Unit, store: LiveStore) -> str:
+    """Why a staged copy cannot run between these clusters, or "". Each side's leg runs on its
+    login node (a cloud's, or the local slurm runtime's), or, for a local cluster without nodes,
+    on the runner, which also carries the staging area across sites (rclone)."""
+    if shutil.which("rclone") is None:
+        return "rclone is not on PATH (Debian: apt-get install rclone): it carries the staging area between sites"
+    from reconciler.stagedcopy import login_node
+
+    for side in (source, target):
+        if (side.platform != "local" or runs_for_real(side, store)) and not login_node(side, store)[0]:
+            return f"{side.title} has no login node known to run its leg"
+    return ""
 
 
 def _target_kind(target: Unit, volume) -> str:

@@ -469,8 +469,14 @@ def test_nodes_find_their_channel_and_key_through_their_tags(specs):
     assert resources_granted == sorted([
         "arn:aws:s3:::swisstwins-reconcile-state/aws-frankfurt/channel/gpu-ai/config/*",
         "arn:aws:s3:::swisstwins-reconcile-state/aws-frankfurt/channel/gpu-ai/nodes/*",
+        "arn:aws:s3:::swisstwins-reconcile-state/aws-frankfurt/channel/gpu-ai/tasks/*",
+        "arn:aws:s3:::swisstwins-reconcile-state/aws-frankfurt/channel/gpu-ai/staging/*",
+        "arn:aws:s3:::swisstwins-reconcile-state",
         "${aws_secretsmanager_secret.munge_key.arn}",
     ])  # never the state objects beside the channel
+    (listing,) = [g for g in grants if g["Resource"] == ["arn:aws:s3:::swisstwins-reconcile-state"]]
+    assert listing["Action"] == ["s3:ListBucket"]
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": ["aws-frankfurt/channel/gpu-ai/staging/*"]}}
     assert "secret_string" not in resources(gpu, "aws_secretsmanager_secret")["munge_key"]  # the value is the controller's
 
 

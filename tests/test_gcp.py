@@ -711,7 +711,12 @@ def test_nodes_find_their_channel_and_key_through_their_metadata(specs):
     assert json.loads(objects["channel_config"]["content"])["files"] == json.loads(spec.config_files)
     conditions = sorted(g["condition"]["expression"] for g in resource["google_storage_bucket_iam_member"].values())
     prefix = f"projects/_/buckets/{spec.state.bucket}/objects/gcp-zurich/channel/slurm-hpc"
-    assert conditions == [f'resource.name.startsWith("{prefix}/config/")', f'resource.name.startsWith("{prefix}/nodes/")']
+    assert conditions == sorted([
+        f'resource.name == "projects/_/buckets/{spec.state.bucket}"',  # a listing, names only: objects are read by prefix
+        *(f'resource.name.startsWith("{prefix}/{part}/")' for part in ("config", "nodes", "tasks", "staging")),
+    ])
+    roles = {g["condition"]["title"].rsplit(" ", 1)[-1]: g["role"] for g in resource["google_storage_bucket_iam_member"].values()}
+    assert roles["list"] == roles["config"] == "roles/storage.objectViewer", "nothing but reading where no prefix bounds it"
     secret = resource["google_secret_manager_secret"]["munge_key"]
     assert secret["secret_id"] == "vc-gcp-zurich-slurm-hpc-munge-key"
     assert "google_secret_manager_secret_version" not in resource  # the value is the controller's, never Terraform's

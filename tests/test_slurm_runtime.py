@@ -507,6 +507,33 @@ def test_a_move_with_its_data_keeps_users_where_the_data_is_until_the_copy_is_ve
     laptop.site_dir = laptop.repo.path / SITE_DIR_B
 
 
+def test_a_move_through_the_login_nodes_carries_modes_links_and_data_and_verifies_them(laptop):
+    """`storage.copy_via: nodes`: the data passes through the clusters' own login nodes and
+    each site's staging area (a cloud file system always goes so), not through the runner's
+    rsync. The legs are tasks in the clusters' channels that the nodes' `vcnode sync` runs."""
+    assert laptop.on("laptop-login-0", "sh", "-c", "mkdir -m 0700 /home/private && echo secret > /home/private/key && "
+                     "chmod 0600 /home/private/key && ln -s private/key /home/link", at=SITE_DIR_B).returncode == 0
+    text = laptop.repo.read("clusters/laptop.yaml").replace("site: local-slurm-b\n", "site: local-slurm\n")
+    laptop.repo.write("clusters/laptop.yaml", text.replace("  on_move: copy\n", "  on_move: copy\n  copy_via: nodes\n"))
+    laptop.repo.commit("laptop moves back, its data through the login nodes")
+    code, out, err = laptop.cli("--dry-run", "--json", "--repo", str(laptop.repo.path))
+    source = next(u for u in json.loads(out)["units"] if u["key"] == "cluster:laptop@local-slurm-b")
+    assert [(c["volume"], c["route"]) for c in source["copies"]] == [("shared", "staged")], source
+
+    code, out, err = laptop.apply()
+    assert code == 0, out + err
+    assert "cluster laptop on local-slurm-b: applied: copied shared to local-slurm through the login nodes" in out, out
+    laptop.site_dir = laptop.repo.path / SITE_DIR
+    done = laptop.on("laptop-login-0", "sh", "-c", "stat -c '%a %n' /home/private /home/private/key; readlink /home/link; "
+                     "cat /home/private/key /home/moved")
+    lines = done.stdout.splitlines()
+    assert lines[:3] == ["700 /home/private", "600 /home/private/key", "private/key"], done.stdout + done.stderr
+    assert lines[3] == "secret" and lines[4].startswith("written before the move"), done.stdout
+    assert laptop.partitions(SITE_DIR) == {"compute": "up"}
+    assert not (laptop.repo.path / SITE_DIR_B / "runtime" / "nodes" / "laptop-login-0").exists(), "the source is gone"
+    assert not list((laptop.repo.path).glob(".reconcile/**/staging/laptop")), "the staging areas went with the move"
+
+
 def test_destroy_leaves_no_namespace_process_mount_or_directory(laptop):
     for rel in ("clusters/laptop.yaml", "sites/local-slurm.yaml", "sites/local-slurm-b.yaml"):
         if (laptop.repo.path / rel).exists():

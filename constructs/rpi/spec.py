@@ -180,6 +180,7 @@ class ClusterSpec:
     health_url: str = ""
     health_timeout_s: int = 600
     on_move: str = ""  # storage.on_move: keep | drop | copy, "" undecided
+    copy_via: str = "runner"  # storage.copy_via: runner | nodes (a copy's data passes through the clusters' login nodes only)
     runtime: str = "records"  # local platform: records | slurm
     controller: str = ""  # the hostname that runs slurmctld
     config_version: str = ""  # the day-to-day config's content hash

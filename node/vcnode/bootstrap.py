@@ -38,6 +38,7 @@ PACKAGES = {
     "scontrol": {"apt": "slurm-client", "dnf": "slurm"},
     "mount.nfs": {"apt": "nfs-common", "dnf": "nfs-utils"},
     "mount.lustre": {"apt": "lustre-client-utils", "dnf": "lustre-client"},
+    "rclone": {"apt": "rclone", "dnf": "rclone"},  # a staged copy's legs (dnf: EPEL)
 }
 MOUNT_HELPERS = {"nfs": "mount.nfs", "nfs4": "mount.nfs", "lustre": "mount.lustre"}
 MOUNT_OPTIONS = {"nfs": "hard,timeo=600,retrans=3", "nfs4": "hard,timeo=600,retrans=3", "lustre": "relatime,flock"}
@@ -270,7 +271,7 @@ def bootstrap(facts_path: Path) -> None:
     controller = node.hostname == facts["controller"]
     scheduled = facts.get("scheduler") is not None
     log(f"{node.hostname}: {role}{' and controller' if controller else ''} on {node.name}")
-    wanted = ["munged", "scontrol"] + (["slurmctld"] if controller else []) + (["slurmd"] if role == "compute" else [])
+    wanted = ["munged", "scontrol"] + (["slurmctld", "rclone"] if controller else []) + (["slurmd"] if role == "compute" else [])
     wanted = (wanted if scheduled else []) + sorted({MOUNT_HELPERS[how] for _, _, how in node.mounts() if how in MOUNT_HELPERS})
     ensure_packages(wanted)
     set_hostname(node.hostname)
@@ -349,6 +350,7 @@ def sync() -> None:
         take_access(node, controller, facts.get("scheduler") is not None, wanted, facts.get("drain_timeout_s", 600))
         kept.update(access=wanted["state"], access_serial=wanted["serial"])
     channel.report(node.store, node.hostname, **{**kept, "config_version": version})
+    run_task(node)
 
 
 def drain(hostname: str, timeout: float, reason: str) -> None:
@@ -409,6 +411,77 @@ def take_access(node, controller: bool, scheduled: bool, wanted: dict, timeout: 
     if state == "open":
         node.nologin.unlink(missing_ok=True)
     log(f"{node.hostname}: access {state}")
+
+
+INTERNAL = ".vcluster"  # the cluster's own state on its shared volume: never copied, nor compared
+STAGE_LIMIT_S = 24 * 3600
+
+
+def manifest(root: Path) -> dict[str, str]:
+    """{relative path: "file MODE SHA256" | "link TARGET" | "dir MODE"} below `root`, without
+    the cluster's own state: what both ends of a staged copy report, and the reconciler compares."""
+    import hashlib
+
+    out = {}
+    for path, dirs, names in os.walk(root):
+        here = Path(path)
+        if here == root and INTERNAL in dirs:
+            dirs.remove(INTERNAL)
+        for name in sorted(dirs):
+            item = here / name
+            rel = item.relative_to(root).as_posix()
+            out[rel] = f"link {os.readlink(item)}" if item.is_symlink() else f"dir {item.lstat().st_mode:o}"
+        for name in names:
+            item = here / name
+            rel = item.relative_to(root).as_posix()
+            if item.is_symlink():
+                out[rel] = f"link {os.readlink(item)}"
+                continue
+            digest = hashlib.sha256()
+            with item.open("rb") as handle:  # not hashlib.file_digest: images ship Pythons older than 3.11
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(chunk)
+            out[rel] = f"file {item.lstat().st_mode:o} {digest.hexdigest()}"
+    return out
+
+
+def stage(task: dict) -> dict:
+    """One leg of a staged copy, with this node's own identity (rclone's env_auth: the
+    instance's metadata credentials; a directory on the local platform): `stage-out` syncs the
+    volume at `mount` into `remote`, `stage-in` syncs `remote` into it. rclone keeps modes and
+    owners (`--metadata`) and symbolic links (`--links`); the result's manifest is of `mount`."""
+    mount = Path(task["mount"])
+    if not mount.is_absolute() or not mount.is_dir():
+        raise BootError(f"stage: {mount} is not a mounted volume here")
+    ends = [str(mount), task["remote"]] if task["op"] == "stage-out" else [task["remote"], str(mount)]
+    if task["op"] not in ("stage-out", "stage-in"):
+        raise BootError(f"stage: unknown operation {task['op']!r}")
+    run("rclone", "sync", "--metadata", "--links", "--exclude", f"/{INTERNAL}/**", *ends, timeout=STAGE_LIMIT_S)
+    for rel, mode in (task.get("modes") or {}).items() if task["op"] == "stage-in" else ():
+        path = mount / rel  # a directory's mode: what a bucket cannot carry
+        if path.is_dir() and not path.is_symlink():
+            path.chmod(int(mode, 8) & 0o7777)
+    listed = manifest(mount)
+    size = sum((mount / rel).lstat().st_size for rel, what in listed.items() if what.startswith("file "))
+    return {"files": sum(1 for what in listed.values() if what.startswith("file ")), "bytes": size, "manifest": listed}
+
+
+def run_task(node) -> None:
+    """The task the reconciler left this node, once: its result names the task's id."""
+    raw = node.store.read(channel.task_key(node.hostname))
+    if not raw:
+        return
+    task = json.loads(raw)
+    result_key = channel.task_key(node.hostname) + ".result"
+    done = json.loads(node.store.read(result_key) or b"{}")
+    if done.get("id") == task.get("id"):
+        return
+    try:
+        result = {"id": task["id"], "ok": True, **stage(task)}
+    except (BootError, OSError, KeyError, subprocess.TimeoutExpired) as exc:
+        result = {"id": task.get("id", ""), "ok": False, "error": str(exc)[-400:]}
+    node.store.write(result_key, json.dumps(result, sort_keys=True).encode())
+    log(f"{node.hostname}: task {task.get('id')} ({task.get('op')}) {'done' if result['ok'] else 'failed'}")
 
 
 def forget(hostname: str) -> None:

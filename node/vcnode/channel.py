@@ -17,7 +17,7 @@ import json
 import time
 
 CURRENT = "config/current"
-ACCESS = "access"  # {"state": open | closed | drained | frozen, "serial": ...}: who may use the cluster (a move's cutover)
+ACCESS = "config/access"  # {"state": open | closed | drained | frozen, "serial": ...}: who may use the cluster (a move's cutover)
 ACCESS_STATES = ("open", "closed", "drained", "frozen")
 
 
@@ -30,6 +30,14 @@ def wanted_access(store) -> dict:
     if state not in ACCESS_STATES:
         raise ValueError(f"access channel: unknown state {state!r}")
     return {"state": state, "serial": str(wanted.get("serial", ""))}
+
+
+def task_key(hostname: str) -> str:
+    """Where the reconciler leaves a node its one task (a staged copy's leg): `tasks/HOST`, and
+    the node its result: `tasks/HOST.result`. One task at a time per node, named by its id."""
+    if not hostname or "/" in hostname:
+        raise ValueError(f"not a hostname: {hostname!r}")
+    return f"tasks/{hostname}"
 
 
 def ask_access(store, state: str, serial: str) -> None:

@@ -8,6 +8,8 @@ with the resource's input as JSON in VC_INPUT and RECONCILE_STATE_ROOT set by re
     node-up / node-down       one node: network, UTS and mount namespaces of its own, booted
                               with the cluster's first-boot data; down drains it first
     publish                   a config version into the cluster's channel, then sync the nodes
+    sync                      what a cloud node's timer does: `vcnode sync` on one node
+                              (VC_INPUT {"site_dir", "hostname"}): its config, access, task
     access                    open, close or drain a cluster (VC_INPUT {"site_dir", "cluster",
                               "state", "timeout_s"}): its partitions, and its nodes' nologin
     cluster-down              after the last node: the cluster's channel and secrets
@@ -424,6 +426,16 @@ def publish(site: Site, cluster: str, version: str, files: dict) -> None:
             raise RuntimeFault(f"{node.hostname}: config {version} not applied")
 
 
+def sync_node(site: Site, hostname: str) -> None:
+    node = site.node(hostname)
+    if not node.exists():
+        raise RuntimeFault(f"{hostname} does not run")
+    done = node.run("python3", "/usr/libexec/vcluster/vcnode.pyz", "sync", check=False, timeout=24 * 3600)
+    sys.stderr.write(done.stderr)
+    if done.returncode:
+        raise RuntimeFault(f"{hostname}: sync failed")
+
+
 # ---------------------------------------------------------------- command line
 
 
@@ -477,6 +489,8 @@ def main(argv: list[str] | None = None) -> int:
             cluster_access(site, spec["cluster"], spec["state"], float(spec.get("timeout_s") or 600))
         elif command == "publish":
             publish(site, spec["cluster"], spec["version"], spec["files"])
+        elif command == "sync":
+            sync_node(site, spec["hostname"])
         else:
             raise RuntimeFault(f"unknown command {command!r}")
     except (RuntimeFault, KeyError, OSError, subprocess.TimeoutExpired) as exc:

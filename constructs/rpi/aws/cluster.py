@@ -274,6 +274,10 @@ def _channel(stack, spec: ClusterSpec, role, filesystems: dict) -> dict:
         policy=policy([
             statement(["s3:GetObject"], [f"{objects_of}/config/*"], sid="ReadConfig"),
             statement(["s3:GetObject", "s3:PutObject", "s3:DeleteObject"], [f"{objects_of}/nodes/*"], sid="Report"),
+            # a staged copy: the legs the reconciler leaves, their results, and what they carry
+            statement(["s3:GetObject", "s3:PutObject", "s3:DeleteObject"], [f"{objects_of}/tasks/*", f"{objects_of}/staging/*"], sid="Stage"),
+            statement(["s3:ListBucket"], [f"arn:aws:s3:::{spec.state.bucket}"], {"StringLike": {"s3:prefix": [f"{prefix}/staging/*"]}},
+                      sid="ListStaging"),
             statement(["secretsmanager:GetSecretValue", "secretsmanager:PutSecretValue"], [secret.arn], sid="MungeKey"),
         ]),
     )

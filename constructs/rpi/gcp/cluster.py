@@ -433,11 +433,18 @@ def _channel(stack, spec: ClusterSpec, account, filesystems: dict) -> dict:
     for name, role, where in (
         ("config", "roles/storage.objectViewer", f"{objects_of}/config/"),
         ("reports", "roles/storage.objectUser", f"{objects_of}/nodes/"),
+        ("tasks", "roles/storage.objectUser", f"{objects_of}/tasks/"),  # a staged copy's legs, and their results
+        ("staging", "roles/storage.objectUser", f"{objects_of}/staging/"),  # what the legs carry
     ):
         bucket_iam.StorageBucketIamMember(
             stack, f"channel_{name}_nodes", bucket=spec.state.bucket, role=role, member=member,
             condition={"title": f"vcluster {spec.name} {name}", "expression": f'resource.name.startsWith("{where}")'},
         )
+    # rclone lists the staging area; a listing is checked on the bucket, not on its objects
+    bucket_iam.StorageBucketIamMember(
+        stack, "channel_list_nodes", bucket=spec.state.bucket, role="roles/storage.objectViewer", member=member,
+        condition={"title": f"vcluster {spec.name} list", "expression": f'resource.name == "projects/_/buckets/{spec.state.bucket}"'},
+    )
     secret = google("secret_manager_secret").SecretManagerSecret(
         stack, "munge_key", secret_id=f"{secret_prefix(spec)}munge-key", replication={"auto": {}},
         labels={"cluster": spec.name},

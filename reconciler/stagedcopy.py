@@ -1,0 +1,208 @@
+"""ADAPTER: a staged copy (`rpi.copyroute.STAGED`): a file system carried through a staging
+area of each site by the clusters' own login nodes, so that the data never passes through the
+runner within a site (`storage.copy_via: nodes`, and every cloud file system).
+
+Each side's leg is a task in its cluster's config channel (`tasks/HOST`, vcnode's format),
+which the login node runs with its own identity at its next sync (`vcnode sync`: the timer on
+a cloud node; the reconciler runs it at once on the local slurm runtime), and answers in
+`tasks/HOST.result` with a checksum manifest of its volume. A local cluster without nodes has
+its leg run here, on its directory. Between the two staging areas the runner carries the
+data (rclone), unless they are one place.
+
+The order is the cutover of every copy: the bulk pass (stage out, carry, stage in) while the
+source is live; the source drained and frozen; a final pass; the two manifests compared;
+the target opened. A failure leaves both sides as they were, and the next run copies again:
+rclone sends only what differs, on every leg.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from reconciler import datacopy, hostruntime, interrupt
+from reconciler.datacopy import CopyError
+from reconciler.live import LiveStore
+from reconciler.resolve import Unit
+from rpi import local_volumes
+from rpi.spec import channel_prefix
+
+TASK_LIMIT_S = 24 * 3600
+POLL_S = 5.0
+RCLONE_FLAGS = ["--metadata", "--links", "--exclude", f"/{datacopy.INTERNAL}/**"]
+
+
+@dataclass(frozen=True)
+class Staging:
+    """One site's staging area for one volume: as its login node names it, and as the runner does."""
+
+    node: str
+    runner: str
+
+
+def staging(store: LiveStore, unit: Unit, volume: str) -> Staging:
+    """Beside the cluster's channel: a directory under the state root on the local platform, a
+    prefix of the site's state bucket on a cloud (the node's role may use `staging/` there)."""
+    if unit.platform == "local":
+        path = str(store.state_root / unit.state.local_dir / "staging" / unit.name / volume)
+        return Staging(path, path)
+    where = f"{unit.state.bucket}/{channel_prefix(unit.state, unit.name)}/staging/{volume}"
+    if unit.state.backend == "gcs":
+        runner = local_volumes.remote({"backend": "gcs", "endpoint": unit.state.endpoint})
+        return Staging(f":gcs,bucket_policy_only=true:{where}", runner + where)
+    region = unit.state.region
+    runner = local_volumes.remote({"backend": "s3", "endpoint": unit.state.endpoint, "region": region})
+    return Staging(f":s3,env_auth=true,provider=AWS,region='{region}':{where}", runner + where)
+
+
+def _has_nodes(unit: Unit, store: LiveStore) -> bool:
+    from reconciler.run import runs_for_real
+
+    return unit.platform != "local" or runs_for_real(unit, store)
+
+
+def login_node(unit: Unit, store: LiveStore) -> tuple[str, dict[str, str]]:
+    """(the node that runs a cluster's legs, {volume: where its nodes mount it}): from its
+    definition, or, for a copy known only from live state, from its nodes' inputs there."""
+    if unit.spec is not None:
+        return unit.spec.controller, {v.name: v.mount for v in unit.spec.storage if v.mount}
+    resources = store.resources(unit)
+    ids = {str(a.get("id")): name.removeprefix("storage_") for _, name, a in resources if name.startswith("storage_")}
+    for _, name, a in resources:
+        facts = a.get("input") if isinstance(a.get("input"), dict) else {}
+        if name.startswith("node_") and facts.get("controller"):
+            return facts["controller"], {ids.get(str(v), ""): m for m, v in (facts.get("mounts") or {}).items()}
+    return "", {}
+
+
+def _mount(store: LiveStore, unit: Unit, volume: str) -> str:
+    mount = login_node(unit, store)[1].get(volume, "")
+    if not mount:
+        raise CopyError(f"{unit.title} mounts no volume {volume}; the source stays")
+    return mount
+
+
+def leg(store: LiveStore, unit: Unit, op: str, volume: str, where: Staging, directory: Path | None, modes: dict | None = None) -> dict:
+    """One leg: on the cluster's login node through its channel, or here on its directory.
+    Returns the result: files, bytes, and the manifest of the volume after the leg."""
+    if not _has_nodes(unit, store):
+        return _here({"op": op, "mount": str(directory), "modes": modes or {}}, directory, where.runner)
+    task = {"id": uuid.uuid4().hex, "op": op, "mount": _mount(store, unit, volume), "remote": where.node, "modes": modes or {}}
+    host = login_node(unit, store)[0]
+    store.channel_put(unit, f"tasks/{host}", json.dumps(task, sort_keys=True).encode())
+    if unit.platform == "local":  # the local runtime's nodes have no timer: their sync runs now
+        try:
+            hostruntime.sync_node(store.state_root, unit.state.local_dir, host, TASK_LIMIT_S)
+        except hostruntime.RuntimeFault as exc:
+            raise CopyError(f"{unit.title}: {exc}; the source stays") from None
+    deadline = time.monotonic() + TASK_LIMIT_S
+    while True:
+        raw = store.channel_get(unit, f"tasks/{host}.result")
+        result = json.loads(raw) if raw else {}
+        if result.get("id") == task["id"]:
+            break
+        if time.monotonic() > deadline:
+            raise CopyError(f"{unit.title}: {host} did not run {op} of {volume} within {TASK_LIMIT_S} s; the source stays")
+        interrupt.checkpoint(f"while {host} runs {op} of {volume}: the source stays")
+        time.sleep(POLL_S)
+    if not result.get("ok"):
+        raise CopyError(f"{unit.title}: {op} of {volume} on {host} failed: {result.get('error', 'no detail')}; the source stays")
+    return result
+
+
+def _here(task: dict, directory: Path | None, remote: str) -> dict:
+    """A leg of a local cluster without nodes, on the runner: its volume is a directory here."""
+    if directory is None:
+        raise CopyError(f"{task['op']}: no directory for the volume at {task['mount']}; the source stays")
+    ends = [str(directory), remote] if task["op"] == "stage-out" else [remote, str(directory)]
+    _rclone(["sync", *RCLONE_FLAGS, *ends], task["op"])
+    if task["op"] == "stage-in":
+        _chmod_dirs(directory, task["modes"])
+    listed = datacopy.manifest(directory)
+    return {"ok": True, "files": sum(1 for w in listed.values() if w.startswith("file ")), "bytes": 0, "manifest": listed}
+
+
+def _chmod_dirs(root: Path, modes: dict) -> None:
+    for rel, mode in modes.items():
+        path = root / rel
+        if path.is_dir() and not path.is_symlink():
+            path.chmod(int(mode, 8) & 0o7777)
+
+
+def _rclone(args: list[str], doing: str) -> None:
+    argv = datacopy.rclone_argv(args)
+    done = interrupt.run(argv, text=True)
+    if done.returncode != 0:
+        interrupt.checkpoint("during a staged copy: the source stays")
+        raise CopyError(f"rclone could not {doing} ({' '.join(args[-2:])}): {datacopy.rclone_errors(done.stderr)}; the source stays")
+
+
+def _dir_modes(listed: dict) -> dict:
+    """What rclone cannot carry through a bucket: the directories' modes, for stage-in to set."""
+    return {rel: what.split()[1] for rel, what in listed.items() if what.startswith("dir ")}
+
+
+def one_pass(store: LiveStore, source: Unit, target: Unit, plan, into, directories: tuple) -> tuple[dict, dict]:
+    """Stage out, carry, stage in: the source's and the target's manifests."""
+    out_area, in_area = staging(store, source, plan.volume), staging(store, target, plan.volume)
+    out = leg(store, source, "stage-out", plan.volume, out_area, directories[0])
+    if out_area.runner != in_area.runner:
+        _rclone(["sync", *RCLONE_FLAGS, out_area.runner, in_area.runner], "carry the staging area")
+    inn = leg(store, target, "stage-in", plan.volume, in_area, directories[1], _dir_modes(out["manifest"]))
+    return out, inn
+
+
+def copy(p, staged: list, store: LiveStore, set_access, channel_access) -> list[str]:
+    """The staged copies of one move, with its cutover; what was copied, one line per volume."""
+    source, target = p.selected.unit, p.copy_target
+    source_nodes, target_nodes = _has_nodes(source, store), _has_nodes(target, store)
+    directory = lambda location: location if isinstance(location, Path) else None  # noqa: E731
+    work = [(plan, into, (directory(plan.source), directory(into))) for plan, into in staged]
+    if target_nodes and target.platform == "local":
+        set_access(store, target, "closed")
+    for plan, into, dirs in work:  # the bulk pass, while the source is live
+        one_pass(store, source, target, plan, into, dirs)
+    interrupt.checkpoint("after the bulk staged copies: the source stays")
+    lines = []
+    try:
+        if source_nodes and source.platform == "local":
+            set_access(store, source, "drained")  # partitions drained, the nodes' view read-only
+        elif source_nodes:
+            channel_access(store, source, "frozen")
+        for plan, into, dirs in work:
+            with datacopy.frozen(dirs[0]) if dirs[0] is not None and not source_nodes else contextlib.nullcontext():
+                out, inn = one_pass(store, source, target, plan, into, dirs)
+            if out["manifest"] != inn["manifest"]:
+                raise CopyError(
+                    f"{plan.volume}: the staged copy differs from the source ({datacopy.difference(out['manifest'], inn['manifest'])}); the source stays"
+                )
+            lines.append(
+                f"copied {plan.volume} to {target.site} through the login nodes ({out['files']:,} files), verified by checksums, "
+                "then destroyed here"
+            )
+    except BaseException:
+        if source_nodes and source.platform == "local":
+            set_access(store, source, "open", quiet=True)
+        elif source_nodes:
+            channel_access(store, source, "open", wait=False)
+        raise
+    if target_nodes and target.platform == "local":
+        set_access(store, target, "open")
+    elif target_nodes:
+        channel_access(store, target, "open", wait=False)
+    for plan, _, _ in work:  # the staging areas held a copy of the data: they go with the move
+        for area in {staging(store, source, plan.volume).runner, staging(store, target, plan.volume).runner}:
+            if area.startswith("/"):
+                shutil.rmtree(area, ignore_errors=True)
+                for parent in (Path(area).parent, Path(area).parent.parent):  # staging/CLUSTER, staging: when empty
+                    with contextlib.suppress(OSError):
+                        parent.rmdir()
+            else:
+                subprocess.run(datacopy.rclone_argv(["purge", "-q", area]), capture_output=True, timeout=600)
+    return lines
