@@ -33,11 +33,14 @@ class Interrupted(ReconcileError):
 
 @contextlib.contextmanager
 def handled():
-    """SIGINT and SIGTERM are handled here for the length of one run, then as before."""
-    _requested.clear()
-    _received.clear()
+    """SIGINT and SIGTERM are handled here for the length of one run, then as before. A run's
+    interrupt ends with it: what runs next in the same process (a library caller) starts clean."""
+    reset()
     if threading.current_thread() is not threading.main_thread():  # only the main thread can
-        yield
+        try:
+            yield
+        finally:
+            reset()
         return
     previous = {signum: signal.signal(signum, _on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -45,6 +48,13 @@ def handled():
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        reset()
+
+
+def reset() -> None:
+    """No interrupt pending: how every run starts and ends."""
+    _requested.clear()
+    _received.clear()
 
 
 def _on_signal(signum, frame) -> None:

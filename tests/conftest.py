@@ -40,6 +40,16 @@ GIT_ENV = {
 NPM_PACKAGES = ("@octokit/openapi@23.0.2", "@octokit/webhooks-examples@7.6.1")
 
 
+@pytest.fixture(autouse=True)
+def _no_interrupt_left_over():
+    """A test that calls apply or plan directly starts with no interrupt pending, whichever test
+    ran before it in this process (test files share processes under pytest-xdist)."""
+    from reconciler import interrupt
+
+    interrupt.reset()
+    yield
+
+
 @pytest.fixture(scope="session")
 def octokit() -> Path:
     """GitHub's OpenAPI description and webhook examples from npm, installed once (not committed)."""
