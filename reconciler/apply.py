@@ -129,9 +129,10 @@ def _copy_data(p: UnitPlan, store: LiveStore, engine: Engine | None = None) -> l
     # a transfer service in the target's cloud: a stack of its own, for the copy's time
     transferred = _transfer(p, services, engine, store) if services else []
     transferred += stagedcopy.copy(p, staged, store, _set_access, channel_access) if staged else []
-    if not pairs:
-        return transferred
     source_real, target_real = p.cutover
+    if not pairs:
+        _open_target(store, target, target_real)
+        return transferred
     if target_real:
         _set_access(store, target, "closed")
     sent = {plan.address: datacopy.bulk(plan, into) for plan, into in pairs}
@@ -147,15 +148,20 @@ def _copy_data(p: UnitPlan, store: LiveStore, engine: Engine | None = None) -> l
         if still and isinstance(exc, ReconcileError):
             raise datacopy.CopyError(f"{exc}; and {still}") from None
         raise
-    if target_real:
-        _set_access(store, target, "open")
-    elif target.platform != "local":  # it booted closed; its nodes open at their next sync
-        channel_access(store, target, "open", wait=False)
+    _open_target(store, target, target_real)
     return transferred + [
         f"copied {c.volume} to {target.site} ({c.files:,} files, {c.bytes:,} bytes; {c.sent:,} bytes sent), "
         "verified by checksums, then destroyed here"
         for c in copied
     ]
+
+
+def _open_target(store: LiveStore, target: Unit, real: bool) -> None:
+    """Once every volume is copied and verified: the target, which booted closed, opens."""
+    if real:
+        _set_access(store, target, "open")
+    elif target.platform != "local":  # its nodes open at their next sync
+        channel_access(store, target, "open", wait=False)
 
 
 def _volumes_by_name(store: LiveStore, unit: Unit) -> dict[str, object]:
@@ -213,8 +219,7 @@ def _transfer(p: UnitPlan, services: list, engine: Engine, store: LiveStore) -> 
             lines.append(f"copied {plan.volume} to {target.site} by {plan.route} ({sent:,} bytes sent), {how}, then destroyed here")
     engine.plan(workdir, destroy=True)
     engine.apply(workdir)
-    channel_access(store, target, "open", wait=False)  # it booted closed; its nodes open at their next sync
-    return lines
+    return lines  # the target opens once every route has copied (_copy_data)
 
 
 @contextlib.contextmanager
@@ -250,7 +255,8 @@ def channel_access(store: LiveStore, unit: Unit, state: str, wait: bool = True, 
     timeout = getattr(unit.spec, "drain_timeout_s", local_runtime.DRAIN_TIMEOUT_S) + ACK_SLACK_S
     deadline = time.monotonic() + timeout
     while True:
-        behind = sorted(h for h, r in store.node_reports(unit).items() if r.get("access_serial") != serial)
+        reports = store.node_reports(unit)
+        behind = sorted(h for h, r in reports.items() if r.get("access_serial") != serial) or ([] if reports else ["every node"])
         if not behind:
             return serial
         if time.monotonic() > deadline:

@@ -30,6 +30,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -291,23 +292,26 @@ def _mount(args: list[str]) -> None:
 
 
 def manifest(root: Path) -> dict[str, str]:
-    """{relative path: what it is}: sha256 and mode of each file, the target of each symlink,
-    the mode of each directory."""
+    """{relative path: what it is}: mode, owner and sha256 of each file, mode and owner of each
+    directory and FIFO, the target of each symlink. Sockets and devices are left out, and no
+    file that is not a regular one is ever opened (a FIFO would block the reader)."""
     out = {}
     for base, dirs, names in _walk(root):
-        for name in sorted(dirs):
-            info = (base / name).lstat()
-            rel = (base / name).relative_to(root).as_posix()
-            out[rel] = f"link {os.readlink(base / name)}" if (base / name).is_symlink() else f"dir {info.st_mode:o}"
-        for name in sorted(names):
+        for name in sorted(dirs) + sorted(names):
             item = base / name
             rel = item.relative_to(root).as_posix()
-            if item.is_symlink():
+            info = item.lstat()
+            owner = f"{info.st_uid}:{info.st_gid}"
+            if stat.S_ISLNK(info.st_mode):
                 out[rel] = f"link {os.readlink(item)}"
-                continue
-            with item.open("rb") as handle:
-                digest = hashlib.file_digest(handle, "sha256").hexdigest()
-            out[rel] = f"file {item.lstat().st_mode:o} {digest}"
+            elif stat.S_ISDIR(info.st_mode):
+                out[rel] = f"dir {info.st_mode:o} {owner}"
+            elif stat.S_ISFIFO(info.st_mode):
+                out[rel] = f"fifo {info.st_mode:o} {owner}"
+            elif stat.S_ISREG(info.st_mode):
+                with item.open("rb") as handle:
+                    digest = hashlib.file_digest(handle, "sha256").hexdigest()
+                out[rel] = f"file {info.st_mode:o} {owner} {digest}"
     return out
 
 

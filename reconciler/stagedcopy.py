@@ -35,7 +35,9 @@ from rpi.spec import channel_prefix
 
 TASK_LIMIT_S = 24 * 3600
 POLL_S = 5.0
-RCLONE_FLAGS = ["--metadata", "--links", "--exclude", f"/{datacopy.INTERNAL}/**"]
+# Not --metadata: Debian's rclone 1.60 applies a symbolic link's mode to the file it points to.
+# Modes, owners, empty directories and FIFOs are set from the source's manifest instead.
+RCLONE_FLAGS = ["--links", "--create-empty-src-dirs", "--exclude", f"/{datacopy.INTERNAL}/**"]
 
 
 @dataclass(frozen=True)
@@ -123,16 +125,33 @@ def _here(task: dict, directory: Path | None, remote: str) -> dict:
     ends = [str(directory), remote] if task["op"] == "stage-out" else [remote, str(directory)]
     _rclone(["sync", *RCLONE_FLAGS, *ends], task["op"])
     if task["op"] == "stage-in":
-        _chmod_dirs(directory, task["modes"])
+        _restore(directory, task["modes"])
     listed = datacopy.manifest(directory)
     return {"ok": True, "files": sum(1 for w in listed.values() if w.startswith("file ")), "bytes": 0, "manifest": listed}
 
 
-def _chmod_dirs(root: Path, modes: dict) -> None:
-    for rel, mode in modes.items():
-        path = root / rel
-        if path.is_dir() and not path.is_symlink():
-            path.chmod(int(mode, 8) & 0o7777)
+def _restore(mount: Path, listed: dict) -> None:
+    """The runner's stage-in, as vcnode's `restore_metadata` on a node: modes, owners, empty
+    directories and FIFOs from the source's manifest; nothing followed through a link."""
+    import os
+    import stat
+
+    root = os.path.realpath(mount)
+    for rel, what in sorted(listed.items()):
+        kind, *fields = what.split()
+        path = mount / rel
+        parent = os.path.realpath(path.parent)
+        if parent != root and not parent.startswith(root + os.sep):
+            continue
+        if kind == "dir" and not path.exists():
+            path.mkdir()
+        elif kind == "fifo" and not os.path.lexists(path):
+            os.mkfifo(path)
+        if kind not in ("file", "dir", "fifo") or not os.path.lexists(path) or stat.S_ISLNK(path.lstat().st_mode):
+            continue
+        uid, gid = (int(n) for n in fields[1].split(":"))
+        os.chown(path, uid, gid, follow_symlinks=False)
+        os.chmod(path, int(fields[0], 8) & 0o7777)
 
 
 def _rclone(args: list[str], doing: str) -> None:
@@ -143,18 +162,13 @@ def _rclone(args: list[str], doing: str) -> None:
         raise CopyError(f"rclone could not {doing} ({' '.join(args[-2:])}): {datacopy.rclone_errors(done.stderr)}; the source stays")
 
 
-def _dir_modes(listed: dict) -> dict:
-    """What rclone cannot carry through a bucket: the directories' modes, for stage-in to set."""
-    return {rel: what.split()[1] for rel, what in listed.items() if what.startswith("dir ")}
-
-
 def one_pass(store: LiveStore, source: Unit, target: Unit, plan, into, directories: tuple) -> tuple[dict, dict]:
     """Stage out, carry, stage in: the source's and the target's manifests."""
     out_area, in_area = staging(store, source, plan.volume), staging(store, target, plan.volume)
     out = leg(store, source, "stage-out", plan.volume, out_area, directories[0])
     if out_area.runner != in_area.runner:
         _rclone(["sync", *RCLONE_FLAGS, out_area.runner, in_area.runner], "carry the staging area")
-    inn = leg(store, target, "stage-in", plan.volume, in_area, directories[1], _dir_modes(out["manifest"]))
+    inn = leg(store, target, "stage-in", plan.volume, in_area, directories[1], out["manifest"])
     return out, inn
 
 
@@ -192,10 +206,6 @@ def copy(p, staged: list, store: LiveStore, set_access, channel_access) -> list[
         elif source_nodes:
             channel_access(store, source, "open", wait=False)
         raise
-    if target_nodes and target.platform == "local":
-        set_access(store, target, "open")
-    elif target_nodes:
-        channel_access(store, target, "open", wait=False)
     for plan, _, _ in work:  # the staging areas held a copy of the data: they go with the move
         for area in {staging(store, source, plan.volume).runner, staging(store, target, plan.volume).runner}:
             if area.startswith("/"):

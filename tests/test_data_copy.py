@@ -86,7 +86,7 @@ def test_a_corrupted_copy_keeps_the_source_and_fails_the_move(filled, cli, monke
     code, out, err = cli("apply", "--auto-approve", "--repo", str(repo.path))
     assert code == 1
     assert "cluster dev on local-a: failed: shared: the copy differs from the source after the final pass (1 path differ: big.bin (big.bin: file 100644 " in out
-    assert re.search(r"file 100644 [0-9a-f]{12} in the source, file 100644 [0-9a-f]{12} in the copy\)\); the source stays", out), out
+    assert re.search(r"file 100644 0:0 [0-9a-f]{12} in the source, file 100644 0:0 [0-9a-f]{12} in the copy\)\); the source stays", out), out
     assert datacopy.manifest(source) == before  # the source is intact, in its stack, and writable again
     assert mounts_under(repo.path) == []
     (source / "written-after-the-failed-move").write_text("ok\n")

@@ -511,8 +511,12 @@ def test_a_move_through_the_login_nodes_carries_modes_links_and_data_and_verifie
     """`storage.copy_via: nodes`: the data passes through the clusters' own login nodes and
     each site's staging area (a cloud file system always goes so), not through the runner's
     rsync. The legs are tasks in the clusters' channels that the nodes' `vcnode sync` runs."""
+    victim = laptop.repo.path.parent / "outside-the-volume"
+    victim.write_text("not the cluster's\n")
+    victim.chmod(0o600)
     assert laptop.on("laptop-login-0", "sh", "-c", "mkdir -m 0700 /home/private && echo secret > /home/private/key && "
-                     "chmod 0600 /home/private/key && ln -s private/key /home/link", at=SITE_DIR_B).returncode == 0
+                     "chmod 0600 /home/private/key && ln -s private/key /home/link && chown 1234:1234 /home/private/key && "
+                     f"mkdir /home/empty && mkfifo /home/pipe && ln -s {victim} /home/out", at=SITE_DIR_B).returncode == 0
     text = laptop.repo.read("clusters/laptop.yaml").replace("site: local-slurm-b\n", "site: local-slurm\n")
     laptop.repo.write("clusters/laptop.yaml", text.replace("  on_move: copy\n", "  on_move: copy\n  copy_via: nodes\n"))
     laptop.repo.commit("laptop moves back, its data through the login nodes")
@@ -528,6 +532,9 @@ def test_a_move_through_the_login_nodes_carries_modes_links_and_data_and_verifie
                      "cat /home/private/key /home/moved")
     lines = done.stdout.splitlines()
     assert lines[:3] == ["700 /home/private", "600 /home/private/key", "private/key"], done.stdout + done.stderr
+    done = laptop.on("laptop-login-0", "sh", "-c", "stat -c '%u:%g' /home/private/key; test -d /home/empty && test -p /home/pipe && echo ok")
+    assert done.stdout.split() == ["1234:1234", "ok"], done.stdout + done.stderr
+    assert oct(victim.stat().st_mode & 0o777) == "0o600", "nothing outside the volume is touched through a link"
     assert lines[3] == "secret" and lines[4].startswith("written before the move"), done.stdout
     assert laptop.partitions(SITE_DIR) == {"compute": "up"}
     assert not (laptop.repo.path / SITE_DIR_B / "runtime" / "nodes" / "laptop-login-0").exists(), "the source is gone"

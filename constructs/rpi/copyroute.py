@@ -17,7 +17,8 @@ EFS, FSx for Lustre). The routes:
                     what it transferred (POINT_IN_TIME_CONSISTENT);
   staged            a cloud file system to another platform, or a directory to a cloud file
                     system: through a bucket, written and read by the clusters' login nodes
-                    with their own identities. Not built yet: the plan refuses it.
+                    with their own identities (reconciler.stagedcopy); also any file system
+                    whose cluster says `storage.copy_via: nodes`.
 """
 
 from __future__ import annotations

@@ -315,7 +315,7 @@ def sync_units(every_s: int = SYNC_EVERY_S) -> dict[str, str]:
             "[Unit]\nDescription=Apply the cluster's current config version from its channel\n"
             "After=network-online.target\nWants=network-online.target\n\n"
             "[Service]\nType=oneshot\nExecStart=/usr/bin/python3 /usr/libexec/vcluster/vcnode.pyz sync\n"
-            "TimeoutStartSec=300\n"
+            "TimeoutStartSec=1d\n"  # a staged copy's leg, or a drain, may take long
         ),
         "vcluster-sync.timer": (
             "[Unit]\nDescription=Keep the node on its cluster's current config version\n\n"
@@ -422,27 +422,56 @@ def manifest(root: Path) -> dict[str, str]:
     the cluster's own state: what both ends of a staged copy report, and the reconciler compares."""
     import hashlib
 
+    import stat
+
     out = {}
     for path, dirs, names in os.walk(root):
         here = Path(path)
         if here == root and INTERNAL in dirs:
             dirs.remove(INTERNAL)
-        for name in sorted(dirs):
+        for name in sorted(dirs) + sorted(names):
             item = here / name
             rel = item.relative_to(root).as_posix()
-            out[rel] = f"link {os.readlink(item)}" if item.is_symlink() else f"dir {item.lstat().st_mode:o}"
-        for name in names:
-            item = here / name
-            rel = item.relative_to(root).as_posix()
-            if item.is_symlink():
+            info = item.lstat()
+            owner = f"{info.st_uid}:{info.st_gid}"
+            if stat.S_ISLNK(info.st_mode):
                 out[rel] = f"link {os.readlink(item)}"
-                continue
-            digest = hashlib.sha256()
-            with item.open("rb") as handle:  # not hashlib.file_digest: images ship Pythons older than 3.11
-                for chunk in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(chunk)
-            out[rel] = f"file {item.lstat().st_mode:o} {digest.hexdigest()}"
+            elif stat.S_ISDIR(info.st_mode):
+                out[rel] = f"dir {info.st_mode:o} {owner}"
+            elif stat.S_ISFIFO(info.st_mode):
+                out[rel] = f"fifo {info.st_mode:o} {owner}"
+            elif stat.S_ISREG(info.st_mode):  # never open anything else: a FIFO blocks its reader
+                digest = hashlib.sha256()
+                with item.open("rb") as handle:  # not hashlib.file_digest: images ship Pythons older than 3.11
+                    for chunk in iter(lambda: handle.read(1 << 20), b""):
+                        digest.update(chunk)
+                out[rel] = f"file {info.st_mode:o} {owner} {digest.hexdigest()}"
     return out
+
+
+def restore_metadata(mount: Path, listed: dict) -> None:
+    """What the staging area does not carry, set from the source's manifest: modes and owners
+    (rclone's --metadata is not used: Debian's rclone 1.60 applies a symbolic link's mode to
+    the file it points to), empty directories and FIFOs. Nothing is followed through a link,
+    and nothing outside `mount` is touched."""
+    import stat
+
+    root = os.path.realpath(mount)
+    for rel, what in sorted(listed.items()):
+        kind, *fields = what.split()
+        path = mount / rel
+        parent = os.path.realpath(path.parent)
+        if parent != root and not parent.startswith(root + os.sep):
+            continue  # a parent that is a link out of the volume: never followed
+        if kind == "dir" and not path.exists():
+            path.mkdir()
+        elif kind == "fifo" and not os.path.lexists(path):
+            os.mkfifo(path)
+        if kind not in ("file", "dir", "fifo") or not os.path.lexists(path) or stat.S_ISLNK(path.lstat().st_mode):
+            continue
+        uid, gid = (int(n) for n in fields[1].split(":"))
+        os.chown(path, uid, gid, follow_symlinks=False)
+        os.chmod(path, int(fields[0], 8) & 0o7777)  # not a link (checked above): nothing is followed
 
 
 def stage(task: dict) -> dict:
@@ -456,11 +485,9 @@ def stage(task: dict) -> dict:
     ends = [str(mount), task["remote"]] if task["op"] == "stage-out" else [task["remote"], str(mount)]
     if task["op"] not in ("stage-out", "stage-in"):
         raise BootError(f"stage: unknown operation {task['op']!r}")
-    run("rclone", "sync", "--metadata", "--links", "--exclude", f"/{INTERNAL}/**", *ends, timeout=STAGE_LIMIT_S)
-    for rel, mode in (task.get("modes") or {}).items() if task["op"] == "stage-in" else ():
-        path = mount / rel  # a directory's mode: what a bucket cannot carry
-        if path.is_dir() and not path.is_symlink():
-            path.chmod(int(mode, 8) & 0o7777)
+    run("rclone", "sync", "--links", "--create-empty-src-dirs", "--exclude", f"/{INTERNAL}/**", *ends, timeout=STAGE_LIMIT_S)
+    if task["op"] == "stage-in":
+        restore_metadata(mount, task.get("modes") or {})
     listed = manifest(mount)
     size = sum((mount / rel).lstat().st_size for rel, what in listed.items() if what.startswith("file "))
     return {"files": sum(1 for what in listed.values() if what.startswith("file ")), "bytes": size, "manifest": listed}
