@@ -285,7 +285,7 @@ def copy_steps(p: UnitPlan) -> list[str]:
 
 def copies_text(copies) -> str:
     return "; ".join(
-        f"{c.volume} ({c.files:,} files, {_size(c.bytes)}" + (f", by {c.route})" if c.route not in ("rsync", "rclone") else ")")
+        f"{c.volume} ({c.files:,} files, {_size(c.bytes)}, by {c.route})"
         if c.measured else f"{c.volume} (by {c.route}, which measures it)"
         for c in copies
     )

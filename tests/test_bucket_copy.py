@@ -63,7 +63,7 @@ def test_a_bucket_moves_from_s3_to_gcs_verified_before_the_source_goes(stores, c
     repo, s3, gcs, source = stores
     code, out, err = cli("--dry-run", "--repo", str(repo.path))
     size = sum(len(data) for data in OBJECTS.values()) / 2**20
-    assert f"results ({len(OBJECTS)} files, {size:.1f} MiB)" in out, out
+    assert f"results ({len(OBJECTS)} files, {size:.1f} MiB, by rclone)" in out, out
     assert "no freeze for a bucket (nothing here writes to it but its users)" in out
 
     # A byte changed in the target between the final pass and the verification: the move fails

@@ -58,7 +58,7 @@ def filled(applied, cli):
 def test_the_data_moves_with_the_cluster_verified_before_the_source_goes(filled, cli):
     repo, source, before = filled
     code, out, err = cli("--dry-run", "--repo", str(repo.path))
-    assert "copies its data to local-b first (storage.on_move: copy): shared (1,002 files, 100.0 MiB)" in out
+    assert "copies its data to local-b first (storage.on_move: copy): shared (1,002 files, 100.0 MiB, by rsync)" in out
     assert "steps: bulk copy while live; freeze the source (read-only); final pass; verify checksums; then destroy here" in out
 
     code, out, err = cli("apply", "--auto-approve", "--repo", str(repo.path))

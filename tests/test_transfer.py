@@ -135,6 +135,8 @@ def test_the_datasync_stack_verifies_and_reaches_only_its_volumes(update_golden)
     assert trust["Statement"][0]["Condition"] == {"StringEquals": {"aws:SourceAccount": "111122223333"}}
     policy = json.loads(doc["resource"]["aws_iam_role_policy"]["transfer_buckets"]["policy"])
     resources = {r for s in policy["Statement"] for r in s["Resource"]}
+    writes = {r for s in policy["Statement"] if "s3:PutObject" in s["Action"] for r in s["Resource"]}
+    assert writes == {"arn:aws:s3:::dst-datasets/*"}, "the source bucket is read, never written"
     assert resources == {"arn:aws:s3:::src-datasets", "arn:aws:s3:::dst-datasets", "arn:aws:s3:::src-datasets/*", "arn:aws:s3:::dst-datasets/*"}
     locations = doc["resource"]["aws_datasync_location_efs"]
     assert {loc["ec2_config"]["subnet_arn"].rsplit("-", 1)[-1] for loc in locations.values()} == {"a", "b"}

@@ -35,8 +35,10 @@ def aws(submodule: str):
 def build(stack, spec: TransferSpec) -> None:
     cdk.backend(stack, spec.state)
     _provider(stack, spec.region, spec.account, (("vcluster", spec.cluster), ("purpose", "transfer")))
-    buckets = sorted({v.fact("arn") or f"arn:aws:s3:::{v.id}" for _, s, t in spec.pairs for v in (s, t) if v.kind == "bucket"})
-    role = _bucket_role(stack, spec, buckets) if buckets else None
+    arn = lambda v: v.fact("arn") or f"arn:aws:s3:::{v.id}"  # noqa: E731
+    sources = sorted({arn(s) for _, s, _ in spec.pairs if s.kind == "bucket"})
+    targets = sorted({arn(t) for _, _, t in spec.pairs if t.kind == "bucket"})
+    role = _bucket_role(stack, spec, sources, targets) if sources or targets else None
     tasks = {}
     for volume, source, target in spec.pairs:
         locations = [_location(stack, f"{volume}_{side}", v, role) for side, v in (("source", source), ("target", target))]
@@ -53,7 +55,9 @@ def build(stack, spec: TransferSpec) -> None:
     cdk.output(stack, "transfers", tasks, "DataSync task per volume")
 
 
-def _bucket_role(stack, spec: TransferSpec, buckets: list[str]):
+def _bucket_role(stack, spec: TransferSpec, sources: list[str], targets: list[str]):
+    """DataSync's role: the source buckets read, the destination buckets written (and read, for
+    its verification); nothing else."""
     trust = {
         "Version": "2012-10-17",
         "Statement": [{
@@ -66,20 +70,22 @@ def _bucket_role(stack, spec: TransferSpec, buckets: list[str]):
     role = aws("iam_role").IamRole(
         stack, "transfer_role", name=f"{spec.site}-{spec.cluster}-transfer"[:64], assume_role_policy=json.dumps(trust, sort_keys=True)
     )
-    policy = {
-        "Version": "2012-10-17",
-        "Statement": [
-            {"Effect": "Allow", "Action": ["s3:GetBucketLocation", "s3:ListBucket", "s3:ListBucketMultipartUploads"], "Resource": buckets},
-            {
-                "Effect": "Allow",
-                "Action": [
-                    "s3:AbortMultipartUpload", "s3:DeleteObject", "s3:GetObject", "s3:GetObjectTagging",
-                    "s3:ListMultipartUploadParts", "s3:PutObject", "s3:PutObjectTagging",
-                ],
-                "Resource": [f"{arn}/*" for arn in buckets],
-            },
-        ],
-    }
+    statements = [
+        {"Effect": "Allow", "Action": ["s3:GetBucketLocation", "s3:ListBucket", "s3:ListBucketMultipartUploads"],
+         "Resource": sorted({*sources, *targets})},
+    ]
+    if sources:
+        statements.append({"Effect": "Allow", "Action": ["s3:GetObject", "s3:GetObjectTagging"], "Resource": [f"{a}/*" for a in sources]})
+    if targets:
+        statements.append({
+            "Effect": "Allow",
+            "Action": [
+                "s3:AbortMultipartUpload", "s3:DeleteObject", "s3:GetObject", "s3:GetObjectTagging",
+                "s3:ListMultipartUploadParts", "s3:PutObject", "s3:PutObjectTagging",
+            ],
+            "Resource": [f"{a}/*" for a in targets],
+        })
+    policy = {"Version": "2012-10-17", "Statement": statements}
     aws("iam_role_policy").IamRolePolicy(stack, "transfer_buckets", name="buckets", role=role.name, policy=json.dumps(policy, sort_keys=True))
     return role
 
