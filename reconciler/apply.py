@@ -121,7 +121,7 @@ def _copy_data(p: UnitPlan, store: LiveStore, engine: Engine | None = None) -> l
         if plan.volume not in volumes:
             raise datacopy.CopyError(f"{target.title} has no volume {plan.volume} to copy {plan.address} into; the source stays")
         if plan.route in (copyroute.RSYNC, copyroute.RCLONE):
-            pairs.append((plan, _runner_location(volumes[plan.volume])))
+            pairs.append((plan, datacopy.runner_location(volumes[plan.volume])))
         elif plan.route == copyroute.STAGED:
             staged.append((plan, volumes[plan.volume]))
         else:
@@ -166,14 +166,7 @@ def _open_target(store: LiveStore, target: Unit, real: bool) -> None:
 
 def _volumes_by_name(store: LiveStore, unit: Unit) -> dict[str, object]:
     """{volume name: location} of a stack's data volumes, from its state, on any platform."""
-    found = store.volumes_of(unit) if unit.platform == "local" else copyroute.locate(unit.platform, store.resources(unit))
-    return {volume_name(address): location for address, location in found.items()}
-
-
-def _runner_location(volume):
-    if isinstance(volume, copyroute.CloudVolume) and volume.store is not None:
-        return datacopy.Bucket(volume.store, volume.id)
-    return volume
+    return {volume_name(address): location for address, location in store.data_volumes(unit).items()}
 
 
 def _transfer(p: UnitPlan, services: list, engine: Engine, store: LiveStore) -> list[str]:
@@ -209,7 +202,7 @@ def _transfer(p: UnitPlan, services: list, engine: Engine, store: LiveStore) -> 
         for plan, into in services:
             final = transfer.run(plan.route, ids[plan.volume], where)
             if into.kind == "bucket":
-                objects = transfer.verify_buckets(_runner_location(plan.source), _runner_location(into))
+                objects = transfer.verify_buckets(datacopy.runner_location(plan.source), datacopy.runner_location(into))
                 how = f"{objects:,} objects verified by checksums"
             elif final.verified:
                 how = "verified by DataSync"

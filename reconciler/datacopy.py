@@ -37,7 +37,7 @@ from pathlib import Path
 
 from reconciler import interrupt
 from reconciler.errors import ReconcileError
-from rpi import local_volumes
+from rpi import copyroute, local_volumes
 
 # A cluster's own state on its shared volume (slurmctld's StateSaveLocation, layers.py): each
 # copy of the cluster keeps its own, so it is neither copied nor compared, nor deleted.
@@ -91,6 +91,14 @@ class Copied:
     sent: int  # bytes sent (rsync's "literal data", rclone's transferred bytes) over both passes
     files: int
     bytes: int
+
+
+def runner_location(volume):
+    """A volume as the machine that applies reaches it: a cloud bucket (`rpi.copyroute.CloudVolume`)
+    as a Bucket for rclone; anything else as it is."""
+    if isinstance(volume, copyroute.CloudVolume) and volume.store is not None:
+        return Bucket(volume.store, volume.id)
+    return volume
 
 
 def located(volume_dir: Path, facts: dict) -> Location:

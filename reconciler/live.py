@@ -485,6 +485,13 @@ class LiveStore:
             if n.startswith(_VOLUME_PREFIXES) and a.get("id")
         }
 
+    def data_volumes(self, unit: Unit) -> dict:
+        """{address: location} of a stack's data volumes on any platform: a local directory or
+        bucket (`volumes_of`), or a cloud's (`rpi.copyroute.locate`), from its state."""
+        if unit.platform == "local":
+            return self.volumes_of(unit)
+        return copyroute.locate(unit.platform, self.resources(unit))
+
     def retain(self, unit: Unit, addresses: tuple[str, ...], revision: str | None, now: str) -> list[RetainedVolume]:
         """Record the volumes a stack is about to let go of. Written before the apply that
         forgets them: a record whose volume is still in a stack's state counts as in use, so an

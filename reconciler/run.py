@@ -428,10 +428,9 @@ def _plan_copies(p: UnitPlan, target: Unit, data: list[str], store: LiveStore) -
             "so its volumes are not known: the copy is planned where the site's credentials are (the apply workflow)"
         )
         return
-    sources = store.volumes_of(unit) if unit.platform == "local" else copyroute.locate(unit.platform, store.resources(unit))
+    sources = store.data_volumes(unit)
     p.copy_target = target
     p.cutover = (runs_for_real(unit, store), runs_for_real(target, store))
-    routes = []
     for address in data:
         name, source = volume_name(address), sources.get(address)
         into = kinds.get(name)
@@ -444,16 +443,15 @@ def _plan_copies(p: UnitPlan, target: Unit, data: list[str], store: LiveStore) -
         if route == copyroute.STAGED and (why := _cannot_stage(unit, target, store)):
             p.blocked, p.copies = f"storage.on_move: copy of {name} is staged through the login nodes, and {why}", ()
             return
-        routes.append(route)
         runner_side = route in (copyroute.RSYNC, copyroute.RCLONE)
-        if runner_side and (why := datacopy.unavailable(_runner_location(source), into == "bucket")):
+        if runner_side and (why := datacopy.unavailable(datacopy.runner_location(source), into == "bucket")):
             p.blocked, p.copies = f"storage.on_move: copy cannot run here: {why}", ()
             return
         try:
-            readable = source is not None and (not runner_side or datacopy.exists(_runner_location(source)))
+            readable = source is not None and (not runner_side or datacopy.exists(datacopy.runner_location(source)))
             if readable:
                 measure = isinstance(source, (Path, datacopy.Bucket)) or source.kind == "bucket"
-                p.copies += (datacopy.estimate(name, address, _runner_location(source), measure=measure, route=route),)
+                p.copies += (datacopy.estimate(name, address, datacopy.runner_location(source), measure=measure, route=route),)
         except datacopy.CopyError as exc:
             p.blocked, p.copies = f"storage.on_move: copy cannot be planned: {exc}; nothing was copied", ()
             return
@@ -485,13 +483,6 @@ def _target_kind(target: Unit, volume) -> str:
     if target.platform == "local":
         return "bucket" if volume.store is not None else "directory"
     return "bucket" if volume.kind == "object" else "filesystem"
-
-
-def _runner_location(source):
-    """A volume as the machine that applies reaches it (a cloud bucket through rclone)."""
-    if isinstance(source, copyroute.CloudVolume) and source.store is not None:
-        return datacopy.Bucket(source.store, source.id)
-    return source
 
 
 def runs_for_real(unit: Unit, store: LiveStore) -> bool:

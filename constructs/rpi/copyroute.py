@@ -124,26 +124,6 @@ def _service(volume) -> str:
     return volume.service if isinstance(volume, CloudVolume) else ""
 
 
-def target_kind(platform: str, rtype: str, body: dict) -> str:
-    """What the target's volume will be, from its synthesized resource: "bucket", "filesystem"
-    (a cloud file system), or "directory" (a local volume that is no bucket)."""
-    if rtype in BUCKET_TYPES:
-        return "bucket"
-    if rtype in FILESYSTEM_TYPES:
-        return "filesystem"
-    store = ((body.get("input") or {}) if isinstance(body.get("input"), dict) else {}).get("store")
-    return "bucket" if isinstance(store, dict) and store.get("backend") in ("s3", "gcs") else "directory"
-
-
-WHO = {
-    RSYNC: "rsync on the machine that applies",
-    RCLONE: "rclone on the machine that applies, with the credentials of its environment (OIDC in the apply workflow)",
-    STORAGE_TRANSFER: "Google's Storage Transfer Service (a transfer job in the target site)",
-    DATASYNC: "AWS DataSync (a task in the target site, verified by DataSync)",
-    STAGED: "staged through a bucket by the clusters' login nodes",
-}
-
-
 @dataclass(frozen=True)
 class TransferSpec:
     """A transfer stack: the transfer-service jobs that copy one cluster's volumes into the
