@@ -464,19 +464,32 @@ def test_nodes_find_their_channel_and_key_through_their_tags(specs):
     assert objects["channel_current"]["content"] == version
     assert objects["channel_config"]["key"] == f"aws-frankfurt/channel/gpu-ai/config/{version}.json"
     assert json.loads(objects["channel_config"]["content"])["version"] == version
-    grants = json.loads(resources(gpu, "aws_iam_role_policy")["node_channel"]["policy"])["Statement"]
-    resources_granted = sorted(r for g in grants for r in g["Resource"])
-    assert resources_granted == sorted([
+    policies = resources(gpu, "aws_iam_role_policy")
+    channel_objects = [
         "arn:aws:s3:::swisstwins-reconcile-state/aws-frankfurt/channel/gpu-ai/config/*",
         "arn:aws:s3:::swisstwins-reconcile-state/aws-frankfurt/channel/gpu-ai/nodes/*",
+        "${aws_secretsmanager_secret.munge_key.arn}",
+    ]
+    # compute nodes, where any user's job runs, read the config and the key and report: no more
+    grants = json.loads(policies["node_channel"]["policy"])["Statement"]
+    assert sorted(r for g in grants for r in g["Resource"]) == sorted(channel_objects)
+    assert [g["Action"] for g in grants if g["Sid"] == "MungeKey"] == [["secretsmanager:GetSecretValue"]]
+    # login nodes (the controller, and a staged copy's legs) have a role of their own
+    assert policies["login_channel"]["role"] == "${aws_iam_role.role_login.name}"
+    grants = json.loads(policies["login_channel"]["policy"])["Statement"]
+    assert sorted(r for g in grants for r in g["Resource"]) == sorted(channel_objects + [
         "arn:aws:s3:::swisstwins-reconcile-state/aws-frankfurt/channel/gpu-ai/tasks/*",
         "arn:aws:s3:::swisstwins-reconcile-state/aws-frankfurt/channel/gpu-ai/staging/*",
         "arn:aws:s3:::swisstwins-reconcile-state",
-        "${aws_secretsmanager_secret.munge_key.arn}",
     ])  # never the state objects beside the channel
     (listing,) = [g for g in grants if g["Resource"] == ["arn:aws:s3:::swisstwins-reconcile-state"]]
     assert listing["Action"] == ["s3:ListBucket"]
     assert listing["Condition"] == {"StringLike": {"s3:prefix": ["aws-frankfurt/channel/gpu-ai/staging/*"]}}
+    profiles = {t["name"]: t["iam_instance_profile"]["arn"] for t in resources(gpu, "aws_launch_template").values()}
+    assert profiles == {
+        "aws-frankfurt-gpu-ai-login": "${aws_iam_instance_profile.login_profile.arn}",
+        "aws-frankfurt-gpu-ai-gpu": "${aws_iam_instance_profile.node_profile.arn}",
+    }
     assert "secret_string" not in resources(gpu, "aws_secretsmanager_secret")["munge_key"]  # the value is the controller's
 
 
@@ -563,11 +576,13 @@ def test_nodes_use_their_own_buckets_and_containers_reach_the_instance_credentia
     """Defects: the node role had only AmazonSSMManagedInstanceCore, so nodes could not use the
     cluster's buckets; and a hop limit of 1 kept the instance credentials from containers."""
     gpu = doc(synthesized, "cluster-gpu-ai")
-    (access,) = [json.loads(p["policy"]) for p in resources(gpu, "aws_iam_role_policy").values() if p["name"] == "own-buckets"]
+    granted = {p["role"]: json.loads(p["policy"]) for p in resources(gpu, "aws_iam_role_policy").values() if p["name"] == "own-buckets"}
+    assert set(granted) == {"${aws_iam_role.role_node.name}", "${aws_iam_role.role_login.name}"}
     buckets = {f"arn:aws:s3:::${{aws_s3_bucket.bucket_{v}.bucket}}" for v in ("checkpoints", "datasets")}
-    listed, objects = access["Statement"]
-    assert set(listed["Resource"]) == buckets and set(objects["Resource"]) == {f"{b}/*" for b in buckets}
-    assert "s3:PutObject" in objects["Action"] and "*" not in json.dumps(listed["Resource"])
+    for access in granted.values():
+        listed, objects = access["Statement"]
+        assert set(listed["Resource"]) == buckets and set(objects["Resource"]) == {f"{b}/*" for b in buckets}
+        assert "s3:PutObject" in objects["Action"] and "*" not in json.dumps(listed["Resource"])
     assert not [p for p in resources(doc(synthesized, "cluster-dev"), "aws_iam_role_policy").values() if p["name"] == "own-buckets"]
     for name in ("cluster-dev", "cluster-gpu-ai"):  # on the instances: changed in place, replacing no node
         for body in resources(doc(synthesized, name), "aws_instance").values():

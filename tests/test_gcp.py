@@ -501,7 +501,9 @@ def test_every_node_boots_the_cluster_cloud_init(specs, synthesized):
             assert unescape(node["metadata"]["user-data"]) == specs[f"cluster-{name}"].user_data, (name, node_name)
             assert node["metadata"]["enable-oslogin"] == "TRUE"
             assert "command -v cloud-init" in node["metadata"]["startup-script"]  # images without it
-            assert node["service_account"]["email"] == "${google_service_account.node_account.email}"
+            # login nodes (the controller, a staged copy's legs) run as an account of their own
+            account = "login_account" if f"{name}-login" in node["tags"] else "node_account"
+            assert node["service_account"]["email"] == f"${{google_service_account.{account}.email}}"
 
 
 def test_cloud_init_reaches_the_node_unchanged_by_terraform():
@@ -641,14 +643,16 @@ def test_access_groups_log_in_through_os_login(synthesized):
         ("group:ml-researchers@swisstwins.ch", "${google_compute_instance.node_login_0.name}"),
     }
     act_as = resources(gpu, "google_service_account_iam_member")
-    assert {(b["member"], b["role"]) for b in act_as.values()} == {
-        ("group:hpc-admins@swisstwins.ch", "roles/iam.serviceAccountUser"),
-        ("group:ml-researchers@swisstwins.ch", "roles/iam.serviceAccountUser"),
+    # users act as the login nodes' account only: they reach no other node
+    assert {(b["member"], b["service_account_id"], b["role"]) for b in act_as.values()} == {
+        ("group:hpc-admins@swisstwins.ch", "${google_service_account.node_account.name}", "roles/iam.serviceAccountUser"),
+        ("group:hpc-admins@swisstwins.ch", "${google_service_account.login_account.name}", "roles/iam.serviceAccountUser"),
+        ("group:ml-researchers@swisstwins.ch", "${google_service_account.login_account.name}", "roles/iam.serviceAccountUser"),
     }
     roles = {b["role"] for b in resources(gpu, "google_project_iam_member").values()}
     assert roles == {"roles/logging.logWriter", "roles/monitoring.metricWriter", "roles/artifactregistry.reader"}
-    (account,) = resources(gpu, "google_service_account").values()
-    assert account["account_id"] == "gcp-netherlands-vc-gpu-ai"
+    accounts = {k: a["account_id"] for k, a in resources(gpu, "google_service_account").items()}
+    assert accounts == {"node_account": "gcp-netherlands-vc-gpu-ai", "login_account": "gcp-netherlands-vcl-gpu-ai"}
 
 
 def test_refusals_say_what_to_change(specs):
@@ -709,12 +713,24 @@ def test_nodes_find_their_channel_and_key_through_their_metadata(specs):
     objects = resource["google_storage_bucket_object"]
     assert objects["channel_current"]["content"] == spec.config_version
     assert json.loads(objects["channel_config"]["content"])["files"] == json.loads(spec.config_files)
-    conditions = sorted(g["condition"]["expression"] for g in resource["google_storage_bucket_iam_member"].values())
+    def conditions(account: str) -> list[str]:
+        member = f"serviceAccount:${{google_service_account.{account}.email}}"
+        return sorted(g["condition"]["expression"] for g in resource["google_storage_bucket_iam_member"].values()
+                      if g["member"] == member and "condition" in g)
+
     prefix = f"projects/_/buckets/{spec.state.bucket}/objects/gcp-zurich/channel/slurm-hpc"
-    assert conditions == sorted([
+    # compute nodes, where any user's job runs, read the config and report: no staged copy's legs
+    assert conditions("node_account") == sorted(f'resource.name.startsWith("{prefix}/{part}/")' for part in ("config", "nodes"))
+    assert conditions("login_account") == sorted([
         f'resource.name == "projects/_/buckets/{spec.state.bucket}"',  # a listing, names only: objects are read by prefix
         *(f'resource.name.startsWith("{prefix}/{part}/")' for part in ("config", "nodes", "tasks", "staging")),
     ])
+    key_roles = {(g["member"].split(".")[1], g["role"]) for g in resource["google_secret_manager_secret_iam_member"].values()}
+    assert key_roles == {
+        ("node_account", "roles/secretmanager.secretAccessor"),
+        ("login_account", "roles/secretmanager.secretAccessor"),
+        ("login_account", "roles/secretmanager.secretVersionAdder"),  # the controller's first boot
+    }
     roles = {g["condition"]["title"].rsplit(" ", 1)[-1]: g["role"] for g in resource["google_storage_bucket_iam_member"].values()}
     assert roles["list"] == roles["config"] == "roles/storage.objectViewer", "nothing but reading where no prefix bounds it"
     secret = resource["google_secret_manager_secret"]["munge_key"]
@@ -765,7 +781,8 @@ def test_nodes_use_their_own_buckets(synthesized):
     buckets = resources(gpu, "google_storage_bucket")  # (the state bucket's grant is the config channel's)
     assert {g["bucket"] for g in grants.values()} == {f"${{google_storage_bucket.{b}.name}}" for b in buckets}
     assert {(g["role"], g["member"]) for g in grants.values()} == {
-        ("roles/storage.objectUser", "serviceAccount:${google_service_account.node_account.email}")
+        ("roles/storage.objectUser", "serviceAccount:${google_service_account.node_account.email}"),
+        ("roles/storage.objectUser", "serviceAccount:${google_service_account.login_account.email}"),
     }
 
 

@@ -55,12 +55,16 @@ def build(stack, spec: ClusterSpec) -> None:
     check(spec)
     vpc, subnet = _subnet(stack, spec)
     groups = _security_groups(stack, spec, vpc)
-    profile, role = _node_profile(stack, spec)
+    identities = _node_profiles(stack, spec)
     images: dict[str, str] = {}
     filesystems, buckets = _storage(stack, spec, subnet, groups["nodes"])
-    _bucket_access(stack, role, buckets)
-    binding = _channel(stack, spec, role, filesystems)
-    instances = {pool.name: _pool(stack, spec, pool, subnet, groups, profile, images, binding) for pool in spec.pools}
+    for name, (_, role) in identities.items():
+        _bucket_access(stack, name, role, buckets)
+    binding = _channel(stack, spec, identities, filesystems)
+    instances = {
+        pool.name: _pool(stack, spec, pool, subnet, groups, identities[_identity(pool)][0], images, binding)
+        for pool in spec.pools
+    }
     _names(stack, spec, vpc)
     _access(stack, spec)
 
@@ -224,25 +228,37 @@ def _security_groups(stack, spec: ClusterSpec, vpc) -> dict:
 # ---------------------------------------------------------------- nodes
 
 
-def _node_profile(stack, spec: ClusterSpec):
-    """What every node runs as: enough for SSM Session Manager, the only way in without SSH."""
-    role, _ = iam_role(
-        stack,
-        "node",
-        f"{spec.site}-{spec.name}-node",
-        {"Service": "ec2.amazonaws.com"},
-        ("AmazonSSMManagedInstanceCore",),
-    )
-    return aws("iam_instance_profile").IamInstanceProfile(stack, "node_profile", name=role.name, role=role.name), role
+def _identity(pool: ComputePool) -> str:
+    """Which of the cluster's two identities a pool's nodes run as."""
+    return "login" if pool.role == "login" else "node"
 
 
-def _bucket_access(stack, role, buckets: dict) -> None:
+def _node_profiles(stack, spec: ClusterSpec) -> dict:
+    """What the nodes run as, `{identity: (instance profile, role)}`: enough for SSM Session
+    Manager, the only way in without SSH. Login nodes have a role of their own: they run the
+    controller, which adds the munge key, and a staged copy's legs, which no compute node
+    (where any user's job runs) may write or forge."""
+    identities = {}
+    for name in ("node", "login") if any(p.role == "login" for p in spec.pools) else ("node",):
+        role, _ = iam_role(
+            stack,
+            name,
+            f"{spec.site}-{spec.name}-{name}",  # IAM names are global to the account: with the site
+            {"Service": "ec2.amazonaws.com"},
+            ("AmazonSSMManagedInstanceCore",),
+        )
+        profile = aws("iam_instance_profile").IamInstanceProfile(stack, f"{name}_profile", name=role.name, role=role.name)
+        identities[name] = (profile, role)
+    return identities
+
+
+def _bucket_access(stack, identity: str, role, buckets: dict) -> None:
     """The nodes read and write their own cluster's buckets, and no other bucket."""
     if not buckets:
         return
     arns = [f"arn:aws:s3:::{name}" for _, name in sorted(buckets.items())]
     aws("iam_role_policy").IamRolePolicy(
-        stack, "node_buckets", name="own-buckets", role=role.name,
+        stack, f"{identity}_buckets", name="own-buckets", role=role.name,
         policy=policy([
             statement(["s3:ListBucket", "s3:GetBucketLocation"], arns, sid="List"),
             statement(["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"],
@@ -251,11 +267,12 @@ def _bucket_access(stack, role, buckets: dict) -> None:
     )
 
 
-def _channel(stack, spec: ClusterSpec, role, filesystems: dict) -> dict:
+def _channel(stack, spec: ClusterSpec, identities: dict, filesystems: dict) -> dict:
     """The cluster's config channel in the site's state bucket, the secret container of its
-    munge key, and what the node role may do with them: read the config, write its own
-    reports, read and (the controller's first boot) put the key. Returns the nodes' binding:
-    the instance tags the node package reads through IMDSv2."""
+    munge key, and what the nodes may do with them: every node reads the config and the key
+    and writes its own reports; login nodes also put the key (the controller's first boot)
+    and run a staged copy's legs. Returns the nodes' binding: the instance tags the node
+    package reads through IMDSv2."""
     prefix = channel_prefix(spec.state, spec.name)
     published = []  # `current` names a version only once the version is there
     for construct_id, key, content, content_type in channel_objects(spec):
@@ -269,18 +286,24 @@ def _channel(stack, spec: ClusterSpec, role, filesystems: dict) -> dict:
         tags={"cluster": spec.name},
     )
     objects_of = f"arn:aws:s3:::{spec.state.bucket}/{prefix}"
-    aws("iam_role_policy").IamRolePolicy(
-        stack, "node_channel", name="vcluster-channel", role=role.name,
-        policy=policy([
-            statement(["s3:GetObject"], [f"{objects_of}/config/*"], sid="ReadConfig"),
-            statement(["s3:GetObject", "s3:PutObject", "s3:DeleteObject"], [f"{objects_of}/nodes/*"], sid="Report"),
-            # a staged copy: the legs the reconciler leaves, their results, and what they carry
-            statement(["s3:GetObject", "s3:PutObject", "s3:DeleteObject"], [f"{objects_of}/tasks/*", f"{objects_of}/staging/*"], sid="Stage"),
-            statement(["s3:ListBucket"], [f"arn:aws:s3:::{spec.state.bucket}"], {"StringLike": {"s3:prefix": [f"{prefix}/staging/*"]}},
-                      sid="ListStaging"),
-            statement(["secretsmanager:GetSecretValue", "secretsmanager:PutSecretValue"], [secret.arn], sid="MungeKey"),
-        ]),
-    )
+    for identity, (_, role) in identities.items():
+        login = identity == "login"
+        aws("iam_role_policy").IamRolePolicy(
+            stack, f"{identity}_channel", name="vcluster-channel", role=role.name,
+            policy=policy([
+                statement(["s3:GetObject"], [f"{objects_of}/config/*"], sid="ReadConfig"),
+                statement(["s3:GetObject", "s3:PutObject", "s3:DeleteObject"], [f"{objects_of}/nodes/*"], sid="Report"),
+                *([
+                    # a staged copy: the legs the reconciler leaves, their results, and what they carry
+                    statement(["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+                              [f"{objects_of}/tasks/*", f"{objects_of}/staging/*"], sid="Stage"),
+                    statement(["s3:ListBucket"], [f"arn:aws:s3:::{spec.state.bucket}"],
+                              {"StringLike": {"s3:prefix": [f"{prefix}/staging/*"]}}, sid="ListStaging"),
+                ] if login else []),
+                statement(["secretsmanager:GetSecretValue", *(["secretsmanager:PutSecretValue"] if login else [])],
+                          [secret.arn], sid="MungeKey"),
+            ]),
+        )
     # what the node package's `aws_mounts` reads: EFS by its DNS name, Lustre by its LNet address
     mounts = {
         fs["mount"]: f"{fs['dns_name']}@tcp:/{fs['mount_name']}" if fs["type"] == "lustre" else f"{fs['dns_name']}:/"

@@ -179,16 +179,18 @@ def build(stack, spec: ClusterSpec) -> None:
     check(spec)
     network, subnet = _subnet(stack, spec)
     _firewall(stack, spec, network)
-    account = _node_account(stack, spec)
+    accounts = _node_accounts(stack, spec)
     filesystems, buckets = _storage(stack, spec, network)
     for volume, name in sorted(buckets.items()):  # the nodes use their own cluster's buckets, and no other
-        google("storage_bucket_iam_member").StorageBucketIamMember(
-            stack, f"bucket_{volume}_nodes", bucket=name, role="roles/storage.objectUser", member=service_account_member(account)
-        )
-    binding = _channel(stack, spec, account, filesystems)
-    instances = {pool.name: _pool(stack, spec, pool, subnet, account, binding) for pool in spec.pools}
+        for identity, account in accounts.items():
+            google("storage_bucket_iam_member").StorageBucketIamMember(
+                stack, f"bucket_{volume}_{'nodes' if identity == 'node' else identity}", bucket=name,
+                role="roles/storage.objectUser", member=service_account_member(account),
+            )
+    binding = _channel(stack, spec, accounts, filesystems)
+    instances = {pool.name: _pool(stack, spec, pool, subnet, accounts[_identity(pool)], binding) for pool in spec.pools}
     _names(stack, spec)
-    _access(stack, spec, instances, account)
+    _access(stack, spec, instances, accounts)
 
     nodes = [node for pool in spec.pools for node in instances[pool.name]]
     logins = [n.instance.network_interface.get(0).network_ip for n in nodes if n.role == "login"]
@@ -340,23 +342,35 @@ def _firewall(stack, spec: ClusterSpec, network) -> None:
 # ---------------------------------------------------------------- nodes
 
 
-def _node_account(stack, spec: ClusterSpec):
-    """What every node runs as: it may write logs and metrics and read the site's registries."""
-    account = google("service_account").ServiceAccount(
-        stack,
-        "node_account",
-        account_id=account_id(spec.site, "vc", spec.name),  # "vc": never a landing-zone account's name
-        display_name=f"Nodes of cluster {spec.name} on site {spec.site}",
-    )
-    for role in NODE_ACCOUNT_ROLES:
-        google("project_iam_member").ProjectIamMember(
+def _identity(pool: ComputePool) -> str:
+    """Which of the cluster's two service accounts a pool's nodes run as."""
+    return "login" if pool.role == "login" else "node"
+
+
+def _node_accounts(stack, spec: ClusterSpec) -> dict:
+    """What the nodes run as, `{identity: service account}`: each may write logs and metrics and
+    read the site's registries. Login nodes have an account of their own: they run the
+    controller, which adds the munge key, and a staged copy's legs, which no compute node
+    (where any user's job runs) may write or forge."""
+    accounts = {}
+    for identity in ("node", "login") if any(p.role == "login" for p in spec.pools) else ("node",):
+        account = google("service_account").ServiceAccount(
             stack,
-            f"node_account_{role_id(role)}",
-            project=spec.account,
-            role=role,
-            member=service_account_member(account),
+            f"{identity}_account",
+            # "vc" (nodes) and "vcl" (login nodes): never a landing-zone account's name
+            account_id=account_id(spec.site, "vcl" if identity == "login" else "vc", spec.name),
+            display_name=f"{'Login nodes' if identity == 'login' else 'Nodes'} of cluster {spec.name} on site {spec.site}",
         )
-    return account
+        for role in NODE_ACCOUNT_ROLES:
+            google("project_iam_member").ProjectIamMember(
+                stack,
+                f"{identity}_account_{role_id(role)}",
+                project=spec.account,
+                role=role,
+                member=service_account_member(account),
+            )
+        accounts[identity] = account
+    return accounts
 
 
 def guest_accelerators(machine: MachineType, node: NodeSpec) -> list[tuple[str, int]]:
@@ -415,11 +429,12 @@ def secret_prefix(spec: ClusterSpec) -> str:
     return resource_name("vc", spec.site, spec.name, limit=40) + "-"
 
 
-def _channel(stack, spec: ClusterSpec, account, filesystems: dict) -> dict:
+def _channel(stack, spec: ClusterSpec, accounts: dict, filesystems: dict) -> dict:
     """The cluster's config channel in the site's state bucket, the secret container of its
-    munge key, and what the node account may do with them: read the config, write its own
-    reports, read and (the controller's first boot) add the key. Returns the nodes' binding:
-    the metadata attributes the node package reads."""
+    munge key, and what the nodes may do with them: every node reads the config and the key
+    and writes its own reports; login nodes also add the key (the controller's first boot)
+    and run a staged copy's legs. Returns the nodes' binding: the metadata attributes the
+    node package reads."""
     prefix = channel_prefix(spec.state, spec.name)
     published = []  # `current` names a version only once the version is there
     for construct_id, name, content, content_type in channel_objects(spec):
@@ -427,32 +442,43 @@ def _channel(stack, spec: ClusterSpec, account, filesystems: dict) -> dict:
             stack, construct_id, bucket=spec.state.bucket, name=name, content=content, content_type=content_type,
             depends_on=published[-1:] or None,
         ))
-    member = service_account_member(account)
     bucket_iam = google("storage_bucket_iam_member")
     objects_of = f"projects/_/buckets/{spec.state.bucket}/objects/{prefix}"
-    for name, role, where in (
-        ("config", "roles/storage.objectViewer", f"{objects_of}/config/"),
-        ("reports", "roles/storage.objectUser", f"{objects_of}/nodes/"),
-        ("tasks", "roles/storage.objectUser", f"{objects_of}/tasks/"),  # a staged copy's legs, and their results
-        ("staging", "roles/storage.objectUser", f"{objects_of}/staging/"),  # what the legs carry
-    ):
-        bucket_iam.StorageBucketIamMember(
-            stack, f"channel_{name}_nodes", bucket=spec.state.bucket, role=role, member=member,
-            condition={"title": f"vcluster {spec.name} {name}", "expression": f'resource.name.startsWith("{where}")'},
-        )
-    # rclone lists the staging area; a listing is checked on the bucket, not on its objects
-    bucket_iam.StorageBucketIamMember(
-        stack, "channel_list_nodes", bucket=spec.state.bucket, role="roles/storage.objectViewer", member=member,
-        condition={"title": f"vcluster {spec.name} list", "expression": f'resource.name == "projects/_/buckets/{spec.state.bucket}"'},
-    )
+    grants = [
+        ("config", "roles/storage.objectViewer", f"{objects_of}/config/", "node"),
+        ("reports", "roles/storage.objectUser", f"{objects_of}/nodes/", "node"),
+        ("tasks", "roles/storage.objectUser", f"{objects_of}/tasks/", "login"),  # a staged copy's legs, and their results
+        ("staging", "roles/storage.objectUser", f"{objects_of}/staging/", "login"),  # what the legs carry
+    ]
+    for identity, account in accounts.items():
+        who = "nodes" if identity == "node" else identity
+        member = service_account_member(account)
+        for name, role, where, least in grants:
+            if least == "login" and identity != "login":
+                continue
+            bucket_iam.StorageBucketIamMember(
+                stack, f"channel_{name}_{who}", bucket=spec.state.bucket, role=role, member=member,
+                condition={"title": f"vcluster {spec.name} {name}", "expression": f'resource.name.startsWith("{where}")'},
+            )
+        if identity == "login":
+            # rclone lists the staging area; a listing is checked on the bucket, not on its objects
+            bucket_iam.StorageBucketIamMember(
+                stack, "channel_list_login", bucket=spec.state.bucket, role="roles/storage.objectViewer", member=member,
+                condition={"title": f"vcluster {spec.name} list",
+                           "expression": f'resource.name == "projects/_/buckets/{spec.state.bucket}"'},
+            )
     secret = google("secret_manager_secret").SecretManagerSecret(
         stack, "munge_key", secret_id=f"{secret_prefix(spec)}munge-key", replication={"auto": {}},
         labels={"cluster": spec.name},
     )
-    for role in ("roles/secretmanager.secretAccessor", "roles/secretmanager.secretVersionAdder"):
-        google("secret_manager_secret_iam_member").SecretManagerSecretIamMember(
-            stack, f"munge_key_{role_id(role)}", secret_id=secret.id, role=role, member=member,
-        )
+    for identity, account in accounts.items():
+        # every node reads the key; only the controller (a login node) adds it, at its first boot
+        roles = ("roles/secretmanager.secretAccessor",) + (("roles/secretmanager.secretVersionAdder",) if identity == "login" else ())
+        for role in roles:
+            google("secret_manager_secret_iam_member").SecretManagerSecretIamMember(
+                stack, f"munge_key_{role_id(role)}{'' if identity == 'node' else '_' + identity}",
+                secret_id=secret.id, role=role, member=service_account_member(account),
+            )
     mounts = {fs["mount"]: fs["source"] for fs in filesystems.values() if fs.get("type") == "filestore"}
     return {
         "vcluster-project": spec.account,
@@ -693,10 +719,10 @@ def iam_domain(spec: ClusterSpec) -> str:
     return dict(spec.labels)[IAM_DOMAIN_LABEL]
 
 
-def _access(stack, spec: ClusterSpec, instances: dict, account) -> None:
+def _access(stack, spec: ClusterSpec, instances: dict, accounts: dict) -> None:
     """Per access group: OS Login on the instances it may reach, IAP tunnelling to the login
-    nodes among them (admins go on to other nodes from there), and acting as the nodes'
-    service account (OS Login asks for it on instances that run as one)."""
+    nodes among them (admins go on to other nodes from there), and acting as the service
+    accounts of the nodes it may reach (OS Login asks for it on instances that run as one)."""
     if not spec.access:
         return
     login = google("compute_instance_iam_member").ComputeInstanceIamMember
@@ -728,10 +754,13 @@ def _access(stack, spec: ClusterSpec, instances: dict, account) -> None:
                         role="roles/iap.tunnelResourceAccessor",
                         member=member,
                     )
-        act_as(
-            stack,
-            f"group_{group.name}_act_as_nodes",
-            service_account_id=account.name,
-            role="roles/iam.serviceAccountUser",
-            member=member,
-        )
+        for identity, account in accounts.items():
+            if not admin and identity != "login":
+                continue  # users reach login nodes only
+            act_as(
+                stack,
+                f"group_{group.name}_act_as_{'nodes' if identity == 'node' else identity}",
+                service_account_id=account.name,
+                role="roles/iam.serviceAccountUser",
+                member=member,
+            )
