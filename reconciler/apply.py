@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from reconciler import datacopy, health, hostruntime, interrupt, stagedcopy, transfer
 from reconciler.affected import APPLY, DESTROY
-from reconciler.backends import BackendError
+from reconciler.backends import BackendError, keys
 from reconciler.engine import Engine
 from reconciler.errors import ReconcileError
 from reconciler.gitsource import Snapshot
@@ -99,7 +100,77 @@ def apply(
                     results[_id(p)] = future.result()
             elif waiting and not any(all(n in results for n in blockers(p, plans)) for p in waiting):
                 raise ReconcileError("dependency cycle among " + ", ".join(p.selected.unit.key for p in waiting))
+    if not interrupt.requested():
+        _tell(results, plans, sweep(plans, results, engine, store))
     return [results[_id(p)] for p in plans]
+
+
+def sweep(plans: list[UnitPlan], results: dict, engine: Engine, store: LiveStore) -> dict[str, list[str]]:
+    """What copies left in the sites of this run (staging areas, transfer stacks: `leftovers`)
+    goes once no copy of its cluster is pending: the move finished, chose keep or drop, or was
+    reverted. A copy that failed in this run keeps them: the next run sends only what differs.
+    Returns {cluster: what was removed, or why not}."""
+    pending = {p.selected.unit.name for p in plans if p.copies and results[_id(p)].outcome != APPLIED}
+    told: dict[str, list[str]] = {}
+    seen = set()
+    for p in plans:
+        state = p.selected.unit.state
+        place = (state.backend, state.endpoint, state.bucket, state.region, keys(state)[0])
+        if place in seen or not store.readable(state):
+            continue
+        seen.add(place)
+        try:
+            noted = store.leftovers(state)
+        except (BackendError, ReconcileError) as exc:
+            told.setdefault(p.selected.unit.name, []).append(f"the leftovers of copies on {p.selected.unit.site} could not be listed ({exc})")
+            continue
+        for name, body in noted.items():
+            if body["cluster"] in pending:
+                continue
+            what = f"the staging area of {body.get('volume')} on {body.get('site')}" if body["kind"] == "staging" else f"the transfer stack {name}"
+            try:
+                if body["kind"] == "staging":
+                    stagedcopy.remove(store, state, name, body)
+                elif body["kind"] == "transfer-stack":
+                    _remove_transfer_stack(engine, store, state, name, body, p.workdir.parent / name)
+                else:
+                    continue
+            except (ReconcileError, BackendError, OSError, KeyError, TypeError) as exc:
+                told.setdefault(body["cluster"], []).append(f"{what}, left by a copy, could not be removed ({exc}); the next apply tries again")
+            else:
+                told.setdefault(body["cluster"], []).append(f"removed {what}, left by a copy")
+    return told
+
+
+def _remove_transfer_stack(engine: Engine, store: LiveStore, state: StateLocation, name: str, body: dict, workdir: Path) -> None:
+    """A transfer stack a run left (failed or killed before its destroy): destroyed from its
+    state, through a configuration with its backend and provider and no resource."""
+    from rpi import cdk, registry  # starts Node: only when a transfer stack was left
+
+    spec = copyroute.TransferSpec(
+        body["platform"], body["site"], body["account"], body["region"], body["cluster"], StateLocation(**body["state"]), (),
+    )
+
+    def build(app):
+        stack = cdk.new_stack(app, spec.stack)
+        registry.platform(spec.platform).transfer(stack, spec)
+        return {spec.stack: stack}
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "cdk.tf.json").write_text(render_json(cdk.synthesize(build)[spec.stack]))
+    engine.init(workdir, {})
+    _destroy_noted(engine, store, workdir, state, name)
+
+
+def _tell(results: dict, plans: list[UnitPlan], told: dict[str, list[str]]) -> None:
+    """The sweep's lines, on the result of a unit of the same cluster, or on standard error."""
+    for cluster, lines in told.items():
+        at = next((_id(p) for p in plans if p.selected.unit.name == cluster), None)
+        if at is None:
+            sys.stderr.write("".join(f"note: cluster {cluster}: {line}\n" for line in lines))
+            continue
+        r = results[at]
+        results[at] = ApplyResult(r.plan, r.outcome, "; ".join([d for d in (r.detail, *lines) if d]))
 
 
 def _copy_data(p: UnitPlan, store: LiveStore, engine: Engine | None = None) -> list[str]:
@@ -126,34 +197,57 @@ def _copy_data(p: UnitPlan, store: LiveStore, engine: Engine | None = None) -> l
             staged.append((plan, volumes[plan.volume]))
         else:
             services.append((plan, volumes[plan.volume]))
-    # a transfer service in the target's cloud: a stack of its own, for the copy's time
-    transferred = _transfer(p, services, engine, store) if services else []
-    transferred += stagedcopy.copy(p, staged, store, _set_access, channel_access) if staged else []
     source_real, target_real = p.cutover
-    if not pairs:
-        _open_target(store, target, target_real)
-        return transferred
-    if target_real:
-        _set_access(store, target, "closed")
-    sent = {plan.address: datacopy.bulk(plan, into) for plan, into in pairs}
-    interrupt.checkpoint("after the bulk copies: the source stays")
     try:
-        if source_real:
-            _set_access(store, source, "drained")
-        # a cloud source is frozen through its channel; a local one by datacopy (a read-only bind mount)
-        with _frozen_through_channel(store, source) if source.platform != "local" else contextlib.nullcontext():
-            copied = [datacopy.finish(plan, into, sent[plan.address]) for plan, into in pairs]
+        # a transfer service in the target's cloud: a stack of its own, for the copy's time
+        transferred = _transfer(p, services, engine, store) if services else []
+        transferred += stagedcopy.copy(p, staged, store, _set_access, channel_access) if staged else []
+        if pairs:
+            transferred += _runner_copies(p, pairs, store)
     except BaseException as exc:
-        still = _set_access(store, source, "open", quiet=True) if source_real else ""
+        # whichever route failed, and wherever (a final pass, a verification, a transfer stack's
+        # destroy): the source opens again; the target stays closed, and the next run copies again
+        still = _reopen(store, source, source_real)
         if still and isinstance(exc, ReconcileError):
             raise datacopy.CopyError(f"{exc}; and {still}") from None
         raise
     _open_target(store, target, target_real)
-    return transferred + [
+    return transferred
+
+
+def _runner_copies(p: UnitPlan, pairs: list, store: LiveStore) -> list[str]:
+    """rsync and rclone on the runner: a bulk pass while the source is live, then the source
+    drained and frozen for the final pass and the verification."""
+    source, target = p.selected.unit, p.copy_target
+    source_real, target_real = p.cutover
+    if target_real:
+        _set_access(store, target, "closed")
+    sent = {plan.address: datacopy.bulk(plan, into) for plan, into in pairs}
+    interrupt.checkpoint("after the bulk copies: the source stays")
+    if source_real:
+        _set_access(store, source, "drained")
+    if source.platform != "local":  # a cloud source is frozen through its channel; a local one by datacopy (a read-only bind mount)
+        channel_access(store, source, "frozen")
+    copied = [datacopy.finish(plan, into, sent[plan.address]) for plan, into in pairs]
+    return [
         f"copied {c.volume} to {target.site} ({c.files:,} files, {c.bytes:,} bytes; {c.sent:,} bytes sent), "
         "verified by checksums, then destroyed here"
         for c in copied
     ]
+
+
+def _reopen(store: LiveStore, source: Unit, real: bool) -> str:
+    """After a failed copy, the source opens again: a cluster that runs for real at once, a cloud
+    one at its nodes' next sync. What failed on the way, or ""."""
+    if real:
+        return _set_access(store, source, "open", quiet=True)
+    if source.platform == "local":
+        return ""  # a records-runtime volume is frozen by a bind mount, which datacopy ends
+    try:
+        channel_access(store, source, "open", wait=False)
+    except (ReconcileError, BackendError) as exc:
+        return f"{source.title} could not be opened again through its channel ({exc}); the next run opens it"
+    return ""
 
 
 def _open_target(store: LiveStore, target: Unit, real: bool) -> None:
@@ -162,6 +256,23 @@ def _open_target(store: LiveStore, target: Unit, real: bool) -> None:
         _set_access(store, target, "open")
     elif target.platform != "local":  # its nodes open at their next sync
         channel_access(store, target, "open", wait=False)
+
+
+def _open_if_left_closed(store: LiveStore, target: Unit) -> str:
+    """A move's target that no copy comes into in this run opens, if a copy that failed left it
+    closed (the move then chose keep or drop): users go where the cluster now runs."""
+    from reconciler.run import runs_for_real
+
+    try:
+        if target.kind != CLUSTER or store.asked_access(target) in ("", "open"):
+            return ""
+    except (BackendError, ReconcileError):
+        return ""  # a channel this runner cannot read: its nodes keep what they were last asked
+    if runs_for_real(target, store):
+        _set_access(store, target, "open")
+    else:  # its nodes open at their next sync
+        channel_access(store, target, "open", wait=False)
+    return "opened to its users (a copy that failed had left it closed; no copy is pending now)"
 
 
 def _volumes_by_name(store: LiveStore, unit: Unit) -> dict[str, object]:
@@ -190,15 +301,19 @@ def _transfer(p: UnitPlan, services: list, engine: Engine, store: LiveStore) -> 
     workdir = p.workdir.parent / spec.stack
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "cdk.tf.json").write_text(render_json(cdk.synthesize(build)[spec.stack]))
+    # noted before it exists: a run that fails or is killed before the destroy leaves it listed,
+    # and a later apply destroys it (sweep)
+    store.note_leftover(target.state, f"{spec.stack}", _transfer_note(spec))
     engine.init(workdir, {})
-    engine.plan(workdir)
-    engine.apply(workdir)
-    ids = (engine.outputs(workdir).get("transfers") or {}).get("value") or {}
-    where = target.spec.region if target.platform == "aws" else target.spec.account
-    bulk = {plan.volume: transfer.run(plan.route, ids[plan.volume], where) for plan, _ in services}
-    interrupt.checkpoint("after the bulk transfers: the source stays")
-    lines = []
-    with _frozen_through_channel(store, source):
+    try:
+        engine.plan(workdir)
+        engine.apply(workdir)
+        ids = (engine.outputs(workdir).get("transfers") or {}).get("value") or {}
+        where = target.spec.region if target.platform == "aws" else target.spec.account
+        bulk = {plan.volume: transfer.run(plan.route, ids[plan.volume], where) for plan, _ in services}
+        interrupt.checkpoint("after the bulk transfers: the source stays")
+        lines = []
+        channel_access(store, source, "frozen")
         for plan, into in services:
             final = transfer.run(plan.route, ids[plan.volume], where)
             if into.kind == "bucket":
@@ -210,21 +325,31 @@ def _transfer(p: UnitPlan, services: list, engine: Engine, store: LiveStore) -> 
                 raise datacopy.CopyError(f"{plan.volume}: {plan.route} did not verify the copy; the source stays")
             sent = bulk[plan.volume].bytes + final.bytes
             lines.append(f"copied {plan.volume} to {target.site} by {plan.route} ({sent:,} bytes sent), {how}, then destroyed here")
-    engine.plan(workdir, destroy=True)
-    engine.apply(workdir)
+    except BaseException:  # the stack lives for the copy's time only, whether it succeeded or not
+        if not interrupt.requested():  # an interrupt stops at once: the note stays, a later apply destroys it
+            with contextlib.suppress(ReconcileError):  # the copy's own failure is the one to report
+                _destroy_noted(engine, store, workdir, target.state, spec.stack)
+        raise
+    _destroy_noted(engine, store, workdir, target.state, spec.stack)
     return lines  # the target opens once every route has copied (_copy_data)
 
 
-@contextlib.contextmanager
-def _frozen_through_channel(store: LiveStore, unit: Unit):
-    """A cloud cluster frozen for a copy's final pass: drained, users refused, volumes read-only,
-    acknowledged by every node. If the copy fails, it opens again (at the nodes' next sync)."""
-    channel_access(store, unit, "frozen")
-    try:
-        yield
-    except BaseException:
-        channel_access(store, unit, "open", wait=False)
-        raise
+def _destroy_noted(engine: Engine, store: LiveStore, workdir: Path, state: StateLocation, name: str) -> None:
+    """Destroy a stack that a copy noted as a leftover, then its note."""
+    engine.plan(workdir, destroy=True)
+    engine.apply(workdir)
+    store.clear_leftover(state, name)
+
+
+def _transfer_note(spec: copyroute.TransferSpec) -> dict:
+    """What destroying a transfer stack later needs: where its state is, and its provider's."""
+    state = spec.state
+    return {
+        "kind": "transfer-stack", "cluster": spec.cluster, "site": spec.site, "platform": spec.platform,
+        "account": spec.account, "region": spec.region, "stack": spec.stack,
+        "state": {"backend": state.backend, "bucket": state.bucket, "key": state.key, "region": state.region,
+                  "endpoint": state.endpoint},
+    }
 
 
 def _sibling(state: StateLocation, stack: str, other: str) -> StateLocation:
@@ -360,7 +485,8 @@ def _apply_one(p: UnitPlan, engine: Engine, store: LiveStore, head: Snapshot, ga
         verdict = health.check(unit.spec, engine.outputs(p.workdir))
         if not verdict.ok:
             return ApplyResult(p, FAILED, f"health check failed, the source stays: {verdict.detail}")
-        return ApplyResult(p, outcome, f"healthy: {verdict.detail}")
+        opened = "" if closed_first else _open_if_left_closed(store, unit)
+        return ApplyResult(p, outcome, "; ".join(d for d in (f"healthy: {verdict.detail}", opened) if d))
     except ReconcileError as exc:
         if interrupt.requested():
             now = datetime.now(timezone.utc).replace(microsecond=0).isoformat()

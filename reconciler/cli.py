@@ -483,6 +483,13 @@ def cmd_volumes(settings: Settings, args) -> int:
             continue
         for v in store.retained(location):
             rows.append({**asdict(v), "status": "retained", "stack": ""})
+        for name, body in store.leftovers(location).items():
+            rows.append(
+                {"id": name, "address": "", "platform": body.get("platform", platforms[site]), "site": site, "cluster": body["cluster"],
+                 "volume": str(body.get("volume") or ""), "kind": body["kind"], "stack": str(body.get("stack") or ""),
+                 "path": str(body.get("where") or ""), "status": "left by a copy", "size_gb": 0, "retained_at": "",
+                 "revision": None, "from_stack": ""}
+            )
         for v in store.in_use(location):
             stack = v.stack
             cluster = stack.removeprefix("cluster-") if stack.startswith("cluster-") else ""
@@ -508,6 +515,9 @@ def _delete_volume(settings: Settings, args, store: LiveStore, sites: dict, rows
     found = [r for r in rows if r["id"] == args.delete]
     retained = [r for r in found if r["status"] == "retained"]
     if not retained:
+        if found and found[0]["status"] == "left by a copy":
+            raise ReconcileError(f"{args.delete} is a {found[0]['kind']} left by a copy: the next apply removes it once no copy of "
+                                 f"{found[0]['cluster']} is pending")
         if found:
             raise ReconcileError(f"volume {args.delete} is in use by {found[0]['stack']}: only a retained volume can be deleted")
         listed = ", ".join(r["id"] for r in rows if r["status"] == "retained") or "none"

@@ -13,6 +13,7 @@ that fails is not planned over: planning it would propose to create everything t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -425,27 +426,28 @@ class LiveStore:
 
     # ------------------------------------------------------------ config channel
 
+    def channel_of(self, platform: str, state: StateLocation, cluster: str) -> tuple[object, str]:
+        """(blobs, key prefix) of a cluster's config channel (`rpi.spec`'s layout), where its
+        nodes read it: a directory under the state root on the local platform, the site's state
+        bucket on a cloud."""
+        if platform == "local":
+            return LocalBlobs(self.state_root), local_channel_dir(state, cluster)
+        return self._place(state).blobs, channel_prefix(state, cluster)
+
     def channel_get(self, unit: Unit, key: str) -> bytes | None:
-        """One object of a cluster's config channel (`rpi.spec`'s layout), from where its nodes
-        read it: a directory under the state root on the local platform, the site's state
-        bucket on a cloud. Raises NoCredentials or BackendError when it cannot be read."""
-        if unit.platform == "local":
-            return LocalBlobs(self.state_root).get(f"{local_channel_dir(unit.state, unit.name)}/{key}")
-        return self._place(unit.state).blobs.get(f"{channel_prefix(unit.state, unit.name)}/{key}")
+        """One object of a cluster's config channel. Raises NoCredentials or BackendError when
+        it cannot be read."""
+        blobs, prefix = self.channel_of(unit.platform, unit.state, unit.name)
+        return blobs.get(f"{prefix}/{key}")
 
     def channel_put(self, unit: Unit, key: str, data: bytes) -> None:
         """Write one object of a cluster's config channel, where its nodes read it."""
-        if unit.platform == "local":
-            LocalBlobs(self.state_root).put(f"{local_channel_dir(unit.state, unit.name)}/{key}", data)
-        else:
-            self._place(unit.state).blobs.put(f"{channel_prefix(unit.state, unit.name)}/{key}", data)
+        blobs, prefix = self.channel_of(unit.platform, unit.state, unit.name)
+        blobs.put(f"{prefix}/{key}", data)
 
     def node_reports(self, unit: Unit) -> dict[str, dict]:
         """{hostname: what the node last reported} of a cluster's nodes, from its channel."""
-        if unit.platform == "local":
-            blobs, prefix = LocalBlobs(self.state_root), local_channel_dir(unit.state, unit.name)
-        else:
-            blobs, prefix = self._place(unit.state).blobs, channel_prefix(unit.state, unit.name)
+        blobs, prefix = self.channel_of(unit.platform, unit.state, unit.name)
         out = {}
         for key in blobs.names(f"{prefix}/nodes/", "*.json"):
             try:
@@ -456,10 +458,17 @@ class LiveStore:
         return out
 
     def channel_delete(self, unit: Unit, key: str) -> None:
-        if unit.platform == "local":
-            LocalBlobs(self.state_root).delete(f"{local_channel_dir(unit.state, unit.name)}/{key}")
-        else:
-            self._place(unit.state).blobs.delete(f"{channel_prefix(unit.state, unit.name)}/{key}")
+        blobs, prefix = self.channel_of(unit.platform, unit.state, unit.name)
+        blobs.delete(f"{prefix}/{key}")
+
+    def asked_access(self, unit: Unit) -> str:
+        """The access state a cluster's channel asks of its nodes: "" where it asks none (open)."""
+        raw = self.channel_get(unit, "config/access")
+        try:
+            asked = json.loads(raw) if raw else {}
+        except ValueError:
+            return "unreadable"
+        return str(asked.get("state") or "") if isinstance(asked, dict) else "unreadable"
 
     def ask_access(self, unit: Unit, state: str, serial: str) -> None:
         """Ask a cluster's nodes for an access state (the channel's `access`, vcnode.channel's
@@ -594,6 +603,36 @@ class LiveStore:
         for volume_id in volume_ids:
             place.blobs.delete(_retained_key(place, volume_id))
 
+    # ------------------------------------------------------------ leftovers of copies
+
+    def note_leftover(self, state: StateLocation, name: str, body: dict) -> None:
+        """Record, before it exists, something a copy leaves in a site until the move ends (a
+        staging area, a transfer stack): a run killed or failed midway leaves it listed, and
+        a later apply removes it (`apply.sweep`) once no copy of its cluster is pending."""
+        place = self._place(state)
+        place.blobs.put(f"{place.directory}{LEFTOVERS_DIR}/{name}.json", json.dumps(body, sort_keys=True).encode())
+
+    def leftovers(self, state: StateLocation) -> dict[str, dict]:
+        """{name: record} of what copies left in one site's backend, by name."""
+        place = self._place(state)
+        out = {}
+        for key in place.blobs.names(f"{place.directory}{LEFTOVERS_DIR}/", "*.json"):
+            try:
+                body = json.loads(place.blobs.get(key) or b"")
+            except ValueError as exc:
+                raise ReconcileError(f"the leftover record {place.blobs.url(key)} cannot be read ({exc}); restore it or remove it") from None
+            if isinstance(body, dict) and body.get("cluster") and body.get("kind"):
+                out[key.rsplit("/", 1)[-1].removesuffix(".json")] = body
+        return dict(sorted(out.items()))
+
+    def clear_leftover(self, state: StateLocation, name: str) -> None:
+        place = self._place(state)
+        key = f"{place.directory}{LEFTOVERS_DIR}/{name}.json"
+        place.blobs.delete(key)
+        if isinstance(place.blobs, LocalBlobs):  # a directory: gone with its last note
+            with contextlib.suppress(OSError):
+                (place.blobs.root / key).parent.rmdir()
+
     def records_under(self, state: StateLocation, known: dict | None = None) -> list[LiveRecord]:
         """Every record in the state directory of `state` (one site's), to find stacks that git
         no longer names; [] where the backend cannot be read from here. `known`: records read
@@ -614,6 +653,7 @@ class LiveStore:
 
 
 RETAINED_DIR = "retained"  # beside the state: one record per volume a move kept
+LEFTOVERS_DIR = "leftovers"  # beside the state: what a copy left until its move ends
 _VOLUME_PREFIXES = ("storage_", "bucket_")  # how platforms name a volume's resource
 
 

@@ -244,9 +244,12 @@ class Volume(_Out):
     volume: str
     kind: str
     size_gb: int
-    status: Literal["retained", "in use"]
+    status: Literal["retained", "in use", "left by a copy"] = Field(
+        description="`left by a copy`: a staging area or transfer stack (`kind`) that a copy noted; it goes once no copy of "
+        "its cluster is pending, at the next apply"
+    )
     stack: str = Field(description="The stack that holds it; empty when retained")
-    path: str = Field(description="The local platform's directory (or bucket); empty on clouds")
+    path: str = Field(description="The local platform's directory (or bucket); a staging area's place on any platform; empty otherwise")
     retained_at: str = Field(description="Empty when in use")
     revision: str | None
     from_stack: str = Field(description="The stack that let go of it; empty when in use")

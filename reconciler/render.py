@@ -305,7 +305,12 @@ def volumes_text(rows: list[dict]) -> str:
         return "no volumes at the local sites\n"
     lines = []
     for r in rows:
-        status = f"retained since {r['retained_at']} (kept by {r['from_stack']})" if r["status"] == "retained" else f"in use by {r['stack']}"
+        if r["status"] == "retained":
+            status = f"retained since {r['retained_at']} (kept by {r['from_stack']})"
+        elif r["status"] == "left by a copy":
+            status = f"{r['kind']} left by a copy: removed at the next apply once no copy of {r['cluster']} is pending"
+        else:
+            status = f"in use by {r['stack']}"
         size = f"{r['size_gb']} GB" if r.get("size_gb") else "-"
         lines.append(f"{r['site']:<12} {r['id']:<38} {r['cluster'] or '-':<12} {r['volume']:<10} {size:>8}  {status}")
         if r.get("path"):

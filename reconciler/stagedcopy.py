@@ -173,46 +173,66 @@ def one_pass(store: LiveStore, source: Unit, target: Unit, plan, into, directori
 
 
 def copy(p, staged: list, store: LiveStore, set_access, channel_access) -> list[str]:
-    """The staged copies of one move, with its cutover; what was copied, one line per volume."""
+    """The staged copies of one move, with its cutover; what was copied, one line per volume.
+    A failure raises, and the caller opens the source again. The staging areas and the legs'
+    tasks are noted as leftovers before they exist: they stay while the copy is pending (the
+    next run sends only what differs) and go once the move ends (`apply.sweep`)."""
     source, target = p.selected.unit, p.copy_target
     source_nodes, target_nodes = _has_nodes(source, store), _has_nodes(target, store)
     directory = lambda location: location if isinstance(location, Path) else None  # noqa: E731
     work = [(plan, into, (directory(plan.source), directory(into))) for plan, into in staged]
+    for plan, _, _ in work:
+        for unit, has_nodes in ((source, source_nodes), (target, target_nodes)):
+            note(store, unit, plan.volume, login_node(unit, store)[0] if has_nodes else "")
     if target_nodes and target.platform == "local":
         set_access(store, target, "closed")
     for plan, into, dirs in work:  # the bulk pass, while the source is live
         one_pass(store, source, target, plan, into, dirs)
     interrupt.checkpoint("after the bulk staged copies: the source stays")
     lines = []
-    try:
-        if source_nodes and source.platform == "local":
-            set_access(store, source, "drained")  # partitions drained, the nodes' view read-only
-        elif source_nodes:
-            channel_access(store, source, "frozen")
-        for plan, into, dirs in work:
-            with datacopy.frozen(dirs[0]) if dirs[0] is not None and not source_nodes else contextlib.nullcontext():
-                out, inn = one_pass(store, source, target, plan, into, dirs)
-            if out["manifest"] != inn["manifest"]:
-                raise CopyError(
-                    f"{plan.volume}: the staged copy differs from the source ({datacopy.difference(out['manifest'], inn['manifest'])}); the source stays"
-                )
-            lines.append(
-                f"copied {plan.volume} to {target.site} through the login nodes ({out['files']:,} files), verified by checksums, "
-                "then destroyed here"
+    if source_nodes and source.platform == "local":
+        set_access(store, source, "drained")  # partitions drained, the nodes' view read-only
+    elif source_nodes:
+        channel_access(store, source, "frozen")
+    for plan, into, dirs in work:
+        with datacopy.frozen(dirs[0]) if dirs[0] is not None and not source_nodes else contextlib.nullcontext():
+            out, inn = one_pass(store, source, target, plan, into, dirs)
+        if out["manifest"] != inn["manifest"]:
+            raise CopyError(
+                f"{plan.volume}: the staged copy differs from the source ({datacopy.difference(out['manifest'], inn['manifest'])}); the source stays"
             )
-    except BaseException:
-        if source_nodes and source.platform == "local":
-            set_access(store, source, "open", quiet=True)
-        elif source_nodes:
-            channel_access(store, source, "open", wait=False)
-        raise
-    for plan, _, _ in work:  # the staging areas held a copy of the data: they go with the move
-        for area in {staging(store, source, plan.volume).runner, staging(store, target, plan.volume).runner}:
-            if area.startswith("/"):
-                shutil.rmtree(area, ignore_errors=True)
-                for parent in (Path(area).parent, Path(area).parent.parent):  # staging/CLUSTER, staging: when empty
-                    with contextlib.suppress(OSError):
-                        parent.rmdir()
-            else:
-                subprocess.run(datacopy.rclone_argv(["purge", "-q", area]), capture_output=True, timeout=600)
+        lines.append(
+            f"copied {plan.volume} to {target.site} through the login nodes ({out['files']:,} files), verified by checksums, "
+            "then destroyed here"
+        )
     return lines
+
+
+def note(store: LiveStore, unit: Unit, volume: str, host: str) -> None:
+    """A staging area (and the leg's task, on a cluster with nodes), noted in its site's backend."""
+    store.note_leftover(unit.state, f"staging-{unit.name}-{volume}", {
+        "kind": "staging", "cluster": unit.name, "site": unit.site, "platform": unit.platform, "volume": volume,
+        "where": staging(store, unit, volume).runner, "host": host,
+    })
+
+
+def remove(store: LiveStore, state, name: str, body: dict) -> None:
+    """Remove a noted staging area and its leg's task, then the note. Raises CopyError, and the
+    note stays, when the area cannot be removed."""
+    area = body["where"]
+    if area.startswith("/"):
+        shutil.rmtree(area, ignore_errors=True)
+        if Path(area).exists():
+            raise CopyError(f"the staging area {area} could not be removed")
+        for parent in (Path(area).parent, Path(area).parent.parent):  # staging/CLUSTER, staging: when empty
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+    else:
+        done = subprocess.run(datacopy.rclone_argv(["purge", "-q", area]), capture_output=True, text=True, timeout=600)
+        if done.returncode != 0 and "directory not found" not in done.stderr:
+            raise CopyError(f"the staging area {area} could not be removed: {datacopy.rclone_errors(done.stderr)}")
+    if body.get("host"):
+        blobs, prefix = store.channel_of(body["platform"], state, body["cluster"])
+        for key in (f"tasks/{body['host']}", f"tasks/{body['host']}.result"):
+            blobs.delete(f"{prefix}/{key}")
+    store.clear_leftover(state, name)

@@ -169,3 +169,48 @@ def test_without_a_readable_source_no_copy_is_possible_and_that_needs_the_data_d
     assert volume(cli, repo, "local-b") is None  # the move's group applied nothing
     code, out, err = cli("apply", "--auto-approve", "--allow-data-loss", "--repo", str(repo.path))
     assert code == 0, out + err
+
+
+def test_a_failed_staged_copy_leaves_its_staging_listed_and_keep_removes_it_and_opens_the_target(filled, cli, monkeypatch):
+    """A staged copy (storage.copy_via: nodes) whose final pass fails keeps its staging areas,
+    listed by `reconcile volumes`: the next copy sends only what differs. When the move then
+    chooses keep instead, the apply removes them, and a target that the failed copy left closed
+    (as a cloud target boots) opens to its users."""
+    from reconciler import stagedcopy
+
+    repo, source, before = filled
+    repo.write("clusters/dev.yaml", repo.read("clusters/dev.yaml").replace("  on_move: copy\n", "  on_move: copy\n  copy_via: nodes\n"))
+    leg, legs = stagedcopy.leg, []
+
+    def failing(store, unit, op, *args, **kwargs):
+        legs.append(op)
+        if legs.count("stage-in") == 2:  # the final pass, after the source was frozen
+            raise stagedcopy.CopyError("stage-in failed on purpose; the source stays")
+        return leg(store, unit, op, *args, **kwargs)
+
+    monkeypatch.setattr(stagedcopy, "leg", failing)
+    code, out, err = cli("apply", "--auto-approve", "--repo", str(repo.path))
+    assert code == 1 and "stage-in failed on purpose" in out, out + err
+    assert datacopy.manifest(source) == before and mounts_under(repo.path) == []  # intact, writable again
+    code, out, err = cli("volumes", "--json", "--repo", str(repo.path))
+    left = [v for v in json.loads(out)["volumes"] if v["status"] == "left by a copy"]
+    assert sorted((v["site"], v["kind"], v["volume"]) for v in left) == [("local-a", "staging", "shared"), ("local-b", "staging", "shared")]
+    areas = [Path(v["path"]) for v in left]
+    assert all(area.is_dir() for area in areas) and (areas[0] / "big.bin").exists()
+    code, out, err = cli("volumes", "--repo", str(repo.path))
+    assert "staging left by a copy: removed at the next apply once no copy of dev is pending" in out, out
+    channel = repo.path / ".reconcile" / "state" / "local-b" / "channel" / "dev"  # the target's (rpi.spec.local_channel_dir)
+    (channel / "config").mkdir(parents=True, exist_ok=True)
+    (channel / "config" / "access").write_text('{"serial": "s-closed", "state": "closed"}')  # as a cloud target boots
+
+    monkeypatch.undo()
+    repo.write("clusters/dev.yaml", repo.read("clusters/dev.yaml").replace("  on_move: copy\n", "  on_move: keep\n"))
+    code, out, err = cli("apply", "--auto-approve", "--repo", str(repo.path))
+    assert code == 0, out + err
+    assert "opened to its users (a copy that failed had left it closed; no copy is pending now)" in out, out
+    assert json.loads((channel / "config" / "access").read_text())["state"] == "open"
+    assert "removed the staging area of shared on local-a, left by a copy" in out, out
+    assert not any(area.exists() for area in areas)
+    code, out, err = cli("volumes", "--json", "--repo", str(repo.path))
+    assert not [v for v in json.loads(out)["volumes"] if v["status"] == "left by a copy"]
+    assert [v["status"] for v in json.loads(out)["volumes"] if v["site"] == "local-a" and v["cluster"] == "dev"] == ["retained"]

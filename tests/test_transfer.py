@@ -237,3 +237,83 @@ def test_a_retained_type_this_tool_cannot_delete_is_refused_by_name():
 
     with pytest.raises(ValueError, match="aws_instance cannot be deleted by this tool"):
         retained.deletion_stack("aws", "aws_instance.x", "i-1", "1", "eu-central-2")
+
+
+class _StandInEngine:
+    """The engine's interface for a transfer stack, whose provider cannot be downloaded here:
+    it records the calls and fails the destroy's apply while `fail_destroy` holds."""
+
+    name = "stand-in"
+
+    def __init__(self, fail_destroy: bool):
+        self.fail_destroy, self.calls, self.destroying = fail_destroy, [], False
+
+    def init(self, workdir, env):
+        self.calls.append(("init", Path(workdir).name))
+
+    def plan(self, workdir, destroy=False, **kwargs):
+        self.destroying = destroy
+        self.calls.append(("plan-destroy" if destroy else "plan", Path(workdir).name))
+
+    def apply(self, workdir):
+        self.calls.append(("apply-destroy" if self.destroying else "apply", Path(workdir).name))
+        if self.destroying and self.fail_destroy:
+            from reconciler.errors import ReconcileError
+
+            raise ReconcileError("the engine could not destroy the transfer stack (stand-in)")
+
+    def outputs(self, workdir):
+        return {"transfers": {"value": {"shared": "arn:aws:datasync:eu-central-2:123456789012:task/task-0"}}}
+
+
+def test_a_copy_that_fails_after_the_freeze_opens_the_source_and_its_transfer_stack_goes_later(tmp_path, monkeypatch):
+    """Defect: a failure after the source was frozen (here the transfer stack's destroy, after a
+    verified final pass) left a cloud source frozen, and the transfer stack tracked nowhere.
+    Now the source opens again whatever failed, the stack is noted before it exists, and a
+    later apply (its sweep) destroys it from its state. The DataSync API is moto's elsewhere in
+    this file; here the engine is a stand-in (no provider can be downloaded)."""
+    from types import SimpleNamespace
+
+    from reconciler import apply as apply_module, transfer
+    from reconciler.apply import APPLIED, ApplyResult
+    from reconciler.datacopy import VolumeCopy
+    from reconciler.errors import ReconcileError
+    from reconciler.live import LiveStore
+    from reconciler.resolve import Unit
+
+    def unit(site: str) -> Unit:
+        state = StateLocation("local", site, "cluster-dev.tfstate")  # the state's backend: a stand-in for the site's S3
+        spec = SimpleNamespace(account="123456789012", region="eu-central-2", drain_timeout_s=1)
+        return Unit("cluster", "dev", site, "aws", (), (), spec, "h", state)
+
+    source, target = unit("aws-frankfurt"), unit("aws-zurich")
+    efs = lambda i: CloudVolume("aws", "filesystem", "efs", f"fs-{i}", "eu-central-2", (("arn", f"arn:aws:elasticfilesystem:eu-central-2:123456789012:file-system/fs-{i}"),))  # noqa: E731
+    copy = VolumeCopy("shared", "aws_efs_file_system.storage_shared", efs(1), 0, 0, DATASYNC, False)
+    workdir = tmp_path / "work" / "cluster-dev"
+    workdir.mkdir(parents=True)
+    p = SimpleNamespace(selected=SimpleNamespace(unit=source, action="destroy"), copy_target=target, copies=(copy,),
+                        cutover=(False, False), workdir=workdir)
+    store = LiveStore(tmp_path / "state")
+    asked = []
+    monkeypatch.setattr(apply_module, "channel_access", lambda store, u, state, wait=True: asked.append((u.site, state)))
+    monkeypatch.setattr(apply_module, "_volumes_by_name", lambda store, u: {"shared": efs(2)})
+    monkeypatch.setattr(transfer, "run", lambda route, task, where: transfer.Pass(files=1, bytes=7, verified=True, execution=task + "/execution/e"))
+
+    engine = _StandInEngine(fail_destroy=True)
+    with pytest.raises(ReconcileError, match="could not destroy the transfer stack"):
+        apply_module._copy_data(p, store, engine)
+    assert asked == [("aws-frankfurt", "frozen"), ("aws-frankfurt", "open")], "frozen for the final pass, then opened again"
+    assert ("aws-zurich", "open") not in asked, "the target stays closed: the next run copies again"
+    (noted,) = store.leftovers(target.state).values()
+    assert noted["kind"] == "transfer-stack" and noted["stack"] == "transfer-dev" and noted["state"]["key"] == "transfer-dev.tfstate"
+
+    engine = _StandInEngine(fail_destroy=False)  # a later apply, with no copy of dev pending
+    p.copies = ()
+    there = SimpleNamespace(selected=SimpleNamespace(unit=target, action="apply"), copies=(), workdir=tmp_path / "work" / "cluster-dev")
+    results = {("destroy", source.key): ApplyResult(p, APPLIED), ("apply", target.key): ApplyResult(there, APPLIED)}
+    told = apply_module.sweep([p, there], results, engine, store)
+    assert engine.calls == [("init", "transfer-dev"), ("plan-destroy", "transfer-dev"), ("apply-destroy", "transfer-dev")]
+    assert told == {"dev": ["removed the transfer stack transfer-dev, left by a copy"]}
+    assert store.leftovers(target.state) == {}
+    synthesized = json.loads((tmp_path / "work" / "transfer-dev" / "cdk.tf.json").read_text())
+    assert "resource" not in synthesized and synthesized["terraform"]["backend"]["local"], "backend and provider, no resource"
