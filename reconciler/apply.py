@@ -404,7 +404,10 @@ def forget_replaced(p: UnitPlan, engine: Engine) -> None:
     """A volume replaced in place whose old one is kept (storage.on_move: keep): the state
     forgets the old volume (it stays, recorded as retained), then the stack is planned again, and
     that plan must hold only what the review showed, with the kept volume created instead of
-    replaced. A run killed between the two converges: the next plan creates the volume."""
+    replaced. A run killed between the two converges: the old volume is recorded as retained and
+    in no state, so the next plan adopts it again (an import) and plans its replacement again.
+    On a cloud the new volume needs a name of its own: run._keep_replaced refuses one that would
+    take the kept one's name, which the cloud refuses while the old one exists."""
     for address in p.kept_replaced:
         engine.state_rm(p.workdir, address)
     kept = set(p.kept_replaced)

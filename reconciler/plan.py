@@ -21,6 +21,7 @@ class Change:
     imported: bool = False  # an import block brings an existing resource under this stack
     drains: bool = False  # a node that runs jobs: drained before it goes
     kept: bool = False  # a data holder replaced in place whose old volume is retained (storage.on_move: keep)
+    same_name: str = ""  # a replacement whose new resource takes the old one's unique name (the name)
 
     @property
     def loses_data(self) -> bool:
@@ -75,6 +76,24 @@ def _never(resource_type: str, body: dict) -> bool:
     return False
 
 
+# The attribute that names a resource uniquely in its project, account or the world: the new
+# resource of a replacement cannot take it while the old one exists (a kept volume).
+UNIQUE_NAME = {
+    "google_filestore_instance": "name",
+    "google_storage_bucket": "name",
+    "aws_s3_bucket": "bucket",
+    "aws_efs_file_system": "creation_token",
+}
+
+
+def _same_name(rtype: str, before, after) -> str:
+    attribute = UNIQUE_NAME.get(rtype)
+    if not attribute or not isinstance(before, dict) or not isinstance(after, dict):
+        return ""
+    name = before.get(attribute)
+    return str(name) if name and after.get(attribute) == name else ""
+
+
 def summarize(plan: dict[str, Any], holds_data: HoldsData = _never) -> PlanSummary:
     """Per-resource actions from plan JSON. Values are never copied: only addresses, actions and
     whether the resource holds data (asked of `holds_data` with its attributes before the change)."""
@@ -93,6 +112,7 @@ def summarize(plan: dict[str, Any], holds_data: HoldsData = _never) -> PlanSumma
                 holds_data=isinstance(before, dict) and holds_data(rc.get("type", ""), before),
                 imported=bool(rc["change"].get("importing")),
                 drains=_drains(before, action_of(rc["change"]["actions"], previous)),
+                same_name=_same_name(rc.get("type", ""), before, rc["change"].get("after")),
             )
         )
     outputs = tuple(

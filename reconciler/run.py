@@ -321,6 +321,15 @@ def _keep_replaced(p: UnitPlan, summary: PlanSummary) -> PlanSummary:
     kept = tuple(c.address for c in summary.changes if c.holds_data and c.action == "replace")
     if not kept:
         return summary
+    taken = [c for c in summary.changes if c.address in kept and c.same_name]
+    if taken:  # the cloud refuses a second volume of that name while the kept one exists
+        p.blocked = "; ".join(
+            f"storage.on_move: keep: the new {c.address} would take the kept one's name ({c.same_name}), which the cloud "
+            f"refuses while the old one exists: rename volume {volume_name(c.address)} in {p.selected.unit.inputs[0]} "
+            "(the new name makes a new volume, and the old one is kept), or choose copy or drop"
+            for c in taken
+        )
+        return summary
     p.kept_replaced = kept
     return dataclasses.replace(summary, changes=tuple(dataclasses.replace(c, kept=True) if c.address in kept else c for c in summary.changes))
 

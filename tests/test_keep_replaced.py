@@ -89,3 +89,33 @@ def test_without_keep_the_same_replacement_needs_the_data_decision(tmp_path, eng
     assert p.kept_replaced == () and p.summary.data_lost == ("terraform_data.storage_shared",)
     refused = gate.refusals([p], {p.selected.unit.key: p.selected.unit}, gate.Decisions())
     assert "would destroy data (terraform_data.storage_shared)" in refused[(APPLY, p.selected.unit.key)]
+
+
+@pytest.mark.parametrize("rtype, attribute", [
+    ("google_filestore_instance", "name"), ("aws_efs_file_system", "creation_token"), ("google_storage_bucket", "name"),
+])
+def test_keep_is_refused_where_the_cloud_would_refuse_the_new_volume_its_name(rtype, attribute):
+    """Defect: on a cloud, `keep` on an in-place replacement created the new volume under the
+    kept one's unique name (a Filestore instance's, an EFS creation token, a bucket's), which
+    the cloud refuses (ALREADY_EXISTS) while the old one exists. The plan says what to change;
+    a replacement that takes a new name keeps the old volume."""
+    spec = dataclasses.replace(cluster_spec("dev", "a", STATE), on_move="keep")
+    unit = Unit(CLUSTER, "dev", "gcp-zurich", "gcp", ("clusters/dev.yaml",), (), spec, "h" * 64, STATE)
+
+    def plan(after_name: str) -> tuple[UnitPlan, object]:
+        document = {"resource_changes": [{
+            "address": f"{rtype}.storage_shared", "mode": "managed", "type": rtype, "name": "storage_shared",
+            "change": {"actions": ["delete", "create"], "before": {attribute: "gcp-zurich-dev-shared", "id": "x"},
+                       "after": {attribute: after_name}},
+            "action_reason": "replace_because_cannot_update",
+        }]}
+        p = UnitPlan(Selected(unit, APPLY, ("definition changed",)), PLANNED)
+        return p, _keep_replaced(p, summarize(document, lambda rtype, before: True))
+
+    p, summary = plan("gcp-zurich-dev-shared")
+    assert p.kept_replaced == () and summary.changes[0].loses_data
+    assert p.blocked.startswith(f"storage.on_move: keep: the new {rtype}.storage_shared would take the kept one's name "
+                                "(gcp-zurich-dev-shared), which the cloud refuses while the old one exists: rename volume shared "
+                                "in clusters/dev.yaml"), p.blocked
+    p, summary = plan("gcp-zurich-dev-shared-2")
+    assert p.blocked == "" and p.kept_replaced == (f"{rtype}.storage_shared",) and not summary.changes[0].loses_data
