@@ -128,11 +128,13 @@ def estimate(volume: str, address: str, source, measure: bool = True, route: str
     files = size = 0
     for path, _, names in _walk(source):
         for name in names:
-            files += 1
             try:
-                size += (path / name).lstat().st_size
+                info = (path / name).lstat()
             except OSError:
-                pass
+                continue
+            if stat.S_ISREG(info.st_mode):  # files, as the manifests count them: not links, FIFOs or sockets
+                files += 1
+                size += info.st_size
     return VolumeCopy(volume, address, source, files, size, route)
 
 
@@ -328,7 +330,7 @@ def difference(source: dict[str, str], target: dict[str, str]) -> str:
     shown = ", ".join(differ[:3]) + (f" and {len(differ) - 3} more" if len(differ) > 3 else "")
     first = differ[0] if differ else ""
     detail = f" ({first}: {_short(source.get(first))} in the source, {_short(target.get(first))} in the copy)" if first else ""
-    return f"{len(differ)} path{'s' if len(differ) != 1 else ''} differ: {shown}{detail}"
+    return f"{len(differ)} {'path differs' if len(differ) == 1 else 'paths differ'}: {shown}{detail}"
 
 
 def _short(entry: str | None) -> str:

@@ -258,8 +258,14 @@ def copy_steps(p: UnitPlan) -> list[str]:
     steps = [f"close the target on {target.site} to users (partitions down, nologin)"] if target_real or target.platform != "local" else []
     if services:
         steps.append(f"apply the transfer stack on {target.site} ({', '.join(services)})")
-    steps.append("bulk copy while live" + (" (staged: the source's login node, each site's staging area, the target's login node)"
-                                             if any(c.route == "staged" for c in p.copies) else ""))
+    if any(c.route == "staged" for c in p.copies):
+        # a local cluster without nodes has its leg run by the runner, on its directory
+        by = lambda unit, real: f"the {'source' if unit is p.selected.unit else 'target'}'s " + (  # noqa: E731
+            "login node" if real or unit.platform != "local" else "volume, by the runner")
+        steps.append(f"bulk copy while live (staged: {by(p.selected.unit, source_real)}, each site's staging area, "
+                     f"{by(target, target_real)})")
+    else:
+        steps.append("bulk copy while live")
     if source_real:
         steps.append("drain the source (no new job; running ones finish within drain_timeout_s)")
         if any(not isinstance(c.source, datacopy.Bucket) for c in p.copies):

@@ -75,7 +75,7 @@ def test_a_bucket_moves_from_s3_to_gcs_verified_before_the_source_goes(stores, c
     monkeypatch.setattr(datacopy, "before_verify", corrupt)
     code, out, err = cli("apply", "--auto-approve", "--repo", str(repo.path))
     assert code == 1, out + err
-    assert "results: the copy differs from the source after the final pass (1 path differ: runs/007/out.txt (runs/007/out.txt: " in out
+    assert "results: the copy differs from the source after the final pass (1 path differs: runs/007/out.txt (runs/007/out.txt: " in out
     assert "in the copy)); the source stays" in out
     assert s3.objects(source) == OBJECTS
 

@@ -58,12 +58,12 @@ def filled(applied, cli):
 def test_the_data_moves_with_the_cluster_verified_before_the_source_goes(filled, cli):
     repo, source, before = filled
     code, out, err = cli("--dry-run", "--repo", str(repo.path))
-    assert "copies its data to local-b first (storage.on_move: copy): shared (1,002 files, 100.0 MiB, by rsync)" in out
+    assert "copies its data to local-b first (storage.on_move: copy): shared (1,001 files, 100.0 MiB, by rsync)" in out
     assert "steps: bulk copy while live; freeze the source (read-only); final pass; verify checksums; then destroy here" in out
 
     code, out, err = cli("apply", "--auto-approve", "--repo", str(repo.path))
     assert code == 0, out + err
-    assert "cluster dev on local-a: applied: copied shared to local-b (1,002 files" in out and "verified by checksums" in out
+    assert "cluster dev on local-a: applied: copied shared to local-b (1,001 files" in out and "verified by checksums" in out
     target = volume(cli, repo, "local-b")
     assert datacopy.manifest(target) == before
     assert not source.exists()  # destroyed, after verification
@@ -85,7 +85,7 @@ def test_a_corrupted_copy_keeps_the_source_and_fails_the_move(filled, cli, monke
     monkeypatch.setattr(datacopy, "before_verify", corrupt)
     code, out, err = cli("apply", "--auto-approve", "--repo", str(repo.path))
     assert code == 1
-    assert "cluster dev on local-a: failed: shared: the copy differs from the source after the final pass (1 path differ: big.bin (big.bin: file 100644 " in out
+    assert "cluster dev on local-a: failed: shared: the copy differs from the source after the final pass (1 path differs: big.bin (big.bin: file 100644 " in out
     assert re.search(r"file 100644 0:0 [0-9a-f]{12} in the source, file 100644 0:0 [0-9a-f]{12} in the copy\)\); the source stays", out), out
     assert datacopy.manifest(source) == before  # the source is intact, in its stack, and writable again
     assert mounts_under(repo.path) == []
@@ -180,6 +180,9 @@ def test_a_failed_staged_copy_leaves_its_staging_listed_and_keep_removes_it_and_
 
     repo, source, before = filled
     repo.write("clusters/dev.yaml", repo.read("clusters/dev.yaml").replace("  on_move: copy\n", "  on_move: copy\n  copy_via: nodes\n"))
+    code, out, err = cli("--dry-run", "--repo", str(repo.path))
+    assert ("bulk copy while live (staged: the source's volume, by the runner, each site's staging area, "
+            "the target's volume, by the runner)") in out, out  # no nodes on these sites: the runner runs the legs
     leg, legs = stagedcopy.leg, []
 
     def failing(store, unit, op, *args, **kwargs):
@@ -214,3 +217,24 @@ def test_a_failed_staged_copy_leaves_its_staging_listed_and_keep_removes_it_and_
     code, out, err = cli("volumes", "--json", "--repo", str(repo.path))
     assert not [v for v in json.loads(out)["volumes"] if v["status"] == "left by a copy"]
     assert [v["status"] for v in json.loads(out)["volumes"] if v["site"] == "local-a" and v["cluster"] == "dev"] == ["retained"]
+
+
+def test_an_interrupt_between_a_copys_passes_says_where_it_stopped(filled, cli, monkeypatch):
+    """Defect: an interrupt that stopped a copy between its passes was reported as "the engine
+    stopped", though no engine ran. The signal comes as Ctrl-C would, during the bulk copy."""
+    from reconciler import interrupt
+
+    repo, source, before = filled
+    bulk = datacopy.bulk
+
+    def interrupted(plan, into):
+        sent = bulk(plan, into)
+        interrupt._received.append("SIGINT")  # what the handler records, without a real signal in this thread
+        interrupt._requested.set()
+        return sent
+
+    monkeypatch.setattr(datacopy, "bulk", interrupted)
+    code, out, err = cli("apply", "--auto-approve", "--repo", str(repo.path))
+    assert code == 130, out + err
+    assert "cluster dev on local-a: interrupted: SIGINT received after the bulk copies: the source stays" in out, out
+    assert datacopy.manifest(source) == before and mounts_under(repo.path) == []

@@ -132,7 +132,10 @@ def test_the_datasync_stack_verifies_and_reaches_only_its_volumes(update_golden)
         assert task["excludes"] == {"filter_type": "SIMPLE_PATTERN", "value": "/.vcluster"}
     trust = json.loads(doc["resource"]["aws_iam_role"]["transfer_role"]["assume_role_policy"])
     assert trust["Statement"][0]["Principal"] == {"Service": "datasync.amazonaws.com"}
-    assert trust["Statement"][0]["Condition"] == {"StringEquals": {"aws:SourceAccount": "111122223333"}}
+    assert trust["Statement"][0]["Condition"] == {  # no other account's DataSync can be made to use it
+        "StringEquals": {"aws:SourceAccount": "111122223333"},
+        "ArnLike": {"aws:SourceArn": "arn:aws:datasync:eu-central-2:111122223333:*"},
+    }
     policy = json.loads(doc["resource"]["aws_iam_role_policy"]["transfer_buckets"]["policy"])
     resources = {r for s in policy["Statement"] for r in s["Resource"]}
     writes = {r for s in policy["Statement"] if "s3:PutObject" in s["Action"] for r in s["Resource"]}

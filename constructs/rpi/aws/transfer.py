@@ -64,7 +64,12 @@ def _bucket_role(stack, spec: TransferSpec, sources: list[str], targets: list[st
             "Effect": "Allow",
             "Principal": {"Service": "datasync.amazonaws.com"},
             "Action": "sts:AssumeRole",
-            "Condition": {"StringEquals": {"aws:SourceAccount": spec.account}},
+            # the confused-deputy guard AWS documents for DataSync: this account's DataSync in
+            # this region only
+            "Condition": {
+                "StringEquals": {"aws:SourceAccount": spec.account},
+                "ArnLike": {"aws:SourceArn": f"arn:aws:datasync:{spec.region}:{spec.account}:*"},
+            },
         }],
     }
     role = aws("iam_role").IamRole(
