@@ -25,13 +25,13 @@ objects, and skips those already there: a killed copy resumes object by object.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
 import shutil
 import stat
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -304,25 +304,26 @@ def _mount(args: list[str]) -> None:
 def manifest(root: Path) -> dict[str, str]:
     """{relative path: what it is}: mode, owner and sha256 of each file, mode and owner of each
     directory and FIFO, the target of each symlink. Sockets and devices are left out, and no
-    file that is not a regular one is ever opened (a FIFO would block the reader)."""
-    out = {}
-    for base, dirs, names in _walk(root):
-        for name in sorted(dirs) + sorted(names):
-            item = base / name
-            rel = item.relative_to(root).as_posix()
-            info = item.lstat()
-            owner = f"{info.st_uid}:{info.st_gid}"
-            if stat.S_ISLNK(info.st_mode):
-                out[rel] = f"link {os.readlink(item)}"
-            elif stat.S_ISDIR(info.st_mode):
-                out[rel] = f"dir {info.st_mode:o} {owner}"
-            elif stat.S_ISFIFO(info.st_mode):
-                out[rel] = f"fifo {info.st_mode:o} {owner}"
-            elif stat.S_ISREG(info.st_mode):
-                with item.open("rb") as handle:
-                    digest = hashlib.file_digest(handle, "sha256").hexdigest()
-                out[rel] = f"file {info.st_mode:o} {owner} {digest}"
-    return out
+    file that is not a regular one is ever opened (a FIFO would block the reader). Made by the
+    node package (`vcnode manifest`), in a process of its own: the one code that nodes run for
+    a staged copy's manifests, so that both ends of every copy are compared alike."""
+    return json.loads(node_package(["manifest", str(root)], f"list {root}"))
+
+
+def node_package(args: list[str], doing: str, timeout_s: float = 24 * 3600) -> str:
+    """Run the node package here (`python -m vcnode ARGS`); its standard output. The reconciler
+    never imports it: it is what nodes run."""
+    from reconciler import nodepkg
+
+    env = {**os.environ, "PYTHONPATH": str(nodepkg.source_dir().parent)}
+    try:
+        done = interrupt.run([sys.executable, "-m", "vcnode", *args], text=True, env=env, limit_s=timeout_s)
+    except (OSError, interrupt.TimedOut) as exc:
+        raise CopyError(f"could not {doing}: {exc}") from None
+    if done.returncode != 0:
+        interrupt.checkpoint(f"while the node package was asked to {doing}: the source stays")
+        raise CopyError(f"could not {doing}: {done.stderr.strip()[-400:] or f'exit {done.returncode}'}; the source stays")
+    return done.stdout
 
 
 def difference(source: dict[str, str], target: dict[str, str]) -> str:

@@ -21,6 +21,7 @@ import contextlib
 import json
 import shutil
 import subprocess
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -119,39 +120,14 @@ def leg(store: LiveStore, unit: Unit, op: str, volume: str, where: Staging, dire
 
 
 def _here(task: dict, directory: Path | None, remote: str) -> dict:
-    """A leg of a local cluster without nodes, on the runner: its volume is a directory here."""
+    """A leg of a local cluster without nodes, run here on its directory by the node package
+    (`vcnode stage`): the same leg, restore and manifest as a login node's."""
     if directory is None:
         raise CopyError(f"{task['op']}: no directory for the volume at {task['mount']}; the source stays")
-    ends = [str(directory), remote] if task["op"] == "stage-out" else [remote, str(directory)]
-    _rclone(["sync", *RCLONE_FLAGS, *ends], task["op"])
-    if task["op"] == "stage-in":
-        _restore(directory, task["modes"])
-    listed = datacopy.manifest(directory)
-    return {"ok": True, "files": sum(1 for w in listed.values() if w.startswith("file ")), "bytes": 0, "manifest": listed}
-
-
-def _restore(mount: Path, listed: dict) -> None:
-    """The runner's stage-in, as vcnode's `restore_metadata` on a node: modes, owners, empty
-    directories and FIFOs from the source's manifest; nothing followed through a link."""
-    import os
-    import stat
-
-    root = os.path.realpath(mount)
-    for rel, what in sorted(listed.items()):
-        kind, *fields = what.split()
-        path = mount / rel
-        parent = os.path.realpath(path.parent)
-        if parent != root and not parent.startswith(root + os.sep):
-            continue
-        if kind == "dir" and not path.exists():
-            path.mkdir()
-        elif kind == "fifo" and not os.path.lexists(path):
-            os.mkfifo(path)
-        if kind not in ("file", "dir", "fifo") or not os.path.lexists(path) or stat.S_ISLNK(path.lstat().st_mode):
-            continue
-        uid, gid = (int(n) for n in fields[1].split(":"))
-        os.chown(path, uid, gid, follow_symlinks=False)
-        os.chmod(path, int(fields[0], 8) & 0o7777)
+    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="vcnode-task-") as handle:
+        json.dump({**task, "mount": str(directory), "remote": remote}, handle)
+        handle.flush()
+        return {"ok": True, **json.loads(datacopy.node_package(["stage", handle.name], f"{task['op']} {directory}", TASK_LIMIT_S))}
 
 
 def _rclone(args: list[str], doing: str) -> None:

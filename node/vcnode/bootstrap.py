@@ -477,8 +477,10 @@ def restore_metadata(mount: Path, listed: dict) -> None:
 def stage(task: dict) -> dict:
     """One leg of a staged copy, with this node's own identity (rclone's env_auth: the
     instance's metadata credentials; a directory on the local platform): `stage-out` syncs the
-    volume at `mount` into `remote`, `stage-in` syncs `remote` into it. rclone keeps modes and
-    owners (`--metadata`) and symbolic links (`--links`); the result's manifest is of `mount`."""
+    volume at `mount` into `remote`, `stage-in` syncs `remote` into it and sets modes, owners,
+    empty directories and FIFOs from the source's manifest (`restore_metadata`); rclone keeps
+    symbolic links (`--links`). The result's manifest is of `mount`. The reconciler runs the
+    same leg on its own machine for a local cluster without nodes (`vcnode stage`)."""
     mount = Path(task["mount"])
     if not mount.is_absolute() or not mount.is_dir():
         raise BootError(f"stage: {mount} is not a mounted volume here")
@@ -530,6 +532,10 @@ def main(argv: list[str] | None = None) -> int:
     access_cmd = commands.add_parser("access")
     access_cmd.add_argument("state", choices=sorted(PARTITION_STATES))
     access_cmd.add_argument("--timeout", type=float, default=600)
+    # what the reconciler runs on its own machine, so that both ends of a copy are checked and
+    # staged by this one code: a directory's manifest, and a staged copy's leg (a task file)
+    commands.add_parser("manifest").add_argument("root", type=Path)
+    commands.add_parser("stage").add_argument("task", type=Path)
     args = parser.parse_args(argv)
     os.umask(0o022)  # a node's own umask, whatever reconcile runs with (it keeps state 0600)
     try:
@@ -541,6 +547,10 @@ def main(argv: list[str] | None = None) -> int:
             drain(args.hostname, args.timeout, args.reason)
         elif args.command == "access":
             access(args.state, args.timeout)
+        elif args.command == "manifest":
+            json.dump(manifest(args.root), sys.stdout, sort_keys=True)
+        elif args.command == "stage":
+            json.dump(stage(json.loads(args.task.read_text())), sys.stdout, sort_keys=True)
         else:
             forget(args.hostname)
     except (BootError, OSError, KeyError, ValueError, subprocess.TimeoutExpired) as exc:
