@@ -216,14 +216,14 @@ def user_data(cluster: Cluster) -> str:
     document = {
         "write_files": [
             {"path": "/etc/vcluster/cluster.json", "permissions": "0644", "content": cluster_facts(cluster)},
-            {"path": NODE_PACKAGE_PATH, "permissions": "0755", "encoding": "b64", "content": nodepkg.zipapp_b64()},
+            *({"path": f"{NODE_PACKAGE_PATH}/{rel}", "permissions": "0644", "content": text} for rel, text in nodepkg.files().items()),
         ],
         "runcmd": [["python3", NODE_PACKAGE_PATH, "bootstrap", "/etc/vcluster/cluster.json"]],
     }
     return "#cloud-config\n" + json.dumps(document, indent=1, sort_keys=True) + "\n"
 
 
-NODE_PACKAGE_PATH = "/usr/libexec/vcluster/vcnode.pyz"
+NODE_PACKAGE_PATH = "/usr/libexec/vcluster/vcnode.pyz"  # a directory application: python3 runs its __main__.py
 
 
 def _gpu_name(model: str) -> str:

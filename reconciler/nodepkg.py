@@ -1,18 +1,14 @@
-"""The node package (`node/vcnode`) as the zip application that first-boot data carries.
+"""The node package (`node/vcnode`) as the directory application that first-boot data carries.
 
-The reconciler ships these bytes to nodes and never imports the package. The archive is built
-deterministically (sorted names, fixed timestamps and modes), so the same source gives the same
-first-boot data on every machine. Only what runs on a node goes in: the local runtime's host
+The reconciler ships these files to nodes and never imports the package: the same source gives
+the same first-boot data on every machine. Only what runs on a node goes in: the local runtime's host
 side (`localhost`, `cloudinit`) stays out.
 """
 
 from __future__ import annotations
 
-import base64
 import functools
 import importlib.util
-import io
-import zipfile
 from pathlib import Path
 
 ON_NODE = ("__init__.py", "__main__.py", "bootstrap.py", "channel.py", "platforms.py")
@@ -29,27 +25,19 @@ def source_dir() -> Path:
     return Path(spec.origin).parent
 
 
+LAUNCHER = "import sys\nfrom vcnode.bootstrap import main\nsys.exit(main())\n"
+
+
 @functools.cache
-def zipapp() -> bytes:
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
-        root = source_dir()
-        for name in ON_NODE:
-            info = zipfile.ZipInfo(f"vcnode/{name}", date_time=(2020, 1, 1, 0, 0, 0))
-            info.external_attr = 0o644 << 16
-            info.compress_type = zipfile.ZIP_DEFLATED
-            archive.writestr(info, (root / name).read_bytes())
-        main = zipfile.ZipInfo("__main__.py", date_time=(2020, 1, 1, 0, 0, 0))
-        main.external_attr = 0o644 << 16
-        main.compress_type = zipfile.ZIP_DEFLATED
-        archive.writestr(main, b"import sys\nfrom vcnode.bootstrap import main\nsys.exit(main())\n")
-    return out.getvalue()
-
-
-def zipapp_b64() -> str:
-    return base64.b64encode(zipapp()).decode()
+def files() -> dict[str, str]:
+    """{path inside the application: text} of the node package as first-boot data carries it:
+    a directory application (`python3 DIR ARGS` runs its `__main__.py`). Plain text, not a zip:
+    the user data is gzipped as a whole on EC2 (16 KiB at most), and gzip packs source text
+    better than base64 of a compressed archive."""
+    root = source_dir()
+    return {"__main__.py": LAUNCHER, **{f"vcnode/{name}": (root / name).read_text() for name in ON_NODE}}
 
 
 def digest_parts() -> list[bytes]:
     """The bytes that a node runs, for code digests."""
-    return [zipapp()]
+    return [f"{path}\0{text}".encode() for path, text in sorted(files().items())]

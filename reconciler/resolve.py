@@ -322,6 +322,7 @@ def _cluster_unit(
         config_version=layers.config_version(config),
         config_files=json.dumps(config, sort_keys=True, separators=(",", ":")),
         drain_timeout_s=scheduler.drain_timeout_s if scheduler else 600,
+        package_registries=tuple(r for r in site_unit.spec.registries if r.format in ("rpm", "deb")),
     )
     inputs = (*defs.cluster_files[cluster.name], defs.site_files[site.name])
     return Unit(CLUSTER, cluster.name, site.name, site.platform, inputs, (site_unit.key,), spec, _hash(spec), spec.state)

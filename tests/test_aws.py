@@ -469,11 +469,16 @@ def test_nodes_find_their_channel_and_key_through_their_tags(specs):
         "arn:aws:s3:::swisstwins-reconcile-state/aws-frankfurt/channel/gpu-ai/config/*",
         "arn:aws:s3:::swisstwins-reconcile-state/aws-frankfurt/channel/gpu-ai/nodes/*",
         "${aws_secretsmanager_secret.munge_key.arn}",
+        # the site's package registry (its landing zone's bucket), read only: where the bootstrap installs from
+        "arn:aws:s3:::111122223333-aws-frankfurt-packages",
+        "arn:aws:s3:::111122223333-aws-frankfurt-packages/*",
     ]
     # compute nodes, where any user's job runs, read the config and the key and report: no more
     grants = json.loads(policies["node_channel"]["policy"])["Statement"]
     assert sorted(r for g in grants for r in g["Resource"]) == sorted(channel_objects)
     assert [g["Action"] for g in grants if g["Sid"] == "MungeKey"] == [["secretsmanager:GetSecretValue"]]
+    assert [g["Action"] for g in grants if "packages" in g["Resource"][0]] == [["s3:ListBucket"], ["s3:GetObject"]]
+    assert node["tags"]["vcluster-packages"] == "s3://111122223333-aws-frankfurt-packages"
     # login nodes (the controller, and a staged copy's legs) have a role of their own
     assert policies["login_channel"]["role"] == "${aws_iam_role.role_login.name}"
     grants = json.loads(policies["login_channel"]["policy"])["Statement"]

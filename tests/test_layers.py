@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import subprocess
 import sys
-import zipfile
 
 from conftest import node_module
 from reconciler import layers, nodepkg
@@ -72,16 +70,19 @@ def test_first_boot_carries_the_node_package_and_runs_its_bootstrap(repo, tmp_pa
     files = {f["path"]: f for f in document["write_files"]}
     facts = json.loads(files["/etc/vcluster/cluster.json"]["content"])
     assert facts["controller"] == "icon-login-0" and "hostnames" not in json.dumps(facts)
-    archive = tmp_path / "vcnode.pyz"
-    archive.write_bytes(base64.b64decode(files[layers.NODE_PACKAGE_PATH]["content"]))
+    application = tmp_path / "vcnode.pyz"  # a directory application, as cloud-init writes it
+    prefix = layers.NODE_PACKAGE_PATH + "/"
+    shipped = {path.removeprefix(prefix): f for path, f in files.items() if path.startswith(prefix)}
+    assert all("encoding" not in f for f in shipped.values()), "plain text: the user data is gzipped as a whole"
+    for rel, f in shipped.items():
+        (application / rel).parent.mkdir(parents=True, exist_ok=True)
+        (application / rel).write_text(f["content"])
     assert document["runcmd"] == [["python3", layers.NODE_PACKAGE_PATH, "bootstrap", "/etc/vcluster/cluster.json"]]
-    with zipfile.ZipFile(archive) as z:
-        shipped = {n: z.read(n) for n in z.namelist()}
     source = nodepkg.source_dir()
     for name in nodepkg.ON_NODE:
-        assert shipped[f"vcnode/{name}"] == (source / name).read_bytes()
+        assert shipped[f"vcnode/{name}"]["content"] == (source / name).read_text()
     assert "vcnode/localhost.py" not in shipped  # the local runtime's host side stays on the host
-    done = subprocess.run([sys.executable, str(archive), "--help"], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, str(application), "--help"], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0 and "bootstrap" in done.stdout
 
 

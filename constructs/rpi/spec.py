@@ -186,6 +186,7 @@ class ClusterSpec:
     config_version: str = ""  # the day-to-day config's content hash
     config_files: str = ""  # that config as canonical JSON: {path: {content, mode, on}}
     drain_timeout_s: int = 600  # how long a leaving node's jobs may run once drained
+    package_registries: tuple["Registry", ...] = ()  # the site's OS package registries (rpm, deb): where nodes install from
 
 
 # Every site's private DNS zone (Cloud DNS, Route 53 private hosted zone, the local runtime's

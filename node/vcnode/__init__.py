@@ -1,6 +1,6 @@
 """The node package: what runs on every node of a vCluster, on every platform.
 
-Cloud-init's first-boot data carries it (a zip application, `/usr/libexec/vcluster/vcnode.pyz`)
+Cloud-init's first-boot data carries it (a directory application, `/usr/libexec/vcluster/vcnode.pyz/`)
 and runs `bootstrap`; the reconciler ships it but never imports it. Standard library only; it
 calls a cloud's API through that cloud's own CLI, never with hand-signed requests.
 

@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 
 from vcnode import channel, platforms
@@ -92,19 +93,66 @@ def missing_packages(wanted: list[str], manager: str) -> list[str]:
     return sorted({PACKAGES[b][manager or "apt"] for b in absent})
 
 
-def ensure_packages(wanted: list[str]) -> None:
+SITE_REPOSITORY = "vcluster-site"
+
+
+def repository_files(manager: str, source: dict, etc: Path = Path("/etc")) -> dict[Path, str]:
+    """The files that make the site's package registry a repository of `manager`, preferred
+    to the image's own ones (dnf: priority 1; apt: pinned at 990). `source`: the platform's
+    `package_source`: url, suite, components, and credentials where the registry asks for them.
+    Packages are not signature-checked: the registry is the site's own, reached over TLS with
+    the node's identity (or synced with it), and what the site builds it does not sign."""
+    if manager == "dnf":
+        lines = [f"[{SITE_REPOSITORY}]", "name=the site's package registry", f"baseurl={source['url']}", "enabled=1",
+                 "priority=1", "gpgcheck=0", "repo_gpgcheck=0"]
+        if source.get("login"):
+            lines += [f"username={source['login']}", f"password={source['password']}"]
+        return {etc / "yum.repos.d" / f"{SITE_REPOSITORY}.repo": "\n".join(lines) + "\n"}
+    line = f"deb [trusted=yes] {source['url']} {source['suite']} {source.get('components', '')}".rstrip()
+    files = {
+        etc / "apt" / "sources.list.d" / f"{SITE_REPOSITORY}.list": line + "\n",
+        etc / "apt" / "preferences.d" / f"{SITE_REPOSITORY}.pref":
+            f"Package: *\nPin: origin \"{urllib.parse.urlsplit(source['url']).hostname or ''}\"\nPin-Priority: 990\n",
+    }
+    if source.get("login"):
+        url = urllib.parse.urlsplit(source["url"])
+        # apt(auth.conf): an entry without a scheme matches https only
+        machine = f"{'' if url.scheme == 'https' else url.scheme + '://'}{url.netloc}{url.path}"
+        files[etc / "apt" / "auth.conf.d" / f"{SITE_REPOSITORY}.conf"] = (
+            f"machine {machine}\nlogin {source['login']}\npassword {source['password']}\n"
+        )
+    return files
+
+
+def ensure_packages(wanted: list[str], node=None) -> None:
+    """Install what the image lacks: from the site's package registry where the site has one
+    (the image's repositories stay behind it), else from the image's repositories. The
+    registry's files, which may hold a short-lived token, go once the install is done."""
     manager = package_manager()
     missing = missing_packages(wanted, manager)
     if not missing:
         return
-    log(f"installing {', '.join(missing)}")
-    if manager == "apt":
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        run("apt-get", "install", "-y", "-q", *missing, timeout=900, env=env)
-    elif manager == "dnf":
-        run("dnf", "install", "-y", *missing, timeout=900)
-    else:
+    if manager not in ("apt", "dnf"):
         raise BootError(f"{', '.join(missing)} missing and no apt-get or dnf to install them")
+    source = node.package_source(manager) if node is not None else None
+    written = repository_files(manager, source) if source else {}
+    log(f"installing {', '.join(missing)}" + (" from the site's package registry first" if written else ""))
+    try:
+        for path, text in written.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it may hold a token
+            with os.fdopen(fd, "w") as out:
+                out.write(text)
+        if manager == "apt":
+            env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+            if written:
+                run("apt-get", "update", "-q", timeout=900, env=env)
+            run("apt-get", "install", "-y", "-q", *missing, timeout=900, env=env)
+        else:
+            run("dnf", "install", "-y", *missing, timeout=900)
+    finally:
+        for path in written:
+            path.unlink(missing_ok=True)
 
 
 def set_hostname(hostname: str) -> None:
@@ -273,7 +321,7 @@ def bootstrap(facts_path: Path) -> None:
     log(f"{node.hostname}: {role}{' and controller' if controller else ''} on {node.name}")
     wanted = ["munged", "scontrol"] + (["slurmctld", "rclone"] if controller else []) + (["slurmd"] if role == "compute" else [])
     wanted = (wanted if scheduled else []) + sorted({MOUNT_HELPERS[how] for _, _, how in node.mounts() if how in MOUNT_HELPERS})
-    ensure_packages(wanted)
+    ensure_packages(wanted, node)
     set_hostname(node.hostname)
     node.protect_identity()
     mount_storage(node)

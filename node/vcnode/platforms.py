@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import tempfile
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -117,6 +118,10 @@ class Local:
     def protect_identity(self) -> None:
         """The local secret store is a root-only directory (0700): nothing to fence off."""
 
+    def package_source(self, manager: str) -> dict | None:
+        """The local runtime's nodes share the host's packages: no registry of their own."""
+        return None
+
 
 class Gcp:
     name = "gcp"
@@ -131,6 +136,18 @@ class Gcp:
         self._secret_prefix = attrs["vcluster-secret-prefix"]
         self.store = CliStore(attrs["vcluster-channel"], "gcloud")
         self._mounts = json.loads(attrs.get("vcluster-mounts", "{}"))
+        self._packages = json.loads(attrs.get("vcluster-packages", "{}"))
+
+    def package_source(self, manager: str) -> dict | None:
+        """The site's Artifact Registry repository for this image's package manager, reached
+        with the node's own identity: basic authentication with an access token of the
+        instance's service account (the user name `oauth2accesstoken`)."""
+        registry = self._packages.get({"dnf": "rpm", "apt": "deb"}.get(manager, ""))
+        if not registry:
+            return None
+        token = json.loads(self._meta("service-accounts/default/token"))["access_token"]
+        return {"url": registry["url"], "suite": registry["name"], "components": "main",
+                "login": "oauth2accesstoken", "password": token}
 
     def _meta(self, path: str) -> str:
         request = urllib.request.Request(self._META + path, headers={"Metadata-Flavor": "Google"})
@@ -174,12 +191,37 @@ class Aws:
         self._secret_prefix = self._tag("vcluster-secret-prefix")
         self.store = CliStore(self._tag("vcluster-channel"), "aws")
         self._mounts = json.loads(self._tag("vcluster-mounts") or "{}")
+        self._packages = self._tag("vcluster-packages", missing_ok=True)
 
-    def _tag(self, name: str) -> str:
+    def _tag(self, name: str, missing_ok: bool = False) -> str:
         request = urllib.request.Request(f"{self._IMDS}meta-data/tags/instance/{name}",
                                          headers={"X-aws-ec2-metadata-token": self._token})
-        with urllib.request.urlopen(request, timeout=5) as answer:
-            return answer.read().decode()
+        try:
+            with urllib.request.urlopen(request, timeout=5) as answer:
+                return answer.read().decode()
+        except urllib.error.HTTPError as exc:
+            if missing_ok and exc.code == 404:
+                return ""
+            raise
+
+    def package_source(self, manager: str) -> dict | None:
+        """The site's package bucket (`rpm/` or `deb/`, a repository as createrepo or
+        dpkg-scanpackages left it), synced here with the node's own role through the aws CLI
+        (dnf and apt cannot sign S3 requests), then used as a local repository. None where the
+        bucket holds no repository for this package manager."""
+        part = {"dnf": "rpm", "apt": "deb"}.get(manager, "")
+        if not self._packages or not part:
+            return None
+        local = PACKAGE_CACHE / part
+        local.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(["aws", "s3", "sync", "--only-show-errors", "--delete", f"{self._packages}/{part}/", str(local)],
+                              capture_output=True, text=True, timeout=1800)
+        if done.returncode != 0:
+            raise OSError(f"could not sync the site's packages from {self._packages}/{part}/: {done.stderr.strip()[-300:]}")
+        index = local / ("repodata/repomd.xml" if part == "rpm" else "Packages")
+        if not index.exists():
+            return None
+        return {"url": f"file://{local}" if part == "rpm" else f"file:{local}", "suite": "./", "components": ""}
 
     def secret(self, name: str) -> bytes | None:
         done = subprocess.run(["aws", "secretsmanager", "get-secret-value", "--secret-id", f"{self._secret_prefix}{name}",
@@ -218,6 +260,9 @@ def _only_root_reaches(address: str) -> None:
     rule = ["OUTPUT", "-d", address, "-m", "owner", "!", "--uid-owner", "0", "-j", "REJECT"]
     if subprocess.run(["iptables", "-C", *rule], capture_output=True).returncode:
         subprocess.run(["iptables", "-I", *rule], check=True, capture_output=True)
+
+
+PACKAGE_CACHE = Path("/var/lib/vcluster/packages")  # the site's package bucket, synced (aws)
 
 
 def detect():

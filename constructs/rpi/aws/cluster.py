@@ -286,6 +286,8 @@ def _channel(stack, spec: ClusterSpec, identities: dict, filesystems: dict) -> d
         tags={"cluster": spec.name},
     )
     objects_of = f"arn:aws:s3:::{spec.state.bucket}/{prefix}"
+    # the site's package bucket (its landing zone's): every node reads it, none writes
+    packages = bucket_name(spec.account, spec.site, "packages") if spec.package_registries else ""
     for identity, (_, role) in identities.items():
         login = identity == "login"
         aws("iam_role_policy").IamRolePolicy(
@@ -302,6 +304,10 @@ def _channel(stack, spec: ClusterSpec, identities: dict, filesystems: dict) -> d
                 ] if login else []),
                 statement(["secretsmanager:GetSecretValue", *(["secretsmanager:PutSecretValue"] if login else [])],
                           [secret.arn], sid="MungeKey"),
+                *([
+                    statement(["s3:ListBucket"], [f"arn:aws:s3:::{packages}"], sid="ListPackages"),
+                    statement(["s3:GetObject"], [f"arn:aws:s3:::{packages}/*"], sid="ReadPackages"),
+                ] if packages else []),
             ]),
         )
     # what the node package's `aws_mounts` reads: EFS by its DNS name, Lustre by its LNet address
@@ -309,11 +315,14 @@ def _channel(stack, spec: ClusterSpec, identities: dict, filesystems: dict) -> d
         fs["mount"]: f"{fs['dns_name']}@tcp:/{fs['mount_name']}" if fs["type"] == "lustre" else f"{fs['dns_name']}:/"
         for fs in filesystems.values()
     }
-    return {
+    binding = {
         "vcluster-channel": f"s3://{spec.state.bucket}/{prefix}",
         "vcluster-secret-prefix": secret_prefix,
         "vcluster-mounts": cdk.cdktf.Fn.jsonencode(mounts),
     }
+    if packages:  # the repositories under `rpm/` and `deb/`, which the bootstrap syncs and installs from
+        binding["vcluster-packages"] = f"s3://{packages}"
+    return binding
 
 
 def _image(stack, kind: str, images: dict[str, str]) -> str:

@@ -56,6 +56,7 @@ from rpi import cdk, registry
 from rpi.catalog import MachineType, catalog
 from rpi.gcp.landing_zone import (
     IAP_RANGE,
+    registry_address,
     account_id,
     bucket_name,
     dns_zone_name,
@@ -480,12 +481,22 @@ def _channel(stack, spec: ClusterSpec, accounts: dict, filesystems: dict) -> dic
                 secret_id=secret.id, role=role, member=service_account_member(account),
             )
     mounts = {fs["mount"]: fs["source"] for fs in filesystems.values() if fs.get("type") == "filestore"}
-    return {
+    binding = {
         "vcluster-project": spec.account,
         "vcluster-secret-prefix": secret_prefix(spec),
         "vcluster-channel": f"gs://{spec.state.bucket}/{prefix}",
         "vcluster-mounts": cdk.cdktf.Fn.jsonencode(mounts),
     }
+    if spec.package_registries:
+        # the site's own package registries (its landing zone's Artifact Registry), read with the
+        # nodes' identity (roles/artifactregistry.reader): where the bootstrap installs from
+        binding["vcluster-packages"] = json.dumps(
+            # an APT repository's name is its suite
+            {r.format: {"url": registry_address(spec.region, spec.account, r.format, r.name), "name": r.name}
+             for r in spec.package_registries},
+            sort_keys=True, separators=(",", ":"),
+        )
+    return binding
 
 
 def _pool(stack, spec: ClusterSpec, pool: ComputePool, subnet, account, binding: dict) -> list[Node]:

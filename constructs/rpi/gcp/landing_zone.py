@@ -470,13 +470,20 @@ def _registries(stack, spec: LandingZoneSpec) -> dict[str, str]:
             # A tag always names the same image: reproducible clusters.
             docker_config={"immutable_tags": True} if fmt == "DOCKER" else None,
         )
-        host = f"{spec.region}-{fmt.lower()}.pkg.dev"
-        out[registry.name] = {
-            "DOCKER": f"{host}/{spec.account}/{repo.repository_id}",
-            "APT": f"https://{host}/projects/{spec.account}",
-            "YUM": f"https://{host}/projects/{spec.account}/{repo.repository_id}",
-        }[fmt]
+        out[registry.name] = registry_address(spec.region, spec.account, registry.format, repo.repository_id)
     return out
+
+
+def registry_address(region: str, project: str, fmt: str, repository: str) -> str:
+    """Where clients reach an Artifact Registry repository. For APT it is the project's
+    repository root, and the repository's name is the suite."""
+    kind = REGISTRY_FORMATS[fmt]
+    host = f"{region}-{kind.lower()}.pkg.dev"
+    return {
+        "DOCKER": f"{host}/{project}/{repository}",
+        "APT": f"https://{host}/projects/{project}",
+        "YUM": f"https://{host}/projects/{project}/{repository}",
+    }[kind]
 
 
 # ---------------------------------------------------------------- shared with cluster stacks
