@@ -351,6 +351,12 @@ class NodePool(Strict):
     placement: Literal["spread", "compact"] = Field(
         "spread", description="compact: tightly coupled, low-latency placement for MPI"
     )
+    generation: int = Field(
+        0, ge=0, le=1_000_000,
+        description="Raise it to roll the pool on purpose: every node is replaced with what the definition says now "
+        "(first-boot data, image), in batches of services.scheduler.roll_batch on the local slurm runtime, the "
+        "controller last; on the clouds at once, which needs the replace decision",
+    )
 
     @field_validator("count")
     @classmethod
@@ -424,6 +430,10 @@ class Scheduler(Strict):
         600, ge=1, le=7 * 86400,
         description="How long a node that leaves (a pool shrinks, a node is replaced) may keep running its jobs "
         "once drained; when the wait runs out the rollout stops and reports, and nothing is killed",
+    )
+    roll_batch: int = Field(
+        1, ge=1, le=1024,
+        description="How many nodes a rolling change drains and replaces at a time (the controller always alone, last)",
     )
 
 

@@ -188,10 +188,10 @@ def controller_address(summary: PlanSummary, cluster: str, hostname: str) -> str
     return ""
 
 
-def classify(summary: PlanSummary, rolls: bool, controller: str = "") -> ChangeClass | None:
+def classify(summary: PlanSummary, rolls: bool, controller: str = "", batch: int = BATCH) -> ChangeClass | None:
     """What `summary` does to a running cluster. `rolls`: this platform replaces nodes in
-    batches (drain, replace, wait until healthy); elsewhere nodes are replaced at once.
-    `controller`: the controller node's address, which rolls last."""
+    batches of `batch` (drain, replace, wait until healthy); elsewhere nodes are replaced at
+    once. `controller`: the controller node's address, which rolls last, alone."""
     active = [c for c in summary.changes if c.action not in ("no-op", "read")]
     if not active:
         return None
@@ -208,15 +208,16 @@ def classify(summary: PlanSummary, rolls: bool, controller: str = "") -> ChangeC
     at_once = sorted(
         pool for pool, cs in pools.items()
         if (existing := [c for c in cs if c.action != "create"]) and all(c.action == "replace" for c in existing)
-        and (not rolls or len(existing) <= BATCH)
+        and (not rolls or len(existing) <= batch)
     )
     if replaced and (at_once or not rolls):
         which = ", ".join(at_once) if at_once else "some"
         return ChangeClass(REPLACE_ALL, f"replaces every node of pool {which} at once ({len(replaced)} nodes): running jobs there are lost")
     if replaced:
-        order = sorted(replaced, key=lambda a: (a == controller, a))  # the controller goes last
-        batches = tuple(tuple(order[i : i + BATCH]) for i in range(0, len(order), BATCH))
-        return ChangeClass(ROLLING, f"{len(replaced)} nodes drained and replaced, {BATCH} at a time, the controller last", batches)
+        others = sorted(a for a in replaced if a != controller)
+        batches = tuple(tuple(others[i : i + batch]) for i in range(0, len(others), batch))
+        batches += ((controller,),) if controller in replaced else ()  # the controller goes last, alone
+        return ChangeClass(ROLLING, f"{len(replaced)} nodes drained and replaced, {batch} at a time, the controller last", batches)
     if removed:
         return ChangeClass(REMOVES, f"{len(removed)} nodes drained, then removed")
     others = [c for c in active if not NODE_ADDRESS.match(c.address)]

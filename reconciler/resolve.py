@@ -268,6 +268,7 @@ def _cluster_unit(
                 addresses=tuple(str(next(hosts)) for _ in range(pool.count)),
                 machine_type=fit.machine_type,
                 fabric=fit.fabric,
+                generation=pool.generation,
             )
         )
     storage = []
@@ -322,6 +323,7 @@ def _cluster_unit(
         config_version=layers.config_version(config),
         config_files=json.dumps(config, sort_keys=True, separators=(",", ":")),
         drain_timeout_s=scheduler.drain_timeout_s if scheduler else 600,
+        roll_batch=scheduler.roll_batch if scheduler else 1,
         package_registries=tuple(r for r in site_unit.spec.registries if r.format in ("rpm", "deb")),
     )
     inputs = (*defs.cluster_files[cluster.name], defs.site_files[site.name])

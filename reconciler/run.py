@@ -384,7 +384,8 @@ def _change_class(p: UnitPlan) -> ChangeClass | None:
     if p.selected.action != APPLY or unit.kind != CLUSTER or p.summary is None:
         return None
     controller = plan_module.controller_address(p.summary, unit.name, getattr(unit.spec, "controller", ""))
-    return plan_module.classify(p.summary, rolls=unit.platform == "local", controller=controller)
+    batch = getattr(unit.spec, "roll_batch", 1)
+    return plan_module.classify(p.summary, rolls=unit.platform == "local", controller=controller, batch=batch)
 
 
 def holds_data_of(platform: str):

@@ -116,3 +116,32 @@ def test_an_unprivileged_host_cannot_run_the_slurm_runtime():
         capture_output=True, text=True,
     )
     assert done.returncode == 1 and "needs root" in done.stderr
+
+
+def test_batches_take_the_definitions_batch_size_and_the_controller_goes_alone():
+    summary = _summary(*((f"terraform_data.node_compute_{i}", "replace") for i in range(5)),
+                       *((f"terraform_data.node_login_{i}", "replace") for i in range(3)))
+    rolling = classify(summary, rolls=True, controller="terraform_data.node_login_0", batch=2)
+    assert rolling.kind == ROLLING and "2 at a time" in rolling.detail
+    assert [len(b) for b in rolling.batches] == [2, 2, 2, 1, 1] and rolling.batches[-1] == ("terraform_data.node_login_0",)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("site,platform", [("gcp-zurich", "gcp"), ("aws-zurich", "aws")])
+def test_raising_a_pools_generation_rolls_it_on_purpose_and_nothing_else(tmp_path, site, platform):
+    """`node_pools.X.generation`: the way to roll a cloud pool on purpose (new first-boot data,
+    a new image), reviewed like any change. Only that pool's nodes (and on AWS its launch
+    template, whose image and user data are otherwise ignored) name the pool's generation,
+    whose creation triggers nothing (tests/test_roll.py), so shipping this replaced no node."""
+    repo = make_repo(tmp_path / "repo")
+    repo.place("slurm-hpc", site)
+    repo.replace("clusters/slurm-hpc.yaml", "    count: 4\n", "    count: 4\n    generation: 1\n")
+    spec = desired(GitSource(repo.path).working_tree()).units[f"cluster:slurm-hpc@{site}"].spec
+    document = _resources(synthesize_stacks(platform, {"cluster-slurm-hpc": spec})["cluster-slurm-hpc"])
+    assert document["terraform_data.generation_compute"]["input"] == {"pool": "compute", "generation": 1}
+    by_compute = ["terraform_data.generation_compute.output"]
+    triggered = sorted(a for a, body in document.items() if (body.get("lifecycle") or {}).get("replace_triggered_by") == by_compute)
+    instance = "google_compute_instance" if platform == "gcp" else "aws_instance"
+    expected = [f"{instance}.node_compute_{i}" for i in range(4)] + (["aws_launch_template.template_compute"] if platform == "aws" else [])
+    assert triggered == sorted(expected)
+    assert document["terraform_data.generation_login"]["input"] == {"pool": "login", "generation": 0}  # never rolled

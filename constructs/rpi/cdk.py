@@ -63,6 +63,16 @@ def data_resource(stack: Stack, name: str, attributes: dict[str, Any], replace_o
     return resource
 
 
+def rolled_by_generation(stack: Stack, pool, resources: list) -> None:
+    """A pool rolled on purpose (`generation` raised): its nodes are replaced when the pool's
+    generation changes, through a `terraform_data` of the pool that each node's
+    `replace_triggered_by` names. Its creation triggers nothing (Terraform replaces on an
+    update only), so every pool has one from the start, and shipping this replaced no node."""
+    data_resource(stack, f"generation_{pool.name}", {"pool": pool.name, "generation": pool.generation})
+    for resource in resources:
+        resource.add_override("lifecycle.replace_triggered_by", [f"terraform_data.generation_{pool.name}.output"])
+
+
 def provisioners(resource, blocks: list[dict]) -> None:
     """Provisioners of a resource, as Terraform JSON: [{"local-exec": {...}}, ...]."""
     resource.add_override("provisioner", blocks)

@@ -49,6 +49,7 @@ class ComputePool:
     addresses: tuple[str, ...]
     machine_type: str = ""  # the platform's type from its catalog; "" on local
     fabric: str = ""  # high-speed interconnect the type supports, e.g. "efa" on AWS
+    generation: int = 0  # raised to roll the pool on purpose: every node replaced (0: never rolled)
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,7 @@ class ClusterSpec:
     config_version: str = ""  # the day-to-day config's content hash
     config_files: str = ""  # that config as canonical JSON: {path: {content, mode, on}}
     drain_timeout_s: int = 600  # how long a leaving node's jobs may run once drained
+    roll_batch: int = 1  # nodes a rolling change replaces at a time
     package_registries: tuple["Registry", ...] = ()  # the site's OS package registries (rpm, deb): where nodes install from
 
 

@@ -385,6 +385,9 @@ def _pool(stack, spec: ClusterSpec, pool: ComputePool, subnet, groups: dict, pro
         # (a change of interface layout replaces no running node).
         node.add_override("lifecycle.ignore_changes", ["primary_network_interface", "network_interface"])
         instances.append(node)
+    # replaced on purpose, with the template: its image and first-boot data are the current ones
+    # (a template's changes are otherwise ignored, so that no running node follows them)
+    cdk.rolled_by_generation(stack, pool, [template, *instances])
     return instances
 
 

@@ -593,6 +593,7 @@ def _pool(stack, spec: ClusterSpec, pool: ComputePool, subnet, account, binding:
             ignored.append("scratch_disk")
         instance.add_override("lifecycle.ignore_changes", ignored)
         nodes.append(Node(hostname, pool.role, instance, external))
+    cdk.rolled_by_generation(stack, pool, [n.instance for n in nodes])  # replaced on purpose: new first-boot data, new image
     return nodes
 
 

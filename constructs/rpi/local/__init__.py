@@ -175,12 +175,14 @@ def _shape(pool: ComputePool, zone: str) -> dict:
 
 
 def _node(stack, pool: ComputePool, index: int, zone: str, attributes: dict):
+    """A node; raising its pool's generation replaces it (only then is it a trigger: shipping
+    that replaces no node), in the batches of a rolling change on the slurm runtime."""
     shape = _shape(pool, zone)
     return cdk.data_resource(
         stack,
         f"node_{pool.name}_{index}",
         {**attributes, **shape},
-        replace_on={"address": attributes["address"], **shape},
+        replace_on={"address": attributes["address"], **shape, **({"generation": pool.generation} if pool.generation else {})},
     )
 
 
