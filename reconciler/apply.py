@@ -8,6 +8,7 @@ landing zone plus one cluster.
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import sys
 import time
@@ -24,6 +25,7 @@ from reconciler.errors import ReconcileError
 from reconciler.gitsource import Snapshot
 from reconciler.live import LiveStore, RetainedVolume, volume_name
 from reconciler.resolve import CLUSTER, SITE, Unit
+from reconciler.settings import env_seconds
 from reconciler.plan import PlanSummary, summarize
 from reconciler.run import PLANNED, UnitPlan, engine_failure, holds_data_of
 from reconciler.synth import render_json
@@ -422,16 +424,28 @@ def forget_replaced(p: UnitPlan, engine: Engine) -> None:
     p.summary = again
 
 
-def _roll(p: UnitPlan, engine: Engine) -> None:
+def _roll(p: UnitPlan, engine: Engine, store: LiveStore | None = None) -> None:
     """A rolling change: the reviewed end state, reached in batches of nodes. Each batch is a
-    targeted plan and apply on that same configuration (its nodes drain, are replaced and boot
-    until healthy: the runtime's provisioners wait), the controller last; then the rest of the
-    reviewed plan, which must hold nothing the review did not show."""
+    targeted plan and apply on that same configuration, the controller last; then the rest of
+    the reviewed plan, which must hold nothing the review did not show. Its nodes drain, are
+    replaced and boot until healthy: on the local platform the runtime's provisioners wait; on
+    a cloud the controller drains them through the channel first (`vcnode sync`), and the
+    reconciler waits until each new node reports its own boot."""
     reviewed = {(c.address, c.action) for c in p.summary.changes if c.action not in ("no-op", "read")}
+    unit = p.selected.unit
+    through_channel = unit.platform != "local" and store is not None
     for batch in p.change_class.batches:
         interrupt.checkpoint("between the batches of a rolling change")
+        hosts = [h for h in map(lambda a: hostname_of(unit, a), batch) if h] if through_channel else []
+        booted = {}
+        if hosts:
+            if getattr(unit.spec, "scheduler", None) is not None:
+                channel_drain(store, unit, hosts, getattr(unit.spec, "drain_timeout_s", local_runtime.DRAIN_TIMEOUT_S))
+            booted = {h: r.get("booted") for h, r in store.node_reports(unit).items() if h in hosts}
         engine.plan(p.workdir, replace=tuple(a for a in p.replace if a in batch), targets=batch)
         engine.apply(p.workdir)
+        if hosts:
+            wait_booted(store, unit, hosts, booted)
     rest = summarize(engine.plan(p.workdir), holds_data_of(p.selected.unit.platform))
     rolled = {a for batch in p.change_class.batches for a in batch}
     unreviewed = sorted(
@@ -445,6 +459,59 @@ def _roll(p: UnitPlan, engine: Engine) -> None:
         )
     if rest.has_changes:
         engine.apply(p.workdir)
+
+
+def hostname_of(unit: Unit, address: str) -> str:
+    """The hostname of a node's resource address (`…node_POOL_INDEX`), from the definition."""
+    from reconciler.plan import NODE_ADDRESS
+
+    match = NODE_ADDRESS.match(address)
+    if not match or unit.spec is None:
+        return ""
+    for pool in unit.spec.pools:
+        if pool.name == match["pool"] and int(match["index"]) < len(pool.hostnames):
+            return pool.hostnames[int(match["index"])]
+    return ""
+
+
+def channel_drain(store: LiveStore, unit: Unit, hosts: list[str], timeout_s: float, poll_s: float = 5.0) -> None:
+    """Ask the controller to drain `hosts` through the channel (`config/drain`), and wait
+    (bounded) until its report says they are drained. Raises ReconcileError if the drain ran
+    out or the controller did not answer: the rollout stops, nothing is killed."""
+    serial = f"{datetime.now(timezone.utc).isoformat()}-drain"
+    store.channel_put(unit, "config/drain", json.dumps({"serial": serial, "hosts": hosts, "timeout_s": timeout_s}, sort_keys=True).encode())
+    controller = getattr(unit.spec, "controller", "")
+    deadline = time.monotonic() + timeout_s + ACK_SLACK_S
+    while True:
+        report = store.node_reports(unit).get(controller, {})
+        if report.get("drain_serial") == serial:
+            if report.get("drain_error"):
+                raise ReconcileError(f"{unit.title}: {report['drain_error']}; the rollout stopped before replacing {', '.join(hosts)}")
+            return
+        if time.monotonic() > deadline:
+            raise ReconcileError(f"{unit.title}: the controller {controller} did not drain {', '.join(hosts)} within "
+                                 f"{timeout_s + ACK_SLACK_S:.0f} s; the rollout stopped, nothing was replaced or killed")
+        interrupt.checkpoint(f"while {', '.join(hosts)} drain: nothing was replaced")
+        time.sleep(poll_s)
+
+
+BOOT_TIMEOUT_S = 30 * 60  # a replaced cloud node's first boot, packages included
+
+
+def wait_booted(store: LiveStore, unit: Unit, hosts: list[str], before: dict, poll_s: float = 5.0) -> None:
+    """Wait (bounded) until each replaced node reports a boot of its own, ready."""
+    timeout = env_seconds("RECONCILE_BOOT_TIMEOUT_S", BOOT_TIMEOUT_S)
+    deadline = time.monotonic() + timeout
+    while True:
+        reports = store.node_reports(unit)
+        behind = sorted(h for h in hosts if not (reports.get(h, {}).get("ready") and reports[h].get("booted") not in (None, before.get(h))))
+        if not behind:
+            return
+        if time.monotonic() > deadline:
+            raise ReconcileError(f"{unit.title}: {', '.join(behind)} did not report a new boot within {timeout:.0f} s; "
+                                 "the rollout stopped there")
+        interrupt.checkpoint(f"while {', '.join(behind)} boot: the rest of the rollout waits")
+        time.sleep(poll_s)
 
 
 def _apply_one(p: UnitPlan, engine: Engine, store: LiveStore, head: Snapshot, gate: bool, closed_first: bool = False) -> ApplyResult:
@@ -462,7 +529,7 @@ def _apply_one(p: UnitPlan, engine: Engine, store: LiveStore, head: Snapshot, ga
                 forget_replaced(p, engine)
             copied = _copy_data(p, store, engine)  # raises: the source stays
             if p.summary.has_changes and p.change_class is not None and p.change_class.batches:
-                _roll(p, engine)
+                _roll(p, engine, store)
             elif p.summary.has_changes:
                 engine.apply(p.workdir)
             if p.selected.action == DESTROY:

@@ -378,14 +378,16 @@ def _new_probe(selected: Selected, base_probes: dict[str, str]) -> str:
 
 
 def _change_class(p: UnitPlan) -> ChangeClass | None:
-    """What a cluster's change does to the running cluster. The local platform rolls node
-    replacements in batches; the clouds replace them at once (for now)."""
+    """What a cluster's change does to the running cluster: node replacements roll in batches
+    on every platform."""
     unit = p.selected.unit
     if p.selected.action != APPLY or unit.kind != CLUSTER or p.summary is None:
         return None
     controller = plan_module.controller_address(p.summary, unit.name, getattr(unit.spec, "controller", ""))
     batch = getattr(unit.spec, "roll_batch", 1)
-    return plan_module.classify(p.summary, rolls=unit.platform == "local", controller=controller, batch=batch)
+    # the local runtime's provisioners drain and wait; a cloud's controller drains through the
+    # channel and each new node reports its boot there (apply._roll)
+    return plan_module.classify(p.summary, rolls=True, controller=controller, batch=batch)
 
 
 def holds_data_of(platform: str):

@@ -455,6 +455,65 @@ def test_the_channel_freezes_and_opens_a_running_cluster_the_way_cloud_nodes_tak
     assert laptop.on("laptop-login-0", "true", user="nobody").returncode == 0
 
 
+def test_a_cloud_rollout_drains_through_the_channel_and_a_drain_that_runs_out_stops_it(laptop):
+    """On a cloud, a rolling change asks the controller to drain the next batch through the
+    channel (`config/drain`), and waits for its report before replacing anything. The
+    controller of the local runtime runs that same `vcnode sync` for real here, with a job on
+    the node: the first drain runs out (the job keeps running, nothing is replaced), the next
+    one, after the job, drains it."""
+    from reconciler.apply import channel_drain
+    from reconciler.errors import ReconcileError
+    from reconciler.gitsource import GitSource
+    from reconciler.live import LiveStore
+    from reconciler.run import desired
+
+    unit = desired(GitSource(laptop.repo.path).working_tree()).units["cluster:laptop@local-slurm"]
+    store = LiveStore(laptop.repo.path)
+    job = laptop.on("laptop-login-0", "sbatch", "-w", "laptop-compute-2", "--wrap", "sleep 8", "--parsable")
+    assert job.returncode == 0, job.stderr
+
+    def job_state() -> str:
+        return laptop.on("laptop-login-0", "squeue", "-h", "-j", job.stdout.strip(), "-o", "%T").stdout.strip()
+
+    for _ in range(100):  # bounded: until it runs
+        if job_state() == "RUNNING":
+            break
+        time.sleep(0.2)
+    assert job_state() == "RUNNING"
+
+    def drained(timeout_s: float):
+        outcome = {}
+
+        def ask():
+            try:
+                channel_drain(store, unit, ["laptop-compute-2"], timeout_s, poll_s=0.2)
+                outcome["ok"] = True
+            except ReconcileError as exc:
+                outcome["error"] = str(exc)
+
+        waiting = threading.Thread(target=ask)
+        waiting.start()
+        time.sleep(0.5)
+        assert waiting.is_alive(), "it waits for the controller's report"
+        done = laptop.on("laptop-login-0", "python3", "/usr/libexec/vcluster/vcnode.pyz", "sync", timeout=120)
+        assert done.returncode == 0, done.stderr
+        waiting.join(timeout=60)
+        return outcome
+
+    try:
+        outcome = drained(1)
+        assert "laptop-compute-2's jobs to finish" in outcome.get("error", "") and "the rollout stopped" in outcome["error"], outcome
+        assert laptop.sinfo().get("laptop-compute-2") in ("draining", "drng"), laptop.sinfo()  # drained, its job still runs
+        for _ in range(100):  # bounded: until the job is done
+            if not job_state():
+                break
+            time.sleep(0.2)
+        assert drained(30) == {"ok": True}
+        assert laptop.sinfo().get("laptop-compute-2") in ("drained", "drain"), laptop.sinfo()
+    finally:
+        laptop.on("laptop-login-0", "scontrol", "update", "nodename=laptop-compute-2", "state=resume")
+
+
 def test_a_move_with_its_data_keeps_users_where_the_data_is_until_the_copy_is_verified(laptop, monkeypatch):
     from reconciler import datacopy
 

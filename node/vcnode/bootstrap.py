@@ -345,9 +345,10 @@ def bootstrap(facts_path: Path) -> None:
         access(wanted["state"], facts.get("drain_timeout_s", 600))
     if node.init == "systemd":
         install_sync_timer()
+    # `booted`: this boot's own mark, which a rolling change waits to see change on a replaced node
     channel.report(node.store, node.hostname, pool=node.pool, role=role, controller=controller,
                    config_version=version, ready=True, daemons=daemons, sssd=sssd,
-                   access=wanted["state"], access_serial=wanted["serial"])
+                   access=wanted["state"], access_serial=wanted["serial"], booted=os.urandom(8).hex())
     log(f"{node.hostname}: ready, config {version}, sssd {sssd}")
 
 
@@ -397,8 +398,27 @@ def sync() -> None:
     if wanted["serial"] and wanted["serial"] != previous.get("access_serial"):
         take_access(node, controller, facts.get("scheduler") is not None, wanted, facts.get("drain_timeout_s", 600))
         kept.update(access=wanted["state"], access_serial=wanted["serial"])
+    if controller and facts.get("scheduler") is not None:
+        drain_asked(node, previous, kept)
     channel.report(node.store, node.hostname, **{**kept, "config_version": version})
     run_task(node)
+
+
+def drain_asked(node, previous: dict, kept: dict) -> None:
+    """On the controller: drain the nodes a rolling change replaces next (the channel's
+    `drain`), once per request, and say in the report when they are drained, or why not. A
+    drain that runs out kills nothing: the nodes stay drained and the rollout stops."""
+    wanted = channel.wanted_drain(node.store)
+    if not wanted["serial"] or wanted["serial"] == previous.get("drain_serial"):
+        return
+    error = ""
+    try:
+        for hostname in wanted["hosts"]:
+            drain(hostname, wanted["timeout_s"], "reconcile: replaced by a rolling change")
+    except BootError as exc:
+        error = str(exc)
+    kept.update(drain_serial=wanted["serial"], drain_error=error)
+    log(f"{node.hostname}: drained {', '.join(wanted['hosts'])}" if not error else f"{node.hostname}: {error}")
 
 
 def drain(hostname: str, timeout: float, reason: str) -> None:

@@ -32,6 +32,19 @@ def wanted_access(store) -> dict:
     return {"state": state, "serial": str(wanted.get("serial", ""))}
 
 
+DRAIN = "config/drain"  # {"serial", "hosts", "timeout_s"}: nodes a rolling change replaces next, drained by the controller
+
+
+def wanted_drain(store) -> dict:
+    """The nodes the reconciler asks the controller to drain before it replaces them."""
+    raw = store.read(DRAIN)
+    wanted = json.loads(raw) if raw else {}
+    hosts = wanted.get("hosts") or []
+    if not isinstance(hosts, list) or not all(isinstance(h, str) and h and "/" not in h for h in hosts):
+        raise ValueError(f"drain channel: not a list of hostnames: {hosts!r}")
+    return {"serial": str(wanted.get("serial", "")), "hosts": hosts, "timeout_s": float(wanted.get("timeout_s") or 600)}
+
+
 def task_key(hostname: str) -> str:
     """Where the reconciler leaves a node its one task (a staged copy's leg): `tasks/HOST`, and
     the node its result: `tasks/HOST.result`. One task at a time per node, named by its id."""
