@@ -19,7 +19,7 @@ from pathlib import Path
 
 from reconciler import datacopy, health, hostruntime, interrupt, stagedcopy, transfer
 from reconciler.affected import APPLY, DESTROY
-from reconciler.backends import BackendError, keys
+from reconciler.backends import BackendError, NoCredentials, keys
 from reconciler.engine import Engine
 from reconciler.errors import ReconcileError
 from reconciler.gitsource import Snapshot
@@ -108,13 +108,14 @@ def apply(
 
 
 def sweep(plans: list[UnitPlan], results: dict, engine: Engine, store: LiveStore) -> dict[str, list[str]]:
-    """What copies left in the sites of this run (staging areas, transfer stacks: `leftovers`)
-    goes once no copy of its cluster is pending: the move finished, chose keep or drop, or was
-    reverted. A copy that failed in this run keeps them: the next run sends only what differs.
-    Returns {cluster: what was removed, or why not}."""
-    pending = {p.selected.unit.name for p in plans if p.copies and results[_id(p)].outcome != APPLIED}
+    """What copies left in the sites of this run (staging areas, transfer stacks, the marks of
+    unfinished copies: `leftovers`) goes once its move has ended, whichever run or checkout
+    ended it: one of the move's two stacks is no longer applied (the move finished, chose keep
+    or drop, was reverted, or the cluster went). While both are, it stays: the next copy sends
+    only what differs. Returns {cluster: what was removed, or why not}."""
     told: dict[str, list[str]] = {}
     seen = set()
+    workroot = next((q.workdir.parent for q in plans if q.workdir is not None), None)
     for p in plans:
         state = p.selected.unit.state
         place = (state.backend, state.endpoint, state.bucket, state.region, keys(state)[0])
@@ -127,14 +128,18 @@ def sweep(plans: list[UnitPlan], results: dict, engine: Engine, store: LiveStore
             told.setdefault(p.selected.unit.name, []).append(f"the leftovers of copies on {p.selected.unit.site} could not be listed ({exc})")
             continue
         for name, body in noted.items():
-            if body["cluster"] in pending:
-                continue
-            what = f"the staging area of {body.get('volume')} on {body.get('site')}" if body["kind"] == "staging" else f"the transfer stack {name}"
+            what = {"staging": f"the staging area of {body.get('volume')} on {body.get('site')}",
+                    "transfer-stack": f"the transfer stack {name}"}.get(body["kind"], "")
             try:
+                if _move_pending(store, body):
+                    continue
                 if body["kind"] == "staging":
                     stagedcopy.remove(store, state, name, body)
-                elif body["kind"] == "transfer-stack":
-                    _remove_transfer_stack(engine, store, state, name, body, p.workdir.parent / name)
+                elif body["kind"] == "transfer-stack" and workroot is not None:
+                    _remove_transfer_stack(engine, store, state, name, body, workroot / name)
+                elif body["kind"] == "unfinished-copy":
+                    store.clear_leftover(state, name)  # the move ended: no copy into it is pending
+                    continue
                 else:
                     continue
             except (ReconcileError, BackendError, OSError, KeyError, TypeError) as exc:
@@ -142,6 +147,18 @@ def sweep(plans: list[UnitPlan], results: dict, engine: Engine, store: LiveStore
             else:
                 told.setdefault(body["cluster"], []).append(f"removed {what}, left by a copy")
     return told
+
+
+def _move_pending(store: LiveStore, body: dict) -> bool:
+    """Whether the move a leftover belongs to is still under way: both its stacks applied. A
+    note that names no move, or one this runner cannot read, is left alone."""
+    move = body.get("move")
+    if not isinstance(move, dict):
+        return True
+    try:
+        return all(store.has_record(StateLocation(**move[side])) for side in ("source", "target"))
+    except (BackendError, ReconcileError, KeyError, TypeError):
+        return True
 
 
 def _remove_transfer_stack(engine: Engine, store: LiveStore, state: StateLocation, name: str, body: dict, workdir: Path) -> None:
@@ -200,6 +217,12 @@ def _copy_data(p: UnitPlan, store: LiveStore, engine: Engine | None = None) -> l
         else:
             services.append((plan, volumes[plan.volume]))
     source_real, target_real = p.cutover
+    # the target holds an unfinished copy until verification: never a move's source to copy from
+    unfinished = f"unfinished-{target.name}"
+    store.note_leftover(target.state, unfinished, {
+        "kind": "unfinished-copy", "cluster": target.name, "site": target.site, "platform": target.platform,
+        "from": source.site, "move": stagedcopy.move_of(p),
+    })
     try:
         # a transfer service in the target's cloud: a stack of its own, for the copy's time
         transferred = _transfer(p, services, engine, store) if services else []
@@ -213,6 +236,7 @@ def _copy_data(p: UnitPlan, store: LiveStore, engine: Engine | None = None) -> l
         if still and isinstance(exc, ReconcileError):
             raise datacopy.CopyError(f"{exc}; and {still}") from None
         raise
+    store.clear_leftover(target.state, unfinished)  # verified: its volumes are the cluster's data
     _open_target(store, target, target_real)
     return transferred
 
@@ -268,13 +292,18 @@ def _open_if_left_closed(store: LiveStore, target: Unit) -> str:
     try:
         if target.kind != CLUSTER or store.asked_access(target) in ("", "open"):
             return ""
-    except (BackendError, ReconcileError):
+        partial = next((b for b in store.leftovers(target.state).values()
+                        if b["kind"] == "unfinished-copy" and b["cluster"] == target.name), None)
+    except (BackendError, ReconcileError, NoCredentials):
         return ""  # a channel this runner cannot read: its nodes keep what they were last asked
     if runs_for_real(target, store):
         _set_access(store, target, "open")
     else:  # its nodes open at their next sync
         channel_access(store, target, "open", wait=False)
-    return "opened to its users (a copy that failed had left it closed; no copy is pending now)"
+    said = "opened to its users (a copy that failed had left it closed; no copy is pending now)"
+    if partial:
+        said += f"; its volumes hold what the copy from {partial['from']} wrote before it failed, unverified"
+    return said
 
 
 def _volumes_by_name(store: LiveStore, unit: Unit) -> dict[str, object]:
@@ -305,7 +334,7 @@ def _transfer(p: UnitPlan, services: list, engine: Engine, store: LiveStore) -> 
     (workdir / "cdk.tf.json").write_text(render_json(cdk.synthesize(build)[spec.stack]))
     # noted before it exists: a run that fails or is killed before the destroy leaves it listed,
     # and a later apply destroys it (sweep)
-    store.note_leftover(target.state, f"{spec.stack}", _transfer_note(spec))
+    store.note_leftover(target.state, f"{spec.stack}", {**_transfer_note(spec), "move": stagedcopy.move_of(p)})
     engine.init(workdir, {})
     try:
         engine.plan(workdir)
@@ -374,9 +403,13 @@ def channel_access(store: LiveStore, unit: Unit, state: str, wait: bool = True, 
         return serial
     timeout = getattr(unit.spec, "drain_timeout_s", local_runtime.DRAIN_TIMEOUT_S) + ACK_SLACK_S
     deadline = time.monotonic() + timeout
+    # every node the definition names must answer, not only those that report: a report that is
+    # missing (deleted, or a node that never booted) never counts as an acknowledgement
+    expected = {h for pool in getattr(unit.spec, "pools", ()) for h in pool.hostnames}
     while True:
         reports = store.node_reports(unit)
-        behind = sorted(h for h, r in reports.items() if r.get("access_serial") != serial) or ([] if reports else ["every node"])
+        hosts = expected or set(reports)
+        behind = sorted(h for h in hosts if reports.get(h, {}).get("access_serial") != serial) or ([] if hosts else ["every node"])
         if not behind:
             return serial
         if time.monotonic() > deadline:

@@ -625,6 +625,11 @@ class LiveStore:
                 out[key.rsplit("/", 1)[-1].removesuffix(".json")] = body
         return dict(sorted(out.items()))
 
+    def has_record(self, state: StateLocation) -> bool:
+        """Whether the stack whose state is at `state` has a live record (it is applied)."""
+        place = self._place(state)
+        return place.blobs.get(place.record) is not None
+
     def clear_leftover(self, state: StateLocation, name: str) -> None:
         place = self._place(state)
         key = f"{place.directory}{LEFTOVERS_DIR}/{name}.json"

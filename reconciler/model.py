@@ -354,8 +354,7 @@ class NodePool(Strict):
     generation: int = Field(
         0, ge=0, le=1_000_000,
         description="Raise it to roll the pool on purpose: every node is replaced with what the definition says now "
-        "(first-boot data, image), in batches of services.scheduler.roll_batch on the local slurm runtime, the "
-        "controller last; on the clouds at once, which needs the replace decision",
+        "(first-boot data, image), in batches of services.scheduler.roll_batch, the controller last",
     )
 
     @field_validator("count")

@@ -325,8 +325,11 @@ def _keep_replaced(p: UnitPlan, summary: PlanSummary) -> PlanSummary:
     if taken:  # the cloud refuses a second volume of that name while the kept one exists
         p.blocked = "; ".join(
             f"storage.on_move: keep: the new {c.address} would take the kept one's name ({c.same_name}), which the cloud "
-            f"refuses while the old one exists: rename volume {volume_name(c.address)} in {p.selected.unit.inputs[0]} "
-            "(the new name makes a new volume, and the old one is kept), or choose copy or drop"
+            "refuses while the old one exists: "
+            + (f"rename bucket {volume_name(c.address)} in {p.selected.unit.inputs[0]} (a new name makes a new bucket, and the "
+               "old one is kept), or decide drop" if c.address.split(".", 1)[0] in copyroute.BUCKET_TYPES else
+               f"its name follows from the cluster and volume {volume_name(c.address)}, so the replacement can only drop the "
+               "old one (storage.on_move: drop, or --allow-data-loss): copy its data out first")
             for c in taken
         )
         return summary
@@ -438,6 +441,15 @@ def _plan_copies(p: UnitPlan, target: Unit, data: list[str], store: LiveStore) -
         p.blocked = (
             f"storage.on_move: copy: the source's state ({unit.state.backend}://{unit.state.bucket}) cannot be read here, "
             "so its volumes are not known: the copy is planned where the site's credentials are (the apply workflow)"
+        )
+        return
+    unfinished = next((b for b in store.leftovers(unit.state).values()
+                       if b.get("kind") == "unfinished-copy" and b.get("cluster") == unit.name), None)
+    if unfinished:  # e.g. a revert after a failed copy: the data is still where the copy came from
+        p.blocked = (
+            f"storage.on_move: copy: {unit.title} holds an unfinished copy of the data on {unfinished.get('from')} (its copy "
+            f"failed before verification), which would overwrite the data on {target.site}; set storage.on_move: drop in "
+            f"{target.inputs[0]} for this move (the unfinished copy goes, the data on {unfinished.get('from')} stays), or keep"
         )
         return
     sources = store.data_volumes(unit)

@@ -159,7 +159,7 @@ def copy(p, staged: list, store: LiveStore, set_access, channel_access) -> list[
     work = [(plan, into, (directory(plan.source), directory(into))) for plan, into in staged]
     for plan, _, _ in work:
         for unit, has_nodes in ((source, source_nodes), (target, target_nodes)):
-            note(store, unit, plan.volume, login_node(unit, store)[0] if has_nodes else "")
+            note(store, unit, plan.volume, login_node(unit, store)[0] if has_nodes else "", move_of(p))
     if target_nodes and target.platform == "local":
         set_access(store, target, "closed")
     for plan, into, dirs in work:  # the bulk pass, while the source is live
@@ -184,11 +184,19 @@ def copy(p, staged: list, store: LiveStore, set_access, channel_access) -> list[
     return lines
 
 
-def note(store: LiveStore, unit: Unit, volume: str, host: str) -> None:
+def move_of(p) -> dict:
+    """The move a leftover belongs to: the state locations of its source and target stacks. It
+    is pending while both are applied; once either is gone (the move finished, or was reverted,
+    or the cluster removed), what it left goes (apply.sweep)."""
+    where = lambda s: {"backend": s.backend, "bucket": s.bucket, "key": s.key, "region": s.region, "endpoint": s.endpoint}  # noqa: E731
+    return {"source": where(p.selected.unit.state), "target": where(p.copy_target.state)}
+
+
+def note(store: LiveStore, unit: Unit, volume: str, host: str, move: dict) -> None:
     """A staging area (and the leg's task, on a cluster with nodes), noted in its site's backend."""
     store.note_leftover(unit.state, f"staging-{unit.name}-{volume}", {
         "kind": "staging", "cluster": unit.name, "site": unit.site, "platform": unit.platform, "volume": volume,
-        "where": staging(store, unit, volume).runner, "host": host,
+        "where": staging(store, unit, volume).runner, "host": host, "move": move,
     })
 
 

@@ -467,7 +467,6 @@ def test_nodes_find_their_channel_and_key_through_their_tags(specs):
     policies = resources(gpu, "aws_iam_role_policy")
     channel_objects = [
         "arn:aws:s3:::swisstwins-reconcile-state/aws-frankfurt/channel/gpu-ai/config/*",
-        "arn:aws:s3:::swisstwins-reconcile-state/aws-frankfurt/channel/gpu-ai/nodes/*",
         "${aws_secretsmanager_secret.munge_key.arn}",
         # the site's package registry (its landing zone's bucket), read only: where the bootstrap installs from
         "arn:aws:s3:::111122223333-aws-frankfurt-packages",
@@ -475,7 +474,9 @@ def test_nodes_find_their_channel_and_key_through_their_tags(specs):
     ]
     # compute nodes, where any user's job runs, read the config and the key and report: no more
     grants = json.loads(policies["node_channel"]["policy"])["Statement"]
-    assert sorted(r for g in grants for r in g["Resource"]) == sorted(channel_objects)
+    # and write their own pool's reports only, never the controller's, whose acknowledgement a freeze waits for
+    assert sorted(r for g in grants for r in g["Resource"]) == sorted(
+        channel_objects + ["arn:aws:s3:::swisstwins-reconcile-state/aws-frankfurt/channel/gpu-ai/nodes/gpu-ai-gpu-*"])
     assert [g["Action"] for g in grants if g["Sid"] == "MungeKey"] == [["secretsmanager:GetSecretValue"]]
     assert [g["Action"] for g in grants if "packages" in g["Resource"][0]] == [["s3:ListBucket"], ["s3:GetObject"]]
     assert node["tags"]["vcluster-packages"] == "s3://111122223333-aws-frankfurt-packages"
@@ -483,6 +484,7 @@ def test_nodes_find_their_channel_and_key_through_their_tags(specs):
     assert policies["login_channel"]["role"] == "${aws_iam_role.role_login.name}"
     grants = json.loads(policies["login_channel"]["policy"])["Statement"]
     assert sorted(r for g in grants for r in g["Resource"]) == sorted(channel_objects + [
+        "arn:aws:s3:::swisstwins-reconcile-state/aws-frankfurt/channel/gpu-ai/nodes/*",
         "arn:aws:s3:::swisstwins-reconcile-state/aws-frankfurt/channel/gpu-ai/tasks/*",
         "arn:aws:s3:::swisstwins-reconcile-state/aws-frankfurt/channel/gpu-ai/staging/*",
         "arn:aws:s3:::swisstwins-reconcile-state",
@@ -490,11 +492,12 @@ def test_nodes_find_their_channel_and_key_through_their_tags(specs):
     (listing,) = [g for g in grants if g["Resource"] == ["arn:aws:s3:::swisstwins-reconcile-state"]]
     assert listing["Action"] == ["s3:ListBucket"]
     assert listing["Condition"] == {"StringLike": {"s3:prefix": ["aws-frankfurt/channel/gpu-ai/staging/*"]}}
-    profiles = {t["name"]: t["iam_instance_profile"]["arn"] for t in resources(gpu, "aws_launch_template").values()}
-    assert profiles == {
-        "aws-frankfurt-gpu-ai-login": "${aws_iam_instance_profile.login_profile.arn}",
-        "aws-frankfurt-gpu-ai-gpu": "${aws_iam_instance_profile.node_profile.arn}",
-    }
+    # every template names the nodes' profile (unchanged: a template's change would replace its
+    # instances); a login node's instance names its own, which EC2 changes in place
+    profiles = {t["iam_instance_profile"]["arn"] for t in resources(gpu, "aws_launch_template").values()}
+    assert profiles == {"${aws_iam_instance_profile.node_profile.arn}"}
+    own = {k: i.get("iam_instance_profile") for k, i in resources(gpu, "aws_instance").items()}
+    assert own == {"node_login_0": "${aws_iam_instance_profile.login_profile.name}", "node_gpu_0": None, "node_gpu_1": None}
     assert "secret_string" not in resources(gpu, "aws_secretsmanager_secret")["munge_key"]  # the value is the controller's
 
 
@@ -634,3 +637,17 @@ def test_efa_runs_on_every_network_card_of_the_machine(synthesized):
 def node_type(document: dict, node: dict) -> str:
     template = node["launch_template"]["id"].split(".")[1]
     return resources(document, "aws_launch_template")[template]["instance_type"]
+
+
+
+def test_a_controller_without_a_login_pool_runs_as_the_login_identity(specs):
+    """Defect: a cluster without a login pool runs its controller on another pool's node, which
+    ran as the compute identity: no right to add the munge key or run a staged copy's legs."""
+    import dataclasses
+
+    spec = specs["cluster-gpu-ai"]
+    pools = tuple(p for p in spec.pools if p.role != "login")
+    spec = dataclasses.replace(spec, pools=pools, controller=pools[0].hostnames[0])
+    document = json.loads(synthesize_stacks("aws", {"cluster-gpu-ai": spec})["cluster-gpu-ai"])
+    own = {k: i.get("iam_instance_profile") for k, i in resources(document, "aws_instance").items()}
+    assert own == {"node_gpu_0": "${aws_iam_instance_profile.login_profile.name}", "node_gpu_1": None}

@@ -197,8 +197,11 @@ def test_a_failed_staged_copy_leaves_its_staging_listed_and_keep_removes_it_and_
     assert datacopy.manifest(source) == before and mounts_under(repo.path) == []  # intact, writable again
     code, out, err = cli("volumes", "--json", "--repo", str(repo.path))
     left = [v for v in json.loads(out)["volumes"] if v["status"] == "left by a copy"]
-    assert sorted((v["site"], v["kind"], v["volume"]) for v in left) == [("local-a", "staging", "shared"), ("local-b", "staging", "shared")]
-    areas = [Path(v["path"]) for v in left]
+    assert sorted((v["site"], v["kind"], v["volume"]) for v in left) == [
+        ("local-a", "staging", "shared"), ("local-b", "staging", "shared"),
+        ("local-b", "unfinished-copy", ""),  # the target's volumes: an unverified copy, never a move's source
+    ]
+    areas = [Path(v["path"]) for v in left if v["kind"] == "staging"]
     assert all(area.is_dir() for area in areas) and (areas[0] / "big.bin").exists()
     code, out, err = cli("volumes", "--repo", str(repo.path))
     assert "staging left by a copy: removed at the next apply once no copy of dev is pending" in out, out
@@ -210,7 +213,8 @@ def test_a_failed_staged_copy_leaves_its_staging_listed_and_keep_removes_it_and_
     repo.write("clusters/dev.yaml", repo.read("clusters/dev.yaml").replace("  on_move: copy\n", "  on_move: keep\n"))
     code, out, err = cli("apply", "--auto-approve", "--repo", str(repo.path))
     assert code == 0, out + err
-    assert "opened to its users (a copy that failed had left it closed; no copy is pending now)" in out, out
+    assert ("opened to its users (a copy that failed had left it closed; no copy is pending now); its volumes hold what "
+            "the copy from local-a wrote before it failed, unverified") in out, out
     assert json.loads((channel / "config" / "access").read_text())["state"] == "open"
     assert "removed the staging area of shared on local-a, left by a copy" in out, out
     assert not any(area.exists() for area in areas)
@@ -238,3 +242,34 @@ def test_an_interrupt_between_a_copys_passes_says_where_it_stopped(filled, cli, 
     assert code == 130, out + err
     assert "cluster dev on local-a: interrupted: SIGINT received after the bulk copies: the source stays" in out, out
     assert datacopy.manifest(source) == before and mounts_under(repo.path) == []
+
+
+def test_reverting_a_move_whose_copy_failed_never_copies_the_unfinished_copy_back(filled, cli, monkeypatch):
+    """Defect (found by review): after a failed copy, moving the cluster back with on_move: copy
+    still set rsynced the unverified copy back over the source (with --delete): what was written
+    on the source since was lost. A target holds an unfinished copy until verification; a move
+    from it that would copy is blocked, and says what to do."""
+    repo, source, before = filled
+
+    def corrupt(source_dir: Path, target_dir: Path) -> None:
+        (target_dir / "big.bin").write_bytes(b"not the data")
+
+    monkeypatch.setattr(datacopy, "before_verify", corrupt)
+    code, out, err = cli("apply", "--auto-approve", "--repo", str(repo.path))
+    assert code == 1 and "the copy differs from the source" in out, out + err
+    monkeypatch.undo()
+    (source / "written-after-the-failed-copy").write_text("keep me\n")
+    text = repo.read("clusters/dev.yaml")
+    repo.write("clusters/dev.yaml", text.replace("site: local-b\nfailover: [local-a]", "site: local-a\nfailover: [local-b]"))
+    code, out, err = cli("--dry-run", "--repo", str(repo.path))
+    assert "holds an unfinished copy of the data on local-a (its copy failed before verification)" in out, out
+    code, out, err = cli("apply", "--auto-approve", "--repo", str(repo.path))
+    assert code == 1 and "unfinished copy" in out + err, out + err
+    assert (source / "written-after-the-failed-copy").read_text() == "keep me\n"
+    assert (source / "big.bin").stat().st_size == BIG  # never overwritten by the unfinished copy
+    repo.write("clusters/dev.yaml", repo.read("clusters/dev.yaml").replace("  on_move: copy\n", "  on_move: drop\n"))
+    code, out, err = cli("apply", "--auto-approve", "--repo", str(repo.path))
+    assert code == 0, out + err
+    assert (source / "written-after-the-failed-copy").read_text() == "keep me\n" and volume(cli, repo, "local-b") is None
+    code, out, err = cli("volumes", "--json", "--repo", str(repo.path))
+    assert not [v for v in json.loads(out)["volumes"] if v["status"] == "left by a copy"], out  # the mark went with the move

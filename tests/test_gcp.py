@@ -720,7 +720,9 @@ def test_nodes_find_their_channel_and_key_through_their_metadata(specs):
 
     prefix = f"projects/_/buckets/{spec.state.bucket}/objects/gcp-zurich/channel/slurm-hpc"
     # compute nodes, where any user's job runs, read the config and report: no staged copy's legs
-    assert conditions("node_account") == sorted(f'resource.name.startsWith("{prefix}/{part}/")' for part in ("config", "nodes"))
+    # and write their own pools' reports only, never the controller's, whose acknowledgement a freeze waits for
+    assert conditions("node_account") == sorted([f'resource.name.startsWith("{prefix}/config/")',
+                                                 f'resource.name.startsWith("{prefix}/nodes/slurm-hpc-compute-")'])
     assert conditions("login_account") == sorted([
         f'resource.name == "projects/_/buckets/{spec.state.bucket}"',  # a listing, names only: objects are read by prefix
         *(f'resource.name.startsWith("{prefix}/{part}/")' for part in ("config", "nodes", "tasks", "staging")),
@@ -912,3 +914,17 @@ def test_the_driver_step_installs_until_the_driver_answers(tmp_path, answers_aft
     assert any(line.startswith("python3 ") and line.endswith("cuda_installer.pyz install_driver") for line in made) == installs, made
     assert any(line.startswith("curl ") and "cuda-installer-v1.9.1/cuda_installer.pyz" in line for line in made) == installs, made
     assert ("cloud-init modules --mode=final" in made) == goes_on, made
+
+
+def test_a_controller_without_a_login_pool_runs_as_the_login_account(specs):
+    """Defect: a cluster without a login pool runs its controller on another pool's node, which
+    ran as the compute account: no right to add the munge key or run a staged copy's legs."""
+    import dataclasses
+
+    spec = specs["cluster-gpu-ai"]
+    pools = tuple(p for p in spec.pools if p.role != "login")
+    spec = dataclasses.replace(spec, pools=pools, controller=pools[0].hostnames[0])
+    document = json.loads(synthesize_stacks("gcp", {"cluster-gpu-ai": spec})["cluster-gpu-ai"])
+    accounts = {k: i["service_account"]["email"] for k, i in document["resource"]["google_compute_instance"].items()}
+    assert accounts == {"node_gpu_0": "${google_service_account.login_account.email}",
+                        "node_gpu_1": "${google_service_account.node_account.email}"}

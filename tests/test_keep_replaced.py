@@ -115,7 +115,10 @@ def test_keep_is_refused_where_the_cloud_would_refuse_the_new_volume_its_name(rt
     p, summary = plan("gcp-zurich-dev-shared")
     assert p.kept_replaced == () and summary.changes[0].loses_data
     assert p.blocked.startswith(f"storage.on_move: keep: the new {rtype}.storage_shared would take the kept one's name "
-                                "(gcp-zurich-dev-shared), which the cloud refuses while the old one exists: rename volume shared "
-                                "in clusters/dev.yaml"), p.blocked
+                                "(gcp-zurich-dev-shared), which the cloud refuses while the old one exists: "), p.blocked
+    if rtype == "google_storage_bucket":  # a bucket's name is the definition's to change
+        assert "rename bucket shared in clusters/dev.yaml" in p.blocked, p.blocked
+    else:  # a file system's follows from the cluster and volume: only drop is possible
+        assert "can only drop the old one (storage.on_move: drop, or --allow-data-loss): copy its data out first" in p.blocked
     p, summary = plan("gcp-zurich-dev-shared-2")
     assert p.blocked == "" and p.kept_replaced == (f"{rtype}.storage_shared",) and not summary.changes[0].loses_data

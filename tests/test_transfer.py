@@ -307,10 +307,12 @@ def test_a_copy_that_fails_after_the_freeze_opens_the_source_and_its_transfer_st
         apply_module._copy_data(p, store, engine)
     assert asked == [("aws-frankfurt", "frozen"), ("aws-frankfurt", "open")], "frozen for the final pass, then opened again"
     assert ("aws-zurich", "open") not in asked, "the target stays closed: the next run copies again"
-    (noted,) = store.leftovers(target.state).values()
-    assert noted["kind"] == "transfer-stack" and noted["stack"] == "transfer-dev" and noted["state"]["key"] == "transfer-dev.tfstate"
+    noted = store.leftovers(target.state)
+    assert sorted(noted) == ["transfer-dev", "unfinished-dev"]  # the stack, and the target's unverified copy
+    assert noted["transfer-dev"]["kind"] == "transfer-stack" and noted["transfer-dev"]["state"]["key"] == "transfer-dev.tfstate"
+    assert noted["unfinished-dev"] == {**noted["unfinished-dev"], "kind": "unfinished-copy", "from": "aws-frankfurt"}
 
-    engine = _StandInEngine(fail_destroy=False)  # a later apply, with no copy of dev pending
+    engine = _StandInEngine(fail_destroy=False)  # a later apply, the move over (no stack of it is applied here)
     p.copies = ()
     there = SimpleNamespace(selected=SimpleNamespace(unit=target, action="apply"), copies=(), workdir=tmp_path / "work" / "cluster-dev")
     results = {("destroy", source.key): ApplyResult(p, APPLIED), ("apply", target.key): ApplyResult(there, APPLIED)}

@@ -61,10 +61,7 @@ def build(stack, spec: ClusterSpec) -> None:
     for name, (_, role) in identities.items():
         _bucket_access(stack, name, role, buckets)
     binding = _channel(stack, spec, identities, filesystems)
-    instances = {
-        pool.name: _pool(stack, spec, pool, subnet, groups, identities[_identity(pool)][0], images, binding)
-        for pool in spec.pools
-    }
+    instances = {pool.name: _pool(stack, spec, pool, subnet, groups, identities, images, binding) for pool in spec.pools}
     _names(stack, spec, vpc)
     _access(stack, spec)
 
@@ -228,9 +225,10 @@ def _security_groups(stack, spec: ClusterSpec, vpc) -> dict:
 # ---------------------------------------------------------------- nodes
 
 
-def _identity(pool: ComputePool) -> str:
-    """Which of the cluster's two identities a pool's nodes run as."""
-    return "login" if pool.role == "login" else "node"
+def _identity(spec: ClusterSpec, pool: ComputePool, hostname: str) -> str:
+    """Which of the cluster's two identities a node runs as: login nodes and the controller
+    (which a cluster without a login pool runs on another node) as `login`."""
+    return "login" if pool.role == "login" or hostname == spec.controller else "node"
 
 
 def _node_profiles(stack, spec: ClusterSpec) -> dict:
@@ -239,7 +237,8 @@ def _node_profiles(stack, spec: ClusterSpec) -> dict:
     controller, which adds the munge key, and a staged copy's legs, which no compute node
     (where any user's job runs) may write or forge."""
     identities = {}
-    for name in ("node", "login") if any(p.role == "login" for p in spec.pools) else ("node",):
+    logins = any(_identity(spec, p, h) == "login" for p in spec.pools for h in p.hostnames)
+    for name in ("node", "login") if logins else ("node",):
         role, _ = iam_role(
             stack,
             name,
@@ -294,7 +293,11 @@ def _channel(stack, spec: ClusterSpec, identities: dict, filesystems: dict) -> d
             stack, f"{identity}_channel", name="vcluster-channel", role=role.name,
             policy=policy([
                 statement(["s3:GetObject"], [f"{objects_of}/config/*"], sid="ReadConfig"),
-                statement(["s3:GetObject", "s3:PutObject", "s3:DeleteObject"], [f"{objects_of}/nodes/*"], sid="Report"),
+                # compute nodes write their own pools' reports only: never the controller's or a login
+                # node's, whose acknowledgements a copy's freeze waits for
+                *([statement(["s3:GetObject", "s3:PutObject", "s3:DeleteObject"], reports, sid="Report")]
+                  if (reports := [f"{objects_of}/nodes/*"] if login else
+                      [f"{objects_of}/nodes/{spec.name}-{p.name}-*" for p in spec.pools if p.role != "login"]) else []),
                 *([
                     # a staged copy: the legs the reconciler leaves, their results, and what they carry
                     statement(["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
@@ -333,7 +336,7 @@ def _image(stack, kind: str, images: dict[str, str]) -> str:
     return images[kind]
 
 
-def _pool(stack, spec: ClusterSpec, pool: ComputePool, subnet, groups: dict, profile, images: dict, binding: dict) -> list:
+def _pool(stack, spec: ClusterSpec, pool: ComputePool, subnet, groups: dict, identities: dict, images: dict, binding: dict) -> list:
     """A pool's launch template and one instance per node: returns the instances in hostname order."""
     prefix = f"{spec.site}-{spec.name}-{pool.name}"
     placement = None
@@ -343,7 +346,9 @@ def _pool(stack, spec: ClusterSpec, pool: ComputePool, subnet, groups: dict, pro
             stack, f"placement_{pool.name}", name=prefix, strategy="cluster"
         )
     image = _image(stack, "gpu" if pool.node.gpu_count else "cpu", images)
-    template = _launch_template(stack, spec, pool, prefix, profile, image)
+    # the template names the nodes' profile; a login node's instance names its own, which EC2
+    # changes in place (a template's change would replace every instance that follows it)
+    template = _launch_template(stack, spec, pool, prefix, identities["node"][0], image)
     version = cdk.cdktf.Token.as_string(template.latest_version)
     security_groups = [groups["nodes"].id] + ([groups["login"].id] if pool.role == "login" else [])
     tags = {"cluster": spec.name, "pool": pool.name, "role": pool.role}
@@ -378,6 +383,7 @@ def _pool(stack, spec: ClusterSpec, pool: ComputePool, subnet, groups: dict, pro
             metadata_options={"http_endpoint": "enabled", "http_tokens": "required", "instance_metadata_tags": "enabled",
                               "http_put_response_hop_limit": 2},
             tags={"Name": hostname, **tags, **binding, "vcluster-hostname": hostname, "vcluster-pool": pool.name},
+            iam_instance_profile=identities["login"][0].name if _identity(spec, pool, hostname) == "login" else None,
         )
         for block, value in interfaces.items():
             node.add_override(block, value)

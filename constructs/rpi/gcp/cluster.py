@@ -189,7 +189,7 @@ def build(stack, spec: ClusterSpec) -> None:
                 role="roles/storage.objectUser", member=service_account_member(account),
             )
     binding = _channel(stack, spec, accounts, filesystems)
-    instances = {pool.name: _pool(stack, spec, pool, subnet, accounts[_identity(pool)], binding) for pool in spec.pools}
+    instances = {pool.name: _pool(stack, spec, pool, subnet, accounts, binding) for pool in spec.pools}
     _names(stack, spec)
     _access(stack, spec, instances, accounts)
 
@@ -343,9 +343,10 @@ def _firewall(stack, spec: ClusterSpec, network) -> None:
 # ---------------------------------------------------------------- nodes
 
 
-def _identity(pool: ComputePool) -> str:
-    """Which of the cluster's two service accounts a pool's nodes run as."""
-    return "login" if pool.role == "login" else "node"
+def _identity(spec: ClusterSpec, pool: ComputePool, hostname: str) -> str:
+    """Which of the cluster's two service accounts a node runs as: login nodes and the
+    controller (which a cluster without a login pool runs on another node) as `login`."""
+    return "login" if pool.role == "login" or hostname == spec.controller else "node"
 
 
 def _node_accounts(stack, spec: ClusterSpec) -> dict:
@@ -354,7 +355,8 @@ def _node_accounts(stack, spec: ClusterSpec) -> dict:
     controller, which adds the munge key, and a staged copy's legs, which no compute node
     (where any user's job runs) may write or forge."""
     accounts = {}
-    for identity in ("node", "login") if any(p.role == "login" for p in spec.pools) else ("node",):
+    logins = any(_identity(spec, p, h) == "login" for p in spec.pools for h in p.hostnames)
+    for identity in ("node", "login") if logins else ("node",):
         account = google("service_account").ServiceAccount(
             stack,
             f"{identity}_account",
@@ -457,9 +459,17 @@ def _channel(stack, spec: ClusterSpec, accounts: dict, filesystems: dict) -> dic
         for name, role, where, least in grants:
             if least == "login" and identity != "login":
                 continue
+            expression = f'resource.name.startsWith("{where}")'
+            if name == "reports" and identity == "node":
+                # compute nodes write their own pools' reports only: never the controller's or a
+                # login node's, whose acknowledgements a copy's freeze waits for
+                expression = " || ".join(f'resource.name.startsWith("{where}{spec.name}-{p.name}-")'
+                                         for p in spec.pools if p.role != "login")
+                if not expression:
+                    continue
             bucket_iam.StorageBucketIamMember(
                 stack, f"channel_{name}_{who}", bucket=spec.state.bucket, role=role, member=member,
-                condition={"title": f"vcluster {spec.name} {name}", "expression": f'resource.name.startsWith("{where}")'},
+                condition={"title": f"vcluster {spec.name} {name}", "expression": expression},
             )
         if identity == "login":
             # rclone lists the staging area; a listing is checked on the bucket, not on its objects
@@ -499,7 +509,7 @@ def _channel(stack, spec: ClusterSpec, accounts: dict, filesystems: dict) -> dic
     return binding
 
 
-def _pool(stack, spec: ClusterSpec, pool: ComputePool, subnet, account, binding: dict) -> list[Node]:
+def _pool(stack, spec: ClusterSpec, pool: ComputePool, subnet, accounts: dict, binding: dict) -> list[Node]:
     """One instance per node, in hostname order."""
     machine = catalog("gcp").machine_types[pool.machine_type]
     module = google("compute_instance")
@@ -574,7 +584,8 @@ def _pool(stack, spec: ClusterSpec, pool: ComputePool, subnet, account, binding:
                 "enable_vtpm": True,
                 "enable_integrity_monitoring": True,
             },
-            service_account={"email": account.email, "scopes": ["cloud-platform"]},  # IAM decides, not scopes
+            # IAM decides, not scopes
+            service_account={"email": accounts[_identity(spec, pool, hostname)].email, "scopes": ["cloud-platform"]},
             metadata=metadata,
             resource_policies=[policy.id] if policy is not None else None,
             # A new machine type is applied by stopping and starting the node: same disk, same address.
