@@ -516,8 +516,8 @@ def _delete_volume(settings: Settings, args, store: LiveStore, sites: dict, rows
     retained = [r for r in found if r["status"] == "retained"]
     if not retained:
         if found and found[0]["status"] == "left by a copy":
-            raise ReconcileError(f"{args.delete} is a {found[0]['kind']} left by a copy: the next apply removes it once no copy of "
-                                 f"{found[0]['cluster']} is pending")
+            raise ReconcileError(f"{args.delete} is a {found[0]['kind']} left by a copy: an apply removes it once the move of "
+                                 f"{found[0]['cluster']} has ended")
         if found:
             raise ReconcileError(f"volume {args.delete} is in use by {found[0]['stack']}: only a retained volume can be deleted")
         listed = ", ".join(r["id"] for r in rows if r["status"] == "retained") or "none"

@@ -608,7 +608,7 @@ class LiveStore:
     def note_leftover(self, state: StateLocation, name: str, body: dict) -> None:
         """Record, before it exists, something a copy leaves in a site until the move ends (a
         staging area, a transfer stack): a run killed or failed midway leaves it listed, and
-        a later apply removes it (`apply.sweep`) once no copy of its cluster is pending."""
+        a later apply removes it (`apply.sweep`) once its move has ended."""
         place = self._place(state)
         place.blobs.put(f"{place.directory}{LEFTOVERS_DIR}/{name}.json", json.dumps(body, sort_keys=True).encode())
 

@@ -245,8 +245,8 @@ class Volume(_Out):
     kind: str
     size_gb: int
     status: Literal["retained", "in use", "left by a copy"] = Field(
-        description="`left by a copy`: a staging area or transfer stack (`kind`) that a copy noted; it goes once no copy of "
-        "its cluster is pending, at the next apply"
+        description="`left by a copy`: a staging area, transfer stack or unfinished copy (`kind`) that a copy noted; "
+        "an apply removes it once its move has ended"
     )
     stack: str = Field(description="The stack that holds it; empty when retained")
     path: str = Field(description="The local platform's directory (or bucket); a staging area's place on any platform; empty otherwise")

@@ -314,7 +314,7 @@ def volumes_text(rows: list[dict]) -> str:
         if r["status"] == "retained":
             status = f"retained since {r['retained_at']} (kept by {r['from_stack']})"
         elif r["status"] == "left by a copy":
-            status = f"{r['kind']} left by a copy: removed at the next apply once no copy of {r['cluster']} is pending"
+            status = f"{r['kind']} left by a copy: removed by an apply once the move of {r['cluster']} has ended"
         else:
             status = f"in use by {r['stack']}"
         size = f"{r['size_gb']} GB" if r.get("size_gb") else "-"

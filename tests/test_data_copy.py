@@ -204,7 +204,7 @@ def test_a_failed_staged_copy_leaves_its_staging_listed_and_keep_removes_it_and_
     areas = [Path(v["path"]) for v in left if v["kind"] == "staging"]
     assert all(area.is_dir() for area in areas) and (areas[0] / "big.bin").exists()
     code, out, err = cli("volumes", "--repo", str(repo.path))
-    assert "staging left by a copy: removed at the next apply once no copy of dev is pending" in out, out
+    assert "staging left by a copy: removed by an apply once the move of dev has ended" in out, out
     channel = repo.path / ".reconcile" / "state" / "local-b" / "channel" / "dev"  # the target's (rpi.spec.local_channel_dir)
     (channel / "config").mkdir(parents=True, exist_ok=True)
     (channel / "config" / "access").write_text('{"serial": "s-closed", "state": "closed"}')  # as a cloud target boots

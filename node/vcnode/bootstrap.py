@@ -40,6 +40,7 @@ PACKAGES = {
     "mount.nfs": {"apt": "nfs-common", "dnf": "nfs-utils"},
     "mount.lustre": {"apt": "lustre-client-utils", "dnf": "lustre-client"},
     "rclone": {"apt": "rclone", "dnf": "rclone"},  # a staged copy's legs (dnf: EPEL)
+    "sssd": {"apt": "sssd", "dnf": "sssd"},  # once the landing zone's directory answers
 }
 MOUNT_HELPERS = {"nfs": "mount.nfs", "nfs4": "mount.nfs", "lustre": "mount.lustre"}
 MOUNT_OPTIONS = {"nfs": "hard,timeo=600,retrans=3", "nfs4": "hard,timeo=600,retrans=3", "lustre": "relatime,flock"}
@@ -296,14 +297,19 @@ def node_state(hostname: str, local: bool = False) -> str:
     return ""
 
 
-def directory_service(facts: dict) -> str:
-    """SSSD runs only where the landing zone's directory answers; otherwise it stays off."""
+def directory_service(facts: dict, node=None) -> str:
+    """SSSD runs only where the landing zone's directory answers, installed then if the image
+    lacks it (from the site's registry first); otherwise it stays off, and the report says why."""
     host = facts["endpoints"]["ldap"].split("//", 1)[-1].split(":")[0]
     try:
         socket.create_connection((host, 636), timeout=2).close()
     except OSError:
         return f"off: {host} does not answer"
-    if shutil.which("sssd"):
+    try:
+        ensure_packages(["sssd"], node)
+    except (BootError, OSError, subprocess.TimeoutExpired) as exc:
+        return f"off: sssd could not be installed ({str(exc)[-200:]})"
+    if shutil.which("sssd") or Path("/usr/sbin/sssd").exists():
         daemon("sssd", "-D")
         return "on"
     return "off: sssd is not installed"
@@ -329,7 +335,7 @@ def bootstrap(facts_path: Path) -> None:
     if wanted["state"] != "open":  # users are refused before any daemon starts: a move's target boots closed
         take_access(node, False, False, wanted, 0)
     version, _ = apply_config(node, takes_slurm_files=role != "compute")
-    sssd = directory_service(facts)
+    sssd = directory_service(facts, node)
     daemons = []
     if scheduled:
         install_munge_key(node, controller)
