@@ -475,7 +475,9 @@ def _roll(p: UnitPlan, engine: Engine, store: LiveStore | None = None) -> None:
             if getattr(unit.spec, "scheduler", None) is not None:
                 channel_drain(store, unit, hosts, getattr(unit.spec, "drain_timeout_s", local_runtime.DRAIN_TIMEOUT_S))
             booted = {h: r.get("booted") for h, r in store.node_reports(unit).items() if h in hosts}
-        engine.plan(p.workdir, replace=tuple(a for a in p.replace if a in batch), targets=batch)
+        # -replace the batch: a trigger (a pool's generation) fires in the first batch's plan only
+        replaced = {c.address for c in p.summary.changes if c.action == "replace"}
+        engine.plan(p.workdir, replace=tuple(a for a in batch if a in replaced or a in p.replace), targets=batch)
         engine.apply(p.workdir)
         if hosts:
             wait_booted(store, unit, hosts, booted)
@@ -518,6 +520,7 @@ def channel_drain(store: LiveStore, unit: Unit, hosts: list[str], timeout_s: flo
     while True:
         report = store.node_reports(unit).get(controller, {})
         if report.get("drain_serial") == serial:
+            store.channel_delete(unit, "config/drain")  # done: no later controller runs it again
             if report.get("drain_error"):
                 raise ReconcileError(f"{unit.title}: {report['drain_error']}; the rollout stopped before replacing {', '.join(hosts)}")
             return

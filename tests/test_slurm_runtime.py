@@ -510,6 +510,16 @@ def test_a_cloud_rollout_drains_through_the_channel_and_a_drain_that_runs_out_st
             time.sleep(0.2)
         assert drained(30) == {"ok": True}
         assert laptop.sinfo().get("laptop-compute-2") in ("drained", "drain"), laptop.sinfo()
+        # the node that replaces it takes jobs again: its bootstrap resumes a node a rollout drained
+        resumed = laptop.on("laptop-compute-2", "python3", "-c", "import sys; sys.path.insert(0, '/usr/libexec/vcluster/vcnode.pyz'); "
+                            "from vcnode import bootstrap; bootstrap.resume_if_rolled('laptop-compute-2')")
+        assert resumed.returncode == 0, resumed.stderr
+        for _ in range(50):  # bounded: sinfo marks a node not responding (`*`) for a moment
+            if laptop.sinfo().get("laptop-compute-2") == "idle":
+                break
+            time.sleep(0.2)
+        assert laptop.sinfo().get("laptop-compute-2") == "idle", laptop.sinfo()
+        assert store.channel_get(unit, "config/drain") is None, "acknowledged: no later controller runs it again"
     finally:
         laptop.on("laptop-login-0", "scontrol", "update", "nodename=laptop-compute-2", "state=resume")
 

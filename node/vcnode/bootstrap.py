@@ -347,15 +347,34 @@ def bootstrap(facts_path: Path) -> None:
         if role == "compute":
             start_slurmd(node, facts)
             daemons.append("slurmd")
+            resume_if_rolled(node.hostname)
     if wanted["state"] != "open" and controller and scheduled:
         access(wanted["state"], facts.get("drain_timeout_s", 600))
-    if node.init == "systemd":
-        install_sync_timer()
-    # `booted`: this boot's own mark, which a rolling change waits to see change on a replaced node
+    # `booted`: this boot's own mark, which a rolling change waits to see change on a replaced
+    # node; `drain_serial`: a drain asked before this boot is not this node's to run. Written
+    # before the sync timer starts, so that no sync writes back an earlier boot's report.
     channel.report(node.store, node.hostname, pool=node.pool, role=role, controller=controller,
                    config_version=version, ready=True, daemons=daemons, sssd=sssd,
-                   access=wanted["state"], access_serial=wanted["serial"], booted=os.urandom(8).hex())
+                   access=wanted["state"], access_serial=wanted["serial"], booted=os.urandom(8).hex(),
+                   drain_serial=channel.wanted_drain(node.store)["serial"])
+    if node.init == "systemd":
+        install_sync_timer()
     log(f"{node.hostname}: ready, config {version}, sssd {sssd}")
+
+
+ROLLED = "reconcile: replaced by a rolling change"  # the drain reason of a node a rollout replaces
+
+
+def resume_if_rolled(hostname: str) -> None:
+    """A node that replaces one a rollout drained takes jobs again: the controller keeps the
+    drain of its name, and ReturnToService brings back DOWN nodes only. Run once slurmd has
+    registered (start_slurmd waits for it); on a configless node with the config it fetched."""
+    env = None if SLURM_CONF.exists() else dict(os.environ, SLURM_CONF="/var/spool/slurmd/conf-cache/slurm.conf")
+    shown = run("scontrol", "show", "node", hostname, "-o", check=False, env=env).stdout
+    state = next((f.removeprefix("State=") for f in shown.split() if f.startswith("State=")), "")
+    if ROLLED in shown and "DRAIN" in state:
+        run("scontrol", "update", f"nodename={hostname}", "state=resume", check=False, env=env)
+        log(f"{hostname}: resumed after its replacement")
 
 
 SYNC_EVERY_S = 60  # how soon a running cloud node takes a new config version from the channel
@@ -418,11 +437,16 @@ def drain_asked(node, previous: dict, kept: dict) -> None:
     if not wanted["serial"] or wanted["serial"] == previous.get("drain_serial"):
         return
     error = ""
-    try:
-        for hostname in wanted["hosts"]:
-            drain(hostname, wanted["timeout_s"], "reconcile: replaced by a rolling change")
+    try:  # all at once, then one wait under one deadline, as the reconciler waits
+        hosts = [h for h in wanted["hosts"] if node_state(h)]
+        for hostname in hosts:
+            run("scontrol", "update", f"nodename={hostname}", "state=drain", f"reason={ROLLED}")
+        until(f"{', '.join(hosts)}'s jobs to finish", lambda: all(_drained(h) for h in hosts),
+              timeout=wanted["timeout_s"], interval=0.5)
     except BootError as exc:
-        error = str(exc)
+        error = f"{exc}; the nodes stay drained and their jobs keep running"
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        error = f"draining {', '.join(wanted['hosts'])} failed: {exc}"
     kept.update(drain_serial=wanted["serial"], drain_error=error)
     log(f"{node.hostname}: drained {', '.join(wanted['hosts'])}" if not error else f"{node.hostname}: {error}")
 
