@@ -13,6 +13,7 @@ import shutil
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -292,8 +293,7 @@ def _open_if_left_closed(store: LiveStore, target: Unit) -> str:
     try:
         if target.kind != CLUSTER or store.asked_access(target) in ("", "open"):
             return ""
-        partial = next((b for b in store.leftovers(target.state).values()
-                        if b["kind"] == "unfinished-copy" and b["cluster"] == target.name), None)
+        partial = store.unfinished_copy(target)
     except (BackendError, ReconcileError, NoCredentials):
         return ""  # a channel this runner cannot read: its nodes keep what they were last asked
     if runs_for_real(target, store):
@@ -374,12 +374,9 @@ def _destroy_noted(engine: Engine, store: LiveStore, workdir: Path, state: State
 
 def _transfer_note(spec: copyroute.TransferSpec) -> dict:
     """What destroying a transfer stack later needs: where its state is, and its provider's."""
-    state = spec.state
     return {
         "kind": "transfer-stack", "cluster": spec.cluster, "site": spec.site, "platform": spec.platform,
-        "account": spec.account, "region": spec.region, "stack": spec.stack,
-        "state": {"backend": state.backend, "bucket": state.bucket, "key": state.key, "region": state.region,
-                  "endpoint": state.endpoint},
+        "account": spec.account, "region": spec.region, "stack": spec.stack, "state": dataclasses.asdict(spec.state),
     }
 
 
@@ -467,6 +464,8 @@ def _roll(p: UnitPlan, engine: Engine, store: LiveStore | None = None) -> None:
     reviewed = {(c.address, c.action) for c in p.summary.changes if c.action not in ("no-op", "read")}
     unit = p.selected.unit
     through_channel = unit.platform != "local" and store is not None
+    # -replace each batch: a trigger (a pool's generation) fires in the first batch's plan only
+    replaced = {c.address for c in p.summary.changes if c.action == "replace"} | set(p.replace)
     for batch in p.change_class.batches:
         interrupt.checkpoint("between the batches of a rolling change")
         hosts = [h for h in map(lambda a: hostname_of(unit, a), batch) if h] if through_channel else []
@@ -475,9 +474,7 @@ def _roll(p: UnitPlan, engine: Engine, store: LiveStore | None = None) -> None:
             if getattr(unit.spec, "scheduler", None) is not None:
                 channel_drain(store, unit, hosts, getattr(unit.spec, "drain_timeout_s", local_runtime.DRAIN_TIMEOUT_S))
             booted = {h: r.get("booted") for h, r in store.node_reports(unit).items() if h in hosts}
-        # -replace the batch: a trigger (a pool's generation) fires in the first batch's plan only
-        replaced = {c.address for c in p.summary.changes if c.action == "replace"}
-        engine.plan(p.workdir, replace=tuple(a for a in batch if a in replaced or a in p.replace), targets=batch)
+        engine.plan(p.workdir, replace=tuple(a for a in batch if a in replaced), targets=batch)
         engine.apply(p.workdir)
         if hosts:
             wait_booted(store, unit, hosts, booted)

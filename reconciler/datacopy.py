@@ -313,11 +313,11 @@ def manifest(root: Path) -> dict[str, str]:
 def node_package(args: list[str], doing: str, timeout_s: float = 24 * 3600) -> str:
     """Run the node package here (`python -m vcnode ARGS`); its standard output. The reconciler
     never imports it: it is what nodes run."""
-    from reconciler import nodepkg
+    from reconciler import hostruntime
 
-    env = {**os.environ, "PYTHONPATH": str(nodepkg.source_dir().parent)}
     try:
-        done = interrupt.run([sys.executable, "-m", "vcnode", *args], text=True, env=env, limit_s=timeout_s)
+        done = interrupt.run([sys.executable, "-m", "vcnode", *args], text=True, env=hostruntime.localhost_env(dict(os.environ)),
+                             limit_s=timeout_s)
     except (OSError, interrupt.TimedOut) as exc:
         raise CopyError(f"could not {doing}: {exc}") from None
     if done.returncode != 0:

@@ -625,6 +625,11 @@ class LiveStore:
                 out[key.rsplit("/", 1)[-1].removesuffix(".json")] = body
         return dict(sorted(out.items()))
 
+    def unfinished_copy(self, unit: Unit) -> dict | None:
+        """The mark of a copy into this stack that has not been verified yet, or None."""
+        return next((b for b in self.leftovers(unit.state).values()
+                     if b.get("kind") == "unfinished-copy" and b.get("cluster") == unit.name), None)
+
     def has_record(self, state: StateLocation) -> bool:
         """Whether the stack whose state is at `state` has a live record (it is applied)."""
         place = self._place(state)

@@ -443,8 +443,7 @@ def _plan_copies(p: UnitPlan, target: Unit, data: list[str], store: LiveStore) -
             "so its volumes are not known: the copy is planned where the site's credentials are (the apply workflow)"
         )
         return
-    unfinished = next((b for b in store.leftovers(unit.state).values()
-                       if b.get("kind") == "unfinished-copy" and b.get("cluster") == unit.name), None)
+    unfinished = store.unfinished_copy(unit)
     if unfinished:  # e.g. a revert after a failed copy: the data is still where the copy came from
         p.blocked = (
             f"storage.on_move: copy: {unit.title} holds an unfinished copy of the data on {unfinished.get('from')} (its copy "

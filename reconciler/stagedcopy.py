@@ -18,6 +18,7 @@ rclone sends only what differs, on every leg.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -188,8 +189,7 @@ def move_of(p) -> dict:
     """The move a leftover belongs to: the state locations of its source and target stacks. It
     is pending while both are applied; once either is gone (the move finished, or was reverted,
     or the cluster removed), what it left goes (apply.sweep)."""
-    where = lambda s: {"backend": s.backend, "bucket": s.bucket, "key": s.key, "region": s.region, "endpoint": s.endpoint}  # noqa: E731
-    return {"source": where(p.selected.unit.state), "target": where(p.copy_target.state)}
+    return {"source": dataclasses.asdict(p.selected.unit.state), "target": dataclasses.asdict(p.copy_target.state)}
 
 
 def note(store: LiveStore, unit: Unit, volume: str, host: str, move: dict) -> None:
