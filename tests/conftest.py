@@ -328,3 +328,11 @@ def applied_remote_copy(emulator, template, path: Path, monkeypatch) -> tuple[Re
     for key, value in emulator.env.items():
         monkeypatch.setenv(key, value)
     return Repo(path), bucket
+
+
+def without_login_pool(spec):
+    """`spec` with its login pools left out: the controller then runs on the first other node."""
+    import dataclasses
+
+    pools = tuple(p for p in spec.pools if p.role != "login")
+    return dataclasses.replace(spec, pools=pools, controller=pools[0].hostnames[0])

@@ -643,11 +643,9 @@ def node_type(document: dict, node: dict) -> str:
 def test_a_controller_without_a_login_pool_runs_as_the_login_identity(specs):
     """Defect: a cluster without a login pool runs its controller on another pool's node, which
     ran as the compute identity: no right to add the munge key or run a staged copy's legs."""
-    import dataclasses
+    from conftest import without_login_pool
 
-    spec = specs["cluster-gpu-ai"]
-    pools = tuple(p for p in spec.pools if p.role != "login")
-    spec = dataclasses.replace(spec, pools=pools, controller=pools[0].hostnames[0])
+    spec = without_login_pool(specs["cluster-gpu-ai"])
     document = json.loads(synthesize_stacks("aws", {"cluster-gpu-ai": spec})["cluster-gpu-ai"])
     own = {k: i.get("iam_instance_profile") for k, i in resources(document, "aws_instance").items()}
     assert own == {"node_gpu_0": "${aws_iam_instance_profile.login_profile.name}", "node_gpu_1": None}

@@ -249,6 +249,19 @@ def local_channel_dir(state: StateLocation, cluster: str) -> str:
     return f"{state.local_dir}/channel/{cluster}"
 
 
+def node_identity(spec: "ClusterSpec", pool: ComputePool, hostname: str) -> str:
+    """Which of a cloud cluster's two identities a node runs as: login nodes and the controller
+    (which a cluster without a login pool runs on another node) as `login`, the others as
+    `node`: only `login` may add the munge key and run a staged copy's legs."""
+    return "login" if pool.role == "login" or hostname == spec.controller else "node"
+
+
+def node_identities(spec: "ClusterSpec") -> tuple[str, ...]:
+    """The identities a cluster's nodes need: `node` always, `login` where a node runs as it."""
+    logins = any(node_identity(spec, p, h) == "login" for p in spec.pools for h in p.hostnames)
+    return ("node", "login") if logins else ("node",)
+
+
 def channel_prefix(state: StateLocation, cluster: str) -> str:
     """Where a cluster's config channel lives in its site's store: beside the state. Local: a
     directory relative to the state root; GCS and S3: an object prefix in the state bucket."""

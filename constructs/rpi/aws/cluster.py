@@ -27,6 +27,7 @@ from rpi.aws.landing_zone import (
 )
 from rpi.spec import (
     PRIVATE_DOMAIN, ClusterSpec, ComputePool, StorageVolume, channel_objects, channel_prefix, network_name,
+    node_identities, node_identity,
 )
 
 # Public SSM parameters naming the current AMI. The NVIDIA image brings the GPU driver, CUDA
@@ -225,20 +226,13 @@ def _security_groups(stack, spec: ClusterSpec, vpc) -> dict:
 # ---------------------------------------------------------------- nodes
 
 
-def _identity(spec: ClusterSpec, pool: ComputePool, hostname: str) -> str:
-    """Which of the cluster's two identities a node runs as: login nodes and the controller
-    (which a cluster without a login pool runs on another node) as `login`."""
-    return "login" if pool.role == "login" or hostname == spec.controller else "node"
-
-
 def _node_profiles(stack, spec: ClusterSpec) -> dict:
     """What the nodes run as, `{identity: (instance profile, role)}`: enough for SSM Session
     Manager, the only way in without SSH. Login nodes have a role of their own: they run the
     controller, which adds the munge key, and a staged copy's legs, which no compute node
     (where any user's job runs) may write or forge."""
     identities = {}
-    logins = any(_identity(spec, p, h) == "login" for p in spec.pools for h in p.hostnames)
-    for name in ("node", "login") if logins else ("node",):
+    for name in node_identities(spec):
         role, _ = iam_role(
             stack,
             name,
@@ -383,7 +377,7 @@ def _pool(stack, spec: ClusterSpec, pool: ComputePool, subnet, groups: dict, ide
             metadata_options={"http_endpoint": "enabled", "http_tokens": "required", "instance_metadata_tags": "enabled",
                               "http_put_response_hop_limit": 2},
             tags={"Name": hostname, **tags, **binding, "vcluster-hostname": hostname, "vcluster-pool": pool.name},
-            iam_instance_profile=identities["login"][0].name if _identity(spec, pool, hostname) == "login" else None,
+            iam_instance_profile=identities["login"][0].name if node_identity(spec, pool, hostname) == "login" else None,
         )
         for block, value in interfaces.items():
             node.add_override(block, value)

@@ -57,6 +57,7 @@ from rpi.catalog import MachineType, catalog
 from rpi.gcp.landing_zone import (
     IAP_RANGE,
     registry_address,
+    service_account,
     account_id,
     bucket_name,
     dns_zone_name,
@@ -69,7 +70,7 @@ from rpi.gcp.landing_zone import (
 )
 from rpi.spec import (
     PRIVATE_DOMAIN, ClusterSpec, ComputePool, NodeSpec, StorageVolume, channel_objects, channel_prefix, network_name,
-    terraform_literal,
+    node_identities, node_identity, terraform_literal,
 )
 
 @dataclass(frozen=True)
@@ -343,36 +344,22 @@ def _firewall(stack, spec: ClusterSpec, network) -> None:
 # ---------------------------------------------------------------- nodes
 
 
-def _identity(spec: ClusterSpec, pool: ComputePool, hostname: str) -> str:
-    """Which of the cluster's two service accounts a node runs as: login nodes and the
-    controller (which a cluster without a login pool runs on another node) as `login`."""
-    return "login" if pool.role == "login" or hostname == spec.controller else "node"
-
-
 def _node_accounts(stack, spec: ClusterSpec) -> dict:
     """What the nodes run as, `{identity: service account}`: each may write logs and metrics and
     read the site's registries. Login nodes have an account of their own: they run the
     controller, which adds the munge key, and a staged copy's legs, which no compute node
     (where any user's job runs) may write or forge."""
     accounts = {}
-    logins = any(_identity(spec, p, h) == "login" for p in spec.pools for h in p.hostnames)
-    for identity in ("node", "login") if logins else ("node",):
-        account = google("service_account").ServiceAccount(
+    for identity in node_identities(spec):
+        accounts[identity], _ = service_account(
             stack,
             f"{identity}_account",
             # "vc" (nodes) and "vcl" (login nodes): never a landing-zone account's name
-            account_id=account_id(spec.site, "vcl" if identity == "login" else "vc", spec.name),
-            display_name=f"{'Login nodes' if identity == 'login' else 'Nodes'} of cluster {spec.name} on site {spec.site}",
+            account_id(spec.site, "vcl" if identity == "login" else "vc", spec.name),
+            f"{'Login nodes' if identity == 'login' else 'Nodes'} of cluster {spec.name} on site {spec.site}",
+            spec.account,
+            NODE_ACCOUNT_ROLES,
         )
-        for role in NODE_ACCOUNT_ROLES:
-            google("project_iam_member").ProjectIamMember(
-                stack,
-                f"{identity}_account_{role_id(role)}",
-                project=spec.account,
-                role=role,
-                member=service_account_member(account),
-            )
-        accounts[identity] = account
     return accounts
 
 
@@ -585,7 +572,7 @@ def _pool(stack, spec: ClusterSpec, pool: ComputePool, subnet, accounts: dict, b
                 "enable_integrity_monitoring": True,
             },
             # IAM decides, not scopes
-            service_account={"email": accounts[_identity(spec, pool, hostname)].email, "scopes": ["cloud-platform"]},
+            service_account={"email": accounts[node_identity(spec, pool, hostname)].email, "scopes": ["cloud-platform"]},
             metadata=metadata,
             resource_policies=[policy.id] if policy is not None else None,
             # A new machine type is applied by stopping and starting the node: same disk, same address.

@@ -345,22 +345,10 @@ def _gke(stack, spec: LandingZoneSpec, network, subnet, ranges: dict[str, str]):
         deletion_protection=False,
     )
     pool = spec.control_plane
-    account = google("service_account").ServiceAccount(
-        stack,
-        "gke_nodes",
-        account_id=account_id(spec.site, "gke-nodes"),
-        display_name=f"GKE control nodes of site {spec.site}",
+    account, granted = service_account(
+        stack, "gke_nodes", account_id(spec.site, "gke-nodes"), f"GKE control nodes of site {spec.site}", spec.account,
+        GKE_NODE_ROLES,
     )
-    granted = [
-        google("project_iam_member").ProjectIamMember(
-            stack,
-            f"gke_nodes_{role_id(role)}",
-            project=spec.account,
-            role=role,
-            member=service_account_member(account),
-        )
-        for role in GKE_NODE_ROLES
-    ]
     zones, per_zone = node_zones(pool.count, spec.zones)
     google("container_node_pool").ContainerNodePool(
         stack,
@@ -503,6 +491,18 @@ def resource_name(*parts: str, limit: int = 63) -> str:
     if not _NAME.match(name):
         raise ValueError(f"{name!r} is not a valid Google Cloud name: lowercase letters, digits and '-'")
     return name
+
+
+def service_account(stack, construct_id: str, account: str, display_name: str, project: str, roles) -> tuple:
+    """A service account and its roles on the project (`CONSTRUCT_ID_ROLE`): (account, grants)."""
+    made = google("service_account").ServiceAccount(stack, construct_id, account_id=account, display_name=display_name)
+    grants = [
+        google("project_iam_member").ProjectIamMember(
+            stack, f"{construct_id}_{role_id(role)}", project=project, role=role, member=service_account_member(made),
+        )
+        for role in roles
+    ]
+    return made, grants
 
 
 def account_id(*parts: str) -> str:
