@@ -284,17 +284,20 @@ def start_slurmd(node, facts: dict) -> None:
 def node_state(hostname: str, local: bool = False) -> str:
     """The node's Slurm state as slurmctld sees it ("" when unknown). On a configless node the
     commands read the config that slurmd fetched."""
-    env = None
-    if local and not SLURM_CONF.exists():
-        env = dict(os.environ, SLURM_CONF="/var/spool/slurmd/conf-cache/slurm.conf")
-        if not Path(env["SLURM_CONF"]).exists():
-            return ""
+    env = _configless_env() if local else None
+    if env and not Path(env["SLURM_CONF"]).exists():
+        return ""
     done = run("scontrol", "show", "node", hostname, "-o", check=False, env=env)
     for field in done.stdout.split():
         if field.startswith("State="):
             state = field.removeprefix("State=")
             return "" if state.startswith("DOWN") or "NOT_RESPONDING" in state else state
     return ""
+
+
+def _configless_env() -> dict | None:
+    """The environment for Slurm's commands on a configless node: the config slurmd fetched."""
+    return None if SLURM_CONF.exists() else dict(os.environ, SLURM_CONF="/var/spool/slurmd/conf-cache/slurm.conf")
 
 
 def directory_service(facts: dict, node=None) -> str:
@@ -369,7 +372,7 @@ def resume_if_rolled(hostname: str) -> None:
     """A node that replaces one a rollout drained takes jobs again: the controller keeps the
     drain of its name, and ReturnToService brings back DOWN nodes only. Run once slurmd has
     registered (start_slurmd waits for it); on a configless node with the config it fetched."""
-    env = None if SLURM_CONF.exists() else dict(os.environ, SLURM_CONF="/var/spool/slurmd/conf-cache/slurm.conf")
+    env = _configless_env()
     shown = run("scontrol", "show", "node", hostname, "-o", check=False, env=env).stdout
     state = next((f.removeprefix("State=") for f in shown.split() if f.startswith("State=")), "")
     if ROLLED in shown and "DRAIN" in state:
@@ -437,32 +440,33 @@ def drain_asked(node, previous: dict, kept: dict) -> None:
     if not wanted["serial"] or wanted["serial"] == previous.get("drain_serial"):
         return
     error = ""
-    try:  # all at once, then one wait under one deadline, as the reconciler waits
-        hosts = [h for h in wanted["hosts"] if node_state(h)]
-        for hostname in hosts:
-            run("scontrol", "update", f"nodename={hostname}", "state=drain", f"reason={ROLLED}")
-        until(f"{', '.join(hosts)}'s jobs to finish", lambda: all(_drained(h) for h in hosts),
-              timeout=wanted["timeout_s"], interval=0.5)
+    try:
+        drain(wanted["hosts"], wanted["timeout_s"], ROLLED)
     except BootError as exc:
-        error = f"{exc}; the nodes stay drained and their jobs keep running"
+        error = str(exc)
     except (OSError, subprocess.TimeoutExpired) as exc:
         error = f"draining {', '.join(wanted['hosts'])} failed: {exc}"
     kept.update(drain_serial=wanted["serial"], drain_error=error)
     log(f"{node.hostname}: drained {', '.join(wanted['hosts'])}" if not error else f"{node.hostname}: {error}")
 
 
-def drain(hostname: str, timeout: float, reason: str) -> None:
-    """Drain `hostname` and wait until its jobs are done. On timeout the node stays drained and
-    nothing is killed: the caller stops and reports."""
-    if not node_state(hostname):
+def drain(hostnames: list[str], timeout: float, reason: str) -> None:
+    """Drain the nodes all at once, then wait under one deadline until their jobs are done. On
+    timeout they stay drained and nothing is killed: the caller stops and reports."""
+    hosts = [h for h in hostnames if node_state(h)]
+    for hostname in sorted(set(hostnames) - set(hosts)):
         log(f"{hostname}: not registered or down, nothing to drain")
+    for hostname in hosts:
+        run("scontrol", "update", f"nodename={hostname}", "state=drain", f"reason={reason}")
+    if not hosts:
         return
-    run("scontrol", "update", f"nodename={hostname}", "state=drain", f"reason={reason}")
-    log(f"{hostname}: draining (at most {timeout:.0f} s)")
+    log(f"{', '.join(hosts)}: draining (at most {timeout:.0f} s)")
     try:
-        until(f"{hostname}'s jobs to finish", lambda: _drained(hostname), timeout=timeout, interval=0.5)
+        until(f"{', '.join(hosts)}'s jobs to finish", lambda: all(_drained(h) for h in hosts), timeout=timeout, interval=0.5)
     except BootError as exc:
-        raise BootError(f"{exc}; the node stays drained and its jobs keep running") from None
+        one = len(hosts) == 1
+        raise BootError(f"{exc}; the {'node stays' if one else 'nodes stay'} drained and {'its' if one else 'their'} "
+                        "jobs keep running") from None
 
 
 def _drained(hostname: str) -> bool:
@@ -642,7 +646,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "sync":
             sync()
         elif args.command == "drain":
-            drain(args.hostname, args.timeout, args.reason)
+            drain([args.hostname], args.timeout, args.reason)
         elif args.command == "access":
             access(args.state, args.timeout)
         elif args.command == "manifest":
