@@ -11,7 +11,6 @@ import contextlib
 import json
 import shutil
 import sys
-import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 import dataclasses
 from dataclasses import dataclass
@@ -399,22 +398,20 @@ def channel_access(store: LiveStore, unit: Unit, state: str, wait: bool = True, 
     if not wait:
         return serial
     timeout = getattr(unit.spec, "drain_timeout_s", local_runtime.DRAIN_TIMEOUT_S) + ACK_SLACK_S
-    deadline = time.monotonic() + timeout
     # every node the definition names must answer, not only those that report: a report that is
     # missing (deleted, or a node that never booted) never counts as an acknowledgement
     expected = {h for pool in getattr(unit.spec, "pools", ()) for h in pool.hostnames}
-    while True:
+
+    def behind() -> str:
         reports = store.node_reports(unit)
         hosts = expected or set(reports)
-        behind = sorted(h for h in hosts if reports.get(h, {}).get("access_serial") != serial) or ([] if hosts else ["every node"])
-        if not behind:
-            return serial
-        if time.monotonic() > deadline:
-            raise datacopy.CopyError(
-                f"{unit.title}: {', '.join(behind)} did not take access {state} within {timeout:.0f} s; the source stays"
-            )
-        interrupt.checkpoint(f"while {unit.title} becomes {state}: the source stays")
-        time.sleep(poll_s)
+        late = sorted(h for h in hosts if reports.get(h, {}).get("access_serial") != serial) or ([] if hosts else ["every node"])
+        return ", ".join(late)
+
+    still = interrupt.poll(behind, timeout, poll_s, lambda _: f"while {unit.title} becomes {state}: the source stays")
+    if still:
+        raise datacopy.CopyError(f"{unit.title}: {still} did not take access {state} within {timeout:.0f} s; the source stays")
+    return serial
 
 
 def _set_access(store: LiveStore, unit: Unit, state: str, quiet: bool = False) -> str:
@@ -513,19 +510,19 @@ def channel_drain(store: LiveStore, unit: Unit, hosts: list[str], timeout_s: flo
     serial = f"{datetime.now(timezone.utc).isoformat()}-drain"
     store.channel_put(unit, "config/drain", json.dumps({"serial": serial, "hosts": hosts, "timeout_s": timeout_s}, sort_keys=True).encode())
     controller = getattr(unit.spec, "controller", "")
-    deadline = time.monotonic() + timeout_s + ACK_SLACK_S
-    while True:
-        report = store.node_reports(unit).get(controller, {})
-        if report.get("drain_serial") == serial:
-            store.channel_delete(unit, "config/drain")  # done: no later controller runs it again
-            if report.get("drain_error"):
-                raise ReconcileError(f"{unit.title}: {report['drain_error']}; the rollout stopped before replacing {', '.join(hosts)}")
-            return
-        if time.monotonic() > deadline:
-            raise ReconcileError(f"{unit.title}: the controller {controller} did not drain {', '.join(hosts)} within "
-                                 f"{timeout_s + ACK_SLACK_S:.0f} s; the rollout stopped, nothing was replaced or killed")
-        interrupt.checkpoint(f"while {', '.join(hosts)} drain: nothing was replaced")
-        time.sleep(poll_s)
+    report: dict = {}
+
+    def unanswered() -> str:
+        report.clear()
+        report.update(store.node_reports(unit).get(controller, {}))
+        return "" if report.get("drain_serial") == serial else controller
+
+    if interrupt.poll(unanswered, timeout_s + ACK_SLACK_S, poll_s, lambda _: f"while {', '.join(hosts)} drain: nothing was replaced"):
+        raise ReconcileError(f"{unit.title}: the controller {controller} did not drain {', '.join(hosts)} within "
+                             f"{timeout_s + ACK_SLACK_S:.0f} s; the rollout stopped, nothing was replaced or killed")
+    store.channel_delete(unit, "config/drain")  # done: no later controller runs it again
+    if report.get("drain_error"):
+        raise ReconcileError(f"{unit.title}: {report['drain_error']}; the rollout stopped before replacing {', '.join(hosts)}")
 
 
 BOOT_TIMEOUT_S = 30 * 60  # a replaced cloud node's first boot, packages included
@@ -534,17 +531,14 @@ BOOT_TIMEOUT_S = 30 * 60  # a replaced cloud node's first boot, packages include
 def wait_booted(store: LiveStore, unit: Unit, hosts: list[str], before: dict, poll_s: float = 5.0) -> None:
     """Wait (bounded) until each replaced node reports a boot of its own, ready."""
     timeout = env_seconds("RECONCILE_BOOT_TIMEOUT_S", BOOT_TIMEOUT_S)
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def behind() -> str:
         reports = store.node_reports(unit)
-        behind = sorted(h for h in hosts if not (reports.get(h, {}).get("ready") and reports[h].get("booted") not in (None, before.get(h))))
-        if not behind:
-            return
-        if time.monotonic() > deadline:
-            raise ReconcileError(f"{unit.title}: {', '.join(behind)} did not report a new boot within {timeout:.0f} s; "
-                                 "the rollout stopped there")
-        interrupt.checkpoint(f"while {', '.join(behind)} boot: the rest of the rollout waits")
-        time.sleep(poll_s)
+        return ", ".join(sorted(h for h in hosts if not (reports.get(h, {}).get("ready") and reports[h].get("booted") not in (None, before.get(h)))))
+
+    still = interrupt.poll(behind, timeout, poll_s, lambda late: f"while {late} boot: the rest of the rollout waits")
+    if still:
+        raise ReconcileError(f"{unit.title}: {still} did not report a new boot within {timeout:.0f} s; the rollout stopped there")
 
 
 def _apply_one(p: UnitPlan, engine: Engine, store: LiveStore, head: Snapshot, gate: bool, closed_first: bool = False) -> ApplyResult:

@@ -100,6 +100,18 @@ def checkpoint(where: str) -> None:
         raise Interrupted(f"{received()} received {where}")
 
 
+def poll(pending, timeout_s: float, poll_s: float, where) -> str:
+    """Ask `pending` what is still awaited until it answers "" or `timeout_s` runs out; an
+    interrupt stops it between two asks, saying `where(what is awaited)`. Returns its last answer."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        still = pending()
+        if not still or time.monotonic() > deadline:
+            return still
+        checkpoint(where(still))
+        time.sleep(poll_s)
+
+
 PROBE_EVERY_S, PROBE_FAILURES, GRACE_S = 10.0, 2, 5.0  # grace: its backend is gone, it cannot write state anyway
 
 

@@ -23,7 +23,6 @@ import json
 import shutil
 import subprocess
 import tempfile
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,16 +104,16 @@ def leg(store: LiveStore, unit: Unit, op: str, volume: str, where: Staging, dire
             hostruntime.sync_node(store.state_root, unit.state.local_dir, host, TASK_LIMIT_S)
         except hostruntime.RuntimeFault as exc:
             raise CopyError(f"{unit.title}: {exc}; the source stays") from None
-    deadline = time.monotonic() + TASK_LIMIT_S
-    while True:
+    result: dict = {}
+
+    def unanswered() -> str:
         raw = store.channel_get(unit, f"tasks/{host}.result")
-        result = json.loads(raw) if raw else {}
-        if result.get("id") == task["id"]:
-            break
-        if time.monotonic() > deadline:
-            raise CopyError(f"{unit.title}: {host} did not run {op} of {volume} within {TASK_LIMIT_S} s; the source stays")
-        interrupt.checkpoint(f"while {host} runs {op} of {volume}: the source stays")
-        time.sleep(POLL_S)
+        result.clear()
+        result.update(json.loads(raw) if raw else {})
+        return "" if result.get("id") == task["id"] else host
+
+    if interrupt.poll(unanswered, TASK_LIMIT_S, POLL_S, lambda _: f"while {host} runs {op} of {volume}: the source stays"):
+        raise CopyError(f"{unit.title}: {host} did not run {op} of {volume} within {TASK_LIMIT_S} s; the source stays")
     if not result.get("ok"):
         raise CopyError(f"{unit.title}: {op} of {volume} on {host} failed: {result.get('error', 'no detail')}; the source stays")
     return result
