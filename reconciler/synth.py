@@ -16,7 +16,7 @@ from typing import Iterable
 
 from reconciler.errors import ReconcileError
 from reconciler.resolve import SITE, Unit
-from rpi import registry
+from rpi import provider_rules, registry
 
 
 class NotSynthesizable(ReconcileError):
@@ -74,6 +74,8 @@ def synthesize(units: Iterable[Unit], cache_dir: Path | None = None, removed: bo
                 raise
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             raise NotSynthesizable(f"{unit.title}: the synthesis (cdktf in Node, through jsii) failed: {first}") from None
+        if not removed:
+            _keep_provider_rules(unit, text)
         out[unit.key] = text
         cached = _cache_path(cache_dir, unit, removed)
         if cached is not None:
@@ -82,6 +84,18 @@ def synthesize(units: Iterable[Unit], cache_dir: Path | None = None, removed: bo
             tmp.write_text(text)
             tmp.replace(cached)
     return out
+
+
+def _keep_provider_rules(unit: Unit, text: str) -> None:
+    """Refuse a cloud stack that its provider would refuse to plan or apply, or that would not
+    work once applied (rpi.provider_rules), before any provider is downloaded."""
+    findings = provider_rules.check(json.loads(text), unit.spec.site)
+    if findings:
+        listed = "\n".join(f"  - {f}" for f in findings)
+        raise NotSynthesizable(
+            f"{unit.title} ({', '.join(unit.inputs)}): the stack breaks {len(findings)} rule(s) of its "
+            f"provider, so nothing was planned:\n{listed}"
+        )
 
 
 def _cache_path(cache_dir: Path | None, unit: Unit, removed: bool) -> Path | None:

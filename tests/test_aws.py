@@ -23,6 +23,7 @@ import pytest
 from conftest import GOLDEN, ROOT, check_golden, make_repo, node_module, synthesize_stacks
 from reconciler.gitsource import GitSource
 from reconciler.run import Desired, desired
+from rpi import provider_rules
 from rpi.spec import ClusterSpec
 
 pytestmark = pytest.mark.slow
@@ -142,6 +143,15 @@ def test_the_flavors_are_the_examples(specs):
 def test_a_stack_alone_has_the_same_bytes(specs, synthesized):
     """What reconciler.synth does (one stack per App) gives what the golden files hold."""
     assert synthesize({"cluster-gpu-ai": specs["cluster-gpu-ai"]}) == {"cluster-gpu-ai": synthesized["cluster-gpu-ai"]}
+
+
+def test_every_stack_keeps_its_providers_rules(specs, synthesized):
+    """The golden stacks and every variant, against the pinned provider's facts
+    (rpi.provider_rules; tests/test_provider_rules.py puts the defects back)."""
+    for name, text in synthesized.items():
+        stack = json.loads(text)
+        assert [str(f) for f in provider_rules.check(stack, specs[name].site)] == [], name
+        assert provider_rules.unknown_attributes(stack) == [], name
 
 
 def test_no_absolute_paths(synthesized, tmp_path_factory):
