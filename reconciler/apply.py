@@ -313,7 +313,7 @@ def _volumes_by_name(store: LiveStore, unit: Unit) -> dict[str, object]:
 def _transfer(p: UnitPlan, services: list, engine: Engine, store: LiveStore) -> list[str]:
     """Copies by a transfer service (reconciler.transfer): the transfer stack applied, a bulk
     and a final pass, verification, the stack destroyed; only then may the source go."""
-    from rpi import cdk, registry  # starts Node: only a move that copies within a cloud needs it
+    from rpi import cdk, provider_rules, registry  # starts Node: only a move that copies within a cloud needs it
 
     source, target = p.selected.unit, p.copy_target
     spec = copyroute.TransferSpec(
@@ -328,9 +328,13 @@ def _transfer(p: UnitPlan, services: list, engine: Engine, store: LiveStore) -> 
         platform.transfer(stack, spec)
         return {spec.stack: stack}
 
+    document = cdk.synthesize(build)[spec.stack]
+    if findings := provider_rules.check(document, spec.site):  # before it exists: nothing to undo
+        raise ReconcileError(f"{target.title}: the transfer stack {spec.stack} breaks its provider's rules: "
+                             + "; ".join(map(str, findings)))
     workdir = p.workdir.parent / spec.stack
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "cdk.tf.json").write_text(render_json(cdk.synthesize(build)[spec.stack]))
+    (workdir / "cdk.tf.json").write_text(render_json(document))
     # noted before it exists: a run that fails or is killed before the destroy leaves it listed,
     # and a later apply destroys it (sweep)
     store.note_leftover(target.state, f"{spec.stack}", {**_transfer_note(spec), "move": stagedcopy.move_of(p)})

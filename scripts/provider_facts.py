@@ -317,11 +317,10 @@ class GoogleExtractor:
             for a, b in elements(text, paren + 1, matching(text, paren)):
                 self.schema_value(path, text, _strip_leading(text, a), b, prefix, out, pkg)
             return
-        if True:
-            alias, _, name = value.rpartition(".")
-            under = self.package_dir(alias) if alias else pkg
-            vpath, vtext, brace = self.variable(name, under)
-            self.schema_map(vpath, vtext, brace, prefix, out, under)
+        alias, _, name = value.rpartition(".")  # a package variable holding a schema map
+        under = self.package_dir(alias) if alias else pkg
+        vpath, vtext, brace = self.variable(name, under)
+        self.schema_map(vpath, vtext, brace, prefix, out, under)
 
     # -- one resource ------------------------------------------------------------------------
 
@@ -428,13 +427,15 @@ def _body_brace(text: str, start: int) -> int:
             return j
 
 
-def google_facts(git_dir: Path, version: str) -> dict:
+def google_facts(git_dir: Path, version: str, kinds: list[str] | None = None) -> dict:
     source = GoSource(git_dir, f"v{version}")
     commit = source.git("rev-list", "-n", "1", source.tag).strip()
     extractor = GoogleExtractor(source)
     constructors = extractor.constructors()
     resources = {}
-    for kind in used_types("google"):
+    for kind in kinds or used_types("google"):
+        if kind not in constructors:
+            raise LookupError(f"{kind}: no such resource in hashicorp/google {version}")
         facts = extractor.resource(kind, constructors[kind])
         if kind in CLOUD_NAMES:
             facts["identity"] = dict(CLOUD_NAMES[kind])

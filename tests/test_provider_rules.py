@@ -244,3 +244,154 @@ def test_synthesis_refuses_a_stack_its_provider_would_refuse_and_says_why():
     message = str(refused.value)
     assert message.startswith("site gcp-zurich (sites/gcp-zurich.yaml): the stack breaks 1 rule(s)")
     assert "nothing was planned" in message and "google_service_networking_connection." in message
+
+
+# ---------------------------------------------------------------- the extractor, on Go it can read here
+
+FAKE_PROVIDER = {
+    "google/provider/provider_mmv1_resources.go": '''package provider
+
+var handwrittenDatasources = map[string]*schema.Resource{
+	"google_widget": widget.DataSourceWidget(),
+}
+
+var generatedResources = map[string]*schema.Resource{
+	"google_widget":            widget.ResourceWidget(),
+	"google_widget_iam_member": tpgiamresource.ResourceIamMember(widget.WidgetIamSchema, widget.NewUpdater, widget.Parse),
+}
+''',
+    "google/tpgiamresource/resource_iam_member.go": '''package tpgiamresource
+
+var IamMemberBaseSchema = map[string]*schema.Schema{
+	"role":   {Type: schema.TypeString, Required: true, ForceNew: true},
+	"member": {Type: schema.TypeString, Required: true, ForceNew: true},
+}
+''',
+    "google/services/widget/resource_widget.go": '''package widget
+
+// A widget, with a "brace { in a string" and a `raw } string`.
+func ResourceWidget() *schema.Resource {
+	return &schema.Resource{
+		Create: resourceWidgetCreate,
+		Read:   resourceWidgetRead,
+		Delete: resourceWidgetDelete,
+		CustomizeDiff: customdiff.All(
+			widgetSourcesDiff,
+			tpgresource.DefaultProviderProject,
+		),
+
+		Schema: map[string]*schema.Schema{
+			"name": {
+				Type:     schema.TypeString,
+				Required: true,
+				ForceNew: true,
+			},
+			"sources": {
+				Type:          schema.TypeList,
+				Optional:      true,
+				ConflictsWith: []string{"tags"},
+			},
+			"tags": {
+				Type:     schema.TypeList,
+				Optional: true,
+			},
+			"part": {
+				Type:     schema.TypeList,
+				Optional: true,
+				ForceNew: true,
+				Elem:     widgetPartSchema(),
+			},
+			"deletion_policy": {Type: schema.TypeString, Optional: true},
+		},
+	}
+}
+
+func widgetPartSchema() *schema.Resource {
+	return &schema.Resource{
+		Schema: map[string]*schema.Schema{
+			"address": {
+				Type:     schema.TypeString,
+				Computed: true,
+			},
+		},
+	}
+}
+
+func widgetSourcesDiff(_ context.Context, diff *schema.ResourceDiff, v interface{}) error {
+	_, ok := diff.GetOk("sources")
+	if !ok {
+		return fmt.Errorf("sources must be set")
+	}
+	return nil
+}
+
+func resourceWidgetCreate(d *schema.ResourceData, meta interface{}) error {
+	id, err := tpgresource.ReplaceVars(d, config, "projects/{{project}}/global/widgets/{{name}}")
+	d.SetId(id)
+	return err
+}
+
+func resourceWidgetRead(d *schema.ResourceData, meta interface{}) error {
+	if err := d.Set("part", parts); err != nil {
+		return err
+	}
+	return nil
+}
+
+func resourceWidgetDelete(d *schema.ResourceData, meta interface{}) error {
+	if deletionPolicy := d.Get("deletion_policy"); deletionPolicy == "ABANDON" {
+		return nil
+	}
+	return nil
+}
+
+var WidgetIamSchema = map[string]*schema.Schema{
+	"widget": {Type: schema.TypeString, Required: true, ForceNew: true},
+}
+''',
+}
+
+
+def test_the_extractor_reads_a_providers_go_source_at_its_tag(tmp_path):
+    """The Google extractor on a repository made here, in the provider's layout, at a tag: what
+    gen-provider-facts does on a snapshot of terraform-provider-google (not here in CI)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import provider_facts
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    repo = tmp_path / "provider"
+    for path, text in FAKE_PROVIDER.items():
+        (repo / path).parent.mkdir(parents=True, exist_ok=True)
+        (repo / path).write_text(text)
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.org"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "v1"], check=True)
+    subprocess.run([*git, "tag", "v1.2.3"], check=True)
+    (repo / "google/services/widget/resource_widget.go").write_text("package widget\n")  # after the tag
+    subprocess.run([*git, "commit", "-qam", "later"], check=True)
+
+    def line(text: str) -> int:  # where text is in the widget's file
+        source = FAKE_PROVIDER["google/services/widget/resource_widget.go"]
+        return source[:source.index(text)].count("\n") + 1
+
+    made = provider_facts.google_facts(repo / ".git", "1.2.3", ["google_widget", "google_widget_iam_member"])
+    assert made["source"]["tag"] == "v1.2.3" and len(made["source"]["commit"]) == 40
+    widget = made["resources"]["google_widget"]
+    path = "google/services/widget/resource_widget.go"
+    assert widget["file"] == path and widget["line"] == line("func ResourceWidget")
+    attrs = widget["attributes"]
+    assert attrs["name"] == {"line": line('"name": {'), "required": True, "force_new": True, "type": "string"}
+    assert attrs["sources"]["conflicts_with"] == ["tags"]
+    assert attrs["part"]["force_new"] and "computed" not in attrs["part"]
+    assert attrs["part.address"] == {"line": line('"address": {'), "computed": True, "type": "string"}
+    assert widget["plan_checks"] == [{"function": "widgetSourcesDiff", "file": path, "line": line("func widgetSourcesDiff"),
+                                      "reads": ["sources"], "error": "sources must be set"}]
+    assert widget["read_sets"] == {"part": line('d.Set("part"')}
+    assert widget["identity"]["scope"] == "project" and widget["identity"]["names"] == ["name"]
+    assert widget["abandon"]["attribute"] == "deletion_policy" and widget["abandon"]["line"] == line('d.Get("deletion_policy")')
+    member = made["resources"]["google_widget_iam_member"]
+    assert set(member["attributes"]) == {"role", "member", "widget"}
+    with pytest.raises(LookupError, match="google_gadget: no such resource"):
+        provider_facts.google_facts(repo / ".git", "1.2.3", ["google_gadget"])
