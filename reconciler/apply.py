@@ -25,7 +25,7 @@ from reconciler.errors import ReconcileError
 from reconciler.gitsource import Snapshot
 from reconciler.live import LiveStore, RetainedVolume, volume_name
 from reconciler.resolve import CLUSTER, SITE, Unit
-from reconciler.settings import env_seconds
+from reconciler.settings import DEFAULT_PARALLELISM, env_seconds
 from reconciler.plan import PlanSummary, summarize
 from reconciler.run import PLANNED, UnitPlan, engine_failure, holds_data_of
 from reconciler.synth import render_json
@@ -34,7 +34,6 @@ from rpi.spec import StateLocation
 
 APPLIED, SKIPPED, FAILED, NOTHING, REFUSED = "applied", "skipped", "failed", "no changes", "refused"
 INTERRUPTED, NOT_STARTED = "interrupted", "not started"
-DEFAULT_PARALLELISM = 4
 
 
 @dataclass(frozen=True)

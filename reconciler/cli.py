@@ -50,6 +50,7 @@ def _common(parser: argparse.ArgumentParser, top: bool) -> None:
         "--no-lock", action="store_true", default=False if top else argparse.SUPPRESS,
         help="plan without taking state locks, for an identity that may only read the state buckets (apply always locks)",
     )
+    parser.add_argument("--parallelism", default=default, help=f"stacks planned, and applied, at once (default {DEFAULT_PARALLELISM}; RECONCILE_PARALLELISM)")
     parser.add_argument("--json", action="store_true", default=False if top else argparse.SUPPRESS, help="machine-readable output")
     parser.add_argument("--all", action="store_true", default=False if top else argparse.SUPPRESS, help="plan every stack, changed or not (drift)")
 
@@ -107,7 +108,6 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("--allow-destroy", action="store_true", help="allow destroying stacks whose definitions were removed")
             command.add_argument("--allow-data-loss", action="store_true", help="allow destroying or replacing resources that hold data")
             command.add_argument("--allow-replace", action="store_true", help="allow changes that replace every resource of a stack")
-            command.add_argument("--parallelism", type=int, default=DEFAULT_PARALLELISM, help=f"stacks applied at once (default {DEFAULT_PARALLELISM})")
         if name == "status":
             command.add_argument("cluster", nargs="?", help="only this cluster")
         if name == "enter":
@@ -160,6 +160,7 @@ def _main(argv: list[str] | None) -> int:
             work_dir=args.work_dir,
             lock_timeout=args.lock_timeout,
             lock=not args.no_lock,
+            parallelism=args.parallelism,
             output_json=args.json,
             select_all=args.all,
             auto_approve=getattr(args, "auto_approve", False),
@@ -348,7 +349,7 @@ def cmd_apply(settings: Settings, args) -> int:
         return code
     if runnable and not settings.auto_approve:
         _confirm(len(runnable))
-    results = apply(plans, engine, store, assessment.head.snapshot, args.parallelism)
+    results = apply(plans, engine, store, assessment.head.snapshot, settings.parallelism)
     failed = [r for r in results if r.outcome in (APPLY_FAILED, REFUSED)]
     left = [r for r in results if r.outcome not in (APPLIED, NOTHING, APPLY_FAILED, REFUSED)]
     code = Exit.FAILED if failed or expected_all else (Exit.CHANGES if left else Exit.OK)

@@ -9,6 +9,7 @@ import dataclasses
 import json
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -279,36 +280,45 @@ def plan(settings: Settings, assessment: Assessment, engine: Engine | None, stor
     work = [p for p in plans if p.status == PLANNED]
     if work and engine is None:
         raise ReconcileError("an engine is needed to plan")
-    with interrupt.stepwise():
-        for p in work:
-            interrupt.checkpoint("while planning: nothing was applied")
-            unit = p.selected.unit
-            p.workdir = settings.work_dir / "stacks" / unit.site / unit.stack
-            untrusted = store.verify(unit, assessment.live.get(unit.key))
-            if untrusted:
-                p.status, p.error = FAILED, untrusted
-                continue
-            try:
-                _prepare(p.workdir, documents[unit.key])
-                if unit.state.backend != "local":  # a backend that goes away mid-run never hangs it
-                    engine.watch(p.workdir, lambda state=unit.state, site=unit.site: store.probe(state, site))
-                backend = {"path": str(store.state_file(unit.state))} if unit.state.backend == "local" else {}
-                engine.init(p.workdir, backend)
-                record = assessment.live.get(unit.key)
-                broken = tuple(a for a, _ in record.unhealthy) if isinstance(record, LiveRecord) else ()
-                p.replace = broken
-                document = engine.plan(p.workdir, replace=broken)
-                try:
-                    p.summary = _keep_replaced(p, summarize(document, holds_data_of(unit.platform)))
-                except (KeyError, TypeError, ValueError, AttributeError) as exc:
-                    raise EngineError(f"{engine.name} show -json in {p.workdir} gave a plan this cannot read ({exc!r})") from None
-                p.change_class = _change_class(p)
-            except ReconcileError as exc:
-                interrupt.checkpoint("while planning: nothing was applied")
-                p.status, p.error = FAILED, engine_failure(store, unit, exc)
+    # Independent stacks plan at once (each in its own directory, with its own engine process),
+    # at most `parallelism` of them; the plans keep their order, whichever finishes first.
+    with interrupt.stepwise(), ThreadPoolExecutor(max_workers=settings.parallelism, thread_name_prefix="plan") as pool:
+        futures = [pool.submit(_plan_one, p, settings, assessment, engine, store, documents) for p in work]
+        for future in futures:
+            future.result()  # an interrupt: the others stop at their next step too
         interrupt.checkpoint("while planning: nothing was applied")
     _tidy(plans, store)
     return plans
+
+
+def _plan_one(p: UnitPlan, settings: Settings, assessment: Assessment, engine: Engine, store: LiveStore,
+              documents: dict[str, str]) -> None:
+    """Init and plan one stack; its failure is its own (p.status FAILED, p.error)."""
+    interrupt.checkpoint("while planning: nothing was applied")
+    unit = p.selected.unit
+    p.workdir = settings.work_dir / "stacks" / unit.site / unit.stack
+    untrusted = store.verify(unit, assessment.live.get(unit.key))
+    if untrusted:
+        p.status, p.error = FAILED, untrusted
+        return
+    try:
+        _prepare(p.workdir, documents[unit.key])
+        if unit.state.backend != "local":  # a backend that goes away mid-run never hangs it
+            engine.watch(p.workdir, lambda state=unit.state, site=unit.site: store.probe(state, site))
+        backend = {"path": str(store.state_file(unit.state))} if unit.state.backend == "local" else {}
+        engine.init(p.workdir, backend)
+        record = assessment.live.get(unit.key)
+        broken = tuple(a for a, _ in record.unhealthy) if isinstance(record, LiveRecord) else ()
+        p.replace = broken
+        document = engine.plan(p.workdir, replace=broken)
+        try:
+            p.summary = _keep_replaced(p, summarize(document, holds_data_of(unit.platform)))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise EngineError(f"{engine.name} show -json in {p.workdir} gave a plan this cannot read ({exc!r})") from None
+        p.change_class = _change_class(p)
+    except ReconcileError as exc:
+        interrupt.checkpoint("while planning: nothing was applied")
+        p.status, p.error = FAILED, engine_failure(store, unit, exc)
 
 
 def _keep_replaced(p: UnitPlan, summary: PlanSummary) -> PlanSummary:

@@ -10,6 +10,9 @@ from pathlib import Path
 from reconciler.errors import ReconcileError
 
 
+DEFAULT_PARALLELISM = 4
+
+
 @dataclass(frozen=True)
 class Settings:
     root: Path  # the repository with sites/ and clusters/
@@ -25,6 +28,7 @@ class Settings:
     units: frozenset[str] = frozenset()  # --unit: only these units (likewise)
     lock_timeout: str = "10s"  # how long the engine waits for a stack's state lock
     lock: bool = True  # False: plans read state without locking it (a read-only identity)
+    parallelism: int = DEFAULT_PARALLELISM  # stacks planned, and applied, at once
 
     @classmethod
     def build(cls, root: str | Path, **overrides) -> "Settings":
@@ -37,10 +41,14 @@ class Settings:
             state_root=Path(env.get("RECONCILE_STATE_ROOT", root)),
             engine=env.get("RECONCILE_ENGINE", "auto"),
             lock_timeout=env.get("RECONCILE_LOCK_TIMEOUT", "10s"),
+            parallelism=env.get("RECONCILE_PARALLELISM", DEFAULT_PARALLELISM),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         if not re.fullmatch(r"\d+(ms|s|m|h)", str(values["lock_timeout"])):
             raise ReconcileError(f"--lock-timeout {values['lock_timeout']}: give a duration such as 0s, 30s or 5m")
+        if not re.fullmatch(r"[1-9]\d*", str(values["parallelism"])):
+            raise ReconcileError(f"--parallelism {values['parallelism']}: give a whole number of stacks, 1 or more")
+        values["parallelism"] = int(values["parallelism"])
         values["work_dir"] = Path(values["work_dir"]).resolve()
         values["state_root"] = Path(values["state_root"]).resolve()
         return cls(**values)

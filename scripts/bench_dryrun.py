@@ -2,6 +2,8 @@
 
 Two scenarios, each run as a fresh `reconcile --dry-run` process, as a user runs it:
 - nothing affected: every local stack applied, nothing changed. Must not start Node at all.
+- every stack (`--all`), planned one at a time and four at a time (`--parallelism`): init and
+  plan of each local stack, with the synthesis cached.
 - one local cluster changed: clusters/dev.yaml gets one more node; the synthesis cache is
   cleared before each run, so each run synthesizes (Node, cdktf) and plans (the engine).
 - one GCP cluster changed: clusters/icon.yaml gets one more node; without credentials the
@@ -108,6 +110,9 @@ def main() -> int:
         env["PATH"] = f"{shims}{os.pathsep}{env['PATH']}"
         dry_run = [RECONCILE, "--dry-run", "--repo", str(repo)]
         results = [scenario("nothing affected", dry_run, env, marker, args.repeat, expect=0)]
+        for parallelism in (1, 4):  # every stack's init and plan, synthesis cached
+            results.append(scenario(f"every stack, {parallelism} at once", [*dry_run, "--all", "--parallelism", str(parallelism)],
+                                    env, marker, args.repeat, expect=0))
         dev = repo / "clusters" / "dev.yaml"
         text = dev.read_text()
         assert text.count("    count: 2\n") == 1
@@ -132,6 +137,8 @@ def main() -> int:
         print(f"{'scenario':<28}{'runs':>5}{'median s':>10}{'best s':>9}{'peak RSS MiB':>14}  node started")
         for r in results:
             print(f"{r['scenario']:<28}{r['runs']:>5}{r['median_wall_s']:>10}{r['min_wall_s']:>9}{r['peak_rss_mib']:>14}  {'yes' if r['node_started'] else 'no'}")
+        serial, parallel = (r["median_wall_s"] for r in results[1:3])
+        print(f"planning every stack 4 at once takes {parallel / serial:.2f} x the time of one at a time")
     if results[0]["node_started"]:
         print("FAIL: a dry-run with nothing affected started Node", file=sys.stderr)
         return 1

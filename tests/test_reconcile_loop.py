@@ -55,6 +55,19 @@ def test_dry_run_apply_then_nothing_to_do(repo, cli, engine):
     assert "Nothing to do" in out
 
 
+def test_parallel_plans_give_what_serial_plans_give(repo, cli):
+    """Independent stacks plan at once (--parallelism, as apply); the output keeps its order."""
+    base = ("plan", "--json", "--repo", str(repo.path), "--engine", "embedded")
+    code, serial, err = cli(*base, "--parallelism", "1")
+    assert code == 2, err
+    code, parallel, err = cli(*base, "--parallelism", "4")
+    assert code == 2, err
+    assert json.loads(parallel) == json.loads(serial)
+    assert sum(u["status"] == "planned" for u in json.loads(serial)["units"]) >= 4
+    code, out, _ = cli(*base, "--parallelism", "0")
+    assert code == 1 and json.loads(out)["error"] == "--parallelism 0: give a whole number of stacks, 1 or more"
+
+
 def test_editing_a_cluster_selects_only_that_cluster(applied, cli):
     applied.replace("clusters/dev.yaml", "    count: 2\n", "    count: 3\n")
     code, plan = dry_run(cli, applied)
