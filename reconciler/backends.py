@@ -199,8 +199,47 @@ def _boto_session():
         return boto3.session.Session(botocore_session=core)
 
 
+def _first_line(path: str) -> str:
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            return f.readline().strip()
+    except OSError:
+        return ""
+
+
+def aws_credentials_may_exist(environ=None) -> bool:
+    """Whether any source of boto's credential chain can be here, without importing boto or
+    asking the instance metadata service of a machine that is no EC2 instance (a laptop, a
+    runner elsewhere: a one-second wait, and traffic to a link-local address)."""
+    env = os.environ if environ is None else environ
+    home = Path(env.get("HOME", "~")).expanduser()
+    return bool(
+        any(env.get(n) for n in ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE",
+                                 "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI"))
+        or Path(env.get("AWS_SHARED_CREDENTIALS_FILE", home / ".aws/credentials")).is_file()
+        or Path(env.get("AWS_CONFIG_FILE", home / ".aws/config")).is_file()
+        or _first_line("/sys/class/dmi/id/sys_vendor") == "Amazon EC2"
+        or _first_line("/sys/hypervisor/uuid").startswith("ec2")
+        or _first_line("/sys/class/dmi/id/board_asset_tag").startswith("i-")
+    )
+
+
+def gcp_credentials_may_exist(environ=None) -> bool:
+    """Whether any source of Application Default Credentials can be here, without importing
+    google-auth or asking the metadata server of a machine that is not on Google Cloud."""
+    env = os.environ if environ is None else environ
+    config = Path(env.get("CLOUDSDK_CONFIG") or Path(env.get("HOME", "~")).expanduser() / ".config/gcloud")
+    return bool(
+        any(env.get(n) for n in ("GOOGLE_OAUTH_ACCESS_TOKEN", "GOOGLE_APPLICATION_CREDENTIALS", "GCE_METADATA_HOST", "GCE_METADATA_IP"))
+        or (config / "application_default_credentials.json").is_file()
+        or _first_line("/sys/class/dmi/id/product_name") in ("Google", "Google Compute Engine")
+    )
+
+
 class S3Blobs:
     def __init__(self, bucket: str, region: str, endpoint: str):
+        if not aws_credentials_may_exist():
+            raise NoCredentials(f"s3://{bucket}")
         from botocore.config import Config
 
         session = _boto_session()
@@ -307,6 +346,8 @@ class S3Blobs:
 
 class GcsBlobs:
     def __init__(self, bucket: str, endpoint: str):
+        if not gcp_credentials_may_exist():
+            raise NoCredentials(f"gs://{bucket}")
         import google.auth
         from google.api_core.retry import Retry
         from google.cloud import storage
@@ -439,7 +480,9 @@ def clients_named(root: Path) -> set[str]:
         except OSError:
             continue
         wanted |= {kind for kind in _CLIENTS if f"backend: {kind}" in text}
-    return wanted
+    # Without credentials a store is never made: nothing to import, and no helper to fork.
+    reachable = {"s3": aws_credentials_may_exist, "gcs": gcp_credentials_may_exist}
+    return {kind for kind in wanted if reachable[kind]()}
 
 
 def import_clients(kinds: set[str]) -> None:

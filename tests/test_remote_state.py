@@ -6,10 +6,14 @@ orphan listing all go through those protocols."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from conftest import applied_remote_copy, remote_repo
+from conftest import ROOT, applied_remote_copy, make_repo, remote_repo
 from test_kill_apply import ENGINES
 
 KINDS = ["s3", "gcs"]
@@ -102,6 +106,47 @@ def test_without_credentials_a_bucket_is_not_checked_and_planned_offline(remote,
     assert code == 2, err
     assert [(u["key"], u["status"]) for u in plan["units"]] == [("cluster:dev@local-a", "offline")]
     assert emulator.objects(bucket) == {}, "nothing was written"
+
+
+def test_without_credentials_no_cloud_client_is_imported_and_no_metadata_service_asked(tmp_path):
+    """A laptop with no cloud credentials: neither boto nor google-auth is imported, and no
+    instance metadata service is asked (a wait, and traffic off the machine); with a source
+    of credentials of either chain, the clients are used as before."""
+    from reconciler.backends import aws_credentials_may_exist, gcp_credentials_may_exist
+
+    home = tmp_path / "home"
+    home.mkdir()
+    bare = {"HOME": str(home), "PATH": "/usr/bin"}
+    on_a_cloud = Path("/sys/class/dmi/id/product_name").exists() or Path("/sys/hypervisor/uuid").exists()
+    if not on_a_cloud:  # this machine is no cloud instance: only the environment can say yes
+        assert not aws_credentials_may_exist(bare) and not gcp_credentials_may_exist(bare)
+    assert aws_credentials_may_exist({**bare, "AWS_ACCESS_KEY_ID": "x"})
+    assert aws_credentials_may_exist({**bare, "AWS_WEB_IDENTITY_TOKEN_FILE": "/run/token"})  # GitHub OIDC
+    assert gcp_credentials_may_exist({**bare, "GOOGLE_APPLICATION_CREDENTIALS": "/run/wif.json"})
+    (home / ".aws").mkdir()
+    (home / ".aws/config").write_text("[default]\nregion = eu-central-2\n")
+    assert aws_credentials_may_exist(bare)
+    (home / ".config/gcloud").mkdir(parents=True)
+    (home / ".config/gcloud/application_default_credentials.json").write_text("{}")
+    assert gcp_credentials_may_exist(bare)
+
+    repo = make_repo(tmp_path / "repo")
+    names = "\n".join(p.read_text() for p in (repo.path / "sites").glob("*.yaml"))
+    assert "backend: gcs" in names and "backend: s3" in names
+    script = (
+        "import sys\n"
+        "from reconciler.cli import main\n"
+        f"code = main(['--dry-run', '--repo', {str(repo.path)!r}, '--engine', 'embedded'])\n"
+        "loaded = sorted(m for m in ('boto3', 'botocore', 'google.auth', 'google.cloud.storage') if m in sys.modules)\n"
+        "print('LOADED', loaded, code)\n"
+    )
+    env = {**bare, "PATH": os.environ["PATH"], "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20",
+           "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
+    env["HOME"] = str(tmp_path / "empty-home")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    if not on_a_cloud:
+        assert "LOADED [] 2" in done.stdout, done.stdout + done.stderr
 
 
 def lock_key(kind: str, site: str, stack: str) -> str:
