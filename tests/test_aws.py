@@ -448,9 +448,10 @@ def test_access_groups_open_ssm_sessions_by_tag(synthesized):
     policies = resources(gpu, "aws_iam_group_policy")
     admins = json.loads(policies["group_hpc-admins_sessions"]["policy"])["Statement"][0]
     users = json.loads(policies["group_ml-researchers_sessions"]["policy"])["Statement"][0]
-    assert admins["Condition"] == {"StringEquals": {"ssm:resourceTag/cluster": "gpu-ai"}}
+    checked = {"BoolIfExists": {"ssm:SessionDocumentAccessCheck": "true"}}
+    assert admins["Condition"] == {"StringEquals": {"ssm:resourceTag/cluster": "gpu-ai"}, **checked}
     assert users["Condition"] == {
-        "StringEquals": {"ssm:resourceTag/cluster": "gpu-ai", "ssm:resourceTag/role": "login"}
+        "StringEquals": {"ssm:resourceTag/cluster": "gpu-ai", "ssm:resourceTag/role": "login"}, **checked
     }
     assert admins["Resource"] == ["arn:aws:ec2:eu-central-1:111122223333:instance/*"]
     # Terraform's escape, so that IAM and not Terraform reads the policy variable
@@ -458,6 +459,32 @@ def test_access_groups_open_ssm_sessions_by_tag(synthesized):
     node = resources(gpu, "aws_instance")["node_login_0"]
     assert {k: v for k, v in node["tags"].items() if not k.startswith("vcluster-")} == {
         "Name": "gpu-ai-login-0", "cluster": "gpu-ai", "pool": "login", "role": "login"}
+
+
+def test_no_user_group_can_start_a_shell_on_aws(specs, synthesized):
+    """Only admin and operator groups may start a shell document (it runs as ssm-user, with
+    sudo, past SSSD); every other group may only start SSH sessions, to the login nodes, and a
+    session asked for without a document is checked against the shell document too."""
+    seen = set()
+    for name, text in synthesized.items():
+        spec = specs[name]
+        roles = {g.name: g.role for g in getattr(spec, "access", ())}
+        for key, group_policy in resources(json.loads(text), "aws_iam_group_policy").items():
+            group = key.removeprefix("group_").removesuffix("_sessions")
+            statements = {s["Sid"]: s for s in json.loads(group_policy["policy"])["Statement"]}
+            documents = {r.rsplit("/", 1)[1] for r in statements["SessionDocuments"]["Resource"]}
+            nodes = statements["ClusterNodes"]
+            assert nodes["Condition"]["BoolIfExists"] == {"ssm:SessionDocumentAccessCheck": "true"}
+            seen.add(roles[group])
+            if roles[group] in ("admin", "operator"):
+                assert documents == {"SSM-SessionManagerRunShell", "AWS-StartSSHSession"}
+            else:
+                assert documents == {"AWS-StartSSHSession"}, (name, group)
+                assert nodes["Condition"]["StringEquals"]["ssm:resourceTag/role"] == "login"
+            # no other statement lets a session start
+            others = [s for sid, s in statements.items() if sid not in ("ClusterNodes", "SessionDocuments")]
+            assert all("ssm:StartSession" not in s["Action"] for s in others)
+    assert {"admin", "user"} <= seen, seen
 
 
 def test_nodes_find_their_channel_and_key_through_their_tags(specs):

@@ -533,23 +533,29 @@ def _efs(stack, spec: ClusterSpec, volume: StorageVolume, subnet, nodes) -> dict
 
 
 def _access(stack, spec: ClusterSpec) -> None:
-    """One IAM group per access group, allowed to open SSM sessions on this cluster's nodes.
+    """One IAM group per access group, allowed to open SSM sessions on this cluster's nodes:
+    admins and operators a shell on every node, users SSH to the login nodes only.
 
     Which nodes is decided by their tags (`cluster`, and `role` for users), so nodes added later
     are covered without touching the policy.
     """
     instances = f"arn:aws:ec2:{spec.region}:{spec.account}:instance/*"
-    documents = [
-        f"arn:aws:ssm:{spec.region}:{spec.account}:document/SSM-SessionManagerRunShell",
-        f"arn:aws:ssm:{spec.region}::document/AWS-StartSSHSession",
-    ]
+    shell = f"arn:aws:ssm:{spec.region}:{spec.account}:document/SSM-SessionManagerRunShell"
+    ssh = f"arn:aws:ssm:{spec.region}::document/AWS-StartSSHSession"
     for group in spec.access:
         reach = {"ssm:resourceTag/cluster": spec.name}
+        # Users get SSH through Session Manager only: sshd and SSSD decide, and they log in as
+        # their own directory account. A shell document runs as ssm-user, which has sudo and
+        # passes SSSD by: on the login node, which holds the munge key, that is the cluster.
+        documents = [shell, ssh] if group.role in NODE_ROLES else [ssh]
         if group.role not in NODE_ROLES:
             reach["ssm:resourceTag/role"] = "login"
+        # A session asked for with no document runs the shell document: with this condition
+        # Session Manager checks that the caller may use it, instead of letting it through.
+        nodes = {"StringEquals": reach, "BoolIfExists": {"ssm:SessionDocumentAccessCheck": "true"}}
         document = policy(
             [
-                statement(["ssm:StartSession"], [instances], {"StringEquals": reach}, sid="ClusterNodes"),
+                statement(["ssm:StartSession"], [instances], nodes, sid="ClusterNodes"),
                 statement(["ssm:StartSession"], documents, sid="SessionDocuments"),
                 # `$${` is Terraform's escape: IAM, not Terraform, fills in the user name.
                 statement(
