@@ -243,6 +243,23 @@ class GoogleExtractor:
         start = _nth_line(text, number)
         return path, text, text.index("{", start)
 
+    def string_list(self, value: str, path: str, text: str) -> list[str]:
+        """A []string{...} literal, or the variable (package-level, in a var block) holding one."""
+        if value.startswith("[]string{"):
+            return strings(value)
+        if not re.fullmatch(r"\w+", value):
+            raise ValueError(f"{path}: cannot read the list {value[:60]!r}")
+        pattern = re.compile(rf"^\s*(?:var\s+)?{value}\s*=\s*\[\]string\{{", re.M)
+        candidates = [(path, text)] + [(p, self.src.read(p)) for p in self.package_files(str(Path(path).parent)) if p != path]
+        for _, source in candidates:
+            m = pattern.search(source)
+            if m:
+                return strings(source[m.end() - 1:matching(source, m.end() - 1) + 1])
+        raise ValueError(f"{path}: no []string variable {value}")
+
+    def package_files(self, directory: str) -> list[str]:
+        return sorted({p for hits in self.src.declarations().values() for p, _ in hits if str(Path(p).parent) == directory})
+
     # -- schema ------------------------------------------------------------------------------
 
     def schema_map(self, path: str, text: str, brace: int, prefix: str, out: dict, pkg: str):
@@ -279,7 +296,7 @@ class GoogleExtractor:
             elif key == "Type":
                 facts["type"] = v.replace("schema.Type", "").lower()
             elif key in ("ConflictsWith", "ExactlyOneOf", "AtLeastOneOf", "RequiredWith"):
-                facts[re.sub(r"(?<!^)([A-Z])", r"_\1", key).lower()] = strings(v)
+                facts[re.sub(r"(?<!^)([A-Z])", r"_\1", key).lower()] = self.string_list(v, path, text)
             elif key == "Default":
                 facts["default"] = True
             elif key == "Elem":
@@ -377,7 +394,10 @@ class GoogleExtractor:
         return {"file": bpath, "line": line_of(btext, bbrace), "attributes": attributes}
 
     def plan_checks(self, value: str, pkg: str) -> list[dict]:
-        """CustomizeDiff functions that read arguments with GetOk and can fail the plan."""
+        """CustomizeDiff functions that fail the plan when none of some arguments is set, as
+        GetOk reads them: an unknown value reads as unset. Only an error under a condition that
+        is all such negated reads counts (`if !aOk && !bOk { return fmt.Errorf(...) }`), with the
+        guard around it if it has one (`if direction != "EGRESS" {`)."""
         out = []
         for name in re.findall(r"(?<![\w.])(\w+)(?=\s*[,)]|\s*$)", value.replace("customdiff.All(", "")):
             try:
@@ -385,11 +405,19 @@ class GoogleExtractor:
             except LookupError:
                 continue
             block = text[body:end]
-            reads = sorted(set(re.findall(r'\.GetOk(?:Exists)?\("(\w+)"\)', block)))
-            errors = re.findall(r'(?:fmt\.Errorf|errors\.New)\("([^"]*)"', block)
-            if reads and errors:
-                out.append({"function": name, "file": path, "line": line_of(text, body),
-                            "reads": reads, "error": errors[0]})
+            bound = dict((v, a) for v, a in re.findall(r'_, (\w+) := diff\.GetOk(?:Exists)?\("(\w+)"\)', block))
+            m = re.search(r"if ((?:!\w+\s*&&\s*)*!\w+)\s*\{\s*return (?:fmt\.Errorf|errors\.New)\(\"([^\"]*)\"", block)
+            if not m:
+                continue
+            names = re.findall(r"!(\w+)", m.group(1))
+            if not names or any(n not in bound for n in names):
+                continue
+            check = {"function": name, "file": path, "line": line_of(text, body),
+                     "reads": sorted({bound[n] for n in names}), "error": m.group(2)}
+            guard = re.search(r'(\w+) := diff\.Get\("(\w+)"\)\.\(string\)\s*if \1 != "(\w+)" \{', block[:m.start()])
+            if guard:
+                check["unless"] = {guard.group(2): guard.group(3)}
+            out.append(check)
         return out
 
     def identity(self, path, text, body, end) -> dict | None:
@@ -602,6 +630,9 @@ def main(argv: list[str] | None = None) -> int:
             FACTS[provider].write_text(text)
             print(f"wrote {FACTS[provider].relative_to(ROOT)}: {len(facts['resources'])} resource types "
                   f"of {facts['provider']} {facts['version']}")
+    if args.check and not args.google_src:
+        print("the Google facts were not checked: give --google-src GIT_DIR (a snapshot of "
+              "terraform-provider-google)", file=sys.stderr)
     for provider in stale:
         print(f"{FACTS[provider].relative_to(ROOT)} is stale: run scripts/gen-provider-facts", file=sys.stderr)
     return 1 if stale else 0

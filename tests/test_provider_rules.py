@@ -395,3 +395,78 @@ def test_the_extractor_reads_a_providers_go_source_at_its_tag(tmp_path):
     assert set(member["attributes"]) == {"role", "member", "widget"}
     with pytest.raises(LookupError, match="google_gadget: no such resource"):
         provider_facts.google_facts(repo / ".git", "1.2.3", ["google_gadget"])
+
+
+# ---------------------------------------------------------------- the defects in other forms (review)
+
+
+def test_the_defects_are_found_in_other_forms_too():
+    # defect 1 through a list argument of another resource, through a local, and through a block
+    stack = golden("gcp/cluster-dev.tf.json")
+    (name,) = [n for n in stack["resource"]["google_compute_firewall"] if "storage" in n]
+    firewall = stack["resource"]["google_compute_firewall"][name]
+    (volume,) = stack["resource"]["google_filestore_instance"]
+    filestore = stack["resource"]["google_filestore_instance"][volume]
+    filestore["networks"][0]["reserved_ip_range"] = f"${{google_filestore_instance.{volume}.networks[0].ip_addresses[0]}}/29"
+    firewall["source_ranges"] = [f"${{google_filestore_instance.{volume}.networks[0].reserved_ip_range}}"]
+    only(check(stack, "gcp-zurich"), "unknown-at-plan")
+    stack["locals"] = {"fs": f"${{google_filestore_instance.{volume}.networks[0].ip_addresses[0]}}"}
+    firewall["source_ranges"] = ["${local.fs}/32"]
+    only(check(stack, "gcp-zurich"), "unknown-at-plan")
+    firewall["source_ranges"] = [f"${{one(google_filestore_instance.{volume}.networks).ip_addresses[0]}}/32"]
+    only(check(stack, "gcp-zurich"), "unknown-at-plan")
+    # ... and an ingress firewall with no source at all; an egress one needs none
+    firewall.pop("source_ranges")
+    assert "none of them is set" in only(check(stack, "gcp-zurich"), "unknown-at-plan").message
+    firewall["direction"] = "EGRESS"
+    firewall["destination_ranges"] = ["10.0.0.0/8"]
+    assert check(stack, "gcp-zurich") == []
+
+    # defect 2 with an interpolated name, and with the site only as part of another word
+    stack = golden("aws/cluster-dev.tf.json")
+    role_name, role = next(iter(stack["resource"]["aws_iam_role"].items()))
+    for name in ("dev-${terraform.workspace}", "xaws-frankfurtx-dev"):
+        role["name"] = name
+        findings = check(stack, "aws-frankfurt")
+        assert {f.rule for f in findings} == {"global-name"}
+        assert f"aws_iam_role.{role_name}" in {f.address for f in findings}
+
+    # defect 4 with one disk ignored, or the machine type as a URL
+    stack = golden("gcp/cluster-icon.tf.json")
+    name, instance = next((n, r) for n, r in stack["resource"]["google_compute_instance"].items()
+                          if "scratch_disk" in r["lifecycle"]["ignore_changes"])
+    instance["lifecycle"]["ignore_changes"] = [i if i != "scratch_disk" else "scratch_disk[0]"
+                                               for i in instance["lifecycle"]["ignore_changes"]]
+    instance["machine_type"] = f"zones/europe-west4-a/machineTypes/{instance['machine_type']}"
+    assert f"google_compute_instance.{name}" in {f.address for f in check(stack, "gcp-netherlands") if f.rule == "read-back"}
+
+
+def test_a_check_the_provider_would_not_fail_is_not_reported():
+    """The firewall's logging check fails only on log_config with enable_logging false: an
+    unknown enable_logging is no error, so it is no plan check."""
+    checks = facts("gcp")["resources"]["google_compute_firewall"]["plan_checks"]
+    assert [c["function"] for c in checks] == ["resourceComputeFirewallSourceFieldsCustomizeDiff"]
+    assert checks[0]["unless"] == {"direction": "EGRESS"}
+    stack = golden("gcp/cluster-dev.tf.json")
+    firewall = next(iter(stack["resource"]["google_compute_firewall"].values()))
+    (volume,) = stack["resource"]["google_filestore_instance"]
+    firewall["enable_logging"] = f"${{google_filestore_instance.{volume}.etag == \"\"}}"
+    assert check(stack, "gcp-zurich") == []
+
+
+def test_a_transfer_job_with_two_sources_is_found():
+    """ExactlyOneOf held in a Go variable (transferSpecDataSourceKeys) is read too."""
+    stack = golden("transfer/gcp-transfer-dev.tf.json")
+    assert check(stack, "gcp-zurich") == []
+    job = next(iter(stack["resource"]["google_storage_transfer_job"].values()))
+    job["transfer_spec"]["posix_data_source"] = {"root_directory": "/data"}
+    finding = only(check(stack, "gcp-zurich"), "conflict")
+    assert "gcs_data_source" in finding.message and "posix_data_source" in finding.message
+    del job["transfer_spec"]["posix_data_source"], job["transfer_spec"]["gcs_data_source"]
+    assert "none of" in only(check(stack, "gcp-zurich"), "conflict").message
+
+
+def test_a_resource_type_without_facts_is_reported():
+    stack = golden("aws/cluster-dev.tf.json")
+    stack["resource"]["aws_iam_user"] = {"admin": {"name": "admin"}}
+    assert only(check(stack, "aws-frankfurt"), "no-facts").address == "aws_iam_user.*"

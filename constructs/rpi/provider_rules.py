@@ -33,7 +33,7 @@ PLATFORM_OF_PROVIDER = {"google": "gcp", "aws": "aws"}
 # reports more than was written: (resource type, argument) -> (when, source).
 READ_BACK = {
     ("google_compute_instance", "scratch_disk"): (
-        lambda r: _gcp_machine(r).local_ssd == "bundled" if _gcp_machine(r) else False,
+        lambda r: _bundles_local_ssd(r),
         "machine types with bundled local SSD report them as scratch disks "
         "(hashicorp/terraform-provider-google#19648)"),
 }
@@ -77,21 +77,12 @@ def provider_of(stack: dict) -> str | None:
     return next((p for p in required if p in PLATFORM_OF_PROVIDER), None)
 
 
-def site_of(stack: dict) -> str:
-    """The site a stack belongs to: the first part of its state's key in the site's backend."""
-    backend = stack.get("terraform", {}).get("backend", {})
-    for config in backend.values():
-        key = config.get("prefix") or config.get("key") or ""
-        return key.split("/")[0]
-    raise ValueError("the stack has no backend")
-
-
-def check(stack: dict, site: str | None = None) -> list[Finding]:
+def check(stack: dict, site: str) -> list[Finding]:
+    """The findings of one synthesized stack of `site`."""
     provider = provider_of(stack)
     if provider is None:
         return []
     rules = facts(PLATFORM_OF_PROVIDER[provider])
-    site = site or site_of(stack)
     resources = stack.get("resource", {})
     # An adopted resource is the existing one: its name is whatever it already has.
     adopted = {block.get("to") for block in stack.get("import", [])}
@@ -99,14 +90,20 @@ def check(stack: dict, site: str | None = None) -> list[Finding]:
     for kind, by_name in sorted(resources.items()):
         known = rules["resources"].get(kind)
         if known is None:
+            if kind.startswith(provider + "_"):
+                findings.append(Finding(
+                    f"{kind}.*", "no-facts",
+                    f"the facts of {provider} {rules['version']} do not know {kind}: none of its rules "
+                    f"can be checked; run scripts/gen-provider-facts", "scripts/gen-provider-facts"))
             continue  # terraform_data and other built-ins
         for name, config in sorted(by_name.items()):
             address = f"{kind}.{name}"
-            findings += _unknown_at_plan(address, known, config, resources, rules)
+            findings += _unknown_at_plan(address, known, config, resources, rules, stack.get("locals", {}))
             findings += _read_back(address, kind, known, config)
             if address not in adopted:
-                findings += _global_names(address, known, config, site)
+                findings += _global_names(address, known, config, site, resources)
             findings += _conflicts(address, known, config)
+            findings += _none_of(address, known, config)
             findings += _destroy_refused(address, kind, known, config)
     return findings
 
@@ -162,26 +159,58 @@ def _paths(config: dict, prefix: str = ""):
 REFERENCE = re.compile(r"(?<![\w.])(data\.)?([a-z][a-z0-9_]*)\.([A-Za-z0-9_-]+)((?:\.[a-z0-9_]+|\[[^\]]*\])+)")
 
 
+def _expressions(value) -> list[str]:
+    """The text inside each ${...} of value, braces inside an expression kept."""
+    out = []
+    for text in (v for v in _strings(value)):
+        i = text.find("${")
+        while i >= 0:
+            depth, j = 1, i + 2
+            while j < len(text) and depth:
+                depth += {"{": 1, "}": -1}.get(text[j], 0)
+                j += 1
+            out.append(text[i + 2:j - 1])
+            i = text.find("${", j)
+    return out
+
+
+def _strings(value):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+
+
 def _references(value) -> list[tuple[bool, str, str, list[str]]]:
     """(is data, type, name, attribute path) of every reference in value's expressions."""
-    text = json.dumps(value)
     out = []
-    for expr in re.findall(r"\$\{(.*?)\}", text):
+    for expr in _expressions(value):
         for m in REFERENCE.finditer(expr):
             path = re.findall(r"\.([a-z0-9_]+)", re.sub(r"\[[^\]]*\]", "", m.group(4)))
             out.append((bool(m.group(1)), m.group(2), m.group(3), path))
     return out
 
 
-def is_unknown(value, resources: dict, rules: dict, depth: int = 0) -> tuple[bool, str]:
+def is_unknown(value, resources: dict, rules: dict, depth: int = 0, local_values: dict | None = None) -> tuple[bool, str]:
     """Whether value is unknown at the first plan, and the reference that makes it so.
 
     A reference is known when it leads to what the configuration sets (and that is known), and
     unknown when it leads to what the provider computes: an ID, or an attribute Computed and not
     set. References to variables, locals and data sources count as known.
     """
-    if depth > 4:
-        return False, ""
+    if depth > 8:
+        return True, "a chain of references too long to follow"  # fail closed
+    local_values = local_values or {}
+    for expr in _expressions(value):
+        for local in re.findall(r"(?<![\w.])local\.([A-Za-z0-9_]+)", expr):
+            if local in local_values:
+                unknown, why = is_unknown(local_values[local], resources, rules, depth + 1, local_values)
+                if unknown:
+                    return True, why
     for is_data, kind, name, path in _references(value):
         if is_data or kind in ("var", "local", "each", "count", "path", "terraform", "self"):
             continue
@@ -192,12 +221,12 @@ def is_unknown(value, resources: dict, rules: dict, depth: int = 0) -> tuple[boo
         if kind == "terraform_data":
             if path[0] != "output":
                 return True, ref
-            unknown, why = is_unknown(config.get("input"), resources, rules, depth + 1)
+            unknown, why = is_unknown(config.get("input"), resources, rules, depth + 1, local_values)
             if unknown:
                 return True, why
             continue
         schema = rules["resources"].get(kind, {}).get("attributes", {})
-        block, prefix = config, ""
+        block, prefix, ended = config, "", True
         for segment in path:
             prefix += segment
             fact = schema.get(prefix, {})
@@ -205,26 +234,39 @@ def is_unknown(value, resources: dict, rules: dict, depth: int = 0) -> tuple[boo
                 block = block[segment]
                 if isinstance(block, list) and block and isinstance(block[0], dict):
                     block = block[0]
-                if not isinstance(block, (dict, list)):
-                    unknown, why = is_unknown(block, resources, rules, depth + 1)
-                    if unknown:
-                        return True, why
-                    break
                 prefix += "."
                 continue
             if segment == "id" or fact.get("computed") or not fact:
                 return True, ref
-            break  # an argument left unset: null, or its default, known at plan
+            ended = False  # an argument left unset: null, or its default, known at plan
+            break
+        if ended:
+            # the reference ends at what the configuration sets: a value, a list, or a whole
+            # block, which is unknown if anything in it is, or if the provider computes a part
+            unknown, why = is_unknown(block, resources, rules, depth + 1, local_values)
+            if unknown:
+                return True, why
+            if isinstance(block, dict):
+                inside = prefix
+                computed = [k for k, f in schema.items() if k.startswith(inside) and f.get("computed")
+                            and "." not in k[len(inside):] and k[len(inside):] not in block]
+                if computed:
+                    return True, f"{ref}.{computed[0][len(inside):]}"
     return False, ""
 
 
-def _unknown_at_plan(address, known, config, resources, rules) -> list[Finding]:
+def _unknown_at_plan(address, known, config, resources, rules, local_values) -> list[Finding]:
     out = []
     for plan_check in known.get("plan_checks", []):
-        given = [a for a in plan_check["reads"] if a in config]
+        if any(config.get(a) == v for a, v in plan_check.get("unless", {}).items()):
+            continue  # the provider's check does not apply (an EGRESS firewall)
+        given = [a for a in plan_check["reads"] if config.get(a) not in (None, [], "")]
+        source = f"{plan_check['file']}:{plan_check['line']}"
         if not given:
+            out.append(Finding(address, "unknown-at-plan",
+                               f"the plan fails with \"{plan_check['error']}\": none of them is set", source))
             continue
-        verdicts = [is_unknown(config[a], resources, rules) for a in given]
+        verdicts = [is_unknown(config[a], resources, rules, 0, local_values) for a in given]
         if all(unknown for unknown, _ in verdicts):
             why = ", ".join(f"{a} from {ref}" for a, (_, ref) in zip(given, verdicts))
             out.append(Finding(
@@ -232,7 +274,7 @@ def _unknown_at_plan(address, known, config, resources, rules) -> list[Finding]:
                 f"the first plan fails with \"{plan_check['error']}\": {why} is unknown until "
                 f"applied, and {plan_check['function']} reads an unknown value as unset; give a "
                 f"value known at plan time",
-                f"{plan_check['file']}:{plan_check['line']}"))
+                source))
     return out
 
 
@@ -250,7 +292,8 @@ def _read_back(address, kind, known, config) -> list[Finding]:
         if not applies(config):
             continue
         ignored = config.get("lifecycle", {}).get("ignore_changes", [])
-        if ignored == "all" or any(str(i).split("[")[0].split(".")[0] == attribute for i in ignored):
+        # only the whole argument: ignoring one disk, or one field, still replaces the node
+        if ignored == "all" or attribute in ignored:
             continue
         out.append(Finding(
             address, "read-back",
@@ -262,15 +305,29 @@ def _read_back(address, kind, known, config) -> list[Finding]:
     return out
 
 
-def _gcp_machine(config):
+def _bundles_local_ssd(config) -> bool:
+    """Whether the instance's machine type comes with local SSD; a type the catalog does not
+    know counts as one that does (fail closed: ignoring scratch_disk is harmless)."""
     machine = config.get("machine_type")
-    return catalog("gcp").machine_types.get(machine) if isinstance(machine, str) else None
+    if not isinstance(machine, str) or "${" in machine:
+        return True
+    known = catalog("gcp").machine_types.get(machine.rsplit("/", 1)[-1])
+    return known is None or known.local_ssd == "bundled"
 
 
 # ---------------------------------------------------------------- names global to an account
 
 
-def _global_names(address, known, config, site) -> list[Finding]:
+def _resolved(value: str, resources: dict) -> str:
+    """value with each ${TYPE.NAME.ARG} that the stack sets to a string replaced by it."""
+    def one(m):
+        kind, name, arg = m.group(1), m.group(2), m.group(3)
+        given = resources.get(kind, {}).get(name, {}).get(arg)
+        return _resolved(given, resources) if isinstance(given, str) else m.group(0)
+    return re.sub(r"\$\{([a-z][a-z0-9_]*)\.([A-Za-z0-9_-]+)\.([a-z0-9_]+)\}", one, value)
+
+
+def _global_names(address, known, config, site, resources) -> list[Finding]:
     identity = known.get("identity") or {}
     if identity.get("scope") not in ("project", "account", "world"):
         return []
@@ -279,9 +336,10 @@ def _global_names(address, known, config, site) -> list[Finding]:
     out = []
     for attribute in identity.get("names", []):
         value = config.get(attribute)
-        if not isinstance(value, str) or "${" in value:
-            continue
-        if site not in value:
+        if attribute.endswith("_prefix") or not isinstance(value, str):
+            continue  # a prefix gets a random suffix: it cannot collide
+        value = _resolved(value, resources)
+        if not re.search(rf"(?<![a-z0-9]){re.escape(site)}(?![a-z0-9])", value):
             where = {"project": "project", "account": "account", "world": "cloud"}[identity["scope"]]
             out.append(Finding(
                 address, "global-name",
@@ -318,6 +376,38 @@ def _conflicts(address, known, config) -> list[Finding]:
                         f"{pair[0]} and {pair[1]} are both set; the provider takes "
                         f"{'only one of them' if kind == 'conflicts_with' else 'exactly one of them'}",
                         f"{fact.get('file', known['file'])}:{fact['line']}"))
+    return out
+
+
+def _blocks(config: dict, prefix: str = ""):
+    """(dotted prefix, block) of the configuration and of each nested block in it."""
+    yield prefix, config
+    for key, value in config.items():
+        for block in (value if isinstance(value, list) else [value]):
+            if isinstance(block, dict) and key not in META:
+                yield from _blocks(block, prefix + key + ".")
+
+
+def _none_of(address, known, config) -> list[Finding]:
+    """ExactlyOneOf: a block that sets none of its group fails the plan too."""
+    schema = known["attributes"]
+    out, seen = [], set()
+    for prefix, block in _blocks(config):
+        if prefix and prefix.rstrip(".") not in schema:
+            continue  # below a map argument: data, not blocks
+        for path, fact in schema.items():
+            listed = fact.get("exactly_one_of", [])
+            # the SDK adds the key itself to its group (helper/schema validateExactlyOneAttribute)
+            group = tuple(sorted({re.sub(r"\.\d+", "", g) for g in listed} | {path})) if listed else ()
+            if not group or path.rpartition(".")[0] + "." != (prefix or ".") and not (not prefix and "." not in path):
+                continue
+            if any(g.rpartition(".")[0] != path.rpartition(".")[0] for g in group) or (prefix, group) in seen:
+                continue
+            seen.add((prefix, group))
+            if not any(block.get(g.rpartition(".")[2]) not in (None, [], "") for g in group):
+                out.append(Finding(address, "conflict",
+                                   f"none of {', '.join(group)} is set; the provider takes exactly one of them",
+                                   f"{fact.get('file', known['file'])}:{fact['line']}"))
     return out
 
 
