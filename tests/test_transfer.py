@@ -269,12 +269,9 @@ class _StandInEngine:
         return {"transfers": {"value": {"shared": "arn:aws:datasync:eu-central-2:123456789012:task/task-0"}}}
 
 
-def test_a_copy_that_fails_after_the_freeze_opens_the_source_and_its_transfer_stack_goes_later(tmp_path, monkeypatch):
-    """Defect: a failure after the source was frozen (here the transfer stack's destroy, after a
-    verified final pass) left a cloud source frozen, and the transfer stack tracked nowhere.
-    Now the source opens again whatever failed, the stack is noted before it exists, and a
-    later apply (its sweep) destroys it from its state. The DataSync API is moto's elsewhere in
-    this file; here the engine is a stand-in (no provider can be downloaded)."""
+def _a_move_within_aws(tmp_path, monkeypatch):
+    """A cluster moving between two AWS sites whose file system DataSync copies: (plan, store,
+    the channel states asked for, source, target). The engine is the caller's stand-in."""
     from types import SimpleNamespace
 
     from reconciler import apply as apply_module, transfer
@@ -301,7 +298,46 @@ def test_a_copy_that_fails_after_the_freeze_opens_the_source_and_its_transfer_st
     monkeypatch.setattr(apply_module, "channel_access", lambda store, u, state, wait=True: asked.append((u.site, state)))
     monkeypatch.setattr(apply_module, "_volumes_by_name", lambda store, u: {"shared": efs(2)})
     monkeypatch.setattr(transfer, "run", lambda route, task, where: transfer.Pass(files=1, bytes=7, verified=True, execution=task + "/execution/e"))
+    return p, store, asked, source, target
 
+
+def test_a_transfer_stack_that_breaks_its_providers_rules_is_refused_before_it_exists(tmp_path, monkeypatch):
+    """The transfer stack is checked like every synthesized cloud stack (rpi.provider_rules):
+    a finding stops the copy before the stack is noted or applied, and the source opens again."""
+    from reconciler import apply as apply_module
+    from reconciler.errors import ReconcileError
+    from rpi import provider_rules
+
+    p, store, asked, source, target = _a_move_within_aws(tmp_path, monkeypatch)
+    checked = []
+
+    def broken(stack, site):
+        checked.append((sorted(stack.get("resource", {})), site))
+        return [provider_rules.Finding("aws_iam_role.transfer_role", "global-name", "a name without the site", "test")]
+
+    monkeypatch.setattr(provider_rules, "check", broken)
+    engine = _StandInEngine(fail_destroy=False)
+    with pytest.raises(ReconcileError, match="the transfer stack transfer-dev breaks its provider's rules: aws_iam_role.transfer_role"):
+        apply_module._copy_data(p, store, engine)
+    assert checked and "aws_datasync_task" in checked[0][0] and checked[0][1] == "aws-zurich"
+    assert engine.calls == [], "nothing was applied"
+    assert "transfer-dev" not in store.leftovers(target.state), "no stack was made, none is noted"
+    assert asked[-1] == ("aws-frankfurt", "open")
+
+
+def test_a_copy_that_fails_after_the_freeze_opens_the_source_and_its_transfer_stack_goes_later(tmp_path, monkeypatch):
+    """Defect: a failure after the source was frozen (here the transfer stack's destroy, after a
+    verified final pass) left a cloud source frozen, and the transfer stack tracked nowhere.
+    Now the source opens again whatever failed, the stack is noted before it exists, and a
+    later apply (its sweep) destroys it from its state. The DataSync API is moto's elsewhere in
+    this file; here the engine is a stand-in (no provider can be downloaded)."""
+    from types import SimpleNamespace
+
+    from reconciler import apply as apply_module
+    from reconciler.apply import APPLIED, ApplyResult
+    from reconciler.errors import ReconcileError
+
+    p, store, asked, source, target = _a_move_within_aws(tmp_path, monkeypatch)
     engine = _StandInEngine(fail_destroy=True)
     with pytest.raises(ReconcileError, match="could not destroy the transfer stack"):
         apply_module._copy_data(p, store, engine)
