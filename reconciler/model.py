@@ -269,6 +269,26 @@ class S3State(Strict):
 StateBackend = Annotated[Union[LocalState, GcsState, S3State], Field(discriminator="backend")]
 
 
+# The retentions CloudWatch Logs takes (PutRetentionPolicy), in days.
+LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653)
+
+
+class Audit(Strict):
+    """What the site's landing zone logs for an audit trail, and how long it keeps it."""
+
+    retention_days: int = Field(
+        90, description="days the site keeps its network flow logs and control-plane logs (AWS: CloudWatch Logs "
+        "retention; GCP: the project's log bucket sets it, once per project)",
+    )
+
+    @field_validator("retention_days")
+    @classmethod
+    def _a_retention_cloudwatch_takes(cls, days: int) -> int:
+        if days not in LOG_RETENTION_DAYS:
+            raise ValueError(f"retention_days {days} is not one CloudWatch Logs takes: one of {', '.join(map(str, LOG_RETENTION_DAYS))}")
+        return days
+
+
 class Site(Strict):
     """A landing zone on one platform and region, created once and shared by many clusters."""
 
@@ -282,6 +302,7 @@ class Site(Strict):
     network: SiteNetwork
     services: LandingZoneServices
     state: StateBackend
+    audit: Audit = Audit()
     runtime: Literal["records", "slurm"] = Field(
         "records",
         description="local platform only. records: every resource is a record (needs nothing installed); slurm: "

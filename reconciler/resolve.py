@@ -181,6 +181,7 @@ def _site_unit(site: Site, path: str) -> Unit:
         registries=tuple(Registry(f"{site.name}-{fmt}", fmt) for fmt in lz.artifact_registries),
         state=state_location(site, "landing-zone"),
         runtime=site.runtime,
+        log_retention_days=site.audit.retention_days,
     )
     return Unit(SITE, site.name, site.name, site.platform, (path,), (), spec, _hash(spec), spec.state)
 

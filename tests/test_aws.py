@@ -461,6 +461,28 @@ def test_access_groups_open_ssm_sessions_by_tag(synthesized):
         "Name": "gpu-ai-login-0", "cluster": "gpu-ai", "pool": "login", "role": "login"}
 
 
+def test_the_landing_zone_keeps_an_audit_trail_for_the_sites_retention(specs, synthesized):
+    """VPC flow logs and the EKS control plane's logs, each in a log group kept for the site's
+    audit.retention_days (90 unless the site says otherwise); every change here is in place on
+    a running landing zone (new resources, and EKS's logging, which UpdateClusterConfig sets)."""
+    lz = doc(synthesized, "landing-zone")
+    days = specs["landing-zone"].log_retention_days
+    assert days == 90
+    groups = {g["name"]: g["retention_in_days"] for g in resources(lz, "aws_cloudwatch_log_group").values()}
+    assert groups == {f"/vcluster/{SITE}/vpc-flow-logs": days, f"/aws/eks/{SITE}-control/cluster": days}
+    (flow,) = resources(lz, "aws_flow_log").values()
+    assert flow["vpc_id"] == "${aws_vpc.vpc.id}" and flow["traffic_type"] == "ALL"
+    assert flow["log_destination"] == "${aws_cloudwatch_log_group.logs_flow.arn}"
+    role = resources(lz, "aws_iam_role")["role_flow_logs"]
+    trust = json.loads(role["assume_role_policy"])["Statement"]
+    assert trust == [{"Effect": "Allow", "Principal": {"Service": "vpc-flow-logs.amazonaws.com"}, "Action": ["sts:AssumeRole"]}]
+    delivery = json.loads(resources(lz, "aws_iam_role_policy")["role_flow_logs_delivery"]["policy"])["Statement"]
+    assert [s["Resource"] for s in delivery] == [["${aws_cloudwatch_log_group.logs_flow.arn}", "${aws_cloudwatch_log_group.logs_flow.arn}:*"]]
+    eks = resources(lz, "aws_eks_cluster")["eks"]
+    assert eks["enabled_cluster_log_types"] == ["api", "audit", "authenticator"]
+    assert "aws_cloudwatch_log_group.logs_eks" in eks["depends_on"], "the group exists before EKS logs into it"
+
+
 def test_no_user_group_can_start_a_shell_on_aws(specs, synthesized):
     """Only admin and operator groups may start a shell document (it runs as ssm-user, with
     sudo, past SSSD); every other group may only start SSH sessions, to the login nodes, and a

@@ -48,6 +48,7 @@ ROWS = [
     ("impossible date", swap("    count: 2\n", "    count: 2001-02-30\n"), D, "cannot be read"),
     ("huge integer", swap("    count: 2\n", "    count: " + "9" * 5000 + "\n"), D, "cannot be read"),
     ("yaml 1.3", lambda repo: repo.write(D, "%YAML 1.3\n---\n" + repo.read(D)), D, "version"),
+    ("log retention", swap("state:\n  backend: local\n", "audit:\n  retention_days: 100\nstate:\n  backend: local\n", S), S, "retention_days 100 is not one CloudWatch Logs takes"),
     ("nul in state path", swap("  path: .reconcile/state/local-b\n", '  path: "a\\x00b"\n', S), S, "control characters"),
     ("file outside", write("clusters/deeper/x.yaml", "name: x\n"), "clusters/deeper/x.yaml", "this file is not read"),
     ("upper-case suffix", write("clusters/x.YAML", "name: x\n"), "clusters/x.YAML", "rename it to clusters/x.yaml"),

@@ -926,6 +926,18 @@ def test_the_driver_step_installs_until_the_driver_answers(tmp_path, answers_aft
     assert ("cloud-init modules --mode=final" in made) == goes_on, made
 
 
+def test_every_subnet_logs_its_flows_and_gke_its_control_plane(synthesized):
+    """Flow logs on the landing zone's subnets and on every cluster's, and the GKE control
+    plane's own components logged; both change a running landing zone in place."""
+    for name, text in synthesized.items():
+        for subnet in resources(json.loads(text), "google_compute_subnetwork").values():
+            assert subnet["log_config"] == {"aggregation_interval": "INTERVAL_5_SEC", "flow_sampling": 0.5,
+                                            "metadata": "INCLUDE_ALL_METADATA"}, name
+    gke = resources(doc(synthesized, "landing-zone"), "google_container_cluster")["gke"]
+    assert {"APISERVER", "SCHEDULER", "CONTROLLER_MANAGER", "SYSTEM_COMPONENTS", "WORKLOADS"} == set(
+        gke["logging_config"]["enable_components"])
+
+
 def test_a_controller_without_a_login_pool_runs_as_the_login_account(specs):
     """Defect: a cluster without a login pool runs its controller on another pool's node, which
     ran as the compute account: no right to add the munge key or run a staged copy's legs."""

@@ -144,6 +144,7 @@ class LandingZoneSpec:
     registries: tuple[Registry, ...]
     state: StateLocation
     runtime: str = "records"  # local platform: records | slurm
+    log_retention_days: int = 90  # flow logs and control-plane logs (site audit.retention_days)
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,7 @@ def private_route_table_name(site: str) -> str:
 def build(stack, spec: LandingZoneSpec) -> None:
     """Add the whole landing zone to `stack` (backend and provider are set by the platform)."""
     network = _network(stack, spec)
+    _flow_logs(stack, spec, network["vpc"])
     _dns(stack, spec, network["vpc"])
     control_plane = _control_plane_security_group(stack, spec, network["vpc"])
     eks = _eks(stack, spec, network["private"], control_plane)
@@ -76,6 +77,29 @@ def build(stack, spec: LandingZoneSpec) -> None:
 
 
 # ---------------------------------------------------------------- network
+
+
+def log_group(stack, construct_id: str, name: str, days: int):
+    return aws("cloudwatch_log_group").CloudwatchLogGroup(
+        stack, f"logs_{construct_id}", name=name, retention_in_days=days
+    )
+
+
+def _flow_logs(stack, spec: LandingZoneSpec, vpc) -> None:
+    """Every flow of the site's VPC (the clusters' subnets are in it), accepted or rejected,
+    to CloudWatch Logs for the site's retention, through a role only VPC Flow Logs may assume."""
+    logs = log_group(stack, "flow", f"/vcluster/{spec.site}/vpc-flow-logs", spec.log_retention_days)
+    role, _ = iam_role(stack, "flow_logs", f"{spec.site}-vpc-flow-logs", {"Service": "vpc-flow-logs.amazonaws.com"}, ())
+    aws("iam_role_policy").IamRolePolicy(
+        stack, "role_flow_logs_delivery", name="deliver", role=role.name,
+        policy=policy([statement(["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
+                                 [logs.arn, f"{logs.arn}:*"])]),
+    )
+    aws("flow_log").FlowLog(
+        stack, "flow_log", vpc_id=vpc.id, traffic_type="ALL", log_destination_type="cloud-watch-logs",
+        log_destination=logs.arn, iam_role_arn=role.arn, max_aggregation_interval=60,
+        tags={"Name": f"{spec.site}-vpc"},
+    )
 
 
 def _dns(stack, spec: LandingZoneSpec, vpc) -> None:
@@ -264,6 +288,9 @@ def _eks(stack, spec: LandingZoneSpec, private: list, control_plane):
     role, attached = iam_role(
         stack, "eks_cluster", f"{spec.site}-eks-cluster", {"Service": "eks.amazonaws.com"}, EKS_CLUSTER_POLICIES
     )
+    # The control plane's logs go to the group EKS writes to, made first with the site's
+    # retention (EKS would make it itself, keeping the logs forever).
+    logs = log_group(stack, "eks", f"/aws/eks/{spec.site}-control/cluster", spec.log_retention_days)
     # Kubernetes version left to EKS's default at creation: upgrades are deliberate, not drift.
     cluster = aws("eks_cluster").EksCluster(
         stack,
@@ -278,7 +305,11 @@ def _eks(stack, spec: LandingZoneSpec, private: list, control_plane):
         },
         # Access entries only (no aws-auth ConfigMap); whoever applies, the CI apply role, administers it.
         access_config={"authentication_mode": "API", "bootstrap_cluster_creator_admin_permissions": True},
-        depends_on=attached,  # EKS needs its policy before it can create its network interfaces
+        # the audit trail: API calls, the audit log, who authenticated (changed in place)
+        enabled_cluster_log_types=["api", "audit", "authenticator"],
+        # EKS needs its policy before it can create its network interfaces, and the log group
+        # before it logs
+        depends_on=[*attached, logs],
     )
     # The managed nodes, where the services run, carry EKS's cluster security group, which
     # admits only itself: the clusters' subnets reach the services' ports, and nothing else.

@@ -55,6 +55,7 @@ from typing import Any, NamedTuple
 from rpi import cdk, registry
 from rpi.catalog import MachineType, catalog
 from rpi.gcp.landing_zone import (
+    FLOW_LOGS,
     IAP_RANGE,
     registry_address,
     service_account,
@@ -298,6 +299,7 @@ def _subnet(stack, spec: ClusterSpec) -> tuple:
         region=spec.region,
         ip_cidr_range=spec.subnet.cidr,
         private_ip_google_access=True,  # Google APIs (logging, registries) without a public address
+        log_config=FLOW_LOGS,
     )
     return network, subnet
 

@@ -57,6 +57,9 @@ SITE_RANGES = (
 
 
 # What GKE nodes need: Google's minimal node role, and reading the site's own registries.
+# VPC flow logs of every subnet, with their metadata, sampled by half; in place on a running
+# subnet. Cloud Logging keeps them for the retention of the project's log bucket.
+FLOW_LOGS = {"aggregation_interval": "INTERVAL_5_SEC", "flow_sampling": 0.5, "metadata": "INCLUDE_ALL_METADATA"}
 GKE_NODE_ROLES = ("roles/container.defaultNodeServiceAccount", "roles/artifactregistry.reader")
 
 REGISTRY_FORMATS = {"container": "DOCKER", "deb": "APT", "rpm": "YUM"}
@@ -163,6 +166,7 @@ def _network(stack, spec: LandingZoneSpec, ranges: dict[str, str]) -> tuple:
             ip_cidr_range=subnet.cidr,
             private_ip_google_access=True,  # Google APIs without a public address
             secondary_ip_range=secondary or None,
+            log_config=FLOW_LOGS,
         )
     router = google("compute_router").ComputeRouter(
         stack, "router", name=f"{spec.site}-router", network=network.id, region=spec.region
@@ -335,6 +339,11 @@ def _gke(stack, spec: LandingZoneSpec, network, subnet, ranges: dict[str, str]):
             ]
         },
         workload_identity_config={"workload_pool": workload_pool(spec.account)},
+        # The control plane's own logs too (the API server's, the scheduler's, the controller
+        # manager's), beside the system components' and the workloads' (changed in place).
+        # Who called the API is in Cloud Audit Logs, which the project keeps.
+        logging_config={"enable_components": [
+            "SYSTEM_COMPONENTS", "WORKLOADS", "APISERVER", "SCHEDULER", "CONTROLLER_MANAGER"]},
         # Kubernetes version left to the channel: upgrades come from GKE, not as drift.
         release_channel={"channel": "REGULAR"},
         # GKE requires a first node pool; ours is managed on its own below.
