@@ -348,9 +348,13 @@ def test_gke_is_private_and_regional_with_workload_identity(synthesized):
     assert (two_zones["node_locations"], two_zones["node_count"]) == (["europe-west4-a"], 3)
     bindings = resources(lz, "google_service_account_iam_member")
     assert sorted(b["member"] for b in bindings.values()) == [
-        f"serviceAccount:swisstwins-hpc.svc.id.goog[{name}/{name}]"
+        f"serviceAccount:swisstwins-hpc.svc.id.goog[{name}/gcp-zurich-{name}]"
         for name in ("consul", "keycloak", "ldap", "nomad", "store", "vault")
     ]
+    # two sites in one project share its Workload Identity pool: their subjects differ
+    other = resources(doc(synthesized, "variant-netherlands"), "google_service_account_iam_member")
+    assert doc(synthesized, "variant-netherlands")["provider"]["google"][0]["project"] == "swisstwins-hpc"
+    assert {b["member"] for b in bindings.values()}.isdisjoint(b["member"] for b in other.values())
     for binding in bindings.values():
         assert binding["role"] == "roles/iam.workloadIdentityUser"
         assert binding["depends_on"] == ["google_container_cluster.gke"]  # the pool exists with the cluster

@@ -388,6 +388,16 @@ def workload_pool(project: str) -> str:
     return f"{project}.svc.id.goog"
 
 
+def workload_subject(site: str, service: str) -> str:
+    """The Kubernetes service account (NAMESPACE/NAME) a service of `site` runs as.
+
+    The Workload Identity pool is the project's: every GKE cluster of the project shares it.
+    Its name carries the site, so that two sites in one project cannot act as each other's
+    services (the one pool would take `vault/vault` of either cluster for both).
+    """
+    return f"{service}/{site}-{service}"
+
+
 def _service_identities(stack, spec: LandingZoneSpec, gke) -> dict:
     """Each service's Google service account, which its Kubernetes service account acts as.
 
@@ -409,7 +419,7 @@ def _service_identities(stack, spec: LandingZoneSpec, gke) -> dict:
             f"service_{service.name}_workload_identity",
             service_account_id=account.name,
             role="roles/iam.workloadIdentityUser",
-            member=f"serviceAccount:{workload_pool(spec.account)}[{service.name}/{service.name}]",
+            member=f"serviceAccount:{workload_pool(spec.account)}[{workload_subject(spec.site, service.name)}]",
             depends_on=[gke],
         )
         identities[service.name] = account
