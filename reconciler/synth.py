@@ -65,7 +65,7 @@ def synthesize(units: Iterable[Unit], cache_dir: Path | None = None, removed: bo
             return {unit.key: stack}
 
         try:
-            text = render_json(cdk.synthesize(build)[unit.key])
+            document = cdk.synthesize(build)[unit.key]
         except ValueError as exc:  # the platform refuses what it cannot build, saying what to change
             files = ", ".join(unit.inputs)
             raise NotSynthesizable(f"{unit.title} ({files}): {exc}") from None
@@ -75,7 +75,8 @@ def synthesize(units: Iterable[Unit], cache_dir: Path | None = None, removed: bo
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             raise NotSynthesizable(f"{unit.title}: the synthesis (cdktf in Node, through jsii) failed: {first}") from None
         if not removed:
-            _keep_provider_rules(unit, text)
+            _keep_provider_rules(unit, document)
+        text = render_json(document)
         out[unit.key] = text
         cached = _cache_path(cache_dir, unit, removed)
         if cached is not None:
@@ -86,10 +87,10 @@ def synthesize(units: Iterable[Unit], cache_dir: Path | None = None, removed: bo
     return out
 
 
-def _keep_provider_rules(unit: Unit, text: str) -> None:
+def _keep_provider_rules(unit: Unit, document: dict) -> None:
     """Refuse a cloud stack that its provider would refuse to plan or apply, or that would not
     work once applied (rpi.provider_rules), before any provider is downloaded."""
-    findings = provider_rules.check(json.loads(text), unit.spec.site)
+    findings = provider_rules.check(document, unit.spec.site)
     if findings:
         listed = "\n".join(f"  - {f}" for f in findings)
         raise NotSynthesizable(

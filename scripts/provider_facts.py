@@ -223,24 +223,25 @@ class GoogleExtractor:
                 return candidate
         raise LookupError(f"no package {alias}")
 
-    def function(self, name: str, under: str) -> tuple[str, str, int, int]:
-        """(path, text, body start, body end) of `func name(`."""
+    def declared(self, kind: str, name: str, under: str) -> tuple[str, str, int]:
+        """(path, text, offset) of the top-level `kind name` (func or var), in the package
+        `under` if it has one, else anywhere."""
         hits = self.src.find(name, under)
         if not hits:
-            raise LookupError(f"no func {name} under {under}")
+            raise LookupError(f"no {kind} {name} under {under}")
         path, number = hits[0]
         text = self.src.read(path)
-        start = _nth_line(text, number)
+        return path, text, _nth_line(text, number)
+
+    def function(self, name: str, under: str) -> tuple[str, str, int, int]:
+        """(path, text, body start, body end) of `func name(`."""
+        path, text, start = self.declared("func", name, under)
         brace = _body_brace(text, start)
         return path, text, brace, matching(text, brace)
 
     def variable(self, name: str, under: str) -> tuple[str, str, int]:
-        hits = self.src.find(name, under)
-        if not hits:
-            raise LookupError(f"no var {name}")
-        path, number = hits[0]
-        text = self.src.read(path)
-        start = _nth_line(text, number)
+        """(path, text, offset of its value's brace) of `var name = ...{`."""
+        path, text, start = self.declared("var", name, under)
         return path, text, text.index("{", start)
 
     def string_list(self, value: str, path: str, text: str) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -336,3 +337,14 @@ def without_login_pool(spec):
 
     pools = tuple(p for p in spec.pools if p.role != "login")
     return dataclasses.replace(spec, pools=pools, controller=pools[0].hostnames[0])
+
+
+def assert_providers_rules_hold(specs: dict, synthesized: dict[str, str]) -> None:
+    """Every synthesized stack (golden stacks and variants), against its pinned provider's facts
+    (rpi.provider_rules; tests/test_provider_rules.py puts the defects back)."""
+    from rpi import provider_rules
+
+    for name, text in synthesized.items():
+        stack = json.loads(text)
+        assert [str(f) for f in provider_rules.check(stack, specs[name].site)] == [], name
+        assert provider_rules.unknown_attributes(stack) == [], name

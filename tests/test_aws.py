@@ -20,10 +20,9 @@ import time
 
 import pytest
 
-from conftest import GOLDEN, ROOT, check_golden, make_repo, node_module, synthesize_stacks
+from conftest import GOLDEN, ROOT, assert_providers_rules_hold, check_golden, make_repo, node_module, synthesize_stacks
 from reconciler.gitsource import GitSource
 from reconciler.run import Desired, desired
-from rpi import provider_rules
 from rpi.spec import ClusterSpec
 
 pytestmark = pytest.mark.slow
@@ -146,12 +145,7 @@ def test_a_stack_alone_has_the_same_bytes(specs, synthesized):
 
 
 def test_every_stack_keeps_its_providers_rules(specs, synthesized):
-    """The golden stacks and every variant, against the pinned provider's facts
-    (rpi.provider_rules; tests/test_provider_rules.py puts the defects back)."""
-    for name, text in synthesized.items():
-        stack = json.loads(text)
-        assert [str(f) for f in provider_rules.check(stack, specs[name].site)] == [], name
-        assert provider_rules.unknown_attributes(stack) == [], name
+    assert_providers_rules_hold(specs, synthesized)
 
 
 def test_no_absolute_paths(synthesized, tmp_path_factory):

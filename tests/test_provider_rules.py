@@ -27,6 +27,17 @@ from rpi.provider_rules import check, facts, unknown_attributes
 CLOUD_GOLDEN = sorted(p for p in GOLDEN.rglob("*.tf.json") if p.parent.name in ("gcp", "aws", "transfer"))
 
 
+@pytest.fixture(scope="module")
+def provider_facts():
+    """scripts/provider_facts.py, the generator, as a module."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import provider_facts
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    return provider_facts
+
+
 def golden(relative: str) -> dict:
     return json.loads((GOLDEN / relative).read_text())
 
@@ -217,12 +228,7 @@ def test_every_google_fact_names_its_source_line():
     assert instance["force_new"] and not instance.get("computed")
 
 
-def test_the_aws_facts_regenerate_from_the_pinned_package_unchanged():
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import provider_facts
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
+def test_the_aws_facts_regenerate_from_the_pinned_package_unchanged(provider_facts):
     text = provider_facts.render(provider_facts.aws_facts())
     assert text == (ROOT / "constructs/rpi/aws/provider_facts.json").read_text(), \
         "stale: run scripts/gen-provider-facts"
@@ -232,15 +238,15 @@ def test_synthesis_refuses_a_stack_its_provider_would_refuse_and_says_why():
     """reconciler.synth runs the checker on every cloud stack it makes, before any plan."""
     from types import SimpleNamespace
 
-    from reconciler.synth import NotSynthesizable, _keep_provider_rules, render_json
+    from reconciler.synth import NotSynthesizable, _keep_provider_rules
 
     stack = golden("gcp/landing-zone-gcp-zurich.tf.json")
     unit = SimpleNamespace(title="site gcp-zurich", inputs=("sites/gcp-zurich.yaml",),
                            spec=SimpleNamespace(site="gcp-zurich"))
-    _keep_provider_rules(unit, render_json(stack))  # as synthesized: nothing to say
+    _keep_provider_rules(unit, stack)  # as synthesized: nothing to say
     next(iter(stack["resource"]["google_service_networking_connection"].values())).pop("deletion_policy")
     with pytest.raises(NotSynthesizable) as refused:
-        _keep_provider_rules(unit, render_json(stack))
+        _keep_provider_rules(unit, stack)
     message = str(refused.value)
     assert message.startswith("site gcp-zurich (sites/gcp-zurich.yaml): the stack breaks 1 rule(s)")
     assert "nothing was planned" in message and "google_service_networking_connection." in message
@@ -352,14 +358,9 @@ var WidgetIamSchema = map[string]*schema.Schema{
 }
 
 
-def test_the_extractor_reads_a_providers_go_source_at_its_tag(tmp_path):
+def test_the_extractor_reads_a_providers_go_source_at_its_tag(tmp_path, provider_facts):
     """The Google extractor on a repository made here, in the provider's layout, at a tag: what
     gen-provider-facts does on a snapshot of terraform-provider-google (not here in CI)."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import provider_facts
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
     repo = tmp_path / "provider"
     for path, text in FAKE_PROVIDER.items():
         (repo / path).parent.mkdir(parents=True, exist_ok=True)

@@ -103,7 +103,6 @@ def check(stack: dict, site: str) -> list[Finding]:
             if address not in adopted:
                 findings += _global_names(address, known, config, site, resources)
             findings += _conflicts(address, known, config)
-            findings += _none_of(address, known, config)
             findings += _destroy_refused(address, kind, known, config)
     return findings
 
@@ -162,7 +161,7 @@ REFERENCE = re.compile(r"(?<![\w.])(data\.)?([a-z][a-z0-9_]*)\.([A-Za-z0-9_-]+)(
 def _expressions(value) -> list[str]:
     """The text inside each ${...} of value, braces inside an expression kept."""
     out = []
-    for text in (v for v in _strings(value)):
+    for text in _strings(value):
         i = text.find("${")
         while i >= 0:
             depth, j = 1, i + 2
@@ -247,11 +246,10 @@ def is_unknown(value, resources: dict, rules: dict, depth: int = 0, local_values
             if unknown:
                 return True, why
             if isinstance(block, dict):
-                inside = prefix
-                computed = [k for k, f in schema.items() if k.startswith(inside) and f.get("computed")
-                            and "." not in k[len(inside):] and k[len(inside):] not in block]
+                computed = [k for k, f in schema.items() if k.startswith(prefix) and f.get("computed")
+                            and "." not in k[len(prefix):] and k[len(prefix):] not in block]
                 if computed:
-                    return True, f"{ref}.{computed[0][len(inside):]}"
+                    return True, f"{ref}.{computed[0][len(prefix):]}"
     return False, ""
 
 
@@ -300,8 +298,7 @@ def _read_back(address, kind, known, config) -> list[Finding]:
             f"{attribute} is ForceNew and not Computed, and the provider reads it back from the "
             f"cloud ({why}): every later plan replaces the resource; add it to "
             f"lifecycle.ignore_changes",
-            f"{known['attributes'][attribute].get('file', known['file'])}:{fact['line']}, "
-            f"read at {known['file']}:{known['read_sets'][attribute]}"))
+            f"{_source(known, fact)}, read at {known['file']}:{known['read_sets'][attribute]}"))
     return out
 
 
@@ -353,32 +350,6 @@ def _global_names(address, known, config, site, resources) -> list[Finding]:
 # ---------------------------------------------------------------- conflicting arguments
 
 
-def _conflicts(address, known, config) -> list[Finding]:
-    schema = known["attributes"]
-    out, seen = [], set()
-    for path, _ in _paths(config):
-        fact = schema.get(path)
-        if not fact:
-            continue
-        parent = path.rpartition(".")[0]
-        block = _block(config, parent)
-        for kind in ("conflicts_with", "exactly_one_of"):
-            for other in fact.get(kind, []):
-                other_path = re.sub(r"\.\d+", "", other)
-                if other_path == path or other_path.rpartition(".")[0] != parent:
-                    continue
-                leaf = other_path.rpartition(".")[2]
-                pair = tuple(sorted((path, other_path)))
-                if block is not None and leaf in block and pair not in seen:
-                    seen.add(pair)
-                    out.append(Finding(
-                        address, "conflict",
-                        f"{pair[0]} and {pair[1]} are both set; the provider takes "
-                        f"{'only one of them' if kind == 'conflicts_with' else 'exactly one of them'}",
-                        f"{fact.get('file', known['file'])}:{fact['line']}"))
-    return out
-
-
 def _blocks(config: dict, prefix: str = ""):
     """(dotted prefix, block) of the configuration and of each nested block in it."""
     yield prefix, config
@@ -388,36 +359,52 @@ def _blocks(config: dict, prefix: str = ""):
                 yield from _blocks(block, prefix + key + ".")
 
 
-def _none_of(address, known, config) -> list[Finding]:
-    """ExactlyOneOf: a block that sets none of its group fails the plan too."""
+def _conflicts(address, known, config) -> list[Finding]:
+    """ConflictsWith and ExactlyOneOf within each block the configuration sets: two arguments
+    that exclude each other both set, or none of an ExactlyOneOf group."""
     schema = known["attributes"]
-    out, seen = [], set()
+    out = []
     for prefix, block in _blocks(config):
-        if prefix and prefix.rstrip(".") not in schema:
+        parent = prefix.rstrip(".")
+        if parent and parent not in schema:
             continue  # below a map argument: data, not blocks
+        pairs, groups = set(), set()
         for path, fact in schema.items():
+            if path.rpartition(".")[0] != parent:
+                continue
+            for kind in ("conflicts_with", "exactly_one_of"):
+                for other in fact.get(kind, []):
+                    other_path = re.sub(r"\.\d+", "", other)
+                    if other_path == path or other_path.rpartition(".")[0] != parent:
+                        continue
+                    pair = tuple(sorted((path, other_path)))
+                    if _leaf(path) in block and _leaf(other_path) in block and pair not in pairs:
+                        pairs.add(pair)
+                        out.append(Finding(
+                            address, "conflict",
+                            f"{pair[0]} and {pair[1]} are both set; the provider takes "
+                            f"{'only one of them' if kind == 'conflicts_with' else 'exactly one of them'}",
+                            _source(known, fact)))
             listed = fact.get("exactly_one_of", [])
             # the SDK adds the key itself to its group (helper/schema validateExactlyOneAttribute)
             group = tuple(sorted({re.sub(r"\.\d+", "", g) for g in listed} | {path})) if listed else ()
-            if not group or path.rpartition(".")[0] + "." != (prefix or ".") and not (not prefix and "." not in path):
+            if not group or group in groups or any(g.rpartition(".")[0] != parent for g in group):
                 continue
-            if any(g.rpartition(".")[0] != path.rpartition(".")[0] for g in group) or (prefix, group) in seen:
-                continue
-            seen.add((prefix, group))
-            if not any(block.get(g.rpartition(".")[2]) not in (None, [], "") for g in group):
+            groups.add(group)
+            if not any(block.get(_leaf(g)) not in (None, [], "") for g in group):
                 out.append(Finding(address, "conflict",
                                    f"none of {', '.join(group)} is set; the provider takes exactly one of them",
-                                   f"{fact.get('file', known['file'])}:{fact['line']}"))
+                                   _source(known, fact)))
     return out
 
 
-def _block(config: dict, parent: str):
-    block = config
-    for part in [p for p in parent.split(".") if p]:
-        block = block.get(part) if isinstance(block, dict) else None
-        if isinstance(block, list):
-            block = block[0] if block and isinstance(block[0], dict) else None
-    return block if isinstance(block, dict) else None
+def _source(known: dict, fact: dict) -> str:
+    """Where an attribute's fact is in the provider's source: file:line."""
+    return f"{fact.get('file', known['file'])}:{fact['line']}"
+
+
+def _leaf(path: str) -> str:
+    return path.rpartition(".")[2]
 
 
 # ---------------------------------------------------------------- destroys the cloud refuses
