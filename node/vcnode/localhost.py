@@ -404,11 +404,31 @@ def cluster_access(site: Site, cluster: str, state: str, timeout: float) -> None
     if state in ("drained", "open"):
         for node in nodes:
             for mount in node.binding.get("mounts", {}):
-                node.run("mount", "-o", f"remount,bind,{'ro' if state == 'drained' else 'rw'}", mount, check=state == "drained")
+                if state == "drained":
+                    _remount_read_only(node, mount)
+                else:
+                    node.run("mount", "-o", "remount,bind,rw", mount, check=False)
     if state == "open":
         for node in nodes:
             nologin(node).unlink(missing_ok=True)
     log(f"{cluster}: {state}")
+
+
+def _remount_read_only(node: Node, mount: str, attempts: int = 50, pause: float = 0.2) -> None:
+    """Make one shared volume read-only in a node's view, once its last writer has closed.
+
+    The kernel refuses (EBUSY) while any file on the mount is open for writing: a job that
+    Slurm counts as ended may still have its step daemon flushing the output file. So the
+    remount is retried for a bounded ten seconds, and a writer that stays fails the drain.
+    """
+    for attempt in range(attempts):
+        done = node.run("mount", "-o", "remount,bind,ro", mount, check=False)
+        if done.returncode == 0:
+            return
+        if attempt + 1 < attempts:
+            time.sleep(pause)
+    raise RuntimeFault(f"{node.hostname}: {mount} stays open for writing, so it cannot be made read-only: "
+                       f"{done.stderr.strip()}")
 
 
 # ---------------------------------------------------------------- config
