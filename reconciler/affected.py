@@ -164,6 +164,47 @@ def order(selected: list[Selected]) -> list[Selected]:
     return sorted(selected, key=rank)
 
 
+def needs(s: Selected, selected: Iterable[Selected]) -> set[tuple[str, str]]:
+    """The (action, unit key) among `selected` that must succeed before `s` starts: an apply
+    after the applies it depends on; a landing zone's destroy after every cluster on it is
+    gone; a cluster's destroy after its copy placed elsewhere is created (make before break)."""
+    unit, selected = s.unit, list(selected)
+    if s.action == APPLY:
+        wanted = {(APPLY, key) for key in unit.depends_on}
+    elif unit.kind == SITE:
+        wanted = {(DESTROY, q.unit.key) for q in selected if q.unit.kind == CLUSTER and q.unit.site == unit.site}
+    else:
+        wanted = {(APPLY, q.unit.key) for q in selected if q.unit.kind == CLUSTER and q.unit.name == unit.name}
+    present = {(q.action, q.unit.key) for q in selected}
+    return (wanted & present) - {(s.action, unit.key)}
+
+
+# The waves of a fanned-out run, in order. A unit's needs are all in earlier waves, so the
+# units of one wave run at once, each on its own runner (`reconcile apply --only`).
+WAVES = ("landing-zones", "clusters", "cluster-destroys", "landing-zone-destroys")
+
+
+def wave_of(s: Selected) -> int:
+    if s.action == APPLY:
+        return 0 if s.unit.kind == SITE else 1
+    return 2 if s.unit.kind == CLUSTER else 3
+
+
+def waves(selected: list[Selected]) -> list[list[Selected]]:
+    """The selected units in the four WAVES, each wave in selection order: landing zones;
+    clusters, the targets of moves included; then destroys, the sources of moves after their
+    targets (and their health checks); then the landing zones that were removed."""
+    out: list[list[Selected]] = [[] for _ in WAVES]
+    for s in selected:
+        out[wave_of(s)].append(s)
+    index = {(s.action, s.unit.key): wave_of(s) for s in selected}
+    for s in selected:  # holds by construction; a new kind of dependency must keep it
+        late = [key for need in needs(s, selected) if index[need] >= wave_of(s) for key in need[1:]]
+        if late:
+            raise AssertionError(f"{s.unit.key} needs {', '.join(late)} in its own wave or a later one")
+    return out
+
+
 def _new_reason(unit: Unit, base: Mapping[str, Unit]) -> str:
     if unit.kind == CLUSTER:
         before = [u.site for u in base.values() if u.kind == CLUSTER and u.name == unit.name]

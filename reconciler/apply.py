@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from reconciler import datacopy, health, hostruntime, interrupt, stagedcopy, transfer
+from reconciler import affected, datacopy, health, hostruntime, interrupt, stagedcopy, transfer
 from reconciler.affected import APPLY, DESTROY
 from reconciler.backends import BackendError, NoCredentials, keys
 from reconciler.engine import Engine
@@ -49,28 +49,26 @@ def _id(p: UnitPlan) -> tuple[str, str]:
 
 def blockers(p: UnitPlan, plans: list[UnitPlan]) -> set[tuple[str, str]]:
     """The plans in this run that must succeed before `p` starts."""
-    unit = p.selected.unit
-    if p.selected.action == APPLY:
-        wanted = {(APPLY, key) for key in unit.depends_on}
-    elif unit.kind == SITE:  # a landing zone goes only after every cluster on it is gone
-        wanted = {(DESTROY, q.selected.unit.key) for q in plans if q.selected.unit.kind == CLUSTER and q.selected.unit.site == unit.site}
-    else:  # make before break: a cluster placed elsewhere is created before this copy is destroyed
-        wanted = {(APPLY, q.selected.unit.key) for q in plans if q.selected.unit.kind == CLUSTER and q.selected.unit.name == unit.name}
-    present = {_id(q) for q in plans}
-    return (wanted & present) - {_id(p)}
+    return affected.needs(p.selected, [q.selected for q in plans])
 
 
 def apply(
-    plans: list[UnitPlan], engine: Engine, store: LiveStore, head: Snapshot, parallelism: int = DEFAULT_PARALLELISM
+    plans: list[UnitPlan], engine: Engine, store: LiveStore, head: Snapshot, parallelism: int = DEFAULT_PARALLELISM,
+    context: list[UnitPlan] | None = None,
 ) -> list[ApplyResult]:
-    """Apply each planned unit's saved plan, then record what was applied beside its state."""
+    """Apply each planned unit's saved plan, then record what was applied beside its state.
+
+    `context`: every plan of the run, when `plans` is a part of it (`apply --only`): the moves
+    it holds still gate and close their targets, as they would in a run that applies it all.
+    """
     results: dict[tuple[str, str], ApplyResult] = {}
-    moved = {p.selected.unit.name for p in plans if p.selected.action == DESTROY and p.selected.unit.kind == CLUSTER}
+    whole = plans if context is None else context
+    moved = {p.selected.unit.name for p in whole if p.selected.action == DESTROY and p.selected.unit.kind == CLUSTER}
     gated = {
         _id(p) for p in plans if p.selected.action == APPLY and p.selected.unit.kind == CLUSTER and p.selected.unit.name in moved
     }
     # a move's target that copies its data boots closed to users: its nodes read the channel first
-    closing = {q.copy_target.key for q in plans if q.copies and q.copy_target is not None and (q.cutover[1] or q.copy_target.platform != "local")}
+    closing = {q.copy_target.key for q in whole if q.copies and q.copy_target is not None and (q.cutover[1] or q.copy_target.platform != "local")}
     waiting = list(plans)
     running: dict[Future, UnitPlan] = {}
     ok = {APPLIED, NOTHING}

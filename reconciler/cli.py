@@ -13,13 +13,15 @@ from dataclasses import asdict, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from reconciler import comment, failover, gate, ghflow, hostruntime, interrupt, locks, portability, render, status
+from reconciler import affected, comment, failover, gate, ghflow, health, hostruntime, interrupt, locks, portability, render, status
+from reconciler.affected import DESTROY
+from reconciler.resolve import CLUSTER
 from reconciler import event as event_module
 from reconciler.apply import APPLIED, DEFAULT_PARALLELISM, FAILED as APPLY_FAILED, INTERRUPTED, NOT_STARTED, NOTHING, REFUSED, apply, delete_volume
 from reconciler.engine import CHOICES, select_engine
 from reconciler.errors import FORMAT_VERSION, Exit, InvalidDefinitions, NotConfirmed, ReconcileError, printable
 from reconciler.gitsource import GitSource, Snapshot
-from reconciler.live import LiveStore, RetainedVolume, volume_name
+from reconciler.live import LiveRecord, LiveStore, RetainedVolume, volume_name
 from reconciler.load import load
 from reconciler.run import (
     FAILED, OFFLINE, PLANNED, UNSUPPORTED, Assessment, UnitPlan, assess, check_state_locations, desired, plan, unlock_stack,
@@ -75,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("validate", "check every definition and show the units they make"),
         ("plan", "plan the stacks that differ from git; change nothing"),
         ("apply", "plan, confirm, then apply the saved plans"),
+        ("waves", "the units that need work, in the ordered waves of a fanned-out apply (one runner per unit)"),
+        ("report", "post the outcome of a fanned-out apply, from the `apply --only --json` documents of its units"),
         ("synth", "write the Terraform JSON of every synthesizable stack"),
         ("portability", "show which sites each cluster can run on (placement and failover), and why not"),
         ("failover", "re-place every cluster of a site that is down at its first realizable failover site"),
@@ -87,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         command = sub.add_parser(name, help=text, description=text)
         _common(command, top=False)
-        if name in ("plan", "apply"):
+        if name in ("plan", "apply", "waves"):
             _scope(command, top=False)
             command.add_argument("--pr", help="pull request number, or 'auto' for the GitHub Actions event's")
             command.add_argument("--github-repo", help="OWNER/NAME (default: GITHUB_REPOSITORY)")
@@ -103,8 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
                 help="plan the planned commit here, offline, and post this job's own comment instead of the artifact's "
                 "(a fork's pull request: with --base)",
             )
+        if name == "report":
+            command.add_argument("--from", dest="from_dir", required=True, help="waves.json (`waves --json`) and one apply-*/ per runner: unit.txt and apply.json (`apply --only UNIT --json`); read as data, within bounds")
+            command.add_argument("--pr", help="pull request number, or 'auto' for the one the pushed commit merged")
+            command.add_argument("--github-repo", help="OWNER/NAME (default: GITHUB_REPOSITORY)")
         if name == "apply":
             command.add_argument("--auto-approve", action="store_true", help="apply without asking")
+            command.add_argument("--only", action="append", default=[], metavar="UNIT[,UNIT…]",
+                                 help="apply only these units (one wave's part of a fanned-out apply); refused unless what they depend on is live at its desired config hash")
             command.add_argument("--allow-destroy", action="store_true", help="allow destroying stacks whose definitions were removed")
             command.add_argument("--allow-data-loss", action="store_true", help="allow destroying or replacing resources that hold data")
             command.add_argument("--allow-replace", action="store_true", help="allow changes that replace every resource of a stack")
@@ -165,7 +175,7 @@ def _main(argv: list[str] | None) -> int:
             select_all=args.all,
             auto_approve=getattr(args, "auto_approve", False),
             sites=frozenset(getattr(args, "sites", ())),
-            units=frozenset(getattr(args, "units", ())),
+            units=frozenset(getattr(args, "units", ())) | _only(args),
         )
         if not settings.lock and command != "plan":
             raise ReconcileError(f"--no-lock is for plans only: {command} takes the state locks it needs")
@@ -200,6 +210,11 @@ def _main(argv: list[str] | None) -> int:
         traceback.print_exc()
         sys.stderr.write("internal error: this is a bug in reconcile, please report it with the traceback above\n")
         return Exit.INTERNAL
+
+
+def _only(args) -> frozenset[str]:
+    """`--only a,b --only c`: the units a fanned-out apply's runner applies."""
+    return frozenset(k.strip() for value in getattr(args, "only", ()) for k in value.split(",") if k.strip())
 
 
 def _emit(document: dict) -> None:
@@ -329,6 +344,9 @@ def cmd_apply(settings: Settings, args) -> int:
             return Exit.FAILED
         raise ReconcileError("some plans failed; nothing was applied")
     pr, gh = _refuse_what_may_not_run(args, assessment, plans)
+    context, only = plans, _only(args)
+    if only:
+        plans = _only_these(assessment, plans, only, engine)
     real, problem = _runtime_problem(assessment, plans)
     for p in real if problem else ():  # refused before any of their resources exists; the rest go on
         p.blocked = p.blocked or problem
@@ -349,7 +367,7 @@ def cmd_apply(settings: Settings, args) -> int:
         return code
     if runnable and not settings.auto_approve:
         _confirm(len(runnable))
-    results = apply(plans, engine, store, assessment.head.snapshot, settings.parallelism)
+    results = apply(plans, engine, store, assessment.head.snapshot, settings.parallelism, context=context)
     failed = [r for r in results if r.outcome in (APPLY_FAILED, REFUSED)]
     left = [r for r in results if r.outcome not in (APPLIED, NOTHING, APPLY_FAILED, REFUSED)]
     code = Exit.FAILED if failed or expected_all else (Exit.CHANGES if left else Exit.OK)
@@ -411,6 +429,100 @@ def _refuse_what_may_not_run(args, assessment: Assessment, plans: list[UnitPlan]
     for p in plans:
         p.blocked = refused.get(gate.plan_id(p), p.blocked)
     return pr, gh
+
+
+def _only_these(assessment: Assessment, plans: list[UnitPlan], only: frozenset[str], engine) -> list[UnitPlan]:
+    """The plans `--only` names, once every unit they need that this runner does not apply is
+    done: an apply live at its desired config hash (and, for a move's target, healthy), a
+    destroy gone. Raises, with every reason, before anything is applied."""
+    chosen = [p for p in plans if p.selected.unit.key in only]
+    by_id = {(p.selected.action, p.selected.unit.key): p for p in plans}
+    everything = [*assessment.selected, *assessment.out_of_scope]  # what a run of it all would apply
+    refused = []
+    for p in chosen:
+        for action, key in sorted(affected.needs(p.selected, everything)):
+            if key in only:
+                continue
+            why = _not_done(assessment, action, key, by_id.get((action, key)), p, engine)
+            if why:
+                refused.append(f"{p.selected.unit.title}: it needs {key} ({action}), which {why}")
+    if refused:
+        raise ReconcileError("refused, nothing was applied:\n  " + "\n  ".join(refused) + "\n  apply the earlier waves first (`reconcile waves`)")
+    return chosen
+
+
+def _not_done(assessment: Assessment, action: str, key: str, need: UnitPlan | None, p: UnitPlan, engine) -> str:
+    """Why a unit that `p` needs, applied by another runner, is not done ("" when it is)."""
+    record = assessment.live.get(key)
+    if action == DESTROY:
+        return "" if record is None else "is not destroyed yet"
+    if not isinstance(record, LiveRecord):
+        return "was never applied" if record is None else "cannot be read here"
+    desired_hash = assessment.head.units[key].config_hash
+    if record.interrupted_at:
+        return f"was interrupted at {record.interrupted_at}"
+    if record.config_hash != desired_hash:
+        return f"is live at config hash {record.config_hash[:12]}, not at the desired {desired_hash[:12]}"
+    if record.unhealthy:
+        return "is unhealthy: " + "; ".join(why for _, why in record.unhealthy)
+    if p.selected.action == DESTROY and need is not None and need.selected.unit.kind == CLUSTER and need.status == PLANNED and engine is not None:
+        verdict = health.check(need.selected.unit.spec, engine.outputs(need.workdir))  # a move's source goes only after this
+        if not verdict.ok:
+            return f"fails its health check: {verdict.detail}"
+    return ""
+
+
+def cmd_waves(settings: Settings, args) -> int:
+    """The selected units in the ordered waves of a fanned-out apply. Reads definitions and live
+    records only: nothing is synthesized or planned."""
+    store = LiveStore(settings.state_root)
+    assessment = assess(settings, store)
+    selected = assessment.selected
+    ordered = affected.waves(selected)
+    if settings.output_json:
+        _emit({
+            "head": {"label": assessment.head.snapshot.label, "revision": assessment.head.snapshot.revision, "dirty": assessment.head.snapshot.dirty},
+            "waves": [{"name": name, "units": [_wave_unit(s, selected) for s in wave]} for name, wave in zip(affected.WAVES, ordered)],
+            "exit_code": 0,
+        })
+        return Exit.OK
+    if not selected:
+        print("nothing to do: every unit is live as git says")
+    for number, (name, wave) in enumerate(zip(affected.WAVES, ordered), start=1):
+        if wave:
+            print(f"wave {number} ({name}):")
+            for s in wave:
+                needs = sorted(k for _, k in affected.needs(s, selected))
+                after = f"  after {', '.join(needs)}" if needs else ""
+                print(printable(f"  {s.action} {s.unit.title}: {'; '.join(s.reasons)}{after}"))
+    return Exit.OK
+
+
+def _wave_unit(s, selected) -> dict:
+    return {
+        "key": s.unit.key, "title": s.unit.title, "action": s.action, "reasons": list(s.reasons),
+        "config_hash": s.unit.config_hash, "needs": sorted(k for _, k in affected.needs(s, selected)),
+    }
+
+
+def cmd_report(settings: Settings, args) -> int:
+    """The one outcome of a fanned-out apply: each runner's `apply --only --json` document is
+    read as data (bounded, checked against its schema's shape), then posted as one comment on
+    the merged pull request and one commit status, as a single-runner apply posts them."""
+    results, revision = ghflow.gathered_results(Path(args.from_dir))
+    failed = any(r.outcome in (APPLY_FAILED, REFUSED, "skipped", "missing") for r in results)
+    for r in results:
+        print(printable(f"  {r.plan.selected.unit.title}: {r.outcome}" + (f": {r.detail.splitlines()[0]}" if r.detail else "")))
+    event = _event()
+    gh = ghflow.connect(args.github_repo)
+    pr = ghflow.pr_number(args.pr, event)
+    if args.pr == "auto" and event is not None and event.name == "push":
+        found = ghflow.merged_pull_request(gh, revision or event.head_sha or "")
+        pr = found if isinstance(found, int) else None
+    problems = ghflow.report_apply(gh, pr, revision, results, failed)
+    for problem in problems:
+        sys.stderr.write(f"warning: could not report the outcome: {problem}\n")
+    return Exit.FAILED if failed or problems else Exit.OK
 
 
 def _confirm(count: int) -> None:
@@ -681,6 +793,8 @@ COMMANDS = {
     "validate": cmd_validate,
     "plan": cmd_plan,
     "apply": cmd_apply,
+    "waves": cmd_waves,
+    "report": cmd_report,
     "synth": cmd_synth,
     "portability": cmd_portability,
     "restore-state": cmd_restore_state,

@@ -269,3 +269,91 @@ def drift_issue(gh: GitHub, plans: list[UnitPlan]) -> int | None:
     if url:
         lines += ["", f"Run: {url}"]
     return gh.drift_issue(DRIFT_TITLE, "\n".join(lines) + "\n")
+
+
+# ---------------------------------------------------------------- a fanned-out apply's outcome
+
+GATHERED_UNITS, GATHERED_BYTES = 5000, 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class _Named:
+    title: str
+
+
+@dataclass(frozen=True)
+class _Chosen:
+    unit: _Named
+    action: str
+
+
+@dataclass(frozen=True)
+class _Planned:
+    selected: _Chosen
+
+
+@dataclass(frozen=True)
+class GatheredResult:
+    """One unit's outcome as a runner reported it: the shape the apply comment reads."""
+
+    plan: _Planned
+    outcome: str
+    detail: str = ""
+
+
+def _title(key: str) -> str:
+    kind, _, rest = key.partition(":")
+    name, _, site = rest.partition("@")
+    return f"site {rest}" if kind == "site" else f"cluster {name} on {site}"
+
+
+def _json_file(path: Path, limit: int):
+    if path.is_symlink() or not path.is_file() or path.stat().st_size > limit:
+        raise ValueError(f"{path.name} is missing, not a regular file, or over {limit:,} bytes")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def gathered_results(directory: Path) -> tuple[list[GatheredResult], str]:
+    """The per-unit outcomes of a fanned-out apply, from what its runners uploaded: data from
+    other jobs, read within bounds and by exact names. `directory/waves.json` is the `waves
+    --json` document that planned the run; each `directory/apply-*/` holds one runner's
+    `unit.txt` (the unit it applied) and `apply.json` (its `apply --only --json` document). A
+    unit of the waves with no readable document is reported as missing, never as applied."""
+    try:
+        planned = _json_file(directory / "waves.json", GATHERED_BYTES)
+        expected = [(u["key"], u["action"]) for wave in planned["waves"] for u in wave["units"]]
+        revision = planned["head"]["revision"] or ""
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ReconcileError(f"{directory}/waves.json is not a `reconcile waves --json` document: {exc}") from None
+    if len(expected) > GATHERED_UNITS:
+        raise ReconcileError(f"{directory}/waves.json names more than {GATHERED_UNITS:,} units")
+    reported: dict[str, tuple[str, str]] = {}
+    for part in sorted(directory.glob("apply-*"))[: GATHERED_UNITS + 1]:
+        try:
+            key = (part / "unit.txt").read_text(encoding="utf-8")[:300].strip() if (part / "unit.txt").is_file() else ""
+            document = _json_file(part / "apply.json", GATHERED_BYTES)
+        except (ValueError, OSError) as exc:
+            if key:
+                reported[key] = ("failed", f"its runner's document could not be read: {exc}")
+            continue
+        if not isinstance(document, dict) or not key:
+            continue
+        head = document.get("head") or {}
+        if isinstance(head, dict) and head.get("revision") not in (None, revision):
+            reported[key] = ("failed", f"its runner applied {str(head.get('revision'))[:7]}, not {revision[:7]}")
+            continue
+        entry = next((u for u in document.get("units") or () if isinstance(u, dict) and u.get("key") == key), None)
+        if entry is None:
+            error = document.get("error")
+            reported[key] = ("failed", str(error)) if error else ("no changes", "nothing to apply when its runner planned it")
+        elif isinstance(entry.get("outcome"), str):
+            reported[key] = (entry["outcome"], str(entry.get("detail") or ""))
+        elif entry.get("pending"):
+            reported[key] = ("not applied", str(entry.get("error") or entry.get("blocked") or entry.get("status") or ""))
+        else:
+            reported[key] = ("no changes", "")
+    results = []
+    for key, action in expected:
+        outcome, detail = reported.get(key, ("missing", "its runner reported nothing: it did not run, or was lost"))
+        results.append(GatheredResult(_Planned(_Chosen(_Named(_title(key)), action)), outcome, detail))
+    return results, revision

@@ -260,6 +260,27 @@ class Volumes(Document):
     not_checked: list[str]
 
 
+class WaveUnit(_Out):
+    key: str
+    title: str
+    action: Literal["apply", "destroy"]
+    reasons: list[str]
+    config_hash: str
+    needs: list[str] = Field(description="Units of earlier waves that must be done first (applied at this config hash, or destroyed)")
+
+
+class Wave(_Out):
+    name: Literal["landing-zones", "clusters", "cluster-destroys", "landing-zone-destroys"]
+    units: list[WaveUnit] = Field(description="Applied at once, one runner each: `reconcile apply --only KEY`")
+
+
+class Waves(Document):
+    """`waves --json`: the units that need work, in the four ordered waves of a fanned-out apply."""
+
+    head: Head
+    waves: list[Wave] = Field(min_length=4, max_length=4)
+
+
 # The document each command prints with --json, and the file its schema is written to.
 DOCUMENTS: dict[str, type[Document]] = {
     "plan": Plan,
@@ -270,6 +291,7 @@ DOCUMENTS: dict[str, type[Document]] = {
     "synth": Synth,
     "status": Status,
     "volumes": Volumes,
+    "waves": Waves,
     "error": Error,
     "invalid-definitions": InvalidDefinitions,
 }

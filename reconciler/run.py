@@ -136,7 +136,7 @@ def assess(settings: Settings, store: LiveStore, head_snapshot: Snapshot | None 
     selected = affected.select(
         head.units, base.units if base else None, changed, live, orphans, settings.select_all
     )
-    _check_scope(settings, units)
+    _check_scope(settings, {**units, **{s.unit.key: s.unit for s in selected}})  # orphans too: a move's source that git no longer names
     in_scope = affected.scoped(selected, settings.sites, settings.units)
     kept = {id(s) for s in in_scope}
     left_out = tuple(s for s in selected if id(s) not in kept)
@@ -220,7 +220,7 @@ def state_directories(units) -> list:
 
 
 def _check_scope(settings: Settings, units: dict[str, Unit]) -> None:
-    """--site and --unit name what exists at the base or the head."""
+    """--site and --unit name what exists at the base or the head, or is live and selected."""
     sites = {u.site for u in units.values()}
     if unknown := sorted(settings.sites - sites):
         raise ReconcileError(f"--site {unknown[0]}: no such site (sites: {', '.join(sorted(sites))})")

@@ -49,6 +49,8 @@ def test_every_command_prints_what_its_schema_says(applied, cli, tmp_path):
     assert {v["status"] for v in volumes["volumes"]} == {"in use"} and all(v["platform"] == "local" for v in volumes["volumes"])
 
     applied.replace("clusters/dev.yaml", "    count: 2\n", "    count: 3\n")
+    waves = document(cli, "waves", "waves", "--repo", repo, code=0)
+    assert [[u["key"] for u in w["units"]] for w in waves["waves"]] == [[], ["cluster:dev@local-a"], [], []]
     planned = document(cli, "plan", "--dry-run", "--repo", repo, code=2)
     (dev,) = [u for u in planned["units"] if u["key"] == "cluster:dev@local-a"]
     assert dev["pending"] and dev["changes"]["create"] == 1 and "delete" not in dev["changes"]
