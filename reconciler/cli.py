@@ -388,6 +388,8 @@ def cmd_apply(settings: Settings, args) -> int:
             print(f"  {r.plan.selected.unit.title}: {r.outcome}{detail}")
         for r in failed:
             sys.stderr.write(f"\n{r.plan.selected.unit.title} failed:\n{r.detail}\n")
+    if only:  # one runner of a fanned-out apply: `reconcile report` posts the one outcome of them all
+        return code
     if gh is not None or (os.environ.get("GITHUB_ACTIONS") == "true" and os.environ.get("GITHUB_TOKEN")):
         # Report on the pull request and as a commit status; a failure to report never hides
         # a failed apply, and is itself a failure.

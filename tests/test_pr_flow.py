@@ -341,3 +341,48 @@ def test_a_damaged_plan_artifact_is_refused_as_data(applied, cli, github, webhoo
     code, out, err = cli("comment", "--from", str(out_dir), "--repo", str(applied.path))
     assert code == 1 and expected in err and "Traceback" not in err, err
     assert github.comments_on(12) == []
+
+
+def test_a_fanned_out_apply_is_gated_per_unit_and_reported_once(applied, cli, github, webhooks, actions, tmp_path):
+    """apply.yml's fan-out, job by job: `waves`, one `apply --only` per unit of each wave (the
+    reviewed-plan gate holds for each), then `report` over their documents, read as data."""
+    base, head = open_pull_request(applied, github, webhooks, actions)
+    plan_and_comment(cli, applied, tmp_path, head)
+    after = merge(applied, github, actions, webhooks, base)
+    repo = ("--base", base, "--head", "HEAD", "--repo", str(applied.path))
+    results = tmp_path / "results"
+    results.mkdir()
+    code, out, err = cli("waves", "--json", *repo)
+    assert code == 0, err
+    (results / "waves.json").write_text(out)
+    waves = json.loads(out)["waves"]
+    assert [[u["key"] for u in w["units"]] for w in waves] == [[], ["cluster:climate@local-a"], [], []]
+    comments, statuses = len(github.comments_on(12)), len(github.statuses)
+    code, out, err = cli("apply", "--auto-approve", "--pr", "auto", "--json", "--only", "cluster:climate@local-a", *repo)
+    assert code == 0, out + err
+    (results / "apply-0").mkdir()
+    (results / "apply-0" / "unit.txt").write_text("cluster:climate@local-a\n")
+    (results / "apply-0" / "apply.json").write_text(out)
+    assert (len(github.comments_on(12)), len(github.statuses)) == (comments, statuses), "a unit's runner reported on its own"
+
+    code, out, err = cli("report", "--from", str(results), "--pr", "auto", "--repo", str(applied.path))
+    assert code == 0, out + err
+    assert "cluster climate on local-a: applied" in out
+    posted = github.comments_on(12)[-1]
+    assert "| cluster climate on local-a | apply | applied |" in posted and len(github.comments_on(12)) == comments + 1
+    assert github.statuses[-1]["sha"] == after and github.statuses[-1]["state"] == "success"
+
+    # A unit whose runner was lost is missing, never applied; a runner's error is its outcome.
+    document = json.loads((results / "waves.json").read_text())
+    document["waves"][0]["units"] = [{**waves[1]["units"][0], "key": "site:local-a", "title": "site local-a"}]
+    (results / "waves.json").write_text(json.dumps(document))
+    (results / "apply-1").mkdir()
+    (results / "apply-1" / "unit.txt").write_text("site:local-a\n")
+    (results / "apply-1" / "apply.json").write_text(json.dumps({"error": "refused, nothing was applied", "exit_code": 1}))
+    (results / "apply-0" / "apply.json").unlink()
+    code, out, err = cli("report", "--from", str(results), "--pr", "auto", "--repo", str(applied.path))
+    assert code == 1
+    posted = github.comments_on(12)[-1]
+    assert "**FAILED** site local-a: refused, nothing was applied" in posted
+    assert "| cluster climate on local-a | apply | **failed** |" in posted and "could not be read" in posted
+    assert github.statuses[-1]["state"] == "failure"

@@ -70,9 +70,34 @@ def test_comment_job_runs_trusted_code_only():
 def test_apply_uses_an_environment_and_never_drops_a_running_apply():
     apply = load("apply.yml")
     assert apply["concurrency"]["cancel-in-progress"] is False
-    (job,) = apply["jobs"].values()
-    assert job["environment"] == "production" and job["permissions"]["id-token"] == "write"
     assert apply["on"]["push"]["branches"] == ["main"]
+    for name, job in apply["jobs"].items():
+        if name == "report":  # posts the outcome: no cloud identity
+            assert "environment" not in job and "id-token" not in job["permissions"]
+        else:
+            assert job["environment"] == "production" and job["permissions"]["id-token"] == "write", name
+
+
+def test_apply_fans_out_one_job_per_unit_in_the_waves_reconcile_orders():
+    from reconciler.affected import WAVES
+
+    jobs = load("apply.yml")["jobs"]
+    assert list(jobs) == ["waves", *WAVES, "report"]
+    assert list(jobs["waves"]["outputs"]) == list(WAVES)
+    assert "reconcile waves --json" in jobs["waves"]["steps"][-2]["run"]
+    for i, wave in enumerate(WAVES):
+        job = jobs[wave]
+        assert job["needs"] == ["waves", *WAVES[:i]]
+        assert f"needs.waves.outputs.{wave} != '[]'" in job["if"] and "!cancelled()" in job["if"]
+        strategy = job["strategy"]
+        assert strategy["fail-fast"] is False and "vars.RECONCILE_MAX_PARALLEL" in strategy["max-parallel"]
+        assert strategy["matrix"]["unit"] == f"${{{{ fromJSON(needs.waves.outputs.{wave}) }}}}"
+        step = next(s for s in job["steps"] if s.get("id") == "apply")
+        assert '--only "$UNIT"' in step["run"] and "--pr auto" in step["run"] and step["env"]["UNIT"] == "${{ matrix.unit }}"
+        assert job["permissions"].get("pull-requests") == "read"  # the gate reads the review; the report job writes
+    report = jobs["report"]
+    assert report["needs"] == ["waves", *WAVES] and "reconcile report --from" in report["steps"][-1]["run"]
+    assert report["permissions"] == {"contents": "read", "pull-requests": "write", "statuses": "write"}
 
 
 def test_every_action_is_pinned_by_commit_with_its_version_named():
