@@ -22,6 +22,7 @@ from reconciler.engine import CHOICES, select_engine
 from reconciler.errors import FORMAT_VERSION, Exit, InvalidDefinitions, NotConfirmed, ReconcileError, printable
 from reconciler.gitsource import GitSource, Snapshot
 from reconciler.live import LiveRecord, LiveStore, RetainedVolume, volume_name
+from reconciler import load as load_module
 from reconciler.load import load
 from reconciler.run import (
     FAILED, OFFLINE, PLANNED, UNSUPPORTED, Assessment, UnitPlan, assess, check_state_locations, desired, plan, unlock_stack,
@@ -177,6 +178,7 @@ def _main(argv: list[str] | None) -> int:
             sites=frozenset(getattr(args, "sites", ())),
             units=frozenset(getattr(args, "units", ())) | _only(args),
         )
+        load_module.use_cache(settings.work_dir / "cache" / "parsed")  # definitions parsed again only when their bytes change
         if not settings.lock and command != "plan":
             raise ReconcileError(f"--no-lock is for plans only: {command} takes the state locks it needs")
         if command in USES_WORK_DIR or getattr(args, "delete", None) or getattr(args, "render", False):

@@ -7,12 +7,15 @@ read and checked before anything is reported, so one run shows every problem.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import ipaddress
+import json
+import os
 import re
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
 import pydantic
@@ -141,7 +144,7 @@ def load(snapshot: Snapshot) -> Definitions:
     docs = {
         path: doc
         for path, raw in sorted(snapshot.files.items())
-        if is_definition_path(path) and path not in snapshot.oversize and (doc := _parse(path, raw, problems))
+        if is_definition_path(path) and path not in snapshot.oversize and (doc := _parse_cached(path, raw, problems))
     }
 
     profiles = {PurePosixPath(p).stem: d for p, d in docs.items() if p.startswith("clusters/profiles/")}
@@ -205,6 +208,67 @@ def load(snapshot: Snapshot) -> Definitions:
         site_spots=site_spots,
         ignored=snapshot.others,
     )
+
+
+# ---------------------------------------------------------------- the parse cache
+
+# Parsing is most of a run that has nothing to do (ruamel's round trip: ~17 ms a file), so a
+# file's parse (its plain data and the place of every field) is kept by content, under the
+# work directory: a file is parsed again only when its bytes change. The key covers the path,
+# the bytes, this module's own source and ruamel's version, so new code never reads an old
+# entry. An entry that does not read back as one (damaged, cut short, another file's) is
+# ignored and written again: it is never trusted. Only a parse without problems is kept.
+_cache_dir: Path | None = None
+_code_hash = ""
+
+
+def use_cache(directory: Path | None) -> None:
+    """Keep parses in `directory` (None: parse every file, keep nothing)."""
+    global _cache_dir, _code_hash
+    _cache_dir = directory
+    if directory is not None and not _code_hash:
+        import ruamel.yaml
+
+        _code_hash = hashlib.sha256(Path(__file__).read_bytes() + ruamel.yaml.__version__.encode()).hexdigest()
+
+
+def _parse_cached(path: str, raw: bytes, problems: Problems) -> Document | None:
+    if _cache_dir is None:
+        return _parse(path, raw, problems)
+    key = hashlib.sha256(b"\0".join((_code_hash.encode(), path.encode(), raw))).hexdigest()
+    entry = _cache_dir / key[:2] / f"{key}.json"
+    doc = _cached(entry, key, path)
+    if doc is not None:
+        return doc
+    before = len(problems.items)
+    doc = _parse(path, raw, problems)
+    if doc is not None and len(problems.items) == before:
+        try:
+            text = json.dumps({"key": key, "path": path, "data": doc.data,
+                               "spots": [[list(at), s.key.line, s.key.column, s.value.line, s.value.column] for at, s in doc.spots.items()]},
+                              separators=(",", ":"), allow_nan=False)
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            partial = entry.with_name(f".{entry.name}.{os.getpid()}")
+            partial.write_text(text)
+            os.replace(partial, entry)  # whole or not at all, whoever else writes it
+        except (OSError, TypeError, ValueError):  # a value JSON does not hold (a date), or no room: not kept
+            pass
+    return doc
+
+
+def _cached(entry: Path, key: str, path: str) -> Document | None:
+    try:
+        stored = json.loads(entry.read_bytes())
+        if stored["key"] != key or stored["path"] != path or not isinstance(stored["data"], dict):
+            return None
+        doc = Document(path, stored["data"])
+        for at, kl, kc, vl, vc in stored["spots"]:
+            if not all(isinstance(n, int) and not isinstance(n, bool) for n in (kl, kc, vl, vc)) or not isinstance(at, list):
+                return None
+            doc.spots[tuple(at)] = Spot(Location(path, kl, kc), Location(path, vl, vc))
+        return doc
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 # ---------------------------------------------------------------- parsing

@@ -59,14 +59,14 @@ def generate(repo: Path, clusters: int) -> None:
         text = text.replace(".reconcile/state/local-a", f".reconcile/state/local-{i}").replace("dc=local-a", f"dc=local-{i}")
         text = text.replace("  clusters_range: 10.", "  cluster_prefix: 26\n  clusters_range: 10.")  # 512 clusters a site
         (repo / "sites" / f"local-{i}.yaml").write_text(text)
-    shutil.copy(ROOT / "sites" / "gcp-zurich.yaml", repo / "sites" / "gcp-zurich.yaml")
-    shutil.copy(ROOT / "sites" / "aws-zurich.yaml", repo / "sites" / "aws-zurich.yaml")
+    shutil.copy(ROOT / "sites" / "gcp-netherlands.yaml", repo / "sites" / "gcp-netherlands.yaml")
+    shutil.copy(ROOT / "sites" / "aws-frankfurt.yaml", repo / "sites" / "aws-frankfurt.yaml")
     templates = {name: (ROOT / "clusters" / f"{name}.yaml").read_text() for name in ("dev", "icon", "gpu-ai")}
     for n in range(clusters):
         if n % 100 == 50:
-            template, site = "icon", "gcp-zurich"
+            template, site = "icon", "gcp-netherlands"
         elif n % 100 == 99:
-            template, site = "gpu-ai", "aws-zurich"
+            template, site = "gpu-ai", "aws-frankfurt"
         else:
             template, site = "dev", f"local-{n % LOCAL_SITES}"
         text = re.sub(r"(?m)^name: .*$", f"name: c{n:04d}", templates[template], count=1)
