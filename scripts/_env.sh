@@ -1,6 +1,12 @@
 # Sourced by scripts/reconcile and scripts/test: create or reuse a virtual environment and
 # install whatever is missing, so a fresh clone needs only Python 3.11+, Node.js and git.
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# The repository's root, by parameter expansion: no process is started for it.
+here="${BASH_SOURCE[0]%/*}"
+[ "$here" != "${BASH_SOURCE[0]}" ] || here=.
+case "$here" in /*) ;; *) here="$PWD/$here" ;; esac
+ROOT="${here%/scripts}"
+ROOT="${ROOT%/.}"
+[ -f "$ROOT/pyproject.toml" ] || ROOT="$(cd "$here/.." && pwd)"  # an unusual path: ask the shell
 VENV="${RECONCILE_VENV:-$ROOT/.venv}"
 
 find_python() {
@@ -22,13 +28,15 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$python" -m venv "$VENV" >&2
 fi
 
-# Reinstall only when the declared dependencies change.
+# Reinstall only when the declared dependencies change: the stamp is written after an install
+# and compared by modification time with pyproject.toml (a checkout that changes the file makes
+# it newer). Shell built-ins only: a run with nothing to install hashes nothing and starts no
+# process before reconcile itself.
 stamp="$VENV/.reconcile-installed"
-want="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+if [ ! "$stamp" -nt "$ROOT/pyproject.toml" ]; then
     echo "installing dependencies into $VENV ..." >&2
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[test]" >&2
-    echo "$want" >"$stamp"
+    : >"$stamp"
 fi
 
 command -v node >/dev/null 2>&1 || echo "warning: Node.js not found; synthesis (cdktf) will fail" >&2
