@@ -25,7 +25,8 @@ from reconciler.live import LiveRecord, LiveStore, RetainedVolume, volume_name
 from reconciler import load as load_module
 from reconciler.load import load
 from reconciler.run import (
-    FAILED, OFFLINE, PLANNED, UNSUPPORTED, Assessment, UnitPlan, assess, check_state_locations, desired, plan, unlock_stack,
+    FAILED, OFFLINE, PLANNED, UNSUPPORTED, Assessment, UnitPlan, assess, check_state_locations, desired, plan, summary_record,
+    unlock_stack,
 )
 from reconciler.settings import Settings
 from reconciler.synth import synthesize
@@ -99,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "plan":
             command.add_argument("--comment-dir", help="write the plan comment here (parts and meta.json) instead of posting it")
             command.add_argument("--drift-issue", action="store_true", help="open, update or close the drift issue")
+            command.add_argument("--save-summaries", metavar="DIR", help="write each unit's plan summary here (addresses and actions, no value): one runner's part of a fanned-out plan")
+            command.add_argument("--summaries-from", metavar="DIR", help="use the summaries other runners saved for the units whose configuration they match; plan the rest here")
         if name == "comment":
             command.add_argument("--from", dest="from_dir", required=True, help="a directory written by plan --comment-dir")
             command.add_argument("--expect-head", help="refuse unless the comment was planned for this commit")
@@ -252,12 +255,41 @@ def cmd_validate(settings: Settings, args) -> int:
     return Exit.OK
 
 
-def _plan_all(settings: Settings) -> tuple[Assessment, list[UnitPlan], object, LiveStore]:
+def _plan_all(settings: Settings, recorded: dict | None = None) -> tuple[Assessment, list[UnitPlan], object, LiveStore]:
     store = LiveStore(settings.state_root)
     assessment = assess(settings, store)
     needs_engine = any(s.unit.synthesizable for s in assessment.selected)
     engine = select_engine(settings.engine, settings.work_dir, settings.state_root, settings.lock_timeout, settings.lock) if needs_engine else None
-    return assessment, plan(settings, assessment, engine, store), engine, store
+    return assessment, plan(settings, assessment, engine, store, recorded), engine, store
+
+
+SUMMARY_FILES, SUMMARY_BYTES = 5000, 4 * 1024 * 1024
+
+
+def _recorded_summaries(directory: str | None) -> dict | None:
+    """The summaries other runners planned (`plan --save-summaries`): data, read within bounds.
+    One that does not read, or does not match what this run synthesizes, is planned here."""
+    if not directory:
+        return None
+    found = {}
+    for path in sorted(Path(directory).rglob("*.json"))[:SUMMARY_FILES]:
+        try:
+            if path.is_symlink() or not path.is_file() or path.stat().st_size > SUMMARY_BYTES:
+                continue
+            record = json.loads(path.read_text(encoding="utf-8"))
+            found[(record["action"], record["key"])] = record
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return found
+
+
+def _save_summaries(directory: str, plans: list[UnitPlan]) -> None:
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    for p in plans:
+        if p.status in (PLANNED, OFFLINE, FAILED) and p.document_sha:
+            name = hashlib.sha256(f"{p.selected.action}:{p.selected.unit.key}".encode()).hexdigest()[:16]
+            (out / f"{name}.json").write_text(json.dumps(summary_record(p), indent=1, sort_keys=True) + "\n")
 
 
 def _plan_exit(plans: list[UnitPlan]) -> int:
@@ -274,7 +306,9 @@ def _runtime_problem(assessment: Assessment, plans: list[UnitPlan]) -> tuple[lis
 
 
 def cmd_plan(settings: Settings, args) -> int:
-    assessment, plans, engine, _ = _plan_all(settings)
+    assessment, plans, engine, _ = _plan_all(settings, _recorded_summaries(getattr(args, "summaries_from", None)))
+    if getattr(args, "save_summaries", None):
+        _save_summaries(args.save_summaries, plans)
     code = _plan_exit(plans)
     real, problem = _runtime_problem(assessment, plans)
     if problem:

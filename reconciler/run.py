@@ -6,6 +6,7 @@ desired (git -> load -> resolve) -> assess (base, live, affected) -> plan (synth
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -94,6 +95,7 @@ class UnitPlan:
     cutover: tuple[bool, bool] = (False, False)  # whether the source, the target runs for real: closed, drained, opened
     change_class: ChangeClass | None = None  # what a cluster's change does to the running cluster
     replace: tuple[str, ...] = ()  # resources planned with -replace (broken behind Terraform's back)
+    document_sha: str = ""  # of the synthesized document this plan is of
 
     @property
     def copies_cover_data(self) -> bool:
@@ -240,11 +242,14 @@ def check_state_locations(store: LiveStore, head: Desired, units: dict[str, Unit
     problems.raise_if_any()
 
 
-def plan(settings: Settings, assessment: Assessment, engine: Engine | None, store: LiveStore) -> list[UnitPlan]:
+def plan(settings: Settings, assessment: Assessment, engine: Engine | None, store: LiveStore,
+         recorded: dict[tuple[str, str], dict] | None = None) -> list[UnitPlan]:
     """Synthesize and plan every selected unit that can be; one unit's failure does not stop the rest.
 
     Stacks whose cloud credentials are absent get an offline plan: a configuration-level diff
-    of the synthesized stack against the base revision's.
+    of the synthesized stack against the base revision's. `recorded`: summaries that other
+    runners planned (`plan --save-summaries`), used for the units whose configuration hash and
+    synthesized document they match, instead of planning those again.
     """
     plans = [UnitPlan(s, PLANNED if s.unit.synthesizable else UNSUPPORTED) for s in assessment.selected]
     base_probes = {u.name: health.describe(u.spec) for u in (assessment.base.units.values() if assessment.base else ()) if u.kind == CLUSTER}
@@ -273,11 +278,16 @@ def plan(settings: Settings, assessment: Assessment, engine: Engine | None, stor
             documents[key] = _adopt_volumes(p, assessment, documents[key], store)
         if p.selected.unit.platform == "local":
             documents[key] = _destroy_what_left(p.selected.unit, documents[key], store)
+    for p in wanted:
+        p.document_sha = document_sha(documents[p.selected.unit.key])
     for p in plans:
-        if p.status == OFFLINE:
+        if p.status in (PLANNED, OFFLINE) and recorded:
+            _use_recorded(p, recorded.get((p.selected.action, p.selected.unit.key)), settings)
+    for p in plans:
+        if p.status == OFFLINE and p.summary is None:
             p.summary = _keep_replaced(p, _offline(p, assessment, documents, cache))
             p.change_class = _change_class(p)
-    work = [p for p in plans if p.status == PLANNED]
+    work = [p for p in plans if p.status == PLANNED and p.summary is None]
     if work and engine is None:
         raise ReconcileError("an engine is needed to plan")
     # Independent stacks plan at once (each in its own directory, with its own engine process),
@@ -289,6 +299,55 @@ def plan(settings: Settings, assessment: Assessment, engine: Engine | None, stor
         interrupt.checkpoint("while planning: nothing was applied")
     _tidy(plans, store)
     return plans
+
+
+# ---------------------------------------------------------------- summaries planned elsewhere
+
+SUMMARY_FORMAT = 1
+
+
+def document_sha(document: str) -> str:
+    return hashlib.sha256(document.encode()).hexdigest()
+
+
+def summary_record(p: UnitPlan) -> dict:
+    """What a runner of a fanned-out plan hands on for one unit: the plan's summary (addresses,
+    actions and flags: never a value), tied to the configuration it planned."""
+    s = p.summary
+    return {
+        "format": SUMMARY_FORMAT, "key": p.selected.unit.key, "action": p.selected.action,
+        "config_hash": p.selected.unit.config_hash, "document_sha": p.document_sha,
+        "status": p.status, "error": p.error,
+        "changes": [dataclasses.asdict(c) for c in s.changes] if s is not None else None,
+        "output_changes": list(s.output_changes) if s is not None else [],
+    }
+
+
+def _use_recorded(p: UnitPlan, record: dict | None, settings: Settings) -> None:
+    """Take another runner's summary of this unit when it planned exactly this configuration;
+    otherwise leave the unit to be planned here."""
+    unit = p.selected.unit
+    if not isinstance(record, dict) or record.get("format") != SUMMARY_FORMAT:
+        return
+    if record.get("config_hash") != unit.config_hash or record.get("document_sha") != p.document_sha:
+        return
+    status = record.get("status")
+    try:
+        if status == FAILED:
+            p.status, p.error = FAILED, str(record.get("error") or "failed on its runner")
+            return
+        if status not in (PLANNED, OFFLINE):
+            return
+        changes = tuple(plan_module.Change(**c) for c in record["changes"])
+        if not all(isinstance(c.address, str) and isinstance(c.action, str) for c in changes):
+            return
+        summary = PlanSummary(tuple(sorted(changes, key=lambda c: c.address)), tuple(str(o) for o in record.get("output_changes") or ()))
+    except (KeyError, TypeError, ValueError):
+        return
+    p.status = status
+    p.workdir = settings.work_dir / "stacks" / unit.site / unit.stack
+    p.summary = _keep_replaced(p, dataclasses.replace(summary, changes=tuple(dataclasses.replace(c, kept=False) for c in summary.changes)))
+    p.change_class = _change_class(p)
 
 
 def _plan_one(p: UnitPlan, settings: Settings, assessment: Assessment, engine: Engine, store: LiveStore,

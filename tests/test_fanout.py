@@ -182,3 +182,43 @@ def test_a_fanned_out_apply_converges_to_what_one_apply_gives(emulators, tmp_pat
     assert code == 0 and keys(json.loads(out)) == [[], [], [], []], out + err
     code, out, err = runners.run("plan")
     assert code == 0 and "Nothing to do" in out, out + err
+
+
+def test_a_fanned_out_plan_gives_what_one_plan_gives(applied, cli, tmp_path):
+    """plan.yml's fan-out: one `plan --unit KEY --save-summaries` per unit, then one
+    `plan --summaries-from` that plans nothing it was handed, and shows what one plan shows."""
+    repo = str(applied.path)
+    applied.replace("sites/local-b.yaml", "    count: 1\n", "    count: 2\n")
+    applied.replace("clusters/dev.yaml", "    count: 2\n", "    count: 3\n")
+    applied.place("slurm-hpc", "local-a")
+    code, out, err = cli("plan", "--no-lock", "--json", "--repo", repo)
+    assert code == 2, err
+    whole = json.loads(out)["units"]
+    code, out, _ = cli("waves", "--json", "--repo", repo)
+    units = [key for wave in keys(json.loads(out)) for key in wave]
+    assert len(units) == 4
+    for n, key in enumerate(units):
+        code, out, err = cli("plan", "--no-lock", "--unit", key, "--save-summaries", str(tmp_path / "s" / str(n)), "--repo", repo)
+        assert code == 2, out + err
+    code, out, err = cli("plan", "--no-lock", "--json", "--summaries-from", str(tmp_path / "s"), "--repo", repo)
+    assert code == 2, err
+    assert json.loads(out)["units"] == whole
+
+    # What it was handed is what it shows (it did not plan those units again) ...
+    records = [p for p in (tmp_path / "s").rglob("*.json") if json.loads(p.read_text())["key"] == "cluster:dev@local-a"]
+    handed = json.loads(records[0].read_text())
+
+    def hand(text: str) -> list[dict]:
+        for record in records:
+            record.write_text(text)
+        code, out, err = cli("plan", "--no-lock", "--json", "--summaries-from", str(tmp_path / "s"), "--repo", repo)
+        assert code == 2, err
+        return json.loads(out)["units"]
+
+    (dev,) = [u for u in hand(json.dumps({**handed, "changes": [], "output_changes": []})) if u["key"] == "cluster:dev@local-a"]
+    assert dev["resources"] == [] and dev["changes"]["create"] == 0
+    # ... unless it is not of this configuration, or does not read: then the unit is planned here.
+    assert hand(json.dumps({**handed, "changes": [], "config_hash": "0" * 64})) == whole
+    assert hand(json.dumps({**handed, "changes": [], "document_sha": "0" * 64})) == whole
+    assert hand("{not json") == whole
+    assert hand(json.dumps({**handed, "changes": [{"address": 3, "action": "create"}]})) == whole

@@ -100,6 +100,20 @@ def test_apply_fans_out_one_job_per_unit_in_the_waves_reconcile_orders():
     assert report["permissions"] == {"contents": "read", "pull-requests": "write", "statuses": "write"}
 
 
+def test_plan_fans_out_one_job_per_unit_and_one_job_writes_the_comment():
+    jobs = load("plan.yml")["jobs"]
+    assert list(jobs) == ["units", "unit", "plan"]
+    assert "reconcile waves --json" in jobs["units"]["steps"][-1]["run"]
+    unit = jobs["unit"]
+    assert unit["strategy"]["fail-fast"] is False and unit["strategy"]["matrix"]["unit"] == "${{ fromJSON(needs.units.outputs.units) }}"
+    step = next(s for s in unit["steps"] if s.get("id") == "plan")
+    assert '--unit "$UNIT" --save-summaries summaries' in step["run"] and "--no-lock" in step["run"]
+    final = jobs["plan"]  # the check's name stays `plan`, and comment.yml still finds its artifact
+    assert final["needs"] == ["units", "unit"] and "!cancelled()" in final["if"]
+    assert '--summaries-from "$RUNNER_TEMP/summaries" --comment-dir comment' in final["steps"][-2]["run"]
+    assert final["steps"][-1]["with"]["name"] == "reconcile-plan-comment"
+
+
 def test_every_action_is_pinned_by_commit_with_its_version_named():
     """GitHub's hardening guide: a tag can be moved, a commit cannot. Each `uses:` names a full
     commit SHA, and the line says which release it is."""
