@@ -89,13 +89,14 @@ def resolve(defs: Definitions) -> dict[str, Unit]:
     """Every unit of a snapshot, keyed by unit key. Raises InvalidDefinitions (e.g. address space full)."""
     problems = Problems()
     units: dict[str, Unit] = {}
+    site_units: dict[str, Unit] = {}  # each site's unit once: every cluster on it reads its services
     for site in defs.sites.values():
-        unit = _site_unit(site, defs.site_files[site.name])
+        unit = site_units[site.name] = _site_unit(site, defs.site_files[site.name])
         units[unit.key] = unit
     for name, subnet in _allocate_subnets(defs, problems).items():
         cluster = defs.clusters[name]
         site = defs.sites[cluster.placement.site]
-        unit = _cluster_unit(cluster, site, subnet, defs, problems)
+        unit = _cluster_unit(cluster, site, subnet, defs, problems, site_units[site.name])
         if unit is not None:
             units[unit.key] = unit
     _check_state_unique(units.values(), defs, problems)
@@ -239,7 +240,7 @@ def placement_problems(cluster: Cluster, site: Site, locate) -> tuple[portabilit
 
 
 def _cluster_unit(
-    cluster: Cluster, site: Site, subnet: ipaddress.IPv4Network, defs: Definitions, problems: Problems
+    cluster: Cluster, site: Site, subnet: ipaddress.IPv4Network, defs: Definitions, problems: Problems, site_unit: Unit
 ) -> Unit | None:
     gateway, hosts, capacity = usable_hosts(site.platform, subnet)
     needed = sum(p.count for p in cluster.node_pools.values())
@@ -282,7 +283,6 @@ def _cluster_unit(
         )
     store = _object_store(site)
     storage += [StorageVolume(b.name, "object", 0, "", adopt=b.from_ or "", store=store) for b in cluster.storage.object]
-    site_unit = _site_unit(site, defs.site_files[site.name])
     scheduler = cluster.services.scheduler
     env = cluster.environment
     stack = f"cluster-{cluster.name}"
