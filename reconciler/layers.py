@@ -9,6 +9,7 @@ cloud leaves these bytes identical: only layer 1 changes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -213,14 +214,27 @@ def user_data(cluster: Cluster) -> str:
 
     JSON after the `#cloud-config` line: cloud-init reads it as YAML, and the node side (the
     local runtime) reads it with the standard library."""
+    return _user_data_template().replace(json.dumps(_FACTS), json.dumps(cluster_facts(cluster)), 1)
+
+
+_FACTS = "\0the cluster's facts\0"  # no file of the node package holds it: checked below
+
+
+@functools.cache
+def _user_data_template() -> str:
+    """The user data with a stand-in for the cluster's facts, the only part that differs between
+    clusters: made once a run, not once a cluster (the node package is most of it)."""
     document = {
         "write_files": [
-            {"path": "/etc/vcluster/cluster.json", "permissions": "0644", "content": cluster_facts(cluster)},
+            {"path": "/etc/vcluster/cluster.json", "permissions": "0644", "content": _FACTS},
             *({"path": f"{NODE_PACKAGE_PATH}/{rel}", "permissions": "0644", "content": text} for rel, text in nodepkg.files().items()),
         ],
         "runcmd": [["python3", NODE_PACKAGE_PATH, "bootstrap", "/etc/vcluster/cluster.json"]],
     }
-    return "#cloud-config\n" + json.dumps(document, indent=1, sort_keys=True) + "\n"
+    text = "#cloud-config\n" + json.dumps(document, indent=1, sort_keys=True) + "\n"
+    if text.count(json.dumps(_FACTS)) != 1:
+        raise AssertionError("the stand-in for the cluster's facts is not unique in the user data")
+    return text
 
 
 NODE_PACKAGE_PATH = "/usr/libexec/vcluster/vcnode.pyz"  # a directory application: python3 runs its __main__.py
