@@ -6,11 +6,12 @@ repository-relative paths to file contents.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Mapping
 
 import git
@@ -24,9 +25,14 @@ MAX_TOTAL_BYTES = 16 << 20  # all definition files together: past it, none is re
 YAML_SUFFIXES = (".yaml", ".yml")
 
 
+def _parts(path: str) -> list[str]:
+    """PurePosixPath(path).parts of a relative path, by string operations (a thousand files a run)."""
+    return [part for part in path.split("/") if part not in ("", ".")]
+
+
 def is_definition_path(path: str) -> bool:
     """sites/*.yaml, clusters/*.yaml and clusters/profiles/*.yaml."""
-    parts = PurePosixPath(path).parts
+    parts = _parts(path)
     if not path.endswith(YAML_SUFFIXES):
         return False
     if len(parts) == 2 and parts[0] in DEFINITION_DIRS:
@@ -39,13 +45,13 @@ SYMLINK_MODE = 0o120000  # a tree entry that is a symbolic link
 
 def _hidden(path: str) -> bool:
     """A dot file or folder (.gitkeep, an editor's .x.yaml.swp): not a definition, not worth a word."""
-    return any(part.startswith(".") for part in PurePosixPath(path).parts)
+    return any(part.startswith(".") for part in _parts(path))
 
 
 def is_yaml_under_definitions(path: str) -> bool:
     """Any YAML file below sites/ or clusters/: what a snapshot holds, so that a file in a
     folder that is not read is reported instead of silently ignored."""
-    parts = PurePosixPath(path).parts
+    parts = _parts(path)
     return path.endswith(YAML_SUFFIXES) and len(parts) >= 2 and parts[0] in DEFINITION_DIRS
 
 
@@ -172,12 +178,31 @@ class GitSource:
         return Snapshot(label=label, revision=sha, dirty=False, files=files, links=tuple(sorted(links)),
                         others=tuple(sorted(others)), oversize=oversize, total_bytes=total if total > MAX_TOTAL_BYTES else 0)
 
+    def _committed(self, head: str, files: dict[str, bytes], oversize: bool) -> bool:
+        """Whether `files` are the definitions committed at `head`: compared by git's blob ids,
+        without reading a blob (a file past the size limit is compared by reading them)."""
+        if oversize:
+            return files == self.at_revision(head).files
+        committed = {}
+        commit = self.repo.commit(head)
+        for top in DEFINITION_DIRS:
+            try:
+                tree = commit.tree / top
+            except KeyError:
+                continue
+            for item in tree.traverse():
+                if item.type == "blob" and not _hidden(item.path) and item.mode != SYMLINK_MODE and is_yaml_under_definitions(item.path):
+                    committed[item.path] = item.binsha
+        if committed.keys() != files.keys():
+            return False
+        return all(hashlib.sha1(b"blob %d\0%s" % (len(raw), raw)).digest() == committed[path] for path, raw in files.items())
+
     def working_tree(self) -> Snapshot:
         """The definitions as they are on disk. A symbolic link is never followed (it could
         reach any file of the machine): it is listed in `links`, and refused by the loader."""
         files: dict[str, bytes] = {}
         oversize: dict[str, int] = {}
-        candidates: list[tuple[str, Path, int]] = []  # (path, file, size as listed)
+        candidates: list[tuple[str, str, int]] = []  # (path, file, size as listed)
         links: list[str] = []
         others: list[str] = []
         specials: list[str] = []
@@ -188,16 +213,20 @@ class GitSource:
                 continue
             if not base.is_dir():
                 continue
-            for directory, dirs, names in os.walk(base, followlinks=False):
+            # strings, not Path objects: a thousand files are walked in milliseconds
+            prefix = len(str(base))
+            for directory, dirs, names in os.walk(str(base), followlinks=False):
+                here = top + directory[prefix:].replace(os.sep, "/")
+                files_here = set(names)
                 for name in sorted(dirs + names):
-                    path = Path(directory) / name
-                    rel = path.relative_to(self.root).as_posix()
+                    path = os.path.join(directory, name)
+                    rel = f"{here}/{name}"
                     if _hidden(rel):  # dot files and folders are passed over, and never opened
                         continue
-                    if path.is_symlink():
+                    info = os.lstat(path)
+                    if stat.S_ISLNK(info.st_mode):
                         links.append(rel)
-                    elif name in names:
-                        info = path.lstat()
+                    elif name in files_here:
                         if not stat.S_ISREG(info.st_mode):
                             specials.append(rel)  # a FIFO would block a read forever
                         elif is_yaml_under_definitions(rel):
@@ -207,14 +236,14 @@ class GitSource:
         total = sum(size for _, _, size in candidates if size <= MAX_FILE_BYTES)  # what would be read
         if len(candidates) <= MAX_FILES and total <= MAX_TOTAL_BYTES:  # past a bound, none is read: the loader refuses it
             for rel, path, _ in candidates:
-                with path.open("rb") as handle:
+                with open(path, "rb") as handle:
                     files[rel] = handle.read(MAX_FILE_BYTES + 1)  # never more than the limit and a byte
                 if len(files[rel]) > MAX_FILE_BYTES:
-                    oversize[rel], files[rel] = path.stat().st_size, b""
+                    oversize[rel], files[rel] = os.stat(path).st_size, b""
         else:
             files = dict.fromkeys((rel for rel, _, _ in candidates), b"")
         head = self.head()
-        dirty = head is None or links or specials or files != self.at_revision(head).files
+        dirty = head is None or links or specials or not self._committed(head, files, bool(oversize))
         return Snapshot(
             label="working tree", revision=head, dirty=bool(dirty), files=dict(sorted(files.items())),
             links=tuple(sorted(links)), others=tuple(sorted(others)), oversize=oversize, specials=tuple(sorted(specials)),
