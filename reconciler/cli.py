@@ -23,6 +23,7 @@ from reconciler.errors import FORMAT_VERSION, Exit, InvalidDefinitions, NotConfi
 from reconciler.gitsource import GitSource, Snapshot
 from reconciler.live import LiveRecord, LiveStore, RetainedVolume, volume_name
 from reconciler import load as load_module
+from reconciler import unitcache
 from reconciler.load import load
 from reconciler.run import (
     FAILED, OFFLINE, PLANNED, UNSUPPORTED, Assessment, UnitPlan, assess, check_state_locations, desired, plan, summary_record,
@@ -182,6 +183,7 @@ def _main(argv: list[str] | None) -> int:
             units=frozenset(getattr(args, "units", ())) | _only(args),
         )
         load_module.use_cache(settings.work_dir / "cache" / "parsed")  # definitions parsed again only when their bytes change
+        unitcache.use(settings.work_dir / "cache" / "units")  # and clusters resolved again only when what they follow from does
         if not settings.lock and command != "plan":
             raise ReconcileError(f"--no-lock is for plans only: {command} takes the state locks it needs")
         if command in USES_WORK_DIR or getattr(args, "delete", None) or getattr(args, "render", False):

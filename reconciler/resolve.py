@@ -7,13 +7,14 @@ the reasons it is selected) and a configuration hash (to compare with what was a
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import ipaddress
 import json
 from dataclasses import dataclass
 from typing import Iterator, Mapping
 
-from reconciler import layers, portability
+from reconciler import layers, portability, unitcache
 from reconciler.errors import Location, Problem, Problems
 from reconciler.load import Definitions
 from reconciler.model import Cluster, GcsState, LocalState, S3State, Site
@@ -96,7 +97,7 @@ def resolve(defs: Definitions) -> dict[str, Unit]:
     for name, subnet in _allocate_subnets(defs, problems).items():
         cluster = defs.clusters[name]
         site = defs.sites[cluster.placement.site]
-        unit = _cluster_unit(cluster, site, subnet, defs, problems, site_units[site.name])
+        unit = _cluster_unit_kept(cluster, site, subnet, defs, problems, site_units[site.name])
         if unit is not None:
             units[unit.key] = unit
     _check_state_unique(units.values(), defs, problems)
@@ -237,6 +238,25 @@ def placement_problems(cluster: Cluster, site: Site, locate) -> tuple[portabilit
             "change the node spec or place the cluster on another site (see `reconcile portability`)",
         ))
     return verdict, found
+
+
+def _cluster_unit_kept(
+    cluster: Cluster, site: Site, subnet: ipaddress.IPv4Network, defs: Definitions, problems: Problems, site_unit: Unit
+) -> Unit | None:
+    """`_cluster_unit`, kept by what it follows from (`unitcache`): resolved again only when
+    the cluster's files, its site, its subnet or the code change."""
+    if not unitcache.enabled():
+        return _cluster_unit(cluster, site, subnet, defs, problems, site_unit)
+    paths = (*defs.cluster_files[cluster.name], defs.site_files[site.name])
+    key = unitcache.key([cluster.name.encode(), str(subnet).encode(), site_unit.config_hash.encode(),
+                         *(path.encode() + b"\0" + defs.files[path] for path in paths)])
+    kept = unitcache.read(key, Unit)
+    if kept is not None and kept.kind == CLUSTER and isinstance(kept.spec, ClusterSpec) and kept.name == cluster.name:
+        return dataclasses.replace(kept, spec=dataclasses.replace(kept.spec, user_data=layers.user_data(cluster)))
+    unit = _cluster_unit(cluster, site, subnet, defs, problems, site_unit)
+    if unit is not None:
+        unitcache.write(key, dataclasses.replace(unit, spec=dataclasses.replace(unit.spec, user_data="")))
+    return unit
 
 
 def _cluster_unit(

@@ -1,5 +1,6 @@
-"""The parse cache (`REPO/.reconcile/cache/parsed`): a definition is parsed again only when its
-bytes change, and an entry that does not read back as the one expected is never trusted."""
+"""The content caches under `REPO/.reconcile/cache`: a definition is parsed again only when its
+bytes change (`parsed/`), a cluster resolved again only when what it follows from changes
+(`units/`), and an entry that does not read back as the one expected is never trusted."""
 
 from __future__ import annotations
 
@@ -7,6 +8,10 @@ import json
 from pathlib import Path
 
 from reconciler import load as load_module
+from reconciler import unitcache
+from reconciler.gitsource import GitSource
+from reconciler.load import load
+from reconciler.resolve import resolve
 
 
 def entries(repo) -> list[Path]:
@@ -63,3 +68,28 @@ def test_a_file_with_problems_is_never_kept(repo, cli, tmp_path):
         assert not any('"clusters/dev.yaml"' in p.read_text() for p in (repo.path / ".reconcile" / "cache" / "parsed").glob("*/*.json"))
     finally:
         load_module.use_cache(None)
+
+
+def test_kept_units_are_the_units_resolution_makes_and_damaged_ones_are_made_again(repo, tmp_path, monkeypatch):
+    defs = load(GitSource(repo.path).working_tree())
+    fresh = resolve(defs)
+    unitcache.use(tmp_path / "units")
+    try:
+        assert resolve(defs) == fresh  # made, and kept
+        kept = sorted((tmp_path / "units").glob("*/*.json"))
+        assert len(kept) == sum(1 for u in fresh.values() if u.kind == "cluster")
+        assert resolve(defs) == fresh  # read back
+        first, second, third = kept[0], kept[1], kept[2]
+        first.write_bytes(first.read_bytes()[:-20])  # cut short
+        body = bytearray(second.read_bytes())
+        body[-5] = ord("7") if body[-5] != ord("7") else ord("8")  # one byte changed
+        second.write_bytes(bytes(body))
+        third.write_bytes(kept[3].read_bytes() if len(kept) > 3 else b"{}")  # another key's entry
+        assert resolve(defs) == fresh
+        for entry in (first, second, third):
+            head = entry.read_bytes().partition(b"\n")[0]
+            assert json.loads(head)["key"] == entry.stem  # written again, whole
+        monkeypatch.setattr(unitcache, "code_digest", lambda: "other code")  # new code never reads old entries
+        assert resolve(defs) == fresh and len(list((tmp_path / "units").glob("*/*.json"))) == 2 * len(kept)
+    finally:
+        unitcache.use(None)

@@ -1,0 +1,168 @@
+"""Resolved cluster units kept by content (`REPO/.reconcile/cache/units`): a cluster is resolved
+again (its layers rendered, its spec hashed) only when what it is made from changes.
+
+The key is everything a cluster's unit follows from: the bytes of its file, its profiles and
+its site's file, the subnet its site allocated it, its site's unit, and the code that builds
+units (every module of the reconciler, the constructs and the node package, and pydantic's
+version). An entry holds the unit as plain JSON with a checksum of that text; one that does not
+read back whole (damaged, cut short, another key's, another shape) is ignored and written again:
+it is never trusted. The user data is not kept: it is the cluster's facts in a template made
+once a run (`layers.user_data`), cheaper to make than to read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import types
+import typing
+from pathlib import Path
+
+FORMAT = 1
+_directory: Path | None = None
+
+
+def use(directory: Path | None) -> None:
+    """Keep units in `directory` (None: resolve every cluster, keep nothing)."""
+    global _directory
+    _directory = directory
+
+
+def enabled() -> bool:
+    return _directory is not None
+
+
+@functools.cache
+def code_digest() -> str:
+    """The code units are built by, read once a run (a few milliseconds)."""
+    import pydantic
+
+    import rpi
+    from reconciler import nodepkg
+
+    h = hashlib.sha256(f"{FORMAT}\0{pydantic.VERSION}\0".encode())
+    roots = (Path(__file__).parent, Path(rpi.__file__).parent, nodepkg.source_dir())
+    for root in roots:
+        for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".json") and "__pycache__" not in p.parts):
+            h.update(f"{root.name}/{path.relative_to(root).as_posix()}\0".encode())
+            h.update(path.read_bytes())
+            h.update(b"\0")
+    return h.hexdigest()
+
+
+def key(parts: typing.Iterable[bytes]) -> str:
+    h = hashlib.sha256(code_digest().encode())
+    for part in parts:
+        h.update(b"\0%d\0" % len(part))
+        h.update(part)
+    return h.hexdigest()
+
+
+def read(key: str, cls: type):
+    """The unit kept under `key`, or None."""
+    if _directory is None:
+        return None
+    try:
+        head, _, body = (_directory / key[:2] / f"{key}.json").read_bytes().partition(b"\n")
+        stored = json.loads(head)
+        if stored.get("key") != key or hashlib.sha256(body).hexdigest() != stored.get("checksum"):
+            return None
+        return _decoder(cls)(json.loads(body))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def write(key: str, unit) -> None:
+    """Keep `unit` under `key`: a line naming the key and the checksum of the next, the unit."""
+    if _directory is None:
+        return
+    body = json.dumps(_plain(unit), separators=(",", ":")).encode()
+    head = json.dumps({"key": key, "checksum": hashlib.sha256(body).hexdigest()}).encode()
+    entry = _directory / key[:2] / f"{key}.json"
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        partial = entry.with_name(f".{entry.name}.{os.getpid()}")
+        partial.write_bytes(head + b"\n" + body)
+        os.replace(partial, entry)  # whole or not at all
+    except OSError:  # no room, read-only: the next run resolves it again
+        pass
+
+
+def _plain(value):
+    if dataclasses.is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+@functools.cache
+def _hints(cls: type) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def decode(tp, value):
+    """Plain JSON -> an instance of `tp` (frozen dataclasses, tuples, unions with None, str, int,
+    float, bool), checked on the way: any other shape raises ValueError."""
+    return _decoder(tp)(value)
+
+
+def _fail(what: str):
+    raise ValueError(f"not {what}")
+
+
+@functools.cache
+def _decoder(tp):
+    """A decoding function for `tp`, made once per type (typing is slow to ask each time)."""
+    if dataclasses.is_dataclass(tp):
+        hints = _hints(tp)
+        names = tuple(f.name for f in dataclasses.fields(tp))
+        parts = tuple((name, _decoder(hints[name])) for name in names)
+        expected = set(names)
+
+        def a_dataclass(value):
+            if type(value) is not dict or value.keys() != expected:
+                _fail(f"a {tp.__name__}")
+            return tp(**{name: part(value[name]) for name, part in parts})
+        return a_dataclass
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        item = _decoder(args[0])
+
+        def a_tuple(value):
+            if type(value) is not list:
+                _fail("a list")
+            return tuple(map(item, value))
+        return a_tuple
+    if origin is tuple:
+        items = tuple(_decoder(a) for a in args)
+
+        def a_fixed_tuple(value):
+            if type(value) is not list or len(value) != len(items):
+                _fail(f"a list of {len(items)}")
+            return tuple(item(v) for item, v in zip(items, value))
+        return a_fixed_tuple
+    if origin in (types.UnionType, typing.Union):
+        nullable = type(None) in args
+        options = tuple(_decoder(a) for a in args if a is not type(None))
+
+        def a_union(value):
+            if value is None and nullable:
+                return None
+            for option in options:
+                try:
+                    return option(value)
+                except ValueError:
+                    continue
+            _fail(f"one of {args}")
+        return a_union
+    if tp in (str, int, bool):
+        def a_scalar(value):
+            if type(value) is not tp:
+                _fail(tp.__name__)
+            return value
+        return a_scalar
+    raise TypeError(f"units hold no {tp!r}")
