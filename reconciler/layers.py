@@ -214,7 +214,12 @@ def user_data(cluster: Cluster) -> str:
 
     JSON after the `#cloud-config` line: cloud-init reads it as YAML, and the node side (the
     local runtime) reads it with the standard library."""
-    return _user_data_template().replace(json.dumps(_FACTS), json.dumps(cluster_facts(cluster)), 1)
+    return user_data_of(cluster_facts(cluster))
+
+
+def user_data_of(facts: str) -> str:
+    """The user data that carries these facts (`cluster_facts`)."""
+    return _user_data_template().replace(json.dumps(_FACTS), json.dumps(facts), 1)
 
 
 _FACTS = "\0the cluster's facts\0"  # no file of the node package holds it: checked below

@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import json
 import os
+import stat
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -198,14 +199,15 @@ class LiveStore:
         except NoCredentials:
             return False
 
-    def check_location(self, state: StateLocation) -> None:
+    def check_location(self, state: StateLocation, memo: dict[str, str] | None = None) -> None:
         """A local state path stays below the state root once symlinks are resolved, and is
         neither the root itself nor inside a .git directory."""
         if state.backend != "local":
             return
         root = os.path.realpath(self.state_root)
-        for path in (self.state_root / state.bucket, self.state_file(state)):
-            real = os.path.realpath(path)  # strings: a thousand stacks are checked in milliseconds
+        directory = self.state_root / state.bucket
+        for path in (directory, self.state_file(state)):
+            real = self._real(path, directory, {} if memo is None else memo)
             prefix = root.rstrip(os.sep) + os.sep  # "/" too
             inside = real[len(prefix):] if real.startswith(prefix) else None
             if real == root or inside is None:
@@ -214,6 +216,23 @@ class LiveStore:
                 )
             if ".git" in inside.split(os.sep):
                 raise StateLocationError(f"{path} resolves to {real}, inside a .git directory")
+
+    @staticmethod
+    def _real(path: Path, directory: Path, memo: dict[str, str]) -> str:
+        """os.path.realpath(path), each site's directory resolved once a check (`memo`): a file
+        directly in it that is not a link is that directory's real path and its name (a
+        thousand stacks, ten directories)."""
+        if path == directory or path.parent != directory or path.name in ("..", "."):
+            if str(path) not in memo:
+                memo[str(path)] = os.path.realpath(path)
+            return memo[str(path)]
+        try:
+            link = stat.S_ISLNK(os.lstat(path).st_mode)
+        except OSError:  # not there yet: what its name resolves to below the directory
+            link = False
+        if link:
+            return os.path.realpath(path)
+        return os.path.join(LiveStore._real(directory, directory, memo), path.name)
 
     @staticmethod
     def known_records(live: dict[str, object]) -> dict:

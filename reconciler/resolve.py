@@ -250,12 +250,12 @@ def _cluster_unit_kept(
     paths = (*defs.cluster_files[cluster.name], defs.site_files[site.name])
     key = unitcache.key([cluster.name.encode(), str(subnet).encode(), site_unit.config_hash.encode(),
                          *(path.encode() + b"\0" + defs.files[path] for path in paths)])
-    kept = unitcache.read(key, Unit)
+    kept = unitcache.read(key, Unit)  # its user data kept as the facts it carries: the rest is the same for every cluster
     if kept is not None and kept.kind == CLUSTER and isinstance(kept.spec, ClusterSpec) and kept.name == cluster.name:
-        return dataclasses.replace(kept, spec=dataclasses.replace(kept.spec, user_data=layers.user_data(cluster)))
+        return dataclasses.replace(kept, spec=dataclasses.replace(kept.spec, user_data=layers.user_data_of(kept.spec.user_data)))
     unit = _cluster_unit(cluster, site, subnet, defs, problems, site_unit)
     if unit is not None:
-        unitcache.write(key, dataclasses.replace(unit, spec=dataclasses.replace(unit.spec, user_data="")))
+        unitcache.write(key, dataclasses.replace(unit, spec=dataclasses.replace(unit.spec, user_data=layers.cluster_facts(cluster))))
     return unit
 
 

@@ -233,9 +233,10 @@ def _check_scope(settings: Settings, units: dict[str, Unit]) -> None:
 def check_state_locations(store: LiveStore, head: Desired, units: dict[str, Unit]) -> None:
     """Every local state path stays inside the state root, symlinks resolved, before any is read."""
     problems = Problems()
+    memo: dict[str, str] = {}  # each site's directory resolved once
     for unit in units.values():
         try:
-            store.check_location(unit.state)
+            store.check_location(unit.state, memo)
         except StateLocationError as exc:
             where = head.definitions.locate_site(unit.site, ("state", "path")) if unit.site in head.definitions.sites else Location("")
             problems.add(where, "state.path", str(exc))

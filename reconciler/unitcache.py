@@ -6,8 +6,8 @@ its site's file, the subnet its site allocated it, its site's unit, and the code
 units (every module of the reconciler, the constructs and the node package, and pydantic's
 version). An entry holds the unit as plain JSON with a checksum of that text; one that does not
 read back whole (damaged, cut short, another key's, another shape) is ignored and written again:
-it is never trusted. The user data is not kept: it is the cluster's facts in a template made
-once a run (`layers.user_data`), cheaper to make than to read.
+it is never trusted. Of the user data only the cluster's facts are kept: the rest, the node package, is a
+template made once a run (`layers.user_data_of`), cheaper to fill than to read.
 """
 
 from __future__ import annotations

@@ -95,6 +95,20 @@ def test_a_state_path_through_a_symlink_is_refused_and_nothing_is_written_outsid
     assert list(outside.iterdir()) == []
 
 
+def test_a_state_file_that_is_a_symlink_out_is_refused(applied, cli, tmp_path):
+    """Each site's directory is resolved once a run; each state file in it is still looked at."""
+    outside = tmp_path / "outside.tfstate"
+    state = applied.path / ".reconcile" / "state" / "local-a" / "cluster-dev.tfstate"
+    state.rename(outside)
+    os.symlink(outside, state)
+    code, out, err = validate(cli, applied)
+    assert code == 1 and "cluster-dev.tfstate" in err and "outside the state root" in err
+    state.unlink()
+    os.symlink(applied.path / ".git" / "config", state)
+    code, out, err = validate(cli, applied)
+    assert code == 1 and "inside a .git directory" in err
+
+
 def test_state_and_record_files_are_the_owners_only(applied):
     directory = state_dir(applied, "local-a")
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
