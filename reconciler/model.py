@@ -278,7 +278,8 @@ class Audit(Strict):
 
     retention_days: int = Field(
         90, description="days the site keeps its network flow logs and control-plane logs (AWS: CloudWatch Logs "
-        "retention; GCP: the project's log bucket sets it, once per project)",
+        "retention; GCP: the project's log bucket sets it, once per project), and the earlier versions of the objects "
+        "in its clusters' buckets (versioned: an overwrite or a delete is undone within this time)",
     )
 
     @field_validator("retention_days")

@@ -346,6 +346,7 @@ def _cluster_unit(
         drain_timeout_s=scheduler.drain_timeout_s if scheduler else 600,
         roll_batch=scheduler.roll_batch if scheduler else 1,
         package_registries=tuple(r for r in site_unit.spec.registries if r.format in ("rpm", "deb")),
+        retention_days=site.audit.retention_days,
     )
     inputs = (*defs.cluster_files[cluster.name], defs.site_files[site.name])
     return Unit(CLUSTER, cluster.name, site.name, site.platform, inputs, (site_unit.key,), spec, _hash(spec), spec.state)

@@ -143,6 +143,9 @@ def main() -> int:
     if args._child:
         return child(args._child)
     env = {**os.environ, **GIT_ENV, "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20"}
+    # A user's Python keeps the bytecode it compiles; where PYTHONDONTWRITEBYTECODE is set (this
+    # machine), every process would compile the reconciler again and the figures would show it.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     for name in ("RECONCILE_ENGINE", "RECONCILE_STATE_ROOT", "RECONCILE_WORK_DIR", "GITHUB_ACTIONS", "GITHUB_TOKEN",
                  "GOOGLE_APPLICATION_CREDENTIALS", "AWS_ACCESS_KEY_ID", "AWS_PROFILE"):
         env.pop(name, None)

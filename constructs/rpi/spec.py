@@ -190,6 +190,7 @@ class ClusterSpec:
     drain_timeout_s: int = 600  # how long a leaving node's jobs may run once drained
     roll_batch: int = 1  # nodes a rolling change replaces at a time
     package_registries: tuple["Registry", ...] = ()  # the site's OS package registries (rpm, deb): where nodes install from
+    retention_days: int = 90  # the site's audit.retention_days: how long a bucket keeps the earlier versions of an object
 
 
 # Every site's private DNS zone (Cloud DNS, Route 53 private hosted zone, the local runtime's

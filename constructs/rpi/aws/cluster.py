@@ -479,7 +479,8 @@ def _storage(stack, spec: ClusterSpec, subnet, nodes) -> tuple[dict, dict]:
             # The site is part of the name: bucket names are global, and a move that keeps its
             # data leaves the source's bucket in place while the target creates its own.
             name = volume.adopt or bucket_name(spec.account, spec.site, spec.name, volume.name)
-            bucket = private_bucket(stack, volume.name, name, versioned=False)
+            # versioned: an overwrite or a delete is undone within the site's retention
+            bucket = private_bucket(stack, volume.name, name, versioned=True, noncurrent_days=spec.retention_days)
             if volume.adopt:  # a bucket's id is its name
                 cdk.adopt(bucket, volume.adopt)
             buckets[volume.name] = bucket.bucket

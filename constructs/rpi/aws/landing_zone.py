@@ -460,8 +460,10 @@ def bucket_name(*parts: str) -> str:
     return name
 
 
-def private_bucket(stack, construct_id: str, name: str, versioned: bool):
-    """An S3 bucket no one outside the account can read, encrypted at rest."""
+def private_bucket(stack, construct_id: str, name: str, versioned: bool, noncurrent_days: int = 0):
+    """An S3 bucket no one outside the account can read, encrypted at rest. `noncurrent_days`:
+    a versioned bucket expires an object's earlier versions that long after a newer one
+    replaced them."""
     s3 = aws("s3_bucket").S3Bucket(stack, f"bucket_{construct_id}", bucket=name)
     aws("s3_bucket_public_access_block").S3BucketPublicAccessBlock(
         stack,
@@ -484,9 +486,25 @@ def private_bucket(stack, construct_id: str, name: str, versioned: bool):
         ],
     )
     if versioned:
-        aws("s3_bucket_versioning").S3BucketVersioningA(
+        versioning = aws("s3_bucket_versioning").S3BucketVersioningA(
             stack, f"bucket_{construct_id}_versioning", bucket=s3.id, versioning_configuration={"status": "Enabled"}
         )
+        if noncurrent_days:
+            lifecycle = aws("s3_bucket_lifecycle_configuration")  # struct classes: a dict's snake_case keys are dropped
+            lifecycle.S3BucketLifecycleConfiguration(
+                stack,
+                f"bucket_{construct_id}_lifecycle",
+                bucket=s3.id,
+                rule=[lifecycle.S3BucketLifecycleConfigurationRule(
+                    id="expire-earlier-versions",
+                    status="Enabled",
+                    filter=[lifecycle.S3BucketLifecycleConfigurationRuleFilter()],  # every object
+                    noncurrent_version_expiration=[
+                        lifecycle.S3BucketLifecycleConfigurationRuleNoncurrentVersionExpiration(noncurrent_days=noncurrent_days)
+                    ],
+                )],
+                depends_on=[versioning],  # S3 takes a noncurrent rule once versioning is on
+            )
     return s3
 
 

@@ -640,7 +640,10 @@ def _storage(stack, spec: ClusterSpec, network) -> tuple[dict, dict]:
                 # and bucket names are global, so the target's bucket needs a name of its own.
                 volume.adopt or bucket_name(spec.account, spec.site, spec.name, volume.name),
                 spec.region,
-                versioned=False,
+                # versioned: an overwrite or a delete by a job or a user is undone within the
+                # site's retention, after which the earlier versions go (audit.retention_days)
+                versioned=True,
+                noncurrent_days=spec.retention_days,
             )
             if volume.adopt:  # a bucket's id is its name
                 cdk.adopt(bucket, volume.adopt)

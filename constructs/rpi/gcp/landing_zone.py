@@ -558,13 +558,21 @@ def bucket_name(*parts: str) -> str:
     return name
 
 
-def private_bucket(stack, construct_id: str, name: str, region: str, versioned: bool):
+def private_bucket(stack, construct_id: str, name: str, region: str, versioned: bool, noncurrent_days: int = 0):
     """A bucket in the site's region that no one outside the project can read.
 
     Uniform access: IAM alone decides, no object ACLs. Public access prevention enforced:
-    not even a later IAM grant to allUsers can open it.
+    not even a later IAM grant to allUsers can open it. `noncurrent_days`: a versioned
+    bucket deletes an object's earlier versions that long after a newer one replaced them.
     """
-    return google("storage_bucket").StorageBucket(
+    bucket = google("storage_bucket")
+    # the struct classes, not dicts: jsii reads a dict's keys as the provider's camelCase names
+    # and drops the others silently, which would leave a Delete rule with no condition
+    expiry = {"lifecycle_rule": [bucket.StorageBucketLifecycleRule(
+        action=bucket.StorageBucketLifecycleRuleAction(type="Delete"),
+        condition=bucket.StorageBucketLifecycleRuleCondition(days_since_noncurrent_time=noncurrent_days),
+    )]}
+    return bucket.StorageBucket(
         stack,
         f"bucket_{construct_id}",
         name=name,
@@ -572,6 +580,7 @@ def private_bucket(stack, construct_id: str, name: str, region: str, versioned: 
         uniform_bucket_level_access=True,
         public_access_prevention="enforced",
         versioning={"enabled": versioned},
+        **(expiry if versioned and noncurrent_days else {}),
     )
 
 
