@@ -51,6 +51,19 @@ def _no_interrupt_left_over():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _no_content_cache_left_over():
+    """Each `reconcile` run points the content caches at its own work directory; a test that
+    then loads or resolves directly does so without them, whichever run came before."""
+    from reconciler import load, unitcache
+
+    load.use_cache(None)
+    unitcache.use(None)
+    yield
+    load.use_cache(None)
+    unitcache.use(None)
+
+
 @pytest.fixture(scope="session")
 def octokit() -> Path:
     """GitHub's OpenAPI description and webhook examples from npm, installed once (not committed)."""
