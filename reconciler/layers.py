@@ -18,16 +18,16 @@ from ruamel.yaml import YAML
 
 from reconciler import nodepkg
 from reconciler.model import GPU_MEMORY_GB, Cluster
-from rpi.spec import SERVICE_DOMAIN  # the sites' private zones answer these names
+from rpi.spec import SERVICE_DOMAIN, SERVICE_PORTS  # the sites' private zones answer these names, on these ports
 
 ENDPOINTS = {
-    "ldap": f"ldaps://ldap.{SERVICE_DOMAIN}",
-    "keycloak": f"https://keycloak.{SERVICE_DOMAIN}",
-    "vault": f"https://vault.{SERVICE_DOMAIN}:8200",
-    "consul": f"consul.{SERVICE_DOMAIN}:8501",
-    "nomad": f"https://nomad.{SERVICE_DOMAIN}:4646",
-    "registry": f"registry.{SERVICE_DOMAIN}",
-    "build_cache": f"https://cache.{SERVICE_DOMAIN}/spack",
+    "ldap": f"ldaps://ldap.{SERVICE_DOMAIN}:{SERVICE_PORTS['ldap']}",
+    "keycloak": f"https://keycloak.{SERVICE_DOMAIN}:{SERVICE_PORTS['keycloak']}",
+    "vault": f"https://vault.{SERVICE_DOMAIN}:{SERVICE_PORTS['vault']}",
+    "consul": f"consul.{SERVICE_DOMAIN}:{SERVICE_PORTS['consul']}",
+    "nomad": f"https://nomad.{SERVICE_DOMAIN}:{SERVICE_PORTS['nomad']}",
+    "registry": f"registry.{SERVICE_DOMAIN}:{SERVICE_PORTS['registry']}",
+    "build_cache": f"https://cache.{SERVICE_DOMAIN}:{SERVICE_PORTS['build_cache']}/spack",
 }
 
 

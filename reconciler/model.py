@@ -114,6 +114,16 @@ class SiteNetwork(Strict):
     services_subnet: Cidr = Field(description="Subnet for landing-zone services and control nodes")
     clusters_range: Cidr = Field(description="Range from which each cluster gets its own subnet")
     cluster_prefix: int = Field(24, ge=16, le=28, description="Prefix length of each cluster subnet")
+    egress: Literal["nat", "private"] = Field(
+        "nat",
+        description="How nodes reach beyond the site: `nat`, the internet through NAT; `private`, no NAT, only "
+        "the platform's private endpoints (which the landing zone creates) and the site's own registries",
+    )
+    runner_ranges: Annotated[list[Cidr], AfterValidator(_no_repeats)] = Field(
+        [],
+        description="Where the site's CI runners and operators come from: besides the services subnet, the only "
+        "sources the control nodes and the Kubernetes API answer",
+    )
 
     @model_validator(mode="after")
     def _nested(self) -> "SiteNetwork":

@@ -28,6 +28,7 @@ from rpi.spec import (
     NodeSpec,
     ObjectStore,
     Registry,
+    SERVICE_PORTS,
     SchedulerSpec,
     Service,
     StateLocation,
@@ -150,12 +151,12 @@ def _site_unit(site: Site, path: str) -> Unit:
     lz = site.services
     control_addresses = tuple(str(next(hosts)) for _ in range(lz.control_nodes.count))
     service_list = [
-        Service("ldap", "identity", f"ldap://{next(hosts)}:389", (("base_dn", lz.identity.ldap.base_dn),)),
-        Service("keycloak", "identity", f"https://{next(hosts)}:8443", (("realm", lz.identity.keycloak.realm),)),
-        Service("store", "secrets", f"https://{next(hosts)}:8200", (("provider", lz.secrets.provider),)),
+        Service("ldap", "identity", f"ldaps://{next(hosts)}:{SERVICE_PORTS['ldap']}", (("base_dn", lz.identity.ldap.base_dn),)),
+        Service("keycloak", "identity", f"https://{next(hosts)}:{SERVICE_PORTS['keycloak']}", (("realm", lz.identity.keycloak.realm),)),
+        Service("store", "secrets", f"https://{next(hosts)}:{SERVICE_PORTS['vault']}", (("provider", lz.secrets.provider),)),
     ]
     service_list += [
-        Service(component, "orchestration", f"{next(hosts)}:{_PORTS[component]}") for component in lz.orchestration
+        Service(component, "orchestration", f"{next(hosts)}:{SERVICE_PORTS[component]}") for component in lz.orchestration
     ]
     spec = LandingZoneSpec(
         site=site.name,
@@ -169,6 +170,8 @@ def _site_unit(site: Site, path: str) -> Unit:
             cidr=net.cidr,
             subnets=(Subnet("services", net.services_subnet, gateway),),
             clusters_range=net.clusters_range,
+            egress=net.egress,
+            runner_ranges=tuple(net.runner_ranges),
         ),
         control_plane=ComputePool(
             name="control",
@@ -186,9 +189,6 @@ def _site_unit(site: Site, path: str) -> Unit:
         log_retention_days=site.audit.retention_days,
     )
     return Unit(SITE, site.name, site.name, site.platform, (path,), (), spec, _hash(spec), spec.state)
-
-
-_PORTS = {"consul": 8500, "nomad": 4646, "vault": 8200}
 
 
 # ---------------------------------------------------------------- clusters
@@ -346,6 +346,8 @@ def _cluster_unit(
         drain_timeout_s=scheduler.drain_timeout_s if scheduler else 600,
         roll_batch=scheduler.roll_batch if scheduler else 1,
         package_registries=tuple(r for r in site_unit.spec.registries if r.format in ("rpm", "deb")),
+        services_cidr=site.network.services_subnet,
+        egress=site.network.egress,
         retention_days=site.audit.retention_days,
     )
     inputs = (*defs.cluster_files[cluster.name], defs.site_files[site.name])

@@ -83,7 +83,16 @@ def specs(example) -> dict:
         spec = out[f"cluster-{name}"]
         adopted = tuple(dataclasses.replace(v, adopt=ADOPT.get(v.name, "")) for v in spec.storage)
         out[f"variant-adopted-{name}"] = dataclasses.replace(spec, storage=adopted)
+    out["landing-zone-private"] = dataclasses.replace(
+        lz, network=dataclasses.replace(lz.network, egress="private", runner_ranges=RUNNERS)
+    )
+    out["cluster-dev-private"] = dataclasses.replace(out["cluster-dev"], egress="private")
     return out
+
+
+# A site with `egress: private` and runners of its own, and a cluster on it: golden too, so that
+# the reachability test (tests/test_reachability.py) reads both kinds of site.
+RUNNERS = ("192.0.2.0/28",)
 
 
 # Volumes adopted with storage.<volume>.from: an EFS file system's id, and a bucket's name.
@@ -112,6 +121,8 @@ def resources(document: dict, kind: str) -> dict:
 
 GOLDEN_STACKS = {
     "landing-zone": f"aws/landing-zone-{SITE}.tf.json",
+    "landing-zone-private": f"aws/landing-zone-{SITE}-private.tf.json",
+    "cluster-dev-private": "aws/cluster-dev-private.tf.json",
     **{f"cluster-{name}": f"aws/cluster-{name}.tf.json" for name in FLAVORS},
 }
 
@@ -657,8 +668,33 @@ def test_cluster_subnets_reach_the_landing_zone_services_and_only_their_ports(sy
     zone = doc(synthesized, "landing-zone")
     rules = [r for r in resources(zone, "aws_vpc_security_group_ingress_rule").values()
              if r["security_group_id"] == "${aws_eks_cluster.eks.vpc_config[0].cluster_security_group_id}"]
-    assert sorted(r["from_port"] for r in rules) == [389, 4646, 8200, 8443, 8500]
+    # the ports the nodes use, as rpi.spec.SERVICE_PORTS lists them: never 443, the Kubernetes API's
+    assert sorted(r["from_port"] for r in rules) == [636, 4646, 5000, 8200, 8443, 8501, 9443]
     assert {(r["ip_protocol"], r["cidr_ipv4"], r["from_port"] == r["to_port"]) for r in rules} == {("tcp", "10.60.128.0/17", True)}
+    # the Kubernetes API answers the services subnet (and a site's runners), never the clusters
+    for name, sources in (("landing-zone", ["10.60.0.0/22"]), ("landing-zone-private", ["10.60.0.0/22", "192.0.2.0/28"])):
+        api = [r for r in resources(doc(synthesized, name), "aws_vpc_security_group_ingress_rule").values()
+               if r["security_group_id"] == "${aws_security_group.control_plane.id}"]
+        assert sorted((r["cidr_ipv4"], r["ip_protocol"], r["from_port"]) for r in api) == [(c, "tcp", 443) for c in sources]
+
+
+def test_egress_private_has_no_nat_and_the_endpoints_nodes_need(synthesized):
+    from rpi.aws.landing_zone import INTERFACE_ENDPOINTS
+
+    nat, private = doc(synthesized, "landing-zone"), doc(synthesized, "landing-zone-private")
+    assert set(resources(nat, "aws_nat_gateway")) == {"nat_gateway"} and not resources(nat, "aws_vpc_endpoint")
+    assert not resources(private, "aws_nat_gateway") and not resources(private, "aws_eip")
+    assert "route_private_default" not in resources(private, "aws_route")  # nothing leaves the VPC
+    endpoints = resources(private, "aws_vpc_endpoint")
+    names = {e["service_name"].removeprefix("com.amazonaws.eu-central-1.") for e in endpoints.values()}
+    assert names == {"s3", *INTERFACE_ENDPOINTS}
+    assert {"ssm", "ssmmessages", "ec2messages", "secretsmanager", "ecr.api", "ecr.dkr", "logs"} <= names
+    assert endpoints["endpoint_s3"]["route_table_ids"] == ["${aws_route_table.route_table_private.id}"]
+    assert all(e["private_dns_enabled"] for k, e in endpoints.items() if k != "endpoint_s3")
+    # the nodes of a private site's cluster leave the VPC nowhere: HTTPS to S3's prefix list and the endpoints
+    out = [r for r in resources(doc(synthesized, "cluster-dev-private"), "aws_vpc_security_group_egress_rule").values()
+           if r.get("cidr_ipv4") == "0.0.0.0/0"]
+    assert out == []
 
 
 def test_efa_runs_on_every_network_card_of_the_machine(synthesized):

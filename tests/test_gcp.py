@@ -132,7 +132,17 @@ def specs(example) -> dict:
     out["variant-local-ssd"] = with_pool(dev, "compute", node=dataclasses.replace(compute.node, local_ssd_gb=1000))
     gpu = out["cluster-gpu-ai"]
     out["variant-adopted"] = dataclasses.replace(gpu, storage=tuple(dataclasses.replace(v, adopt=ADOPT.get(v.name, "")) for v in gpu.storage))
+    out["landing-zone-private"] = private_site(out["landing-zone"])
     return out
+
+
+# A site with `egress: private` and runners of its own: golden too, so that the reachability
+# test (tests/test_reachability.py) reads both kinds of site.
+RUNNERS = ("192.0.2.0/28",)
+
+
+def private_site(lz):
+    return dataclasses.replace(lz, network=dataclasses.replace(lz.network, egress="private", runner_ranges=RUNNERS))
 
 
 # Volumes adopted with storage.<volume>.from: a Filestore instance's id, and a bucket's name.
@@ -165,6 +175,7 @@ def instances(document: dict) -> dict:
 
 GOLDEN_STACKS = {
     "landing-zone": f"gcp/landing-zone-{SITE}.tf.json",
+    "landing-zone-private": f"gcp/landing-zone-{SITE}-private.tf.json",
     **{f"cluster-{name}": f"gcp/cluster-{name}.tf.json" for name in FLAVORS},
 }
 
@@ -254,7 +265,9 @@ def test_labels_are_made_valid_or_refused():
 def test_nothing_is_open_to_the_internet(synthesized):
     for name in synthesized:
         for rule_name, rule in resources(doc(synthesized, name), "google_compute_firewall").items():
-            assert rule["direction"] == "INGRESS", (name, rule_name)
+            if rule["direction"] == "EGRESS":  # egress: private: only what keeps nodes inside
+                assert name == "landing-zone-private", (name, rule_name)
+                continue
             assert "0.0.0.0/0" not in rule.get("source_ranges", []), (name, rule_name)
             assert rule["target_tags"], f"{name}: {rule_name} would apply to every instance of the VPC"
 
@@ -300,7 +313,19 @@ def test_landing_zone_network(synthesized, example):
     nat = resources(lz, "google_compute_router_nat")["nat"]
     assert nat["source_subnetwork_ip_ranges_to_nat"] == "ALL_SUBNETWORKS_ALL_IP_RANGES"  # cluster subnets too
     firewall = resources(lz, "google_compute_firewall")
-    assert firewall["firewall_internal"]["source_ranges"] == ["10.30.0.0/16"]
+    # the services subnet reaches the control nodes; the cluster subnets their services' ports only
+    assert firewall["firewall_internal"]["source_ranges"] == ["10.30.0.0/22"]
+    assert firewall["firewall_clusters_to_services"]["source_ranges"] == ["10.30.128.0/17"]
+    assert firewall["firewall_clusters_to_services"]["allow"] == [
+        {"ports": ["636", "4646", "5000", "8200", "8443", "8501", "9443"], "protocol": "tcp"}
+    ]
+    private = doc(synthesized, "landing-zone-private")
+    assert "google_compute_router_nat" not in private["resource"]  # egress: private: no NAT
+    assert resources(private, "google_compute_firewall")["firewall_internal"]["source_ranges"] == [
+        "10.30.0.0/22", "192.0.2.0/28"
+    ]
+    zones = {z["dns_name"] for z in resources(private, "google_dns_managed_zone").values()}
+    assert zones == {"vcluster.internal.", "googleapis.com.", "pkg.dev."}
     assert firewall["firewall_iap_ssh"]["source_ranges"] == ["35.235.240.0/20"]
     assert firewall["firewall_iap_ssh"]["allow"] == [{"ports": ["22"], "protocol": "tcp"}]
 
@@ -327,8 +352,14 @@ def test_gke_is_private_and_regional_with_workload_identity(synthesized):
     assert gke["location"] == "europe-west6"  # regional control plane
     assert gke["private_cluster_config"]["enable_private_endpoint"] is True
     assert gke["private_cluster_config"]["enable_private_nodes"] is True
+    # the services subnet (and a site's runners), never the cluster subnets
     assert gke["master_authorized_networks_config"]["cidr_blocks"] == [
-        {"cidr_block": "10.30.0.0/16", "display_name": "site VPC"}
+        {"cidr_block": "10.30.0.0/22", "display_name": "services subnet"}
+    ]
+    private = resources(doc(synthesized, "landing-zone-private"), "google_container_cluster")["gke"]
+    assert private["master_authorized_networks_config"]["cidr_blocks"] == [
+        {"cidr_block": "10.30.0.0/22", "display_name": "services subnet"},
+        {"cidr_block": "192.0.2.0/28", "display_name": "runners 0"},
     ]
     assert gke["workload_identity_config"] == {"workload_pool": "swisstwins-hpc.svc.id.goog"}
     assert gke["remove_default_node_pool"] is True
@@ -633,6 +664,19 @@ def test_ssh_reaches_login_nodes_only_from_allowed_networks_and_iap(synthesized)
     ]
 
 
+def test_only_admin_groups_log_in_through_os_login_and_act_as_the_nodes(synthesized):
+    """Users tunnel through IAP to the login nodes' sshd, where SSSD decides, as their own
+    directory account: no group but admin and operator holds osLogin, osAdminLogin or
+    serviceAccountUser, on any synthesized stack."""
+    shells = ("roles/compute.osLogin", "roles/compute.osAdminLogin", "roles/iam.serviceAccountUser")
+    for name in synthesized:
+        document = doc(synthesized, name)
+        for kind in ("google_compute_instance_iam_member", "google_service_account_iam_member"):
+            for key, binding in resources(document, kind).items():
+                if binding["role"] in shells:
+                    assert binding["member"] == "group:hpc-admins@swisstwins.ch", (name, key)
+
+
 def test_access_groups_log_in_through_os_login(synthesized):
     gpu = doc(synthesized, "cluster-gpu-ai")
     logins = {
@@ -643,7 +687,6 @@ def test_access_groups_log_in_through_os_login(synthesized):
         ("group:hpc-admins@swisstwins.ch", "node_login_0", "roles/compute.osAdminLogin"),
         ("group:hpc-admins@swisstwins.ch", "node_gpu_0", "roles/compute.osAdminLogin"),
         ("group:hpc-admins@swisstwins.ch", "node_gpu_1", "roles/compute.osAdminLogin"),
-        ("group:ml-researchers@swisstwins.ch", "node_login_0", "roles/compute.osLogin"),
     }
     tunnels = {(b["member"], b["instance"]) for b in resources(gpu, "google_iap_tunnel_instance_iam_member").values()}
     assert tunnels == {
@@ -651,11 +694,10 @@ def test_access_groups_log_in_through_os_login(synthesized):
         ("group:ml-researchers@swisstwins.ch", "${google_compute_instance.node_login_0.name}"),
     }
     act_as = resources(gpu, "google_service_account_iam_member")
-    # users act as the login nodes' account only: they reach no other node
+    # users act as no node's account: only admins, whom OS Login lets in as root
     assert {(b["member"], b["service_account_id"], b["role"]) for b in act_as.values()} == {
         ("group:hpc-admins@swisstwins.ch", "${google_service_account.node_account.name}", "roles/iam.serviceAccountUser"),
         ("group:hpc-admins@swisstwins.ch", "${google_service_account.login_account.name}", "roles/iam.serviceAccountUser"),
-        ("group:ml-researchers@swisstwins.ch", "${google_service_account.login_account.name}", "roles/iam.serviceAccountUser"),
     }
     roles = {b["role"] for b in resources(gpu, "google_project_iam_member").values()}
     assert roles == {"roles/logging.logWriter", "roles/monitoring.metricWriter", "roles/artifactregistry.reader"}

@@ -26,6 +26,8 @@ class Network:
     cidr: str
     subnets: tuple[Subnet, ...]
     clusters_range: str = ""  # where the site's cluster subnets are carved: what may reach its services
+    egress: str = "nat"  # nat | private: whether nodes reach the internet (through NAT) or private endpoints only
+    runner_ranges: tuple[str, ...] = ()  # besides the services subnet, what may reach the control nodes and their API
 
 
 @dataclass(frozen=True)
@@ -191,6 +193,8 @@ class ClusterSpec:
     roll_batch: int = 1  # nodes a rolling change replaces at a time
     package_registries: tuple["Registry", ...] = ()  # the site's OS package registries (rpm, deb): where nodes install from
     retention_days: int = 90  # the site's audit.retention_days: how long a bucket keeps the earlier versions of an object
+    services_cidr: str = ""  # the site's services subnet: where the nodes reach the landing-zone services
+    egress: str = "nat"  # the site's network.egress: nat | private
 
 
 # Every site's private DNS zone (Cloud DNS, Route 53 private hosted zone, the local runtime's
@@ -198,6 +202,32 @@ class ClusterSpec:
 # every platform, so that layers 2 and 3 never change with the site.
 PRIVATE_DOMAIN = "vcluster.internal"
 SERVICE_DOMAIN = f"svc.{PRIVATE_DOMAIN}"
+
+
+# The TCP ports on which the nodes reach the landing-zone services, by the names of the
+# endpoints that layers 2 and 3 are rendered with (`reconciler.layers.ENDPOINTS` names each
+# port, and the sites' service addresses carry them). Every platform opens these, and only
+# these, from the cluster subnets to the landing zone. None is 443: on AWS the Kubernetes API's
+# interfaces carry the same EKS cluster security group as the nodes the services run on, so a
+# service on 443 would open the API to every cluster. DNS needs no rule: the resolvers the nodes
+# ask (GCP's metadata server, AWS's Route 53 Resolver) answer outside firewalls and groups.
+SERVICE_PORTS = {
+    "ldap": 636,  # LDAPS: SSSD
+    "keycloak": 8443,
+    "vault": 8200,  # the secrets store, whichever provider
+    "consul": 8501,  # Consul's HTTPS API
+    "nomad": 4646,
+    "registry": 5000,  # the site's container registry
+    "build_cache": 9443,  # Spack's build cache, over HTTPS
+}
+
+
+def landing_zone_ports() -> dict[int, tuple[str, ...]]:
+    """{port: the services that answer on it}, in port order: what a cluster may reach."""
+    ports: dict[int, list[str]] = {}
+    for name, port in SERVICE_PORTS.items():
+        ports.setdefault(port, []).append(name)
+    return {port: tuple(names) for port, names in sorted(ports.items())}
 
 
 def service_port(address: str) -> int:

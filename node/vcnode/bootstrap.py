@@ -303,9 +303,10 @@ def _configless_env() -> dict | None:
 def directory_service(facts: dict, node=None) -> str:
     """SSSD runs only where the landing zone's directory answers, installed then if the image
     lacks it (from the site's registry first); otherwise it stays off, and the report says why."""
-    host = facts["endpoints"]["ldap"].split("//", 1)[-1].split(":")[0]
+    address = facts["endpoints"]["ldap"].split("//", 1)[-1].split("/", 1)[0]
+    host, _, port = address.partition(":")
     try:
-        socket.create_connection((host, 636), timeout=2).close()
+        socket.create_connection((host, int(port or 636)), timeout=2).close()
     except OSError:
         return f"off: {host} does not answer"
     try:

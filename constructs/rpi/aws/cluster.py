@@ -19,6 +19,7 @@ from rpi.catalog import catalog
 from rpi.aws.landing_zone import (
     aws,
     bucket_name,
+    endpoints_group_name,
     iam_role,
     policy,
     private_bucket,
@@ -26,7 +27,7 @@ from rpi.aws.landing_zone import (
     statement,
 )
 from rpi.spec import (
-    PRIVATE_DOMAIN, ClusterSpec, ComputePool, StorageVolume, channel_objects, channel_prefix, network_name,
+    PRIVATE_DOMAIN, ClusterSpec, landing_zone_ports, ComputePool, StorageVolume, channel_objects, channel_prefix, network_name,
     node_identities, node_identity,
 )
 
@@ -194,14 +195,46 @@ def _security_groups(stack, spec: ClusterSpec, vpc) -> dict:
         referenced_security_group_id=nodes.id,
         description="EFA needs it explicitly",
     )
-    egress(
-        stack,
-        "nodes_egress",
-        security_group_id=nodes.id,
-        ip_protocol="-1",
-        cidr_ipv4="0.0.0.0/0",
-        description="Out through the NAT gateway",
-    )
+    # Out of the cluster: the landing-zone services on their ports, and beyond the VPC HTTP(S)
+    # through the NAT gateway (`egress: nat`), or HTTPS to the site's endpoints and S3's gateway
+    # endpoint only (`egress: private`). Other clusters and the control nodes are not reached.
+    for port, services in landing_zone_ports().items():
+        egress(
+            stack,
+            f"nodes_to_services_{port}",
+            security_group_id=nodes.id,
+            ip_protocol="tcp",
+            from_port=port,
+            to_port=port,
+            cidr_ipv4=spec.services_cidr,
+            description=f"{', '.join(services)} in the services subnet",
+        )
+    if spec.egress == "nat":
+        for port in (80, 443):
+            egress(
+                stack,
+                "nodes_egress" if port == 443 else f"nodes_egress_{port}",
+                security_group_id=nodes.id,
+                ip_protocol="tcp",
+                from_port=port,
+                to_port=port,
+                cidr_ipv4="0.0.0.0/0",
+                description=f"Out through the NAT gateway: {'HTTPS' if port == 443 else 'HTTP (package mirrors)'}",
+            )
+    else:
+        s3 = aws("data_aws_ec2_managed_prefix_list").DataAwsEc2ManagedPrefixList(
+            stack, "s3_prefix_list", name=f"com.amazonaws.{spec.region}.s3"
+        )
+        egress(stack, "nodes_egress", security_group_id=nodes.id, ip_protocol="tcp", from_port=443, to_port=443,
+               prefix_list_id=s3.id, description="S3 through the site's gateway endpoint")
+        # The landing zone's endpoints, in every private subnet of the site, by their group
+        lookup = aws("data_aws_security_group")
+        endpoints = lookup.DataAwsSecurityGroup(
+            stack, "endpoints", vpc_id=vpc.id, name=endpoints_group_name(spec.site)
+        )
+        egress(stack, "nodes_to_endpoints", security_group_id=nodes.id, ip_protocol="tcp", from_port=443, to_port=443,
+               referenced_security_group_id=endpoints.id,
+               description="The site's interface endpoints (Session Manager, logs, ECR)")
     login = make(
         stack,
         "security_group_login",

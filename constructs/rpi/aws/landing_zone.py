@@ -25,11 +25,19 @@ import re
 from collections.abc import Sequence
 
 from rpi import cdk
-from rpi.spec import PRIVATE_DOMAIN, SERVICE_DOMAIN, ComputePool, LandingZoneSpec, service_ip, service_port
+from rpi.spec import PRIVATE_DOMAIN, SERVICE_DOMAIN, ComputePool, LandingZoneSpec, landing_zone_ports, service_ip
 
 # Managed policies, by the role that needs them (AWS documents these for EKS).
 EKS_CLUSTER_POLICIES = ("AmazonEKSClusterPolicy",)
 EKS_NODE_POLICIES = ("AmazonEKSWorkerNodePolicy", "AmazonEKS_CNI_Policy", "AmazonEC2ContainerRegistryReadOnly")
+
+# `egress: private`: the interface endpoints a site without NAT needs. Session Manager (ssm,
+# ssmmessages, ec2messages), the secrets, container images (ecr.api, ecr.dkr; their layers come
+# from S3, a gateway endpoint), logs, and what EKS's private nodes need to join (ec2, sts, eks,
+# eks-auth for Pod Identity), as AWS lists them for private clusters.
+INTERFACE_ENDPOINTS = (
+    "ssm", "ssmmessages", "ec2messages", "secretsmanager", "ecr.api", "ecr.dkr", "logs", "ec2", "sts", "eks", "eks-auth",
+)
 
 
 # m6i sizes by vCPU count; every size has 4 GiB of memory per vCPU.
@@ -171,29 +179,59 @@ def _network(stack, spec: LandingZoneSpec) -> dict:
     igw = aws("internet_gateway").InternetGateway(
         stack, "internet_gateway", vpc_id=vpc.id, tags={"Name": f"{spec.site}-igw"}
     )
-    # One NAT gateway, in the first zone: private subnets of other zones lose egress when that
-    # zone is down, a trade of availability for cost that suits a landing zone's control traffic.
-    eip = aws("eip").Eip(stack, "nat_address", domain="vpc", tags={"Name": f"{spec.site}-nat"})
-    nat = aws("nat_gateway").NatGateway(
-        stack,
-        "nat_gateway",
-        allocation_id=eip.allocation_id,
-        subnet_id=subnets[f"public-{spec.zones[0]}"].id,
-        tags={"Name": f"{spec.site}-nat"},
-        depends_on=[igw],
-    )
     # Routes as their own resources: inline route blocks in Terraform JSON need every attribute.
     _route_table(stack, "public", vpc, f"{spec.site}-public", {n: subnets[n] for n in public}, gateway_id=igw.id)
-    _route_table(
-        stack,
-        "private",
-        vpc,
-        private_route_table_name(spec.site),
-        {n: subnets[n] for n in private},
-        nat_gateway_id=nat.id,
+    if spec.network.egress == "nat":
+        # One NAT gateway, in the first zone: private subnets of other zones lose egress when that
+        # zone is down, a trade of availability for cost that suits a landing zone's control traffic.
+        eip = aws("eip").Eip(stack, "nat_address", domain="vpc", tags={"Name": f"{spec.site}-nat"})
+        nat = aws("nat_gateway").NatGateway(
+            stack,
+            "nat_gateway",
+            allocation_id=eip.allocation_id,
+            subnet_id=subnets[f"public-{spec.zones[0]}"].id,
+            tags={"Name": f"{spec.site}-nat"},
+            depends_on=[igw],
+        )
+        target = {"nat_gateway_id": nat.id}
+    else:
+        target = {}  # egress: private: no route out of the VPC, the endpoints only
+    table = _route_table(
+        stack, "private", vpc, private_route_table_name(spec.site), {n: subnets[n] for n in private}, **target
     )
     private_subnets = [subnets[n] for n in private]
+    if spec.network.egress == "private":
+        _endpoints(stack, spec, vpc, private_subnets, table)
     return {"vpc": vpc, "subnets": subnets, "private": private_subnets}
+
+
+def endpoints_group_name(site: str) -> str:
+    """The security group of a private site's interface endpoints: cluster stacks look it up."""
+    return f"{site}-endpoints"
+
+
+def _endpoints(stack, spec: LandingZoneSpec, vpc, private: list, table) -> None:
+    """`egress: private`: what nodes and EKS reach without NAT. S3 through a gateway endpoint
+    on the private route table (which the clusters' subnets join), every other service through
+    an interface endpoint with private DNS in the private subnets, answering HTTPS from the VPC."""
+    group = aws("security_group").SecurityGroup(
+        stack, "endpoints", name=endpoints_group_name(spec.site), description="AWS service endpoints, HTTPS from the VPC",
+        vpc_id=vpc.id,
+    )
+    aws("vpc_security_group_ingress_rule").VpcSecurityGroupIngressRule(
+        stack, "endpoints_from_vpc", security_group_id=group.id, ip_protocol="tcp", from_port=443, to_port=443,
+        cidr_ipv4=spec.network.cidr, description="HTTPS from the VPC",
+    )
+    endpoint = aws("vpc_endpoint").VpcEndpoint
+    endpoint(stack, "endpoint_s3", vpc_id=vpc.id, service_name=f"com.amazonaws.{spec.region}.s3",
+             vpc_endpoint_type="Gateway", route_table_ids=[table.id], tags={"Name": f"{spec.site}-s3"})
+    for service in INTERFACE_ENDPOINTS:
+        endpoint(
+            stack, f"endpoint_{service.replace('.', '_').replace('-', '_')}", vpc_id=vpc.id,
+            service_name=f"com.amazonaws.{spec.region}.{service}", vpc_endpoint_type="Interface",
+            private_dns_enabled=True, subnet_ids=[s.id for s in private], security_group_ids=[group.id],
+            tags={"Name": f"{spec.site}-{service}"},
+        )
 
 
 def _subnet(stack, site: str, vpc, name: str, cidr: str, zone: str):
@@ -224,40 +262,50 @@ def _private_zones(stack, spec: LandingZoneSpec) -> list[tuple[str, str]]:
     return [("other-zone", cdk.cdktf.Fn.element(others.zone_ids, 0))]
 
 
-def _route_table(stack, name: str, vpc, tag: str, subnets: dict, **target) -> None:
+def _route_table(stack, name: str, vpc, tag: str, subnets: dict, **target):
+    """A route table for `subnets`, with a default route to `target` if one is given."""
     table = aws("route_table").RouteTable(stack, f"route_table_{name}", vpc_id=vpc.id, tags={"Name": tag})
-    aws("route").Route(
-        stack, f"route_{name}_default", route_table_id=table.id, destination_cidr_block="0.0.0.0/0", **target
-    )
+    if target:
+        aws("route").Route(
+            stack, f"route_{name}_default", route_table_id=table.id, destination_cidr_block="0.0.0.0/0", **target
+        )
     associate = aws("route_table_association").RouteTableAssociation
     for subnet_name, subnet in subnets.items():
         associate(stack, f"route_{name}_{subnet_name}", route_table_id=table.id, subnet_id=subnet.id)
+    return table
 
 
 def _control_plane_security_group(stack, spec: LandingZoneSpec, vpc):
-    """Landing-zone services answer inside the VPC only: nothing enters from the internet."""
+    """The EKS API's network interfaces answer HTTPS from the services subnet and the site's
+    runner ranges only: never from the cluster subnets, nor from the internet. The rule that
+    let the whole VPC in keeps its name and becomes the services subnet's (updated in place)."""
     group = aws("security_group").SecurityGroup(
         stack,
         "control_plane",
         name=f"{spec.site}-control-plane",
-        description="Landing-zone services, reachable from the VPC",
+        description="Landing-zone services, reachable from the VPC",  # ForceNew: kept as it was
         vpc_id=vpc.id,
     )
-    aws("vpc_security_group_ingress_rule").VpcSecurityGroupIngressRule(
-        stack,
-        "control_plane_from_vpc",
-        security_group_id=group.id,
-        ip_protocol="-1",
-        cidr_ipv4=spec.network.cidr,
-        description="Everything inside the VPC",
-    )
+    ingress = aws("vpc_security_group_ingress_rule").VpcSecurityGroupIngressRule
+    sources = list(dict.fromkeys([s.cidr for s in spec.network.subnets] + list(spec.network.runner_ranges)))
+    for index, cidr in enumerate(sources):
+        ingress(
+            stack,
+            "control_plane_from_vpc" if index == 0 else f"control_plane_from_runners_{index}",
+            security_group_id=group.id,
+            ip_protocol="tcp",
+            from_port=443,
+            to_port=443,
+            cidr_ipv4=cidr,
+            description="The Kubernetes API from the services subnet" if index == 0 else "The Kubernetes API from the site's runners",
+        )
     aws("vpc_security_group_egress_rule").VpcSecurityGroupEgressRule(
         stack,
         "control_plane_egress",
         security_group_id=group.id,
         ip_protocol="-1",
-        cidr_ipv4="0.0.0.0/0",
-        description="Out through the NAT gateway",
+        cidr_ipv4=spec.network.cidr,
+        description="To the nodes in the VPC",
     )
     return group
 
@@ -313,8 +361,8 @@ def _eks(stack, spec: LandingZoneSpec, private: list, control_plane):
     )
     # The managed nodes, where the services run, carry EKS's cluster security group, which
     # admits only itself: the clusters' subnets reach the services' ports, and nothing else.
-    for port in sorted({service_port(s.address) for s in spec.services} - {0}):
-        names = ", ".join(sorted(s.name for s in spec.services if service_port(s.address) == port))
+    for port, services in landing_zone_ports().items():
+        names = ", ".join(services)
         aws("vpc_security_group_ingress_rule").VpcSecurityGroupIngressRule(
             stack,
             f"services_from_clusters_{port}",

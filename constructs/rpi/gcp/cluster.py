@@ -735,9 +735,11 @@ def iam_domain(spec: ClusterSpec) -> str:
 
 
 def _access(stack, spec: ClusterSpec, instances: dict, accounts: dict) -> None:
-    """Per access group: OS Login on the instances it may reach, IAP tunnelling to the login
-    nodes among them (admins go on to other nodes from there), and acting as the service
-    accounts of the nodes it may reach (OS Login asks for it on instances that run as one)."""
+    """Per access group: IAP tunnelling to the login nodes, where sshd and SSSD decide who logs
+    in, as the user's own directory account. Admin and operator groups also get OS Login with
+    sudo on every node and act as the nodes' service accounts (OS Login asks for that on
+    instances that run as one); no other group gets a role that gives a shell from the cloud
+    or the nodes' identity (`roles/compute.osLogin`, `osAdminLogin`, `iam.serviceAccountUser`)."""
     if not spec.access:
         return
     login = google("compute_instance_iam_member").ComputeInstanceIamMember
@@ -747,19 +749,19 @@ def _access(stack, spec: ClusterSpec, instances: dict, accounts: dict) -> None:
     for group in spec.access:
         member = f"group:{group.name}@{domain}"
         admin = group.role in NODE_ROLES
-        role = "roles/compute.osAdminLogin" if admin else "roles/compute.osLogin"
         for pool in spec.pools:
             if not admin and pool.role != "login":
                 continue
             for index, node in enumerate(instances[pool.name]):
-                login(
-                    stack,
-                    f"group_{group.name}_login_{pool.name}_{index}",
-                    instance_name=node.instance.name,
-                    zone=spec.zone,
-                    role=role,
-                    member=member,
-                )
+                if admin:
+                    login(
+                        stack,
+                        f"group_{group.name}_login_{pool.name}_{index}",
+                        instance_name=node.instance.name,
+                        zone=spec.zone,
+                        role="roles/compute.osAdminLogin",
+                        member=member,
+                    )
                 if pool.role == "login":  # the firewall lets IAP reach login nodes only
                     tunnel(
                         stack,
@@ -769,9 +771,9 @@ def _access(stack, spec: ClusterSpec, instances: dict, accounts: dict) -> None:
                         role="roles/iap.tunnelResourceAccessor",
                         member=member,
                     )
+        if not admin:
+            continue
         for identity, account in accounts.items():
-            if not admin and identity != "login":
-                continue  # users reach login nodes only
             act_as(
                 stack,
                 f"group_{group.name}_act_as_{'nodes' if identity == 'node' else identity}",

@@ -40,10 +40,12 @@ from collections.abc import Sequence
 
 from rpi import cdk
 from rpi.catalog import catalog
-from rpi.spec import PRIVATE_DOMAIN, SERVICE_DOMAIN, ComputePool, LandingZoneSpec, service_ip
+from rpi.spec import PRIVATE_DOMAIN, SERVICE_DOMAIN, ComputePool, LandingZoneSpec, landing_zone_ports, service_ip
 
 # Where Identity-Aware Proxy's TCP forwarding comes from (Google documents this range).
 IAP_RANGE = "35.235.240.0/20"
+# private.googleapis.com: Google's APIs for Private Google Access, routed inside Google's network.
+PRIVATE_GOOGLE_ACCESS_RANGE = "199.36.153.8/30"
 
 # Ranges carved from the lower half of the VPC, in this order, each in the first free block of
 # its size: largest first, so the small ones fill the gaps the large ones leave. A range added
@@ -87,6 +89,8 @@ def build(stack, spec: LandingZoneSpec) -> None:
     network, subnets = _network(stack, spec, ranges)
     _firewall(stack, spec, network)
     _dns(stack, spec, network)
+    if spec.network.egress == "private":
+        _private_google_access_dns(stack, spec, network)
     gke = _gke(stack, spec, network, subnets["services"], ranges)
     identities = _service_identities(stack, spec, gke)
     _secrets(stack, spec, identities)
@@ -172,6 +176,14 @@ def _network(stack, spec: LandingZoneSpec, ranges: dict[str, str]) -> tuple:
         stack, "router", name=f"{spec.site}-router", network=network.id, region=spec.region
     )
     # All subnets, present and future: the subnets that cluster stacks add get egress unasked.
+    # None on a site with `egress: private`: its nodes have private endpoints only.
+    if spec.network.egress == "nat":
+        _nat(stack, spec, router)
+    _private_services(stack, spec, network, ranges)
+    return network, subnets
+
+
+def _nat(stack, spec: LandingZoneSpec, router) -> None:
     google("compute_router_nat").ComputeRouterNat(
         stack,
         "nat",
@@ -182,7 +194,10 @@ def _network(stack, spec: LandingZoneSpec, ranges: dict[str, str]) -> tuple:
         source_subnetwork_ip_ranges_to_nat="ALL_SUBNETWORKS_ALL_IP_RANGES",
         log_config={"enable": True, "filter": "ERRORS_ONLY"},
     )
-    # Private services access: Filestore instances of every cluster take addresses from here.
+
+
+def _private_services(stack, spec: LandingZoneSpec, network, ranges: dict[str, str]) -> None:
+    """Private services access: Filestore instances of every cluster take addresses from here."""
     private_services = ipaddress.IPv4Network(ranges["private-services"])
     allocation = google("compute_global_address").ComputeGlobalAddress(
         stack,
@@ -206,7 +221,6 @@ def _network(stack, spec: LandingZoneSpec, ranges: dict[str, str]) -> tuple:
         reserved_peering_ranges=[allocation.name],
         deletion_policy="ABANDON",
     )
-    return network, subnets
 
 
 def private_services_name(site: str) -> str:
@@ -242,7 +256,14 @@ def _dns(stack, spec: LandingZoneSpec, network) -> None:
 
 
 def _firewall(stack, spec: LandingZoneSpec, network) -> None:
-    """The VPC may reach the control nodes (services answer there); IAP may open SSH to them."""
+    """Who reaches the control nodes: the services subnet (the control nodes themselves, their
+    pods) and the site's runner ranges on anything; the cluster subnets on the services' ports
+    only (`rpi.spec.SERVICE_PORTS`); IAP on SSH, for repairs. Nothing else: Google Cloud denies
+    any ingress that no rule allows. On a site with `egress: private`, the nodes of every subnet
+    reach inside the VPC and Google's private API range only.
+
+    All in place on a running landing zone: a rule's `source_ranges`, `allow` and `description`
+    are not ForceNew (provider 6.50.0), and the rules added are new resources."""
     firewall = google("compute_firewall")
     firewall.ComputeFirewall(
         stack,
@@ -250,11 +271,25 @@ def _firewall(stack, spec: LandingZoneSpec, network) -> None:
         name=f"{spec.site}-internal-to-control",
         network=network.id,
         direction="INGRESS",
-        source_ranges=[spec.network.cidr],
+        source_ranges=list(dict.fromkeys([s.cidr for s in spec.network.subnets] + list(spec.network.runner_ranges))),
         target_tags=[control_tag(spec.site)],
         allow=[firewall.ComputeFirewallAllow(protocol="all")],
-        description="Landing-zone services answer to the whole VPC",
+        description="The services subnet and the site's runners reach the control nodes",
     )
+    if spec.network.clusters_range:
+        ports = landing_zone_ports()
+        firewall.ComputeFirewall(
+            stack,
+            "firewall_clusters_to_services",
+            name=f"{spec.site}-clusters-to-services",
+            network=network.id,
+            direction="INGRESS",
+            source_ranges=[spec.network.clusters_range],
+            target_tags=[control_tag(spec.site)],
+            allow=[firewall.ComputeFirewallAllow(protocol="tcp", ports=[str(p) for p in ports])],
+            description="The cluster subnets reach the services' ports: "
+            + ", ".join(f"{'/'.join(names)} {port}" for port, names in ports.items()),
+        )
     firewall.ComputeFirewall(
         stack,
         "firewall_iap_ssh",
@@ -266,6 +301,64 @@ def _firewall(stack, spec: LandingZoneSpec, network) -> None:
         allow=[firewall.ComputeFirewallAllow(protocol="tcp", ports=["22"])],
         description="SSH through Identity-Aware Proxy, for repairs",
     )
+    if spec.network.egress == "private":
+        # Allowed egress at the default priority, every other destination refused just above
+        # the implied allow (65535): the VPC (its subnets, GKE's control plane, Filestore's
+        # peered range) and Google's private API addresses. The metadata server, which answers
+        # DNS, is reached whatever egress rules say.
+        firewall.ComputeFirewall(
+            stack,
+            "firewall_egress_private",
+            name=f"{spec.site}-egress-private",
+            network=network.id,
+            direction="EGRESS",
+            priority=1000,
+            destination_ranges=[spec.network.cidr, PRIVATE_GOOGLE_ACCESS_RANGE],
+            allow=[firewall.ComputeFirewallAllow(protocol="all")],
+            description="egress: private: the VPC and Google's private API range",
+        )
+        firewall.ComputeFirewall(
+            stack,
+            "firewall_egress_deny",
+            name=f"{spec.site}-egress-deny",
+            network=network.id,
+            direction="EGRESS",
+            priority=65000,
+            destination_ranges=["0.0.0.0/0"],
+            deny=[firewall.ComputeFirewallDeny(protocol="all")],
+            description="egress: private: nothing else leaves the VPC",
+        )
+
+
+def _private_google_access_dns(stack, spec: LandingZoneSpec, network) -> None:
+    """On a site with `egress: private`, Google's APIs and Artifact Registry by their usual names
+    at the addresses of private.googleapis.com, from this VPC only (as Google documents for
+    Private Google Access without a default route to the internet)."""
+    zones = google("dns_managed_zone")
+    record = google("dns_record_set").DnsRecordSet
+    addresses = [str(a) for a in ipaddress.IPv4Network(PRIVATE_GOOGLE_ACCESS_RANGE)]
+    for label, domain in (("googleapis", "googleapis.com"), ("pkg_dev", "pkg.dev")):
+        zone = zones.DnsManagedZone(
+            stack,
+            f"dns_{label}",
+            name=resource_name(spec.site, label.replace("_", "-")),
+            dns_name=f"{domain}.",
+            visibility="private",
+            private_visibility_config=zones.DnsManagedZonePrivateVisibilityConfig(
+                networks=[zones.DnsManagedZonePrivateVisibilityConfigNetworks(network_url=network.id)]
+            ),
+            description=f"{domain} through Private Google Access (site {spec.site}, egress: private)",
+        )
+        if domain == "googleapis.com":
+            record(stack, f"dns_{label}_private", managed_zone=zone.name, name="private.googleapis.com.", type="A",
+                   ttl=300, rrdatas=addresses)
+            target = "private.googleapis.com."
+        else:
+            record(stack, f"dns_{label}_apex", managed_zone=zone.name, name=f"{domain}.", type="A", ttl=300,
+                   rrdatas=addresses)
+            target = f"{domain}."
+        record(stack, f"dns_{label}_wildcard", managed_zone=zone.name, name=f"*.{domain}.", type="CNAME", ttl=300,
+               rrdatas=[target])
 
 
 # ---------------------------------------------------------------- control plane
@@ -332,10 +425,10 @@ def _gke(stack, spec: LandingZoneSpec, network, subnet, ranges: dict[str, str]):
             "master_ipv4_cidr_block": ranges["gke-control-plane"],
         },
         master_authorized_networks_config={
+            # The services subnet and the site's runners; never the cluster subnets (in place)
             "cidr_blocks": [
-                container.ContainerClusterMasterAuthorizedNetworksConfigCidrBlocks(
-                    cidr_block=spec.network.cidr, display_name="site VPC"
-                )
+                container.ContainerClusterMasterAuthorizedNetworksConfigCidrBlocks(cidr_block=cidr, display_name=name)
+                for cidr, name in authorized_networks(spec)
             ]
         },
         workload_identity_config={"workload_pool": workload_pool(spec.account)},
@@ -381,6 +474,17 @@ def _gke(stack, spec: LandingZoneSpec, network, subnet, ranges: dict[str, str]):
         depends_on=granted,  # nodes write logs from their first boot
     )
     return cluster
+
+
+def authorized_networks(spec: LandingZoneSpec) -> list[tuple[str, str]]:
+    """(CIDR, display name) of what may reach the Kubernetes API: the services subnet, where the
+    services layer is deployed from, and the site's runner ranges."""
+    named = [(s.cidr, f"{s.name} subnet") for s in spec.network.subnets]
+    named += [(cidr, f"runners {i}") for i, cidr in enumerate(spec.network.runner_ranges)]
+    first: dict[str, str] = {}
+    for cidr, name in named:
+        first.setdefault(cidr, name)
+    return list(first.items())
 
 
 def workload_pool(project: str) -> str:
