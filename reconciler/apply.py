@@ -592,7 +592,7 @@ def _apply_one(p: UnitPlan, engine: Engine, store: LiveStore, head: Snapshot, ga
             if isinstance(exc, interrupt.Interrupted):  # between two steps (a copy's passes, a rollout's batches)
                 return ApplyResult(p, INTERRUPTED, str(exc))
             return ApplyResult(p, INTERRUPTED, f"the engine stopped at {interrupt.received()} and wrote its state")
-        return ApplyResult(p, FAILED, engine_failure(store, unit, exc))
+        return ApplyResult(p, FAILED, engine_failure(store, unit, exc, "applied"))
 
 
 def delete_volume(

@@ -12,16 +12,20 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from reconciler import interrupt, nodepkg
+from reconciler import interrupt, locks, nodepkg
 from reconciler.errors import EngineError, ReconcileError
 from reconciler.settings import env_seconds
 
 CHOICES = ("auto", "tofu", "terraform", "embedded")
 PLAN_FILE = "reconcile.tfplan"
+# Commands that take a stack's state lock, and how often one is run again when the lock's
+# holder let go of it between the engine's two requests (locks.released_while_read).
+LOCKING, LOCK_RACE_ATTEMPTS = ("plan", "apply", "state"), 4
 # One engine command (a stack's init, plan or apply) may run this long: generous for a landing
 # zone that takes half an hour to create.
 STACK_TIMEOUT_ENV, STACK_TIMEOUT_S = "RECONCILE_STACK_TIMEOUT_S", 7200.0
@@ -72,9 +76,13 @@ class Engine:
         return self.runner.name
 
     def _run(self, workdir: Path, *args: str) -> str:
-        code, out, err = self.runner.run(workdir, list(args), probe=self.probes.get(workdir))
-        if args[0] == "apply":
-            _log_apply(workdir, code, out, err)
+        for attempt in range(LOCK_RACE_ATTEMPTS):
+            code, out, err = self.runner.run(workdir, list(args), probe=self.probes.get(workdir))
+            if args[0] == "apply":
+                _log_apply(workdir, code, out, err)
+            if code == 0 or args[0] not in LOCKING or not locks.released_while_read(out + err):
+                break
+            time.sleep(1.0 + attempt)  # the lock was let go under the engine: take it again
         if code != 0:
             detail = (err or out).strip() or "no message"
             how = f"was killed by signal {-code}" if code < 0 else f"failed (exit {code})"

@@ -87,12 +87,20 @@ def _duration(seconds: int) -> str:
     return f"{seconds // 86400} days"
 
 
-def held_message(title: str, stack_key: str, info: LockInfo | None, where: str) -> str:
-    """What to say when a stack's state lock is held by someone else."""
+def released_while_read(text: str) -> bool:
+    """The engine failed to take a lock and could not read who holds it: its holder let go
+    between the two requests (the engine gives up at once then, whatever its -lock-timeout,
+    since it has no lock ID to wait on). Taking the lock again is safe: nothing was done."""
+    return LOCK_ERROR in text and LockInfo.parse_output(text) is None
+
+
+def held_message(title: str, stack_key: str, info: LockInfo | None, where: str, step: str = "planned") -> str:
+    """What to say when a stack's state lock is held by someone else; `step`: what did not
+    happen to the stack (planned, applied)."""
     if info is None:
-        return f"the state of {title} ({where}) is locked by another run, and its lock information cannot be read; nothing was planned for it"
+        return f"the state of {title} ({where}) is locked by another run, and its lock information cannot be read; nothing was {step} for it"
     return (
-        f"the state of {title} ({where}) is locked: {info.describe()}. Nothing was planned for this stack. "
+        f"the state of {title} ({where}) is locked: {info.describe()}. Nothing was {step} for this stack. "
         f"If that run is still going, wait for it; if it is gone for good (killed, its runner lost): "
         f"reconcile unlock {stack_key} --lock-id {info.id}"
     )

@@ -429,7 +429,7 @@ def unlock_stack(settings: Settings, unit: Unit, engine: Engine, lock_id: str) -
     engine.force_unlock(workdir, lock_id)
 
 
-def engine_failure(store: LiveStore, unit: Unit, exc: ReconcileError) -> str:
+def engine_failure(store: LiveStore, unit: Unit, exc: ReconcileError, step: str = "planned") -> str:
     """What an engine's failure means for a stack: a held state lock names its holder."""
     text = str(exc)
     if locks.LOCK_ERROR not in text:
@@ -437,7 +437,7 @@ def engine_failure(store: LiveStore, unit: Unit, exc: ReconcileError) -> str:
             return text
         return f"site {unit.site}, state {store.where(unit.state)}: {text}"
     info = store.lock_info(unit.state) or locks.LockInfo.parse_output(text)
-    return locks.held_message(unit.title, unit.key, info, store.where(unit.state))
+    return locks.held_message(unit.title, unit.key, info, store.where(unit.state), step)
 
 
 def _new_probe(selected: Selected, base_probes: dict[str, str]) -> str:

@@ -19,6 +19,9 @@ from emulators import S3, S3_ENV
 from test_interrupts import engine_running, processes
 from test_kill_apply import RECONCILE, _env, engine_applies, set_size
 
+from reconciler.engine import select_engine
+from reconciler.locks import LOCK_ERROR
+
 LIMIT_S = 180
 
 
@@ -118,6 +121,50 @@ def test_two_applies_at_once_apply_each_stack_once(s3_repo, tmp_path):
     code, out = run(repo.path, emulator, "--dry-run")
     assert code == 0 and "Nothing to do" in out, out
     assert nodes_in_bucket(emulator, bucket) == 12
+
+
+LOCK_KEY = "hpc/local-a/cluster-dev.tfstate.tflock"
+
+
+@pytest.mark.slow
+def test_a_lock_let_go_while_the_engine_reads_it_is_taken_again(s3_repo):
+    """The engine's conditional write of the lock fails, and its read of who holds it finds
+    nothing (or nothing it can read): the engine gives up at once, whatever -lock-timeout, for
+    it has no lock ID to wait on. The other run let go in between; the plan takes the lock
+    again. A lock that stays unreadable is reported as such after a few tries."""
+    emulator, repo, bucket = s3_repo
+    work = repo.path / ".reconcile"
+    emulator.put(bucket, LOCK_KEY, b"{}")  # a lock object whose holder cannot be read
+    with emulator.client_env():
+        engine = select_engine("embedded", work, repo.path, "30s")
+    workdir = work / "stacks" / "local-a" / "cluster-dev"
+    calls = []
+
+    class LetsGoAfterTheFirstTry:
+        name = engine.runner.name
+
+        def run(self, workdir, args, probe=None):
+            calls.append(args[0])
+            result = engine_runner.run(workdir, args, probe)
+            if len(calls) == 1:
+                assert result[0] != 0 and LOCK_ERROR in result[1] + result[2], result
+                emulator.delete(bucket, LOCK_KEY)  # the other run lets go
+            return result
+
+    engine_runner, engine.runner = engine.runner, LetsGoAfterTheFirstTry()
+    document = engine.plan(workdir)
+    assert calls == ["plan", "plan", "show"] and document["format_version"], calls
+    assert LOCK_KEY not in emulator.objects(bucket)  # the plan let go of its lock in turn
+
+    emulator.put(bucket, LOCK_KEY, b"not a lock")
+    calls.clear()
+    engine.runner = engine_runner
+    set_size(repo.path, 4)  # a change, so that the dry-run plans
+    started = time.monotonic()
+    code, out = run(repo.path, emulator, "--dry-run", "--lock-timeout", "30s")
+    assert code == 1 and "is locked by another run, and its lock information cannot be read; nothing was planned" in out, out
+    assert time.monotonic() - started < 30  # tried a few times, never waited the lock timeout out
+    emulator.delete(bucket, LOCK_KEY)
 
 
 @pytest.mark.slow
