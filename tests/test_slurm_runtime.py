@@ -244,7 +244,8 @@ def test_the_munge_key_is_the_clusters_own_and_nowhere_else(laptop):
 
 def test_growing_a_pool_creates_one_node_and_spares_the_running_job(laptop):
     before = {h: laptop.ns_inode(h) for h in NODES}
-    job = _running(laptop, "laptop-compute-0", 20)
+    release = laptop.repo.path.parent / "release-the-job"  # the job runs until the test has looked, however slow the apply
+    job = _running(laptop, "laptop-compute-0", 300, until=release)
     laptop.repo.replace("clusters/laptop.yaml", "count: 3", "count: 4")
     code, out, err = laptop.cli("plan", "--json", "--repo", str(laptop.repo.path), "--engine", "embedded", "--site", "local-slurm")
     unit = next(u for u in json.loads(out)["units"] if u["key"] == "cluster:laptop@local-slurm")
@@ -257,11 +258,13 @@ def test_growing_a_pool_creates_one_node_and_spares_the_running_job(laptop):
     assert {h: laptop.ns_inode(h) for h in NODES} == before  # no other node was recreated
     assert laptop.sinfo().get("laptop-compute-3") == "idle"
     state = laptop.on("laptop-login-0", "scontrol", "show", "job", job, "-o").stdout
-    assert "JobState=RUNNING" in state, state  # still running on the node it started on
+    assert "JobState=RUNNING" in state and "Restarts=0" in state and "NodeList=laptop-compute-0 " in state, state  # where it started
+    release.touch()
     deadline = time.monotonic() + 60
     while "JobState=COMPLETED" not in state and time.monotonic() < deadline:
         time.sleep(1)
         state = laptop.on("laptop-login-0", "scontrol", "show", "job", job, "-o").stdout
+    release.unlink()
     assert "JobState=COMPLETED" in state and "ExitCode=0:0" in state, state
 
 
@@ -304,10 +307,14 @@ def test_shrinking_a_pool_drains_the_node_first(laptop):
     assert not (laptop.site_dir / "runtime" / "nodes" / "laptop-compute-3").exists()
 
 
-def _running(laptop, node: str, seconds: int) -> str:
+def _running(laptop, node: str, seconds: int, until: Path | None = None) -> str:
     """Submit `sleep SECONDS` to `node` and wait until it runs there: a job still pending when
-    a drain starts would never start, and the node would leave at once."""
-    done = laptop.on("laptop-login-0", "sbatch", "--parsable", "-w", node, "--wrap", f"sleep {seconds}")
+    a drain starts would never start, and the node would leave at once. With `until`: the job
+    ends well (exit 0) as soon as that file exists, and fails after SECONDS."""
+    work = f"sleep {seconds}"
+    if until is not None:
+        work = f"for i in $(seq {seconds * 2}); do [ -e {until} ] && exit 0; sleep 0.5; done; exit 1"
+    done = laptop.on("laptop-login-0", "sbatch", "--parsable", "-w", node, "--wrap", work)
     job = done.stdout.strip()
     assert done.returncode == 0 and job, done.stderr
     deadline = time.monotonic() + 30
