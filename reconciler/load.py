@@ -16,7 +16,8 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import pydantic
 from ruamel.yaml import YAML
@@ -40,13 +41,45 @@ class Spot:
     value: Location
 
 
-@dataclass
 class Document:
-    """A parsed YAML file: plain data plus the position of every key and value."""
+    """A parsed YAML file: plain data plus the position of every key and value. The positions
+    of a cached parse or a composed cluster are built when first asked for: a run without a
+    problem to place never needs them (`make` builds them)."""
 
-    path: str
-    data: Any
-    spots: dict[Path_, Spot] = field(default_factory=dict)
+    __slots__ = ("path", "data", "_spots", "_make")
+
+    def __init__(self, path: str, data: Any, make: Callable[[], dict[Path_, Spot]] | None = None):
+        self.path, self.data = path, data
+        self._spots: dict[Path_, Spot] | None = None
+        self._make = make
+
+    @property
+    def spots(self) -> dict[Path_, Spot]:
+        if self._spots is None:
+            make, self._make = self._make, None
+            self._spots = make() if make is not None else {}
+        return self._spots
+
+
+class _Spots(Mapping):
+    """A document's spots as a mapping that builds them only when it is read."""
+
+    __slots__ = ("doc",)
+
+    def __init__(self, doc: Document):
+        self.doc = doc
+
+    def __getitem__(self, path: Path_) -> Spot:
+        return self.doc.spots[path]
+
+    def __contains__(self, path: object) -> bool:
+        return path in self.doc.spots
+
+    def __iter__(self):
+        return iter(self.doc.spots)
+
+    def __len__(self) -> int:
+        return len(self.doc.spots)
 
 
 @dataclass(frozen=True)
@@ -165,27 +198,27 @@ def load(snapshot: Snapshot) -> Definitions:
 
     sites: dict[str, Site] = {}
     site_files: dict[str, str] = {}
-    site_spots: dict[str, dict[Path_, Spot]] = {}
+    site_spots: dict[str, Mapping[Path_, Spot]] = {}
     for doc in site_docs:
-        site = _validate(Site, doc.data, doc.spots, Location(doc.path, 1, 1), problems)
+        site = _validate(Site, doc.data, _Spots(doc), Location(doc.path, 1, 1), problems)
         if site is not None and site.name not in sites:
             sites[site.name] = site
             site_files[site.name] = doc.path
-            site_spots[site.name] = doc.spots
+            site_spots[site.name] = _Spots(doc)
     _check_sites_apart(sites, site_spots, problems)
 
     clusters: dict[str, Cluster] = {}
     cluster_files: dict[str, tuple[str, ...]] = {}
-    cluster_spots: dict[str, dict[Path_, Spot]] = {}
+    cluster_spots: dict[str, Mapping[Path_, Spot]] = {}
     for doc in cluster_docs:
         composed = _compose(doc, profiles, problems)
         if composed is None:
             continue
-        cluster = _validate(Cluster, composed.data, composed.spots, Location(doc.path, 1, 1), problems)
+        cluster = _validate(Cluster, composed.data, _Spots(composed), Location(doc.path, 1, 1), problems)
         if cluster is not None and cluster.name not in clusters:
             clusters[cluster.name] = cluster
             cluster_files[cluster.name] = (doc.path, *(profiles[p].path for p in cluster.profiles))
-            cluster_spots[cluster.name] = composed.spots
+            cluster_spots[cluster.name] = _Spots(composed)
     for name, cluster in clusters.items():
         _check_zone(cluster, sites.get(cluster.placement.site), cluster_spots[name], problems)
     if problems:  # the run stops here: say now, too, what the valid clusters' sites cannot run
@@ -237,38 +270,53 @@ def _parse_cached(path: str, raw: bytes, problems: Problems) -> Document | None:
         return _parse(path, raw, problems)
     key = hashlib.sha256(b"\0".join((_code_hash.encode(), path.encode(), raw))).hexdigest()
     entry = _cache_dir / key[:2] / f"{key}.json"
-    doc = _cached(entry, key, path)
+    doc = _cached(entry, key, path, raw)
     if doc is not None:
         return doc
     before = len(problems.items)
     doc = _parse(path, raw, problems)
     if doc is not None and len(problems.items) == before:
         try:
-            text = json.dumps({"key": key, "path": path, "data": doc.data,
+            body = json.dumps({"key": key, "path": path, "data": doc.data,
                                "spots": [[list(at), s.key.line, s.key.column, s.value.line, s.value.column] for at, s in doc.spots.items()]},
-                              separators=(",", ":"), allow_nan=False)
+                              separators=(",", ":"), allow_nan=False).encode()
             entry.parent.mkdir(parents=True, exist_ok=True)
             partial = entry.with_name(f".{entry.name}.{os.getpid()}")
-            partial.write_text(text)
+            partial.write_bytes(hashlib.sha256(body).hexdigest().encode() + b"\n" + body)
             os.replace(partial, entry)  # whole or not at all, whoever else writes it
         except (OSError, TypeError, ValueError):  # a value JSON does not hold (a date), or no room: not kept
             pass
     return doc
 
 
-def _cached(entry: Path, key: str, path: str) -> Document | None:
+def _cached(entry: Path, key: str, path: str, raw: bytes) -> Document | None:
+    """An entry is its checksum, a newline and its JSON: one cut or damaged is not read. Its
+    spots are decoded when first asked for; spots of a shape no parse writes (a foreign entry)
+    are taken from the file itself."""
     try:
-        stored = json.loads(entry.read_bytes())
-        if stored["key"] != key or stored["path"] != path or not isinstance(stored["data"], dict):
+        checksum, _, body = entry.read_bytes().partition(b"\n")
+        if hashlib.sha256(body).hexdigest().encode() != checksum:
             return None
-        doc = Document(path, stored["data"])
-        for at, kl, kc, vl, vc in stored["spots"]:
-            if not all(isinstance(n, int) and not isinstance(n, bool) for n in (kl, kc, vl, vc)) or not isinstance(at, list):
-                return None
-            doc.spots[tuple(at)] = Spot(Location(path, kl, kc), Location(path, vl, vc))
-        return doc
+        stored = json.loads(body)
+        if stored["key"] != key or stored["path"] != path or not isinstance(stored["data"], dict) or not isinstance(stored["spots"], list):
+            return None
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    rows = stored["spots"]
+
+    def spots() -> dict[Path_, Spot]:
+        try:
+            made = {}
+            for at, kl, kc, vl, vc in rows:
+                if not (type(kl) is type(kc) is type(vl) is type(vc) is int) or type(at) is not list:
+                    raise TypeError
+                made[tuple(at)] = Spot(Location(path, kl, kc), Location(path, vl, vc))
+            return made
+        except (TypeError, ValueError):
+            parsed = _parse(path, raw, Problems())
+            return parsed.spots if parsed is not None else {}
+
+    return Document(path, stored["data"], spots)
 
 
 # ---------------------------------------------------------------- parsing
@@ -466,8 +514,7 @@ def _compose(doc: Document, profiles: Mapping[str, Document], problems: Problems
     names = doc.data.get("profiles", [])
     if not isinstance(names, list):
         return doc  # validation reports the wrong type
-    merged = Document(doc.path, {})
-    ok = True
+    layers, ok = [], True
     for index, name in enumerate(names):
         profile = profiles.get(name) if isinstance(name, str) else None
         if profile is None:
@@ -479,11 +526,30 @@ def _compose(doc: Document, profiles: Mapping[str, Document], problems: Problems
             )
             ok = False
             continue
-        _merge_into(merged, profile, (), profile.data, merged.data)
+        layers.append(profile)
     if not ok:
         return None
-    _merge_into(merged, doc, (), doc.data, merged.data)
-    return merged
+    layers.append(doc)
+    data: dict = {}
+    for layer in layers:
+        _merge_data(data, layer.data)
+
+    def spots() -> dict[Path_, Spot]:
+        merged = Document(doc.path, {})
+        for layer in layers:
+            _merge_into(merged, layer, (), layer.data, merged.data)
+        return merged.spots
+
+    return Document(doc.path, data, spots)
+
+
+def _merge_data(dest: dict, source: dict) -> None:
+    """The data of _merge_into alone: a mapping merges into a mapping, anything else replaces."""
+    for key, value in source.items():
+        if isinstance(value, dict) and isinstance(dest.get(key), dict):
+            _merge_data(dest[key], value)
+        else:
+            dest[key] = _copy(value)
 
 
 def _merge_into(target: Document, layer: Document, at: Path_, source: dict, dest: dict) -> None:

@@ -4,6 +4,7 @@ bytes change (`parsed/`), a cluster resolved again only when what it follows fro
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -45,16 +46,29 @@ def test_a_damaged_or_foreign_entry_is_ignored_and_written_again(repo, cli):
     first = json.loads(out)
     kept = entries(repo)
     assert kept
-    damaged, foreign, other = kept[0], kept[1], kept[2]
+    damaged, foreign, other, flipped = kept[0], kept[1], kept[2], kept[3]
     damaged.write_text(damaged.read_text()[:40])  # cut short
-    stored = json.loads(other.read_text())
-    foreign.write_text(json.dumps({**stored, "key": json.loads(foreign.read_text())["key"]}))  # another file's parse, relabelled
+    stored = json.loads(body(other))
+    relabelled = json.dumps({**stored, "key": json.loads(body(foreign))["key"]}).encode()
+    foreign.write_bytes(hashlib.sha256(relabelled).hexdigest().encode() + b"\n" + relabelled)  # another file's parse, relabelled
+    text = flipped.read_bytes()
+    at = text.index(b'"data":{') + 9
+    flipped.write_bytes(text[:at] + bytes([text[at] ^ 1]) + text[at + 1:])  # one bit of a field's name
     code, out, err = cli("validate", "--json", "--repo", path)
     assert code == 0, err
     assert json.loads(out)["units"] == first["units"]  # the same definitions, not another file's
-    assert json.loads(damaged.read_text())["key"] == damaged.stem  # whole again
-    rewritten = json.loads(foreign.read_text())
+    assert json.loads(body(damaged))["key"] == damaged.stem  # whole again
+    assert json.loads(body(flipped))["key"] == flipped.stem and b'"data":{' in flipped.read_bytes()
+    assert flipped.read_bytes() != text[:at] + bytes([text[at] ^ 1]) + text[at + 1:]
+    rewritten = json.loads(body(foreign))
     assert rewritten["key"] == foreign.stem and rewritten["path"] != stored["path"]  # its own file's parse again
+
+
+def body(entry) -> str:
+    """An entry: its checksum, a newline, its JSON."""
+    checksum, _, text = entry.read_bytes().partition(b"\n")
+    assert hashlib.sha256(text).hexdigest().encode() == checksum
+    return text.decode()
 
 
 def test_a_file_with_problems_is_never_kept(repo, cli, tmp_path):
@@ -93,3 +107,20 @@ def test_kept_units_are_the_units_resolution_makes_and_damaged_ones_are_made_aga
         assert resolve(defs) == fresh and len(list((tmp_path / "units").glob("*/*.json"))) == 2 * len(kept)
     finally:
         unitcache.use(None)
+
+
+def test_a_problem_in_a_kept_file_is_placed_as_in_a_fresh_parse(repo, cli):
+    """The places of a kept parse's fields are read back only when a problem needs them: the
+    same file, line and column as parsing the file again gives."""
+    path = str(repo.path)
+    code, out, err = cli("validate", "--repo", path)
+    assert code == 0, err
+    repo.replace("sites/local-b.yaml", "name: local-b\n", "name: local-z\n")  # its clusters now name an unknown site
+    code, cached, err = cli("validate", "--json", "--repo", path)
+    assert code == 1, err
+    problems = json.loads(cached)["problems"]
+    assert any(p["file"] == "clusters/slurm-hpc.yaml" and p["field"] == "placement.site" and p["line"] > 1 for p in problems), problems
+    for entry in entries(repo):
+        entry.unlink()
+    code, fresh, err = cli("validate", "--json", "--repo", path)
+    assert json.loads(fresh)["problems"] == problems
