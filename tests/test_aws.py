@@ -292,15 +292,16 @@ def test_registries_secrets_and_buckets(synthesized):
     ]
     assert "aws_secretsmanager_secret_version" not in lz["resource"]  # containers only, never values
     assert sorted(b["bucket"] for b in resources(lz, "aws_s3_bucket").values()) == [
+        "111122223333-aws-frankfurt-access-logs",
         "111122223333-aws-frankfurt-packages",
         "111122223333-aws-frankfurt-state",
     ]
-    for kind in (
-        "aws_s3_bucket_versioning",
-        "aws_s3_bucket_public_access_block",
-        "aws_s3_bucket_server_side_encryption_configuration",
+    for kind, count in (
+        ("aws_s3_bucket_versioning", 2),  # not the access logs': written once, they expire
+        ("aws_s3_bucket_public_access_block", 3),
+        ("aws_s3_bucket_server_side_encryption_configuration", 3),
     ):
-        assert len(resources(lz, kind)) == 2, kind
+        assert len(resources(lz, kind)) == count, kind
 
 
 def test_one_zone_site_takes_a_second_zone_from_the_region(synthesized):
@@ -484,7 +485,20 @@ def test_the_landing_zone_keeps_an_audit_trail_for_the_sites_retention(specs, sy
     delivery = json.loads(resources(lz, "aws_iam_role_policy")["role_flow_logs_delivery"]["policy"])["Statement"]
     assert [s["Resource"] for s in delivery] == [["${aws_cloudwatch_log_group.logs_flow.arn}", "${aws_cloudwatch_log_group.logs_flow.arn}:*"]]
     eks = resources(lz, "aws_eks_cluster")["eks"]
-    assert eks["enabled_cluster_log_types"] == ["api", "audit", "authenticator"]
+    assert eks["enabled_cluster_log_types"] == ["api", "audit", "authenticator", "controllerManager", "scheduler"]
+    # S3 server access logs of every other bucket, into the site's log bucket, for its retention
+    logging = resources(lz, "aws_s3_bucket_logging")
+    assert {g["bucket"]: (g["target_bucket"], g["target_prefix"]) for g in logging.values()} == {
+        "${aws_s3_bucket.bucket_state.id}": ("${aws_s3_bucket.bucket_access_logs.bucket}", "111122223333-aws-frankfurt-state/"),
+        "${aws_s3_bucket.bucket_packages.id}": ("111122223333-aws-frankfurt-access-logs", "111122223333-aws-frankfurt-packages/"),
+    }
+    (writer,) = json.loads(resources(lz, "aws_s3_bucket_policy")["bucket_access_logs_policy"]["policy"])["Statement"]
+    assert writer["Principal"] == {"Service": "logging.s3.amazonaws.com"} and writer["Action"] == "s3:PutObject"
+    assert writer["Condition"] == {"StringEquals": {"aws:SourceAccount": "111122223333"}}
+    expiry = resources(lz, "aws_s3_bucket_lifecycle_configuration")["bucket_access_logs_lifecycle"]["rule"]
+    assert [r["expiration"] for r in expiry] == [[{"days": 90}]] or [r["expiration"] for r in expiry] == [{"days": 90}]
+    (default,) = resources(lz, "aws_default_security_group").values()
+    assert "ingress" not in default and "egress" not in default  # the default group admits and lets out nothing
     assert "aws_cloudwatch_log_group.logs_eks" in eks["depends_on"], "the group exists before EKS logs into it"
 
 

@@ -439,7 +439,18 @@ def test_registries_secrets_and_buckets(synthesized):
     assert {b["name"]: b["versioning"]["enabled"] for b in buckets.values()} == {
         "swisstwins-hpc-gcp-zurich-state": True,
         "swisstwins-hpc-gcp-zurich-build-cache": False,
+        "swisstwins-hpc-gcp-zurich-access-logs": False,
     }
+    # every other bucket logs who read and wrote what into the usage-log bucket, which Cloud
+    # Storage's analytics group may write and which keeps logs for the site's retention
+    logs = buckets["bucket_access_logs"]
+    assert [r["condition"] for r in logs["lifecycle_rule"]] == [{"age": 90}] and logs["lifecycle_rule"][0]["action"] == {"type": "Delete"}
+    for name, bucket in buckets.items():
+        if name != "bucket_access_logs":
+            assert bucket["logging"] == {"log_bucket": "${google_storage_bucket.bucket_access_logs.name}",
+                                         "log_object_prefix": bucket["name"]}, name
+    (writer,) = [g for g in resources(lz, "google_storage_bucket_iam_member").values() if g["bucket"].endswith("bucket_access_logs.name}")]
+    assert (writer["role"], writer["member"]) == ("roles/storage.objectCreator", "group:cloud-storage-analytics@google.com")
     for bucket in buckets.values():
         assert bucket["uniform_bucket_level_access"] is True
         assert bucket["public_access_prevention"] == "enforced"

@@ -17,6 +17,7 @@ import math
 from rpi import cdk, registry
 from rpi.catalog import catalog
 from rpi.aws.landing_zone import (
+    access_logs_bucket,
     aws,
     bucket_name,
     endpoints_group_name,
@@ -513,7 +514,8 @@ def _storage(stack, spec: ClusterSpec, subnet, nodes) -> tuple[dict, dict]:
             # data leaves the source's bucket in place while the target creates its own.
             name = volume.adopt or bucket_name(spec.account, spec.site, spec.name, volume.name)
             # versioned: an overwrite or a delete is undone within the site's retention
-            bucket = private_bucket(stack, volume.name, name, versioned=True, noncurrent_days=spec.retention_days)
+            bucket = private_bucket(stack, volume.name, name, versioned=True, noncurrent_days=spec.retention_days,
+                                    log_to=access_logs_bucket(spec.account, spec.site))
             if volume.adopt:  # a bucket's id is its name
                 cdk.adopt(bucket, volume.adopt)
             buckets[volume.name] = bucket.bucket

@@ -74,7 +74,8 @@ def build(stack, spec: LandingZoneSpec) -> None:
     secrets = _secrets(stack, spec)
     _service_identities(stack, spec, eks, secrets)
     registries = _registries(stack, spec)
-    state = private_bucket(stack, "state", bucket_name(spec.account, spec.site, "state"), versioned=True)
+    logs = _access_logs(stack, spec)
+    state = private_bucket(stack, "state", bucket_name(spec.account, spec.site, "state"), versioned=True, log_to=logs.bucket)
 
     cdk.output(stack, "vpc_id", network["vpc"].id, "The site's VPC")
     cdk.output(stack, "subnet_ids", {name: s.id for name, s in sorted(network["subnets"].items())}, "Subnets by name")
@@ -167,6 +168,12 @@ def _network(stack, spec: LandingZoneSpec) -> dict:
         enable_dns_support=True,  # EKS private endpoints and FSx/EFS names resolve through the VPC
         enable_dns_hostnames=True,
         tags={"Name": spec.network.name},
+    )
+    # The VPC's default security group, which every interface without one of its own would
+    # get, and which admits its own members and lets out everything: taken over with no rule
+    # at all (Terraform adopts the existing group and removes its rules: in place).
+    aws("default_security_group").DefaultSecurityGroup(
+        stack, "default_group", vpc_id=vpc.id, tags={"Name": f"{spec.site}-default-unused"}
     )
     services = spec.network.subnets
     pairs = zone_subnets(spec.network.cidr, [s.cidr for s in services], len(spec.zones))
@@ -353,8 +360,9 @@ def _eks(stack, spec: LandingZoneSpec, private: list, control_plane):
         },
         # Access entries only (no aws-auth ConfigMap); whoever applies, the CI apply role, administers it.
         access_config={"authentication_mode": "API", "bootstrap_cluster_creator_admin_permissions": True},
-        # the audit trail: API calls, the audit log, who authenticated (changed in place)
-        enabled_cluster_log_types=["api", "audit", "authenticator"],
+        # the audit trail, every log type of the control plane: API calls, the audit log, who
+        # authenticated, and the controller manager's and the scheduler's (changed in place)
+        enabled_cluster_log_types=["api", "audit", "authenticator", "controllerManager", "scheduler"],
         # EKS needs its policy before it can create its network interfaces, and the log group
         # before it logs
         depends_on=[*attached, logs],
@@ -463,7 +471,8 @@ def _registries(stack, spec: LandingZoneSpec) -> dict:
             ecr[registry.name] = repo.repository_url
     buckets = {}
     if any(r.format in ("rpm", "deb") for r in spec.registries):
-        packages = private_bucket(stack, "packages", bucket_name(spec.account, spec.site, "packages"), versioned=True)
+        packages = private_bucket(stack, "packages", bucket_name(spec.account, spec.site, "packages"), versioned=True,
+                                  log_to=access_logs_bucket(spec.account, spec.site))
         buckets["packages"] = packages.bucket
     return {"ecr": ecr, "buckets": buckets}
 
@@ -508,11 +517,54 @@ def bucket_name(*parts: str) -> str:
     return name
 
 
-def private_bucket(stack, construct_id: str, name: str, versioned: bool, noncurrent_days: int = 0):
+def access_logs_bucket(account: str, site: str) -> str:
+    """The site's bucket of S3 server access logs: every bucket of the site logs there."""
+    return bucket_name(account, site, "access-logs")
+
+
+def _access_logs(stack, spec: LandingZoneSpec):
+    """Where the site's buckets log who read and wrote what (S3 server access logs), kept for
+    the site's retention. S3's logging service writes there, for this account's buckets only;
+    made beside the buckets, each of which gets a logging resource of its own (in place)."""
+    logs = private_bucket(stack, "access_logs", access_logs_bucket(spec.account, spec.site), versioned=False)
+    lifecycle = aws("s3_bucket_lifecycle_configuration")
+    lifecycle.S3BucketLifecycleConfiguration(
+        stack,
+        "bucket_access_logs_lifecycle",
+        bucket=logs.id,
+        rule=[lifecycle.S3BucketLifecycleConfigurationRule(
+            id="expire-logs",
+            status="Enabled",
+            filter=[lifecycle.S3BucketLifecycleConfigurationRuleFilter()],
+            expiration=[lifecycle.S3BucketLifecycleConfigurationRuleExpiration(days=spec.log_retention_days)],
+            abort_incomplete_multipart_upload=[
+                lifecycle.S3BucketLifecycleConfigurationRuleAbortIncompleteMultipartUpload(days_after_initiation=1)],
+        )],
+    )
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Sid": "S3ServerAccessLogs",
+            "Effect": "Allow",
+            "Principal": {"Service": "logging.s3.amazonaws.com"},
+            "Action": "s3:PutObject",
+            "Resource": f"arn:aws:s3:::{logs.bucket}/*",
+            "Condition": {"StringEquals": {"aws:SourceAccount": spec.account}},
+        }],
+    }
+    aws("s3_bucket_policy").S3BucketPolicy(stack, "bucket_access_logs_policy", bucket=logs.id, policy=json.dumps(policy))
+    return logs
+
+
+def private_bucket(stack, construct_id: str, name: str, versioned: bool, noncurrent_days: int = 0, log_to: str = ""):
     """An S3 bucket no one outside the account can read, encrypted at rest. `noncurrent_days`:
     a versioned bucket expires an object's earlier versions that long after a newer one
-    replaced them."""
+    replaced them. `log_to`: the bucket its server access logs go to, under its own name."""
     s3 = aws("s3_bucket").S3Bucket(stack, f"bucket_{construct_id}", bucket=name)
+    if log_to:
+        aws("s3_bucket_logging").S3BucketLoggingA(
+            stack, f"bucket_{construct_id}_logging", bucket=s3.id, target_bucket=log_to, target_prefix=f"{name}/"
+        )
     aws("s3_bucket_public_access_block").S3BucketPublicAccessBlock(
         stack,
         f"bucket_{construct_id}_public_access",
@@ -550,6 +602,9 @@ def private_bucket(stack, construct_id: str, name: str, versioned: bool, noncurr
                     noncurrent_version_expiration=[
                         lifecycle.S3BucketLifecycleConfigurationRuleNoncurrentVersionExpiration(noncurrent_days=noncurrent_days)
                     ],
+                    # the parts of an upload that never completed cost until removed
+                    abort_incomplete_multipart_upload=[
+                        lifecycle.S3BucketLifecycleConfigurationRuleAbortIncompleteMultipartUpload(days_after_initiation=7)],
                 )],
                 depends_on=[versioning],  # S3 takes a noncurrent rule once versioning is on
             )

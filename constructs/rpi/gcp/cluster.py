@@ -64,6 +64,7 @@ from rpi.gcp.landing_zone import (
     dns_zone_name,
     private_services_name,
     google,
+    access_logs_bucket,
     private_bucket,
     resource_name,
     role_id,
@@ -643,6 +644,7 @@ def _storage(stack, spec: ClusterSpec, network) -> tuple[dict, dict]:
                 # versioned: an overwrite or a delete by a job or a user is undone within the
                 # site's retention, after which the earlier versions go (audit.retention_days)
                 versioned=True,
+                log_to=access_logs_bucket(spec.account, spec.site),
                 noncurrent_days=spec.retention_days,
             )
             if volume.adopt:  # a bucket's id is its name

@@ -95,14 +95,16 @@ def build(stack, spec: LandingZoneSpec) -> None:
     identities = _service_identities(stack, spec, gke)
     _secrets(stack, spec, identities)
     registries = _registries(stack, spec)
+    logs = _access_logs(stack, spec)
     buckets = {
         # Versioned: the services' own state (Vault storage, Terraform of the services layer).
         "state": private_bucket(
-            stack, "state", bucket_name(spec.account, spec.site, "state"), spec.region, versioned=True
+            stack, "state", bucket_name(spec.account, spec.site, "state"), spec.region, versioned=True, log_to=logs.name
         ),
         # Not versioned: a build cache is rebuilt, old versions would only cost.
         "build_cache": private_bucket(
-            stack, "build_cache", bucket_name(spec.account, spec.site, "build-cache"), spec.region, versioned=False
+            stack, "build_cache", bucket_name(spec.account, spec.site, "build-cache"), spec.region, versioned=False,
+            log_to=logs.name,
         ),
     }
 
@@ -437,6 +439,15 @@ def _gke(stack, spec: LandingZoneSpec, network, subnet, ranges: dict[str, str]):
         # Who called the API is in Cloud Audit Logs, which the project keeps.
         logging_config={"enable_components": [
             "SYSTEM_COMPONENTS", "WORKLOADS", "APISERVER", "SCHEDULER", "CONTROLLER_MANAGER"]},
+        # Kubernetes network policies are enforced (Calico): the services' own policies decide
+        # which pod answers whom. Both are changed in place (neither is ForceNew in provider
+        # 6.50.0); on a running site GKE then recreates the node pool's nodes one by one.
+        addons_config=container.ContainerClusterAddonsConfig(
+            network_policy_config=container.ContainerClusterAddonsConfigNetworkPolicyConfig(disabled=False)),
+        network_policy={"enabled": True, "provider": "CALICO"},
+        # Traffic between pods on one node goes through the VPC too, so the flow logs see it
+        # (in place).
+        enable_intranode_visibility=True,
         # Kubernetes version left to the channel: upgrades come from GKE, not as drift.
         release_channel={"channel": "REGULAR"},
         # GKE requires a first node pool; ours is managed on its own below.
@@ -662,7 +673,40 @@ def bucket_name(*parts: str) -> str:
     return name
 
 
-def private_bucket(stack, construct_id: str, name: str, region: str, versioned: bool, noncurrent_days: int = 0):
+def access_logs_bucket(account: str, site: str) -> str:
+    """The site's bucket of usage logs: every bucket of the site logs there."""
+    return bucket_name(account, site, "access-logs")
+
+
+# Cloud Storage writes usage logs as this group, which needs to create objects in the log bucket
+# (cloud.google.com/storage/docs/access-logs).
+STORAGE_ANALYTICS = "group:cloud-storage-analytics@google.com"
+
+
+def _access_logs(stack, spec: LandingZoneSpec):
+    """Where the site's buckets log who read and wrote what (Cloud Storage usage logs), kept for
+    the site's retention; each bucket's logging block is changed in place (not ForceNew)."""
+    bucket = google("storage_bucket")
+    logs = bucket.StorageBucket(
+        stack,
+        "bucket_access_logs",
+        name=access_logs_bucket(spec.account, spec.site),
+        location=spec.region.upper(),
+        uniform_bucket_level_access=True,
+        public_access_prevention="enforced",
+        versioning={"enabled": False},
+        lifecycle_rule=[bucket.StorageBucketLifecycleRule(
+            action=bucket.StorageBucketLifecycleRuleAction(type="Delete"),
+            condition=bucket.StorageBucketLifecycleRuleCondition(age=spec.log_retention_days),
+        )],
+    )
+    google("storage_bucket_iam_member").StorageBucketIamMember(
+        stack, "bucket_access_logs_writer", bucket=logs.name, role="roles/storage.objectCreator", member=STORAGE_ANALYTICS,
+    )
+    return logs
+
+
+def private_bucket(stack, construct_id: str, name: str, region: str, versioned: bool, noncurrent_days: int = 0, log_to: str = ""):
     """A bucket in the site's region that no one outside the project can read.
 
     Uniform access: IAM alone decides, no object ACLs. Public access prevention enforced:
@@ -685,6 +729,8 @@ def private_bucket(stack, construct_id: str, name: str, region: str, versioned: 
         public_access_prevention="enforced",
         versioning={"enabled": versioned},
         **(expiry if versioned and noncurrent_days else {}),
+        # who read and wrote what: `log_to`, the site's usage-log bucket, under the bucket's name
+        **({"logging": bucket.StorageBucketLogging(log_bucket=log_to, log_object_prefix=name)} if log_to else {}),
     )
 
 
