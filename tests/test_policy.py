@@ -3,7 +3,8 @@ scripts/test sets up: its pins conflict with ours) over the golden JSON of every
 finding it accepts is a line of tests/policy/checkov-baseline.txt, naming the check, the
 golden file and the resource, and the reason the check does not apply. A new finding fails,
 and so does a baseline line that no longer matches a finding (the baseline stays exact). The
-findings the security review named as real may never be accepted."""
+findings the security review named as real may never be accepted. (zizmor, over the
+workflows, is in tests/test_workflows.py.)"""
 
 from __future__ import annotations
 
@@ -66,6 +67,8 @@ def _baseline() -> dict[tuple[str, str, str], str]:
 def findings() -> set[tuple[str, str, str]]:
     if not CHECKOV.exists():
         pytest.fail(f"{CHECKOV} is missing: scripts/test installs checkov {(ROOT / 'tests/policy/checkov-version').read_text().strip()} there")
+    version = subprocess.run([str(CHECKOV), "--version"], capture_output=True, text=True, timeout=120).stdout.strip()
+    assert version == (ROOT / "tests/policy/checkov-version").read_text().strip(), f"checkov {version}: run scripts/test"
     return set().union(*(_findings(cloud) for cloud in CLOUDS))
 
 
