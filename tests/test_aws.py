@@ -475,7 +475,8 @@ def test_the_landing_zone_keeps_an_audit_trail_for_the_sites_retention(specs, sy
     days = specs["landing-zone"].log_retention_days
     assert days == 90
     groups = {g["name"]: g["retention_in_days"] for g in resources(lz, "aws_cloudwatch_log_group").values()}
-    assert groups == {f"/vcluster/{SITE}/vpc-flow-logs": days, f"/aws/eks/{SITE}-control/cluster": days}
+    assert groups == {f"/vcluster/{SITE}/vpc-flow-logs": days, f"/aws/eks/{SITE}-control/cluster": days,
+                      f"/vcluster/{SITE}/sessions": days}
     (flow,) = resources(lz, "aws_flow_log").values()
     assert flow["vpc_id"] == "${aws_vpc.vpc.id}" and flow["traffic_type"] == "ALL"
     assert flow["log_destination"] == "${aws_cloudwatch_log_group.logs_flow.arn}"
@@ -502,6 +503,23 @@ def test_the_landing_zone_keeps_an_audit_trail_for_the_sites_retention(specs, sy
     assert "aws_cloudwatch_log_group.logs_eks" in eks["depends_on"], "the group exists before EKS logs into it"
 
 
+def test_every_shell_session_is_logged_for_the_sites_retention(synthesized):
+    """The site's shell document streams each session to the site's log group (Session
+    Manager's account-wide preferences are left alone), and the nodes may write there."""
+    lz = doc(synthesized, "landing-zone")
+    document = resources(lz, "aws_ssm_document")["session_document"]
+    assert (document["name"], document["document_type"]) == ("aws-frankfurt-logged-shell", "Session")
+    inputs = json.loads(document["content"])["inputs"]
+    assert inputs["cloudWatchLogGroupName"] == "/vcluster/aws-frankfurt/sessions" and inputs["cloudWatchStreamingEnabled"] is True
+    assert inputs["runAsEnabled"] is False  # as ssm-user, whom only admins and operators reach
+    group = resources(lz, "aws_cloudwatch_log_group")["logs_sessions"]
+    assert (group["name"], group["retention_in_days"]) == ("/vcluster/aws-frankfurt/sessions", 90)
+    cluster = doc(synthesized, "cluster-dev")
+    writers = [json.loads(p["policy"])["Statement"] for k, p in resources(cluster, "aws_iam_role_policy").items() if k.endswith("_session_logs")]
+    assert writers and all(
+        s[0]["Resource"] == ["arn:aws:logs:eu-central-1:111122223333:log-group:/vcluster/aws-frankfurt/sessions:*"] for s in writers)
+
+
 def test_no_user_group_can_start_a_shell_on_aws(specs, synthesized):
     """Only admin and operator groups may start a shell document (it runs as ssm-user, with
     sudo, past SSSD); every other group may only start SSH sessions, to the login nodes, and a
@@ -517,8 +535,8 @@ def test_no_user_group_can_start_a_shell_on_aws(specs, synthesized):
             nodes = statements["ClusterNodes"]
             assert nodes["Condition"]["BoolIfExists"] == {"ssm:SessionDocumentAccessCheck": "true"}
             seen.add(roles[group])
-            if roles[group] in ("admin", "operator"):
-                assert documents == {"SSM-SessionManagerRunShell", "AWS-StartSSHSession"}
+            if roles[group] in ("admin", "operator"):  # the site's logged shell, never the account's default one
+                assert documents == {f"{spec.site}-logged-shell", "AWS-StartSSHSession"}
             else:
                 assert documents == {"AWS-StartSSHSession"}, (name, group)
                 assert nodes["Condition"]["StringEquals"]["ssm:resourceTag/role"] == "login"

@@ -25,6 +25,8 @@ from rpi.aws.landing_zone import (
     policy,
     private_bucket,
     private_route_table_name,
+    session_document_name,
+    session_log_group_name,
     statement,
 )
 from rpi.spec import (
@@ -275,6 +277,15 @@ def _node_profiles(stack, spec: ClusterSpec) -> dict:
             ("AmazonSSMManagedInstanceCore",),
         )
         profile = aws("iam_instance_profile").IamInstanceProfile(stack, f"{name}_profile", name=role.name, role=role.name)
+        # the SSM agent streams an admin's shell to the site's session log group
+        group = f"arn:aws:logs:{spec.region}:{spec.account}:log-group:{session_log_group_name(spec.site)}"
+        aws("iam_role_policy").IamRolePolicy(
+            stack, f"{name}_session_logs", name="session-logs", role=role.name,
+            policy=policy([
+                statement(["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"], [f"{group}:*"], sid="Stream"),
+                statement(["logs:DescribeLogGroups"], ["*"], sid="FindGroup"),  # the agent checks the group exists
+            ]),
+        )
         identities[name] = (profile, role)
     return identities
 
@@ -576,7 +587,9 @@ def _access(stack, spec: ClusterSpec) -> None:
     are covered without touching the policy.
     """
     instances = f"arn:aws:ec2:{spec.region}:{spec.account}:instance/*"
-    shell = f"arn:aws:ssm:{spec.region}:{spec.account}:document/SSM-SessionManagerRunShell"
+    # the site's own shell document, which streams the session to the site's log group
+    # (landing_zone._session_logs); never the account's default shell document
+    shell = f"arn:aws:ssm:{spec.region}:{spec.account}:document/{session_document_name(spec.site)}"
     ssh = f"arn:aws:ssm:{spec.region}::document/AWS-StartSSHSession"
     for group in spec.access:
         reach = {"ssm:resourceTag/cluster": spec.name}

@@ -68,6 +68,7 @@ def build(stack, spec: LandingZoneSpec) -> None:
     """Add the whole landing zone to `stack` (backend and provider are set by the platform)."""
     network = _network(stack, spec)
     _flow_logs(stack, spec, network["vpc"])
+    _session_logs(stack, spec)
     _dns(stack, spec, network["vpc"])
     control_plane = _control_plane_security_group(stack, spec, network["vpc"])
     eks = _eks(stack, spec, network["private"], control_plane)
@@ -91,6 +92,43 @@ def build(stack, spec: LandingZoneSpec) -> None:
 def log_group(stack, construct_id: str, name: str, days: int):
     return aws("cloudwatch_log_group").CloudwatchLogGroup(
         stack, f"logs_{construct_id}", name=name, retention_in_days=days
+    )
+
+
+def session_document_name(site: str) -> str:
+    """The site's Session Manager shell document: the only one admins and operators may start."""
+    return f"{site}-logged-shell"
+
+
+def session_log_group_name(site: str) -> str:
+    return f"/vcluster/{site}/sessions"
+
+
+def _session_logs(stack, spec: LandingZoneSpec) -> None:
+    """Every shell that Session Manager opens on the site's nodes is streamed to a log group of
+    the site's, kept for its retention. Session Manager's own preferences (the document
+    SSM-SessionManagerRunShell) belong to the whole account and region, so no stack sets them:
+    the site has a shell document of its own instead, and the admins' and operators' policies
+    name that document only (ssm:SessionDocumentAccessCheck), so a shell without it is refused.
+    Users' SSH sessions (AWS-StartSSHSession) carry SSH, which Session Manager cannot read:
+    sshd logs them on the login node."""
+    logs = log_group(stack, "sessions", session_log_group_name(spec.site), spec.log_retention_days)
+    content = {
+        "schemaVersion": "1.0",
+        "description": f"A shell on a node of site {spec.site}, logged to {logs.name}",
+        "sessionType": "Standard_Stream",
+        "inputs": {
+            "cloudWatchLogGroupName": session_log_group_name(spec.site),
+            "cloudWatchStreamingEnabled": True,
+            "cloudWatchEncryptionEnabled": False,
+            "s3BucketName": "",
+            "runAsEnabled": False,
+            "idleSessionTimeout": "20",
+        },
+    }
+    aws("ssm_document").SsmDocument(
+        stack, "session_document", name=session_document_name(spec.site), document_type="Session",
+        document_format="JSON", content=json.dumps(content, sort_keys=True), depends_on=[logs],
     )
 
 
