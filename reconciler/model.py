@@ -412,6 +412,19 @@ class Bucket(Strict):
     name: Name
     purpose: str = ""
     from_: VolumeId | None = Field(None, alias="from")
+    lock_days: int | None = Field(
+        None, ge=1, le=36500,
+        description="Object lock: every object is kept unchanged and undeletable for this many days after it is "
+        "written (AWS: S3 Object Lock, on the bucket's versions; GCP: the bucket's retention policy, in place of "
+        "versioning, which GCS does not combine with it). Not undone: S3 keeps Object Lock on a bucket for good. "
+        "The local platform's stand-in store does not enforce it",
+    )
+    lock_mode: Literal["governance", "compliance"] = Field(
+        "governance",
+        description="governance: an identity with s3:BypassGovernanceRetention may still remove an object, and the "
+        "GCS retention policy stays unlocked; compliance: no one may, not even the account's root, and the GCS "
+        "retention policy is locked for good (the bucket cannot be deleted before its objects are old enough)",
+    )
 
 
 class Storage(Strict):

@@ -302,7 +302,11 @@ def _cluster_unit(
             StorageVolume("scratch", "scratch", cluster.storage.scratch.size_gb, cluster.storage.scratch.mount)
         )
     store = _object_store(site)
-    storage += [StorageVolume(b.name, "object", 0, "", adopt=b.from_ or "", store=store) for b in cluster.storage.object]
+    storage += [
+        StorageVolume(b.name, "object", 0, "", adopt=b.from_ or "", store=store, lock_days=b.lock_days or 0,
+                      lock_mode=b.lock_mode if b.lock_days else "")
+        for b in cluster.storage.object
+    ]
     scheduler = cluster.services.scheduler
     env = cluster.environment
     stack = f"cluster-{cluster.name}"

@@ -404,6 +404,11 @@ def test_storage_by_flavor(synthesized):
         "111122223333-aws-frankfurt-gpu-ai-checkpoints",
         "111122223333-aws-frankfurt-gpu-ai-datasets",
     ]
+    # datasets: lock_days 30, governance: S3 Object Lock's default retention, once versioning is on
+    (lock,) = resources(gpu, "aws_s3_bucket_object_lock_configuration").values()
+    assert lock["bucket"] == "${aws_s3_bucket.bucket_datasets.id}"
+    assert lock["rule"] == {"default_retention": {"days": 30, "mode": "GOVERNANCE"}}
+    assert lock["depends_on"] == ["aws_s3_bucket_versioning.bucket_datasets_versioning"]
 
 
 def test_lustre_capacity_steps():

@@ -620,6 +620,13 @@ def test_storage_by_flavor(specs, synthesized):
     ]
     for bucket in buckets.values():
         assert (bucket["uniform_bucket_level_access"], bucket["public_access_prevention"]) == (True, "enforced")
+    # datasets: lock_days 30, governance: a retention policy, unlocked, in place of versions (GCS
+    # takes one or the other), whose earlier versions still expire; checkpoints: versioned
+    datasets, checkpoints = buckets["bucket_datasets"], buckets["bucket_checkpoints"]
+    assert datasets["retention_policy"] == {"retention_period": 30 * 86400, "is_locked": False}
+    assert datasets["versioning"] == {"enabled": False} and checkpoints["versioning"] == {"enabled": True}
+    assert "retention_policy" not in checkpoints
+    assert all(b["lifecycle_rule"][0]["condition"] == {"days_since_noncurrent_time": 90} for b in (datasets, checkpoints))
 
 
 def test_filestore_tiers_and_capacity():

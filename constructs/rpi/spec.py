@@ -76,6 +76,8 @@ class StorageVolume:
     mount: str  # "" for object storage
     adopt: str = ""  # storage.<volume>.from: the id of an existing volume this one is (an import)
     store: ObjectStore | None = None  # local platform: the site's object store, for a bucket; None: a directory
+    lock_days: int = 0  # a bucket's object lock: objects kept unchanged that long after written (0: none)
+    lock_mode: str = ""  # governance | compliance, with lock_days
 
 
 @dataclass(frozen=True)

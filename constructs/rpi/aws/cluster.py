@@ -526,7 +526,8 @@ def _storage(stack, spec: ClusterSpec, subnet, nodes) -> tuple[dict, dict]:
             name = volume.adopt or bucket_name(spec.account, spec.site, spec.name, volume.name)
             # versioned: an overwrite or a delete is undone within the site's retention
             bucket = private_bucket(stack, volume.name, name, versioned=True, noncurrent_days=spec.retention_days,
-                                    log_to=access_logs_bucket(spec.account, spec.site))
+                                    log_to=access_logs_bucket(spec.account, spec.site),
+                                    lock_days=volume.lock_days, lock_mode=volume.lock_mode)
             if volume.adopt:  # a bucket's id is its name
                 cdk.adopt(bucket, volume.adopt)
             buckets[volume.name] = bucket.bucket

@@ -594,10 +594,13 @@ def _access_logs(stack, spec: LandingZoneSpec):
     return logs
 
 
-def private_bucket(stack, construct_id: str, name: str, versioned: bool, noncurrent_days: int = 0, log_to: str = ""):
+def private_bucket(stack, construct_id: str, name: str, versioned: bool, noncurrent_days: int = 0, log_to: str = "",
+                   lock_days: int = 0, lock_mode: str = ""):
     """An S3 bucket no one outside the account can read, encrypted at rest. `noncurrent_days`:
     a versioned bucket expires an object's earlier versions that long after a newer one
-    replaced them. `log_to`: the bucket its server access logs go to, under its own name."""
+    replaced them. `log_to`: the bucket its server access logs go to, under its own name.
+    `lock_days`: S3 Object Lock, each version unchanged that long after it is written, in
+    `lock_mode` (governance or compliance)."""
     s3 = aws("s3_bucket").S3Bucket(stack, f"bucket_{construct_id}", bucket=name)
     if log_to:
         aws("s3_bucket_logging").S3BucketLoggingA(
@@ -645,6 +648,17 @@ def private_bucket(stack, construct_id: str, name: str, versioned: bool, noncurr
                         lifecycle.S3BucketLifecycleConfigurationRuleAbortIncompleteMultipartUpload(days_after_initiation=7)],
                 )],
                 depends_on=[versioning],  # S3 takes a noncurrent rule once versioning is on
+            )
+        if lock_days:
+            # On an existing bucket too: this resource turns Object Lock on once versioning is
+            # (provider 6.x, "new and existing buckets"), and S3 never turns it off again.
+            lock = aws("s3_bucket_object_lock_configuration")
+            lock.S3BucketObjectLockConfigurationA(
+                stack, f"bucket_{construct_id}_object_lock", bucket=s3.id,
+                rule=lock.S3BucketObjectLockConfigurationRuleA(
+                    default_retention=lock.S3BucketObjectLockConfigurationRuleDefaultRetentionA(
+                        mode=lock_mode.upper(), days=lock_days)),
+                depends_on=[versioning],
             )
     return s3
 

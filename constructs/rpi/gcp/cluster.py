@@ -643,9 +643,13 @@ def _storage(stack, spec: ClusterSpec, network) -> tuple[dict, dict]:
                 spec.region,
                 # versioned: an overwrite or a delete by a job or a user is undone within the
                 # site's retention, after which the earlier versions go (audit.retention_days)
-                versioned=True,
+                # (GCS does not combine versions with a retention policy: a locked bucket keeps
+                # each object unchanged instead)
+                versioned=not volume.lock_days,
                 log_to=access_logs_bucket(spec.account, spec.site),
                 noncurrent_days=spec.retention_days,
+                lock_days=volume.lock_days,
+                lock_locked=volume.lock_mode == "compliance",
             )
             if volume.adopt:  # a bucket's id is its name
                 cdk.adopt(bucket, volume.adopt)

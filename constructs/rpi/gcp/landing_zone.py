@@ -706,7 +706,8 @@ def _access_logs(stack, spec: LandingZoneSpec):
     return logs
 
 
-def private_bucket(stack, construct_id: str, name: str, region: str, versioned: bool, noncurrent_days: int = 0, log_to: str = ""):
+def private_bucket(stack, construct_id: str, name: str, region: str, versioned: bool, noncurrent_days: int = 0, log_to: str = "",
+                   lock_days: int = 0, lock_locked: bool = False):
     """A bucket in the site's region that no one outside the project can read.
 
     Uniform access: IAM alone decides, no object ACLs. Public access prevention enforced:
@@ -728,9 +729,14 @@ def private_bucket(stack, construct_id: str, name: str, region: str, versioned: 
         uniform_bucket_level_access=True,
         public_access_prevention="enforced",
         versioning={"enabled": versioned},
-        **(expiry if versioned and noncurrent_days else {}),
+        # (kept on a bucket whose versioning a lock turned off: its earlier versions still go)
+        **(expiry if noncurrent_days else {}),
         # who read and wrote what: `log_to`, the site's usage-log bucket, under the bucket's name
         **({"logging": bucket.StorageBucketLogging(log_bucket=log_to, log_object_prefix=name)} if log_to else {}),
+        # object lock: no object is deleted or replaced before it is `lock_days` old (in place;
+        # `is_locked` makes that permanent, and the bucket cannot go before its objects)
+        **({"retention_policy": bucket.StorageBucketRetentionPolicy(retention_period=lock_days * 86400, is_locked=lock_locked)}
+           if lock_days else {}),
     )
 
 
