@@ -200,11 +200,12 @@ def load(snapshot: Snapshot) -> Definitions:
     site_files: dict[str, str] = {}
     site_spots: dict[str, Mapping[Path_, Spot]] = {}
     for doc in site_docs:
-        site = _validate(Site, doc.data, _Spots(doc), Location(doc.path, 1, 1), problems)
+        spots = _Spots(doc)
+        site = _validate(Site, doc.data, spots, Location(doc.path, 1, 1), problems)
         if site is not None and site.name not in sites:
             sites[site.name] = site
             site_files[site.name] = doc.path
-            site_spots[site.name] = _Spots(doc)
+            site_spots[site.name] = spots
     _check_sites_apart(sites, site_spots, problems)
 
     clusters: dict[str, Cluster] = {}
@@ -214,11 +215,12 @@ def load(snapshot: Snapshot) -> Definitions:
         composed = _compose(doc, profiles, problems)
         if composed is None:
             continue
-        cluster = _validate(Cluster, composed.data, _Spots(composed), Location(doc.path, 1, 1), problems)
+        spots = _Spots(composed)
+        cluster = _validate(Cluster, composed.data, spots, Location(doc.path, 1, 1), problems)
         if cluster is not None and cluster.name not in clusters:
             clusters[cluster.name] = cluster
             cluster_files[cluster.name] = (doc.path, *(profiles[p].path for p in cluster.profiles))
-            cluster_spots[cluster.name] = _Spots(composed)
+            cluster_spots[cluster.name] = spots
     for name, cluster in clusters.items():
         _check_zone(cluster, sites.get(cluster.placement.site), cluster_spots[name], problems)
     if problems:  # the run stops here: say now, too, what the valid clusters' sites cannot run

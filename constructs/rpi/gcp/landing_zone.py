@@ -686,20 +686,8 @@ STORAGE_ANALYTICS = "group:cloud-storage-analytics@google.com"
 def _access_logs(stack, spec: LandingZoneSpec):
     """Where the site's buckets log who read and wrote what (Cloud Storage usage logs), kept for
     the site's retention; each bucket's logging block is changed in place (not ForceNew)."""
-    bucket = google("storage_bucket")
-    logs = bucket.StorageBucket(
-        stack,
-        "bucket_access_logs",
-        name=access_logs_bucket(spec.account, spec.site),
-        location=spec.region.upper(),
-        uniform_bucket_level_access=True,
-        public_access_prevention="enforced",
-        versioning={"enabled": False},
-        lifecycle_rule=[bucket.StorageBucketLifecycleRule(
-            action=bucket.StorageBucketLifecycleRuleAction(type="Delete"),
-            condition=bucket.StorageBucketLifecycleRuleCondition(age=spec.log_retention_days),
-        )],
-    )
+    logs = private_bucket(stack, "access_logs", access_logs_bucket(spec.account, spec.site), spec.region, versioned=False,
+                          expire_days=spec.log_retention_days)
     google("storage_bucket_iam_member").StorageBucketIamMember(
         stack, "bucket_access_logs_writer", bucket=logs.name, role="roles/storage.objectCreator", member=STORAGE_ANALYTICS,
     )
@@ -707,19 +695,24 @@ def _access_logs(stack, spec: LandingZoneSpec):
 
 
 def private_bucket(stack, construct_id: str, name: str, region: str, versioned: bool, noncurrent_days: int = 0, log_to: str = "",
-                   lock_days: int = 0, lock_locked: bool = False):
+                   lock_days: int = 0, lock_locked: bool = False, expire_days: int = 0):
     """A bucket in the site's region that no one outside the project can read.
 
     Uniform access: IAM alone decides, no object ACLs. Public access prevention enforced:
     not even a later IAM grant to allUsers can open it. `noncurrent_days`: a versioned
     bucket deletes an object's earlier versions that long after a newer one replaced them.
+    `log_to`: the bucket its usage logs go to. `lock_days`: its retention policy
+    (`lock_locked`: locked for good). `expire_days`: every object is deleted that old.
     """
     bucket = google("storage_bucket")
     # the struct classes, not dicts: jsii reads a dict's keys as the provider's camelCase names
     # and drops the others silently, which would leave a Delete rule with no condition
+    if expire_days:
+        condition = bucket.StorageBucketLifecycleRuleCondition(age=expire_days)
+    else:
+        condition = bucket.StorageBucketLifecycleRuleCondition(days_since_noncurrent_time=noncurrent_days)
     expiry = {"lifecycle_rule": [bucket.StorageBucketLifecycleRule(
-        action=bucket.StorageBucketLifecycleRuleAction(type="Delete"),
-        condition=bucket.StorageBucketLifecycleRuleCondition(days_since_noncurrent_time=noncurrent_days),
+        action=bucket.StorageBucketLifecycleRuleAction(type="Delete"), condition=condition,
     )]}
     return bucket.StorageBucket(
         stack,
@@ -730,7 +723,7 @@ def private_bucket(stack, construct_id: str, name: str, region: str, versioned: 
         public_access_prevention="enforced",
         versioning={"enabled": versioned},
         # (kept on a bucket whose versioning a lock turned off: its earlier versions still go)
-        **(expiry if noncurrent_days else {}),
+        **(expiry if noncurrent_days or expire_days else {}),
         # who read and wrote what: `log_to`, the site's usage-log bucket, under the bucket's name
         **({"logging": bucket.StorageBucketLogging(log_bucket=log_to, log_object_prefix=name)} if log_to else {}),
         # object lock: no object is deleted or replaced before it is `lock_days` old (in place;
