@@ -36,6 +36,7 @@ ACCOUNT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}$|^$"
 MOUNT_PATTERN = r"^/[A-Za-z0-9._/-]{0,255}$"
 SLURM_KEY_PATTERN = r"^[A-Za-z][A-Za-z0-9]{0,63}$"
 SLURM_VALUE_PATTERN = r"^[^\x00-\x1f\x7f#]{0,1024}$"
+PORT_PATTERN = r"^[0-9]{1,5}(-[0-9]{1,5})?$"
 DN_PATTERN = r"^[A-Za-z][A-Za-z0-9-]*=[^,=+\x00-\x1f\x7f]+(,[A-Za-z][A-Za-z0-9-]*=[^,=+\x00-\x1f\x7f]+)*$"
 # What each pattern means, for messages that name no regular expression.
 PATTERN_WORDS = {
@@ -49,6 +50,7 @@ PATTERN_WORDS = {
     MOUNT_PATTERN: "an absolute path of letters, digits, '.', '_', '-' and '/'",
     SLURM_KEY_PATTERN: "a slurm.conf parameter name (letters and digits, e.g. SchedulerType)",
     SLURM_VALUE_PATTERN: "a slurm.conf value on one line: no control characters and no '#'",
+    PORT_PATTERN: "a port (6817) or a range of ports (60000-61000)",
     DN_PATTERN: "an LDAP distinguished name such as dc=cscs,dc=ch (attribute=value, separated by commas)",
 }
 
@@ -449,9 +451,48 @@ class Storage(Strict):
     )
 
 
+def _port_range(value: int | str) -> str:
+    """6817 or "60000-61000" -> the canonical "6817" or "60000-61000"."""
+    low, _, high = str(value).partition("-")
+    try:
+        first, last = int(low), int(high or low)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a port (1-65535) or a range of ports such as 60000-61000") from None
+    if not 1 <= first <= last <= 65535:
+        raise ValueError(f"{value!r} is not a port (1-65535) or a range of ports from low to high")
+    return str(first) if first == last else f"{first}-{last}"
+
+
+PortRange = Annotated[
+    Annotated[int, Field(ge=1, le=65535)] | Annotated[str, Field(pattern=PORT_PATTERN)],
+    AfterValidator(_port_range),
+    Field(description="A port (6817) or a range of ports (\"60000-61000\")"),
+]
+
+
+class Admit(Strict):
+    """Another cluster of the same site whose nodes may open connections to this cluster's nodes."""
+
+    cluster: Name = Field(description="The cluster let in. It must exist; while it runs on another site, nothing is opened")
+    ports: Annotated[list[PortRange], AfterValidator(_no_repeats)] = Field(
+        [], description="The TCP and UDP ports it may open; none: every port and protocol"
+    )
+
+
 class ClusterNetwork(Strict):
     public_login: bool = Field(False, description="Expose login nodes on a public address")
     allowed_cidrs: list[Cidr] = Field([], description="Networks allowed to reach the login nodes")
+    admit: list[Admit] = Field(
+        [],
+        description="Other clusters of the site whose nodes may reach this cluster's nodes, one way, on the ports "
+        "given. Clusters reach no other cluster unless that cluster admits them here",
+    )
+
+    @field_validator("admit")
+    @classmethod
+    def _each_cluster_once(cls, admit: list[Admit]) -> list[Admit]:
+        _no_repeats([entry.cluster for entry in admit])
+        return admit
 
 
 class Group(Strict):

@@ -27,6 +27,7 @@ from rpi.spec import (
     Network,
     NodeSpec,
     ObjectStore,
+    Peer,
     Registry,
     SERVICE_PORTS,
     SchedulerSpec,
@@ -95,10 +96,12 @@ def resolve(defs: Definitions) -> dict[str, Unit]:
     for site in defs.sites.values():
         unit = site_units[site.name] = _site_unit(site, defs.site_files[site.name])
         units[unit.key] = unit
-    for name, subnet in _allocate_subnets(defs, problems).items():
+    subnets = _allocate_subnets(defs, problems)
+    peers = _peers(defs, subnets, problems)
+    for name, subnet in subnets.items():
         cluster = defs.clusters[name]
         site = defs.sites[cluster.placement.site]
-        unit = _cluster_unit_kept(cluster, site, subnet, defs, problems, site_units[site.name])
+        unit = _cluster_unit_kept(cluster, site, subnet, peers.get(name, ((), ())), defs, problems, site_units[site.name])
         if unit is not None:
             units[unit.key] = unit
     _check_state_unique(units.values(), defs, problems)
@@ -223,6 +226,36 @@ def _allocate_subnets(defs: Definitions, problems: Problems) -> dict[str, ipaddr
     return allocated
 
 
+def _peers(defs: Definitions, subnets: Mapping[str, ipaddress.IPv4Network], problems: Problems) -> dict:
+    """{cluster: (admitted, reaches)}: the clusters of its site that its `network.admit` lets in,
+    and those whose `network.admit` lets it in, each with that cluster's subnet. An admitted
+    cluster must exist; while it runs on another site (a move, a failover) nothing is opened."""
+    admitted: dict[str, list[Peer]] = {}
+    reaches: dict[str, list[Peer]] = {}
+    for name in sorted(defs.clusters):
+        cluster = defs.clusters[name]
+        for index, entry in enumerate(cluster.network.admit):
+            other = defs.clusters.get(entry.cluster)
+            if entry.cluster == name or other is None:
+                problems.add(
+                    defs.locate(name, ("network", "admit", index, "cluster")),
+                    f"network.admit.{index}.cluster",
+                    f"cluster {name} admits {entry.cluster}, "
+                    + ("itself: a cluster's own nodes always reach each other" if entry.cluster == name
+                       else "which no file under clusters/ defines"),
+                    "name another cluster of the same site" if entry.cluster == name
+                    else f"define cluster {entry.cluster}, or remove the entry",
+                )
+                continue
+            if other.placement.site != cluster.placement.site or name not in subnets or entry.cluster not in subnets:
+                continue
+            ports = tuple(entry.ports)
+            admitted.setdefault(name, []).append(Peer(entry.cluster, str(subnets[entry.cluster]), ports))
+            reaches.setdefault(entry.cluster, []).append(Peer(name, str(subnets[name]), ports))
+    return {name: (tuple(admitted.get(name, ())), tuple(reaches.get(name, ())))
+            for name in admitted.keys() | reaches.keys()}
+
+
 def placement_problems(cluster: Cluster, site: Site, locate) -> tuple[portability.Verdict, list[Problem]]:
     """Why a cluster cannot run on its placement site, each reason at the field it concerns
     (`locate`: a field path -> where it was written). The loader reports these beside schema
@@ -241,26 +274,28 @@ def placement_problems(cluster: Cluster, site: Site, locate) -> tuple[portabilit
 
 
 def _cluster_unit_kept(
-    cluster: Cluster, site: Site, subnet: ipaddress.IPv4Network, defs: Definitions, problems: Problems, site_unit: Unit
+    cluster: Cluster, site: Site, subnet: ipaddress.IPv4Network, peers: tuple, defs: Definitions, problems: Problems,
+    site_unit: Unit,
 ) -> Unit | None:
     """`_cluster_unit`, kept by what it follows from (`unitcache`): resolved again only when
-    the cluster's files, its site, its subnet or the code change."""
+    the cluster's files, its site, its subnet, its peers or the code change."""
     if not unitcache.enabled():
-        return _cluster_unit(cluster, site, subnet, defs, problems, site_unit)
+        return _cluster_unit(cluster, site, subnet, peers, defs, problems, site_unit)
     paths = (*defs.cluster_files[cluster.name], defs.site_files[site.name])
     key = unitcache.key([cluster.name.encode(), str(subnet).encode(), site_unit.config_hash.encode(),
-                         *(path.encode() + b"\0" + defs.files[path] for path in paths)])
+                         repr(peers).encode(), *(path.encode() + b"\0" + defs.files[path] for path in paths)])
     kept = unitcache.read(key, Unit)  # its user data kept as the facts it carries: the rest is the same for every cluster
     if kept is not None and kept.kind == CLUSTER and isinstance(kept.spec, ClusterSpec) and kept.name == cluster.name:
         return dataclasses.replace(kept, spec=dataclasses.replace(kept.spec, user_data=layers.user_data_of(kept.spec.user_data)))
-    unit = _cluster_unit(cluster, site, subnet, defs, problems, site_unit)
+    unit = _cluster_unit(cluster, site, subnet, peers, defs, problems, site_unit)
     if unit is not None:
         unitcache.write(key, dataclasses.replace(unit, spec=dataclasses.replace(unit.spec, user_data=layers.cluster_facts(cluster))))
     return unit
 
 
 def _cluster_unit(
-    cluster: Cluster, site: Site, subnet: ipaddress.IPv4Network, defs: Definitions, problems: Problems, site_unit: Unit
+    cluster: Cluster, site: Site, subnet: ipaddress.IPv4Network, peers: tuple, defs: Definitions, problems: Problems,
+    site_unit: Unit,
 ) -> Unit | None:
     gateway, hosts, capacity = usable_hosts(site.platform, subnet)
     needed = sum(p.count for p in cluster.node_pools.values())
@@ -353,6 +388,8 @@ def _cluster_unit(
         services_cidr=site.network.services_subnet,
         egress=site.network.egress,
         retention_days=site.audit.retention_days,
+        admitted=peers[0],
+        reaches=peers[1],
     )
     inputs = (*defs.cluster_files[cluster.name], defs.site_files[site.name])
     return Unit(CLUSTER, cluster.name, site.name, site.platform, inputs, (site_unit.key,), spec, _hash(spec), spec.state)

@@ -15,6 +15,9 @@ from reconciler.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden"
+# What the cloud fixtures add to the example dev cluster, where dev and slurm-hpc share a site:
+# slurm-hpc's nodes may open SSH to dev's nodes (rsync of results), and nothing else.
+DEV_ADMITS_SLURM_HPC = "network:\n  admit:\n    - cluster: slurm-hpc\n      ports: [22]\n"
 # Real plan JSON recorded by HashiCorp's terraform-json project (MPL-2.0, its LICENSE beside
 # them), copied in so that these tests run in every clone and fail, never skip.
 PLAN_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "terraform-json"

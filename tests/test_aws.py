@@ -20,7 +20,9 @@ import time
 
 import pytest
 
-from conftest import GOLDEN, ROOT, assert_providers_rules_hold, check_golden, make_repo, node_module, synthesize_stacks
+from conftest import (
+    DEV_ADMITS_SLURM_HPC, GOLDEN, ROOT, assert_providers_rules_hold, check_golden, make_repo, node_module, synthesize_stacks,
+)
 from reconciler.gitsource import GitSource
 from reconciler.run import Desired, desired
 from rpi.spec import ClusterSpec
@@ -60,6 +62,8 @@ def example(tmp_path_factory) -> Desired:
         if name == "icon":
             text, count = re.subn(r"memory_gb: 1360\b", "memory_gb: 1152", text)
             assert count == 1, path
+        if name == "dev":
+            text += DEV_ADMITS_SLURM_HPC
         repo.write(path, text)
     return desired(GitSource(repo.path).working_tree())
 
@@ -436,7 +440,8 @@ def test_cluster_finds_the_site_vpc_by_its_name_tag(synthesized):
 
 def test_ssh_only_to_login_nodes_from_allowed_cidrs(synthesized):
     variant = doc(synthesized, "variant-ssh")
-    ssh = [r for r in resources(variant, "aws_vpc_security_group_ingress_rule").values() if r["ip_protocol"] == "tcp"]
+    ssh = [r for n, r in resources(variant, "aws_vpc_security_group_ingress_rule").items()
+           if r["ip_protocol"] == "tcp" and not n.startswith("nodes_from_")]  # not what network.admit lets in
     assert sorted(r["cidr_ipv4"] for r in ssh) == ["192.0.2.0/24", "198.51.100.0/24"]
     assert {(r["from_port"], r["to_port"], r["security_group_id"]) for r in ssh} == {
         (22, 22, "${aws_security_group.security_group_login.id}")
@@ -447,7 +452,23 @@ def test_ssh_only_to_login_nodes_from_allowed_cidrs(synthesized):
         "${aws_security_group.security_group_login.id}" not in interfaces["node_compute_0_interface"]["security_groups"]
     )
     dev = doc(synthesized, "cluster-dev")
-    assert not [r for r in resources(dev, "aws_vpc_security_group_ingress_rule").values() if r["ip_protocol"] == "tcp"]
+    assert not [r for r in resources(dev, "aws_vpc_security_group_ingress_rule").values()
+                if r["security_group_id"] == "${aws_security_group.security_group_login.id}"]
+
+
+def test_an_admitted_cluster_reaches_the_nodes_on_its_ports_one_way(synthesized, specs):
+    """dev admits slurm-hpc on port 22: dev's nodes let slurm-hpc's subnet in, slurm-hpc's nodes
+    may go out to dev's subnet, on TCP and UDP 22 both, and nothing opens the other way."""
+    dev, hpc = specs["cluster-dev"], specs["cluster-slurm-hpc"]
+    ingress = resources(doc(synthesized, "cluster-dev"), "aws_vpc_security_group_ingress_rule")
+    egress = resources(doc(synthesized, "cluster-slurm-hpc"), "aws_vpc_security_group_egress_rule")
+    for rules, name, cidr in ((ingress, "nodes_from_slurm-hpc", hpc.subnet.cidr), (egress, "nodes_to_dev", dev.subnet.cidr)):
+        assert {(r["ip_protocol"], r["from_port"], r["to_port"], r["cidr_ipv4"], r["security_group_id"])
+                for k, r in rules.items() if k.startswith(name)} == {
+            (p, 22, 22, cidr, "${aws_security_group.security_group_nodes.id}") for p in ("tcp", "udp")
+        }
+    assert not [k for k in resources(doc(synthesized, "cluster-dev"), "aws_vpc_security_group_egress_rule") if "slurm-hpc" in k]
+    assert not [k for k in resources(doc(synthesized, "cluster-slurm-hpc"), "aws_vpc_security_group_ingress_rule") if "dev" in k]
 
 
 def test_access_groups_open_ssm_sessions_by_tag(synthesized):

@@ -115,6 +115,11 @@ ROWS = [
     ("state escapes", swap("  path: .reconcile/state/local-b\n", "  path: ../../x\n", S), S, "path"),
     ("endpoint creds", swap("state:\n  backend: local\n  path: .reconcile/state/local-b\n",
                             "state:\n  backend: s3\n  bucket: b-1\n  endpoint: http://key:secret@127.0.0.1:9000\n", S), S, "credentials"),
+    ("admit unknown", swap("storage:\n", "network:\n  admit: [{cluster: slurm-hcp}]\nstorage:\n"), D, "network.admit.0.cluster: cluster dev admits slurm-hcp, which no file"),
+    ("admit itself", swap("storage:\n", "network:\n  admit: [{cluster: dev}]\nstorage:\n"), D, "admits dev, itself"),
+    ("admit twice", swap("storage:\n", "network:\n  admit: [{cluster: slurm-hpc}, {cluster: slurm-hpc}]\nstorage:\n"), D, "slurm-hpc is listed twice"),
+    ("admit bad port", swap("storage:\n", "network:\n  admit: [{cluster: slurm-hpc, ports: [\"70000\"]}]\nstorage:\n"), D, "not a port"),
+    ("admit range reversed", swap("storage:\n", "network:\n  admit: [{cluster: slurm-hpc, ports: [\"9-3\"]}]\nstorage:\n"), D, "from low to high"),
     ("store on cloud", swap("\nservices:\n", "\nservices:\n  object_store: {backend: s3}\n", "sites/aws-zurich.yaml"), "sites/aws-zurich.yaml", "object_store"),
 ]
 

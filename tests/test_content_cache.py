@@ -13,6 +13,7 @@ from reconciler import unitcache
 from reconciler.gitsource import GitSource
 from reconciler.load import load
 from reconciler.resolve import resolve
+from rpi.spec import Peer
 
 
 def entries(repo) -> list[Path]:
@@ -124,3 +125,25 @@ def test_a_problem_in_a_kept_file_is_placed_as_in_a_fresh_parse(repo, cli):
         entry.unlink()
     code, fresh, err = cli("validate", "--json", "--repo", path)
     assert json.loads(fresh)["problems"] == problems
+
+
+def test_an_admit_reaches_the_cluster_it_lets_in_through_the_cache(repo, tmp_path):
+    """A cluster's `network.admit` changes the stack of the cluster it lets in (on AWS its egress
+    rules), though that cluster's own files do not change: its kept unit is made again."""
+    repo.write("clusters/dev2.yaml", repo.read("clusters/dev.yaml").replace("name: dev\n", "name: dev2\n"))
+    unitcache.use(tmp_path / "units")
+    try:
+        before = resolve(load(GitSource(repo.path).working_tree()))
+        assert before["cluster:dev@local-a"].spec.reaches == before["cluster:dev2@local-a"].spec.admitted == ()
+        repo.write("clusters/dev2.yaml", repo.read("clusters/dev2.yaml")
+                   + "network:\n  admit:\n    - cluster: dev\n      ports: [22, 60000-60100]\n    - cluster: slurm-hpc\n")
+        defs = load(GitSource(repo.path).working_tree())
+        after = resolve(defs)
+        dev, dev2 = after["cluster:dev@local-a"], after["cluster:dev2@local-a"]
+        assert dev2.spec.admitted == (Peer("dev", dev.spec.subnet.cidr, ("22", "60000-60100")),)  # slurm-hpc: another site
+        assert dev.spec.reaches == (Peer("dev2", dev2.spec.subnet.cidr, ("22", "60000-60100")),)
+        assert dev.config_hash != before["cluster:dev@local-a"].config_hash
+        unitcache.use(None)
+        assert resolve(defs) == after  # what resolution makes without the cache
+    finally:
+        unitcache.use(None)

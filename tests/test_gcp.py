@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from conftest import GOLDEN, ROOT, assert_providers_rules_hold, check_golden, make_repo, synthesize_stacks
+from conftest import DEV_ADMITS_SLURM_HPC, GOLDEN, ROOT, assert_providers_rules_hold, check_golden, make_repo, synthesize_stacks
 from reconciler.gitsource import GitSource
 from reconciler.run import Desired, desired
 from rpi.spec import ClusterSpec
@@ -99,6 +99,7 @@ def example(tmp_path_factory) -> Desired:
         if failover:  # a cluster never fails over to where it runs
             others = [s for s in failover.group(1).split(", ") if s and s != site]
             _rewrite(repo, path, r"^failover: \[.*\]$", f"failover: [{', '.join(others)}]")
+    repo.write("clusters/dev.yaml", repo.read("clusters/dev.yaml") + DEV_ADMITS_SLURM_HPC)
     for key, value in GPU_AI_NODE.items():
         _rewrite(repo, "clusters/gpu-ai.yaml", rf"^(    {key}: )\d+.*$", rf"\g<1>{value}")
     return desired(GitSource(repo.path).working_tree())
@@ -680,6 +681,17 @@ def test_ssh_reaches_login_nodes_only_from_allowed_networks_and_iap(synthesized)
     assert public["output"]["public_login_addresses"]["value"] == [
         "${google_compute_address.node_login_0_public.address}"
     ]
+
+
+def test_an_admitted_cluster_reaches_the_nodes_on_its_ports_one_way(synthesized):
+    """dev admits slurm-hpc on port 22: one rule on dev's nodes, from slurm-hpc's nodes by their
+    tag, TCP and UDP 22; slurm-hpc's stack lets nothing of dev in."""
+    rule = resources(doc(synthesized, "cluster-dev"), "google_compute_firewall")["firewall_from_slurm-hpc"]
+    assert (rule["direction"], rule["source_tags"], rule["target_tags"]) == ("INGRESS", ["slurm-hpc-node"], ["dev-node"])
+    assert rule["allow"] == [{"protocol": "tcp", "ports": ["22"]}, {"protocol": "udp", "ports": ["22"]}]
+    assert rule["name"] == "gcp-zurich-dev-from-slurm-hpc"
+    hpc = resources(doc(synthesized, "cluster-slurm-hpc"), "google_compute_firewall")
+    assert not [r for r in hpc.values() if "dev-node" in r.get("source_tags", [])]
 
 
 def test_only_admin_groups_log_in_through_os_login_and_act_as_the_nodes(synthesized):

@@ -311,8 +311,9 @@ def aws_reaches(site: AwsSite, source: str, target: str, protocol: str, port: in
 # ---------------------------------------------------------------- the table
 
 # (source, target, protocol, port) -> reached, on a site with egress: nat / egress: private.
-# "node" is the first node of the first cluster, "peer" its neighbour in the same cluster,
-# "other" a node of another cluster of the site.
+# "node" is the first node of the first cluster (dev), "peer" its neighbour in the same cluster,
+# "other" a node of another cluster of the site (slurm-hpc), which dev admits on port 22
+# (tests/conftest.py DEV_ADMITS_SLURM_HPC).
 TABLE = {
     ("node", "control", "tcp", 636): (True, True),  # LDAPS
     ("node", "control", "tcp", 8200): (True, True),  # Vault
@@ -322,6 +323,9 @@ TABLE = {
     ("node", "peer", "tcp", 6818): (True, True),  # slurmd, between the nodes of one cluster
     ("node", "other", "tcp", 22): (False, False),
     ("node", "other", "tcp", 6818): (False, False),
+    ("other", "node", "tcp", 22): (True, True),  # dev's network.admit lets slurm-hpc in on 22, one way
+    ("other", "node", "udp", 22): (True, True),
+    ("other", "node", "tcp", 6818): (False, False),  # and on no other port
     ("node", "internet", "tcp", 443): (True, False),
     ("control", "api", "tcp", 443): (True, True),
     ("runner", "api", "tcp", 443): (False, True),  # only the private variant names runners
@@ -466,6 +470,15 @@ def _aws_api_from_vpc(zone, clusters):
     }
 
 
+def _gcp_admit_widened(zone, clusters):
+    resources(clusters["dev"], "google_compute_firewall")["firewall_from_slurm-hpc"]["allow"] = [{"protocol": "all"}]
+
+
+def _aws_admit_widened(zone, clusters):
+    for name, direction, rule in (("dev", "ingress", "nodes_from_slurm-hpc"), ("slurm-hpc", "egress", "nodes_to_dev")):
+        resources(clusters[name], f"aws_vpc_security_group_{direction}_rule")[rule]["ip_protocol"] = "-1"
+
+
 MUTATIONS = {
     "gcp allow-all ingress": ("gcp", "nat", _gcp_allow_all, ("node", "control", "tcp", 22)),
     "gcp API open to the VPC": ("gcp", "nat", _gcp_vpc_to_api, ("node", "api", "tcp", 443)),
@@ -473,6 +486,8 @@ MUTATIONS = {
     "aws allow-all on the EKS group": ("aws", "nat", _aws_allow_all, ("node", "api", "tcp", 443)),
     "aws egress and NAT on a private site": ("aws", "private", _aws_egress_all, ("node", "internet", "tcp", 443)),
     "aws API open to the VPC": ("aws", "nat", _aws_api_from_vpc, ("node", "api", "tcp", 443)),
+    "gcp admit on every port": ("gcp", "nat", _gcp_admit_widened, ("other", "node", "tcp", 6818)),
+    "aws admit on every port": ("aws", "private", _aws_admit_widened, ("other", "node", "tcp", 6818)),
 }
 
 

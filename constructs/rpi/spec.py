@@ -81,6 +81,15 @@ class StorageVolume:
 
 
 @dataclass(frozen=True)
+class Peer:
+    """Another cluster of the site that one cluster's nodes reach, or are reached from (`network.admit`)."""
+
+    cluster: str
+    cidr: str  # that cluster's subnet
+    ports: tuple[str, ...] = ()  # TCP and UDP ports and ranges ("6817", "60000-61000"); () is every port and protocol
+
+
+@dataclass(frozen=True)
 class AccessGroup:
     name: str
     role: str
@@ -197,6 +206,8 @@ class ClusterSpec:
     retention_days: int = 90  # the site's audit.retention_days: how long a bucket keeps the earlier versions of an object
     services_cidr: str = ""  # the site's services subnet: where the nodes reach the landing-zone services
     egress: str = "nat"  # the site's network.egress: nat | private
+    admitted: tuple[Peer, ...] = ()  # clusters of the site whose nodes may reach this cluster's (its network.admit)
+    reaches: tuple[Peer, ...] = ()  # clusters of the site that admit this cluster's nodes (their network.admit)
 
 
 # Every site's private DNS zone (Cloud DNS, Route 53 private hosted zone, the local runtime's

@@ -30,8 +30,8 @@ from rpi.aws.landing_zone import (
     statement,
 )
 from rpi.spec import (
-    PRIVATE_DOMAIN, ClusterSpec, landing_zone_ports, ComputePool, StorageVolume, channel_objects, channel_prefix, network_name,
-    node_identities, node_identity,
+    PRIVATE_DOMAIN, ClusterSpec, landing_zone_ports, ComputePool, Peer, StorageVolume, channel_objects, channel_prefix,
+    network_name, node_identities, node_identity,
 )
 
 # Public SSM parameters naming the current AMI. The NVIDIA image brings the GPU driver, CUDA
@@ -158,6 +158,19 @@ def _names(stack, spec: ClusterSpec, vpc) -> None:
                    type="A", ttl=60, records=[address])
 
 
+def _peer_ports(peer: Peer) -> list[tuple]:
+    """(ip_protocol, from_port, to_port) of each rule a peer needs: every protocol, or TCP and
+    UDP on each of its ports and ranges."""
+    if not peer.ports:
+        return [("-1", None, None)]
+    rules = []
+    for protocol in ("tcp", "udp"):
+        for item in peer.ports:
+            low, _, high = item.partition("-")
+            rules.append((protocol, int(low), int(high or low)))
+    return rules
+
+
 def _security_groups(stack, spec: ClusterSpec, vpc) -> dict:
     """`nodes` for every node and file system, `login` in addition for login nodes.
 
@@ -238,6 +251,21 @@ def _security_groups(stack, spec: ClusterSpec, vpc) -> dict:
         egress(stack, "nodes_to_endpoints", security_group_id=nodes.id, ip_protocol="tcp", from_port=443, to_port=443,
                referenced_security_group_id=endpoints.id,
                description="The site's interface endpoints (Session Manager, logs, ECR)")
+    # network.admit: the admitted clusters' subnets in, and out to the clusters that admit this
+    # one (a flow needs the source's egress and the target's ingress), each on its ports.
+    for direction, rule, peers in (("from", ingress, spec.admitted), ("to", egress, spec.reaches)):
+        for peer in peers:
+            for index, (protocol, low, high) in enumerate(_peer_ports(peer)):
+                rule(
+                    stack,
+                    f"nodes_{direction}_{peer.cluster}" + (f"_{index}" if index else ""),
+                    security_group_id=nodes.id,
+                    ip_protocol=protocol,
+                    from_port=low,
+                    to_port=high,
+                    cidr_ipv4=peer.cidr,
+                    description=f"network.admit: {direction} the nodes of cluster {peer.cluster}",
+                )
     login = make(
         stack,
         "security_group_login",

@@ -317,7 +317,8 @@ def _names(stack, spec: ClusterSpec) -> None:
 
 def _firewall(stack, spec: ClusterSpec, network) -> None:
     """All traffic between the cluster's own nodes; SSH to its login nodes from the allowed
-    networks and from IAP. Other clusters of the site cannot reach these nodes."""
+    networks and from IAP. Other clusters of the site reach these nodes only as network.admit
+    lets them."""
     firewall = google("compute_firewall")
     firewall.ComputeFirewall(
         stack,
@@ -342,6 +343,23 @@ def _firewall(stack, spec: ClusterSpec, network) -> None:
         allow=[firewall.ComputeFirewallAllow(protocol="tcp", ports=["22"])],
         description=f"SSH to the login nodes of cluster {spec.name}: allowed networks and IAP",
     )
+    # The clusters that network.admit lets in, by their nodes' tag: one way, on their ports. The
+    # egress they need is GCP's implied allow, or the VPC rule of a site with `egress: private`.
+    for peer in spec.admitted:
+        firewall.ComputeFirewall(
+            stack,
+            f"firewall_from_{peer.cluster}",
+            name=resource_name(spec.site, spec.name, "from", peer.cluster),
+            network=network.id,
+            direction="INGRESS",
+            source_tags=[node_tag(peer.cluster)],
+            target_tags=[node_tag(spec.name)],
+            allow=[firewall.ComputeFirewallAllow(protocol=p, ports=list(peer.ports)) for p in ("tcp", "udp")]
+            if peer.ports
+            else [firewall.ComputeFirewallAllow(protocol="all")],
+            description=f"network.admit: the nodes of cluster {peer.cluster} to those of {spec.name}, "
+            + (f"ports {', '.join(peer.ports)}" if peer.ports else "every port"),
+        )
 
 
 # ---------------------------------------------------------------- nodes
