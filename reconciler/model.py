@@ -11,7 +11,9 @@ import ipaddress
 import re
 from typing import Annotated, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, WithJsonSchema, field_validator, model_validator,
+)
 
 NAME_PATTERN = r"^[a-z]([a-z0-9-]{0,38}[a-z0-9])?$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description="lower-case letters, digits and '-', 1-40 characters")]
@@ -37,6 +39,7 @@ MOUNT_PATTERN = r"^/[A-Za-z0-9._/-]{0,255}$"
 SLURM_KEY_PATTERN = r"^[A-Za-z][A-Za-z0-9]{0,63}$"
 SLURM_VALUE_PATTERN = r"^[^\x00-\x1f\x7f#]{0,1024}$"
 PORT_PATTERN = r"^[0-9]{1,5}(-[0-9]{1,5})?$"
+IAM_ROLE_PATTERN = r"^arn:aws(-[a-z]+)*:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]{1,512}$"
 DN_PATTERN = r"^[A-Za-z][A-Za-z0-9-]*=[^,=+\x00-\x1f\x7f]+(,[A-Za-z][A-Za-z0-9-]*=[^,=+\x00-\x1f\x7f]+)*$"
 # What each pattern means, for messages that name no regular expression.
 PATTERN_WORDS = {
@@ -50,6 +53,7 @@ PATTERN_WORDS = {
     MOUNT_PATTERN: "an absolute path of letters, digits, '.', '_', '-' and '/'",
     SLURM_KEY_PATTERN: "a slurm.conf parameter name (letters and digits, e.g. SchedulerType)",
     SLURM_VALUE_PATTERN: "a slurm.conf value on one line: no control characters and no '#'",
+    IAM_ROLE_PATTERN: "an IAM role's ARN such as arn:aws:iam::111122223333:role/reconcile-apply",
     PORT_PATTERN: "a port (6817) or a range of ports (60000-61000)",
     DN_PATTERN: "an LDAP distinguished name such as dc=cscs,dc=ch (attribute=value, separated by commas)",
 }
@@ -316,6 +320,12 @@ class Site(Strict):
     services: LandingZoneServices
     state: StateBackend
     audit: Audit = Audit()
+    kubernetes_admins: Annotated[list[Annotated[str, Field(pattern=IAM_ROLE_PATTERN)]], AfterValidator(_no_repeats)] = Field(
+        [],
+        description="aws only, and needed there: the IAM roles that administer the landing zone's Kubernetes (EKS "
+        "access entries with the cluster-admin policy), e.g. the CI apply role and a break-glass role. Whoever "
+        "created the EKS cluster keeps no access of its own",
+    )
     runtime: Literal["records", "slurm"] = Field(
         "records",
         description="local platform only. records: every resource is a record (needs nothing installed); slurm: "
@@ -329,6 +339,14 @@ class Site(Strict):
         if services.object_store is not None and platform not in (None, "local"):
             raise ValueError(f"object_store is for the local platform: a {platform} site's buckets are its cloud's own")
         return services
+
+    @field_validator("kubernetes_admins")
+    @classmethod
+    def _admins_on_aws(cls, admins: list[str], info: ValidationInfo) -> list[str]:
+        platform = info.data.get("platform")
+        if admins and platform not in (None, "aws"):
+            raise ValueError(f"only an aws site takes kubernetes_admins: a {platform} site has no EKS cluster to admit them to")
+        return admins
 
     @field_validator("zones")
     @classmethod
@@ -351,6 +369,11 @@ class Site(Strict):
         if self.platform != "local" and not self.account:
             noun = "project ID" if self.platform == "gcp" else "account ID"
             raise ValueError(f"a {self.platform} site needs account: the {noun} it lives in")
+        if self.platform == "aws" and not self.kubernetes_admins:
+            raise ValueError(
+                "an aws site needs kubernetes_admins: the IAM roles that administer its EKS cluster (the CI apply "
+                "role at least), since the role that creates the cluster does not keep the access EKS gives it"
+            )
         return self
 
 
@@ -453,19 +476,20 @@ class Storage(Strict):
 
 def _port_range(value: int | str) -> str:
     """6817 or "60000-61000" -> the canonical "6817" or "60000-61000"."""
+    if isinstance(value, str) and not re.fullmatch(PORT_PATTERN, value):
+        raise ValueError(f"{value!r} is not a port (1-65535) or a range of ports such as 60000-61000")
     low, _, high = str(value).partition("-")
-    try:
-        first, last = int(low), int(high or low)
-    except ValueError:
-        raise ValueError(f"{value!r} is not a port (1-65535) or a range of ports such as 60000-61000") from None
+    first, last = int(low), int(high or low)
     if not 1 <= first <= last <= 65535:
         raise ValueError(f"{value!r} is not a port (1-65535) or a range of ports from low to high")
     return str(first) if first == last else f"{first}-{last}"
 
 
 PortRange = Annotated[
-    Annotated[int, Field(ge=1, le=65535)] | Annotated[str, Field(pattern=PORT_PATTERN)],
-    AfterValidator(_port_range),
+    int | str,
+    AfterValidator(_port_range),  # one message for either form
+    WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 1, "maximum": 65535},
+                              {"type": "string", "pattern": PORT_PATTERN}]}),
     Field(description="A port (6817) or a range of ports (\"60000-61000\")"),
 ]
 

@@ -190,6 +190,7 @@ def _site_unit(site: Site, path: str) -> Unit:
         state=state_location(site, "landing-zone"),
         runtime=site.runtime,
         log_retention_days=site.audit.retention_days,
+        kubernetes_admins=tuple(site.kubernetes_admins),
     )
     return Unit(SITE, site.name, site.name, site.platform, (path,), (), spec, _hash(spec), spec.state)
 

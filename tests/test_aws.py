@@ -285,6 +285,103 @@ def test_eks_is_private_across_two_zones_with_pod_identities(synthesized):
     ]
 
 
+CREATOR = "arn:aws:iam::111122223333:role/first-admin"  # who made the cluster, from a laptop say
+APPLY_ROLE = "arn:aws:iam::111122223333:role/reconcile-apply"
+
+
+def test_eks_admins_are_the_declared_ones_and_the_creator_keeps_nothing(synthesized, specs):
+    """The bootstrap flag stays (changing it replaces the control plane); the creator's entry is
+    removed once the cluster exists, and only then does each declared admin get an entry with the
+    cluster-admin policy, named by account and role so that the others stay when one leaves."""
+    lz = doc(synthesized, "landing-zone")
+    eks = resources(lz, "aws_eks_cluster")["eks"]
+    assert eks["access_config"] == {"authentication_mode": "API", "bootstrap_cluster_creator_admin_permissions": True}
+    removal = resources(lz, "terraform_data")["creator_access_removed"]
+    assert removal["triggers_replace"] == ["${aws_eks_cluster.eks.created_at}"]  # again if the cluster is replaced
+    (block,) = removal["provisioner"]
+    run = block["local-exec"]
+    assert run["environment"] == {"VC_CLUSTER": "${aws_eks_cluster.eks.name}", "VC_REGION": "eu-central-1",
+                                  "VC_CREATOR": "${data.aws_iam_session_context.caller_role.issuer_arn}"}
+    assert "${" not in run["command"] and "%{" not in run["command"]  # values arrive as variables only
+    assert lz["data"]["aws_iam_session_context"]["caller_role"]["arn"] == "${data.aws_caller_identity.caller.arn}"
+    entries = resources(lz, "aws_eks_access_entry")
+    assert {k: (e["principal_arn"], e["type"], e["depends_on"]) for k, e in entries.items()} == {
+        "kubernetes_admin_111122223333_reconcile-apply": (APPLY_ROLE, "STANDARD", ["terraform_data.creator_access_removed"]),
+        "kubernetes_admin_111122223333_break-glass": (specs["landing-zone"].kubernetes_admins[1], "STANDARD",
+                                                      ["terraform_data.creator_access_removed"]),
+    }
+    policies = resources(lz, "aws_eks_access_policy_association")
+    assert {(p["principal_arn"], p["policy_arn"].rsplit("/", 1)[1], p["access_scope"]["type"]) for p in policies.values()} == {
+        (f"${{aws_eks_access_entry.{k}.principal_arn}}", "AmazonEKSClusterAdminPolicy", "cluster") for k in entries
+    }
+
+
+def _removal_config(lz: dict, creator: str) -> dict:
+    """The landing zone's removal alone, its references to the cluster and the caller given."""
+    removal = json.loads(json.dumps(resources(lz, "terraform_data")["creator_access_removed"]))
+    removal.pop("//", None)
+    removal["triggers_replace"] = ["2026-12-04T10:00:00Z"]
+    removal["provisioner"][0]["local-exec"]["environment"].update(VC_CLUSTER="aws-frankfurt-control", VC_CREATOR=creator)
+    return {"resource": {"terraform_data": {"creator_access_removed": removal}}}
+
+
+def _apply(tmp_path, config: dict, world: dict, with_cli: bool = True) -> tuple[int, str, dict]:
+    from reconciler.engine import engine_env
+
+    work = tmp_path / "stack"
+    work.mkdir(exist_ok=True)
+    (work / "main.tf.json").write_text(json.dumps(config))
+    (tmp_path / "world.json").write_text(json.dumps(world))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "aws").unlink(missing_ok=True)
+    if with_cli:
+        (bin_dir / "aws").write_text(f"#!/bin/sh\nexec {sys.executable} {ROOT / 'tests' / 'aws_cli_standin.py'} \"$@\"\n")
+        (bin_dir / "aws").chmod(0o755)
+    env = engine_env(tmp_path / "engine", tmp_path) | {"AWS_STANDIN_WORLD": str(tmp_path / "world.json"),
+                                                       "PATH": f"{bin_dir}:/usr/bin:/bin"}
+    engine = [sys.executable, "-m", "reconciler.embedded", f"-chdir={work}"]
+    import subprocess
+
+    for step in (["init", "-input=false", "-no-color"], ["apply", "-auto-approve", "-input=false", "-no-color"]):
+        done = subprocess.run([*engine, *step], capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+        if done.returncode:
+            break
+    return done.returncode, done.stdout + done.stderr, json.loads((tmp_path / "world.json").read_text())
+
+
+def test_the_creators_entry_is_removed_once_and_a_refusal_stops_the_apply(synthesized, tmp_path):
+    """The removal itself, run by the real embedded engine against the AWS CLI stand-in (built
+    from botocore's EKS model, tests/aws_cli_standin.py): the creator's entry goes, the others
+    stay; the next apply calls nothing; an entry already gone is no error; a refusal, or no
+    AWS CLI at all, fails the apply with the reason and leaves the removal to be tried again."""
+    lz = doc(synthesized, "landing-zone")
+    config = _removal_config(lz, CREATOR)
+    world = {"entries": {"aws-frankfurt-control": [CREATOR, APPLY_ROLE]}}
+    code, out, after = _apply(tmp_path, config, world)
+    assert code == 0, out
+    assert after["entries"] == {"aws-frankfurt-control": [APPLY_ROLE]}
+    assert after["calls"] == [["DeleteAccessEntry", {"clusterName": "aws-frankfurt-control", "principalArn": CREATOR}]]
+    assert f"removed the access entry of {CREATOR}" in out
+    code, out, again = _apply(tmp_path, config, after)
+    assert code == 0 and again["calls"] == after["calls"], out  # made once: nothing called again
+
+    for path in (tmp_path / "stack").glob("terraform.tfstate*"):
+        path.unlink()
+    code, out, gone = _apply(tmp_path, config, {"entries": {}})
+    assert code == 0 and "nothing to remove" in out, out
+
+    for path in (tmp_path / "stack").glob("terraform.tfstate*"):
+        path.unlink()
+    code, out, refused = _apply(tmp_path, config, {"entries": {"aws-frankfurt-control": [CREATOR]}, "fail": "AccessDeniedException"})
+    assert code == 1 and "AccessDeniedException" in out, out
+    assert refused["entries"] == {"aws-frankfurt-control": [CREATOR]}
+    state = json.loads((tmp_path / "stack" / "terraform.tfstate").read_text())
+    assert [i.get("status") for r in state["resources"] for i in r["instances"]] == ["tainted"]  # tried again next time
+    code, out, _ = _apply(tmp_path, config, {"entries": {"aws-frankfurt-control": [CREATOR]}}, with_cli=False)
+    assert code == 1 and "needs the AWS CLI (aws)" in out, out
+
+
 def test_registries_secrets_and_buckets(synthesized):
     lz = doc(synthesized, "landing-zone")
     (ecr,) = resources(lz, "aws_ecr_repository").values()

@@ -118,8 +118,12 @@ ROWS = [
     ("admit unknown", swap("storage:\n", "network:\n  admit: [{cluster: slurm-hcp}]\nstorage:\n"), D, "network.admit.0.cluster: cluster dev admits slurm-hcp, which no file"),
     ("admit itself", swap("storage:\n", "network:\n  admit: [{cluster: dev}]\nstorage:\n"), D, "admits dev, itself"),
     ("admit twice", swap("storage:\n", "network:\n  admit: [{cluster: slurm-hpc}, {cluster: slurm-hpc}]\nstorage:\n"), D, "slurm-hpc is listed twice"),
+    ("admit port word", swap("storage:\n", "network:\n  admit: [{cluster: slurm-hpc, ports: [ssh]}]\nstorage:\n"), D, "'ssh' is not a port"),
     ("admit bad port", swap("storage:\n", "network:\n  admit: [{cluster: slurm-hpc, ports: [\"70000\"]}]\nstorage:\n"), D, "not a port"),
     ("admit range reversed", swap("storage:\n", "network:\n  admit: [{cluster: slurm-hpc, ports: [\"9-3\"]}]\nstorage:\n"), D, "from low to high"),
+    ("aws without admins", swap("kubernetes_admins:  # EKS cluster-admin access entries: the CI apply role and a break-glass role\n  - arn:aws:iam::111122223333:role/reconcile-apply\n  - arn:aws:iam::111122223333:role/break-glass\n", "", "sites/aws-zurich.yaml"), "sites/aws-zurich.yaml", "an aws site needs kubernetes_admins"),
+    ("admins on local", swap("state:\n  backend: local\n", "kubernetes_admins: [\"arn:aws:iam::111122223333:role/x\"]\nstate:\n  backend: local\n", S), S, "kubernetes_admins: only an aws site takes kubernetes_admins"),
+    ("admin not a role", swap("  - arn:aws:iam::111122223333:role/break-glass\n", "  - arn:aws:iam::111122223333:user/alice\n", "sites/aws-zurich.yaml"), "sites/aws-zurich.yaml", "an IAM role's ARN"),
     ("store on cloud", swap("\nservices:\n", "\nservices:\n  object_store: {backend: s3}\n", "sites/aws-zurich.yaml"), "sites/aws-zurich.yaml", "object_store"),
 ]
 

@@ -158,6 +158,7 @@ class LandingZoneSpec:
     state: StateLocation
     runtime: str = "records"  # local platform: records | slurm
     log_retention_days: int = 90  # flow logs and control-plane logs (site audit.retention_days)
+    kubernetes_admins: tuple[str, ...] = ()  # aws: IAM roles with EKS cluster-admin access entries
 
 
 @dataclass(frozen=True)

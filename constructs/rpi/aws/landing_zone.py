@@ -396,7 +396,9 @@ def _eks(stack, spec: LandingZoneSpec, private: list, control_plane):
             "endpoint_public_access": False,
             "security_group_ids": [control_plane.id],
         },
-        # Access entries only (no aws-auth ConfigMap); whoever applies, the CI apply role, administers it.
+        # Access entries only (no aws-auth ConfigMap). The creator's admin entry that EKS makes is
+        # removed once the cluster exists (`_kubernetes_admins`): this flag cannot change without
+        # replacing the control plane, so it stays as it was.
         access_config={"authentication_mode": "API", "bootstrap_cluster_creator_admin_permissions": True},
         # the audit trail, every log type of the control plane: API calls, the audit log, who
         # authenticated, and the controller manager's and the scheduler's (changed in place)
@@ -439,7 +441,56 @@ def _eks(stack, spec: LandingZoneSpec, private: list, control_plane):
     aws("eks_addon").EksAddon(
         stack, "pod_identity_agent", cluster_name=cluster.name, addon_name="eks-pod-identity-agent"
     )
+    _kubernetes_admins(stack, spec, cluster)
     return cluster
+
+
+# EKS gives the principal that creates a cluster an access entry with the cluster-admin policy
+# (bootstrap_cluster_creator_admin_permissions), which no configuration shows. This removes it,
+# once, right after the cluster is created (or, for a cluster made before, at the first apply
+# that has this), before the site's declared admins get their entries: the apply role among them
+# gets its entry back, now one the configuration holds. The AWS CLI does it (GitHub's runners
+# carry it): Terraform cannot delete an object that it does not manage, and importing the entry
+# would keep it. The values arrive as environment variables, never as a part of the command.
+REMOVE_CREATOR_ENTRY = """\
+command -v aws >/dev/null 2>&1 || { echo "removing the EKS creator's access entry needs the AWS CLI (aws) where this applies" >&2; exit 1; }
+if out=$(aws eks delete-access-entry --region "$VC_REGION" --cluster-name "$VC_CLUSTER" --principal-arn "$VC_CREATOR" 2>&1); then
+  echo "removed the access entry of $VC_CREATOR, which created EKS cluster $VC_CLUSTER"
+else
+  case "$out" in
+    *ResourceNotFoundException*) echo "EKS cluster $VC_CLUSTER has no access entry of $VC_CREATOR: nothing to remove" ;;
+    *) printf '%s\\n' "$out" >&2; exit 1 ;;
+  esac
+fi
+"""
+
+EKS_ADMIN_POLICY = "arn:aws:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy"
+
+
+def _kubernetes_admins(stack, spec: LandingZoneSpec, cluster) -> None:
+    """The site's `kubernetes_admins`, each an access entry with the cluster-admin policy on the
+    whole cluster, made after the creator's entry is removed (both in place: access entries are
+    objects of their own, and the cluster is not changed)."""
+    caller = aws("data_aws_caller_identity").DataAwsCallerIdentity(stack, "caller")
+    # the role behind the caller's session: the principal EKS made the creator's entry for
+    session = aws("data_aws_iam_session_context").DataAwsIamSessionContext(stack, "caller_role", arn=caller.arn)
+    removed = cdk.data_resource(stack, "creator_access_removed", {"cluster": f"{spec.site}-control"},
+                                replace_on=[cluster.created_at])  # again for a replaced cluster
+    cdk.provisioners(removed, [{"local-exec": {
+        "interpreter": ["/bin/sh", "-c"],
+        "command": REMOVE_CREATOR_ENTRY,
+        "environment": {"VC_REGION": spec.region, "VC_CLUSTER": cluster.name, "VC_CREATOR": session.issuer_arn},
+    }}])
+    entry = aws("eks_access_entry").EksAccessEntry
+    association = aws("eks_access_policy_association").EksAccessPolicyAssociation
+    for arn in spec.kubernetes_admins:
+        # named by account and role name (unique in an account, whatever the path): removing one
+        # admin from the list leaves the others' entries alone
+        account, _, name = arn.split(":", 4)[4].partition(":role/")
+        label = re.sub(r"[^A-Za-z0-9_-]", "_", f"kubernetes_admin_{account}_{name.rsplit('/', 1)[-1]}")
+        made = entry(stack, label, cluster_name=cluster.name, principal_arn=arn, type="STANDARD", depends_on=[removed])
+        association(stack, f"{label}_policy", cluster_name=cluster.name, principal_arn=made.principal_arn,
+                    policy_arn=EKS_ADMIN_POLICY, access_scope={"type": "cluster"})
 
 
 def _secrets(stack, spec: LandingZoneSpec) -> dict:
