@@ -43,6 +43,31 @@ from rpi.spec import (
 SITE, CLUSTER = "site", "cluster"
 
 
+class Deferred:
+    """A kept unit's spec, made the first time it is read (`make`), with what the units of a
+    run that plans nothing ask of it, known without making it."""
+
+    __slots__ = ("make", "runtime")
+
+    def __init__(self, make, runtime: str):
+        self.make, self.runtime = make, runtime
+
+
+class _SpecField:
+    """`Unit.spec`: a spec, None, or a `Deferred` made into its spec when first read."""
+
+    def __get__(self, unit, owner=None):
+        if unit is None:
+            raise AttributeError("spec")  # a field without a default
+        value = unit.__dict__["_spec"]
+        if type(value) is Deferred:
+            value = unit.__dict__["_spec"] = value.make()
+        return value
+
+    def __set__(self, unit, value) -> None:
+        unit.__dict__["_spec"] = value
+
+
 @dataclass(frozen=True)
 class Unit:
     """One stack: what it is, where it runs, what it depends on, and what it is made from."""
@@ -53,7 +78,7 @@ class Unit:
     platform: str
     inputs: tuple[str, ...]  # definition files, the unit's own file first
     depends_on: tuple[str, ...]  # unit keys
-    spec: LandingZoneSpec | ClusterSpec | None  # None: known only from live state (an orphan)
+    spec: LandingZoneSpec | ClusterSpec | None = _SpecField()  # None: known only from live state (an orphan)
     config_hash: str
     state: StateLocation
 
@@ -74,7 +99,8 @@ class Unit:
     def runtime(self) -> str:
         """The local platform's runtime of the unit's site; an orphan's is not known (slurm:
         whatever real nodes it has are looked at)."""
-        return getattr(self.spec, "runtime", "slurm")
+        value = self.__dict__["_spec"]
+        return value.runtime if type(value) is Deferred else getattr(value, "runtime", "slurm")
 
     def ref(self):
         """What reading its live state needs, in a form that needs none of the models."""
@@ -285,9 +311,21 @@ def _cluster_unit_kept(
     paths = (*defs.cluster_files[cluster.name], defs.site_files[site.name])
     key = unitcache.key([cluster.name.encode(), str(subnet).encode(), site_unit.config_hash.encode(),
                          repr(peers).encode(), *(path.encode() + b"\0" + defs.files[path] for path in paths)])
-    kept = unitcache.read(key, Unit)  # its user data kept as the facts it carries: the rest is the same for every cluster
-    if kept is not None and kept.kind == CLUSTER and isinstance(kept.spec, ClusterSpec) and kept.name == cluster.name:
-        return dataclasses.replace(kept, spec=dataclasses.replace(kept.spec, user_data=layers.user_data_of(kept.spec.user_data)))
+    kept = unitcache.read(key, Unit, ClusterSpec)
+    if kept is not None and kept[0].kind == CLUSTER and kept[0].name == cluster.name and kept[0].spec is None:
+        unit, load_spec = kept
+
+        def make() -> ClusterSpec:
+            try:  # its user data kept as the facts it carries: the rest is the same for every cluster
+                spec = load_spec()
+                return dataclasses.replace(spec, user_data=layers.user_data_of(spec.user_data))
+            except ValueError:  # checked, yet not a spec of this code: made again (never trusted)
+                again = Problems()
+                made = _cluster_unit(cluster, site, subnet, peers, defs, again, site_unit)
+                again.raise_if_any()  # a kept unit had none: the same inputs make none
+                return made.spec
+
+        return dataclasses.replace(unit, spec=Deferred(make, site.runtime))
     unit = _cluster_unit(cluster, site, subnet, peers, defs, problems, site_unit)
     if unit is not None:
         unitcache.write(key, dataclasses.replace(unit, spec=dataclasses.replace(unit.spec, user_data=layers.cluster_facts(cluster))))

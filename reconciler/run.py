@@ -253,9 +253,9 @@ def plan(settings: Settings, assessment: Assessment, engine: Engine | None, stor
     synthesized document they match, instead of planning those again.
     """
     plans = [UnitPlan(s, PLANNED if s.unit.synthesizable else UNSUPPORTED) for s in assessment.selected]
-    base_probes = {u.name: health.describe(u.spec) for u in (assessment.base.units.values() if assessment.base else ()) if u.kind == CLUSTER}
+    base_clusters = {u.name: u for u in (assessment.base.units.values() if assessment.base else ()) if u.kind == CLUSTER}
     for p in plans:
-        p.probe = _new_probe(p.selected, base_probes)
+        p.probe = _new_probe(p.selected, base_clusters)
     for p in plans:
         unit = p.selected.unit
         if p.status == PLANNED and (not has_credentials(unit.platform) or assessment.live.get(unit.key) is UNKNOWN):
@@ -440,14 +440,15 @@ def engine_failure(store: LiveStore, unit: Unit, exc: ReconcileError, step: str 
     return locks.held_message(unit.title, unit.key, info, store.where(unit.state), step)
 
 
-def _new_probe(selected: Selected, base_probes: dict[str, str]) -> str:
-    """The cluster's own health probe, if the base revision (`base_probes`, by cluster name) did
-    not already have it."""
+def _new_probe(selected: Selected, base_clusters: dict[str, Unit]) -> str:
+    """The cluster's own health probe, if the base revision (its clusters by name, whose specs
+    are read only for the clusters that plan) did not already have it."""
     unit = selected.unit
     if selected.action != APPLY or not isinstance(unit.spec, ClusterSpec):
         return ""
     probe = health.describe(unit.spec)
-    return "" if base_probes.get(unit.name) == probe else probe
+    base = base_clusters.get(unit.name)
+    return "" if base is not None and health.describe(base.spec) == probe else probe
 
 
 def _change_class(p: UnitPlan) -> ChangeClass | None:

@@ -6,7 +6,7 @@ its site's file, the subnet its site allocated it, its site's unit, and the code
 units (every module of the reconciler, the constructs and the node package, and pydantic's
 version). An entry holds the unit as plain JSON with a checksum of that text; one that does not
 read back whole (damaged, cut short, another key's, another shape) is ignored and written again:
-it is never trusted. Of the user data only the cluster's facts are kept: the rest, the node package, is a
+it is never trusted. The spec, most of an entry, is decoded only if the run asks for it. Of the user data only the cluster's facts are kept: the rest, the node package, is a
 template made once a run (`layers.user_data_of`), cheaper to fill than to read.
 """
 
@@ -21,7 +21,7 @@ import types
 import typing
 from pathlib import Path
 
-FORMAT = 1
+FORMAT = 2  # 2: the spec on a line of its own, decoded when asked for
 _directory: Path | None = None
 
 
@@ -61,8 +61,11 @@ def key(parts: typing.Iterable[bytes]) -> str:
     return h.hexdigest()
 
 
-def read(key: str, cls: type):
-    """The unit kept under `key`, or None."""
+def read(key: str, cls: type, spec_cls: type):
+    """(the unit kept under `key`, its spec still None; a function that decodes the spec), or
+    None. The spec, most of an entry, is decoded only when it is asked for: a run that plans
+    nothing needs the units' keys, state and hashes only. Its bytes are checked here, with the
+    rest; one that still does not decode (ValueError) is for the caller to make again."""
     if _directory is None:
         return None
     try:
@@ -70,16 +73,23 @@ def read(key: str, cls: type):
         stored = json.loads(head)
         if stored.get("key") != key or hashlib.sha256(body).hexdigest() != stored.get("checksum"):
             return None
-        return _decoder(cls)(json.loads(body))
+        fields, newline, spec = body.partition(b"\n")
+        if not newline:
+            return None
+        unit = _decoder(cls)(json.loads(fields))
+        return unit, lambda: _decoder(spec_cls)(json.loads(spec))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
 def write(key: str, unit) -> None:
-    """Keep `unit` under `key`: a line naming the key and the checksum of the next, the unit."""
+    """Keep `unit` under `key`: a line naming the key and the checksum of the rest, a line of
+    the unit's own fields (its spec None), and its spec."""
     if _directory is None:
         return
-    body = json.dumps(_plain(unit), separators=(",", ":")).encode()
+    plain = _plain(unit)
+    spec, plain["spec"] = plain["spec"], None
+    body = json.dumps(plain, separators=(",", ":")).encode() + b"\n" + json.dumps(spec, separators=(",", ":")).encode()
     head = json.dumps({"key": key, "checksum": hashlib.sha256(body).hexdigest()}).encode()
     entry = _directory / key[:2] / f"{key}.json"
     try:

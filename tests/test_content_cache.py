@@ -147,3 +147,48 @@ def test_an_admit_reaches_the_cluster_it_lets_in_through_the_cache(repo, tmp_pat
         assert resolve(defs) == after  # what resolution makes without the cache
     finally:
         unitcache.use(None)
+
+
+def test_a_run_that_plans_nothing_reads_no_kept_spec(applied, cli, monkeypatch):
+    """A kept unit's spec, most of its entry, is decoded only when asked for: a no-change
+    dry-run asks for none; a change asks for the changed cluster's, and its base revision's."""
+    from reconciler import resolve as resolve_module
+
+    made = []
+    deferred = resolve_module.Deferred.__init__
+
+    def counting(self, make, runtime):
+        deferred(self, lambda: made.append(1) or make(), runtime)
+
+    repo = str(applied.path)
+    code, out, err = cli("--dry-run", "--repo", repo)  # every cluster kept
+    assert code == 0, out + err
+    monkeypatch.setattr(resolve_module.Deferred, "__init__", counting)
+    code, out, err = cli("--dry-run", "--repo", repo)
+    assert code == 0 and "Nothing to do" in out, out + err
+    assert made == []
+    applied.replace("clusters/dev.yaml", "    count: 2\n", "    count: 3\n")
+    code, out, err = cli("--dry-run", "--json", "--repo", repo)
+    assert code == 2, err
+    assert [u["key"] for u in json.loads(out)["units"]] == ["cluster:dev@local-a"]
+    assert len(made) == 1  # the base revision's dev, for its health probe: the changed one is made anew
+
+
+def test_a_kept_spec_that_does_not_decode_is_made_again(repo, tmp_path):
+    """An entry whose checksum holds but whose spec is not a spec of this code (forged, or
+    written by a bug) is never trusted: the spec is made again when it is read."""
+    defs = load(GitSource(repo.path).working_tree())
+    fresh = resolve(defs)
+    unitcache.use(tmp_path / "units")
+    try:
+        resolve(defs)
+        for entry in sorted((tmp_path / "units").glob("*/*.json")):
+            head, _, body = entry.read_bytes().partition(b"\n")
+            fields, _, _ = body.partition(b"\n")
+            forged = fields + b"\n" + json.dumps({"name": "not a spec"}).encode()
+            stored = json.loads(head)
+            stored["checksum"] = hashlib.sha256(forged).hexdigest()
+            entry.write_bytes(json.dumps(stored).encode() + b"\n" + forged)
+        assert resolve(defs) == fresh
+    finally:
+        unitcache.use(None)
