@@ -141,16 +141,26 @@ def plans_text(assessment: Assessment, plans: list[UnitPlan], engine_name: str |
                     lines.append(f"      outputs: {', '.join(p.summary.output_changes)}")
         lines.append("")
     if assessment.up_to_date:
-        lines.append("Up to date: " + ", ".join(u.title for u in assessment.up_to_date))
+        lines.append("Up to date: " + listing(assessment.up_to_date))
     if assessment.out_of_scope:
-        lines.append("Left out by --site/--unit, still to do: " + ", ".join(s.unit.title for s in assessment.out_of_scope))
+        lines.append("Left out by --site/--unit, still to do: " + listing([s.unit for s in assessment.out_of_scope]))
     if assessment.unchecked:
-        lines.append(
-            "Not checked (live state in gcs/s3 needs credentials; unchanged in git): "
-            + ", ".join(u.title for u in assessment.unchecked)
-        )
+        lines.append("Not checked (live state in gcs/s3 needs credentials; unchanged in git): " + listing(assessment.unchecked))
     lines.append(footer(plans))
     return "\n".join(lines).rstrip() + "\n"
+
+
+MAX_LISTED = 12  # stacks named in one line of the summary; beyond, counted (`--json` lists each)
+
+
+def listing(units: list) -> str:
+    """The stacks' titles, or beyond MAX_LISTED their count by kind: a thousand names on one
+    line say less than the count."""
+    if len(units) <= MAX_LISTED:
+        return ", ".join(u.title for u in units)
+    sites = sum(1 for u in units if u.kind == "site")
+    kinds = [f"{n} {word}{'s' if n != 1 else ''}" for n, word in ((sites, "site"), (len(units) - sites, "cluster")) if n]
+    return f"{len(units)} stacks ({', '.join(kinds)}; `--json` lists each)"
 
 
 def totals(plans: Iterable[UnitPlan]) -> dict[str, int]:

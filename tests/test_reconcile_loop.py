@@ -53,6 +53,23 @@ def test_dry_run_apply_then_nothing_to_do(repo, cli, engine):
     code, out, err = cli("--dry-run", "--repo", str(repo.path), "--engine", engine)
     assert code == 0, out
     assert "Nothing to do" in out
+    assert "Up to date: site local-a, site local-b, cluster dev on local-a, cluster slurm-hpc on local-b\n" in out  # named
+
+
+def test_a_long_list_of_stacks_is_counted_not_named():
+    """Beyond a dozen, the summary's lists are counts by kind (a thousand names on one line
+    hide the one that matters); `--json` still lists every stack."""
+    from types import SimpleNamespace
+
+    from reconciler.render import MAX_LISTED, listing
+
+    def units(sites, clusters):
+        return ([SimpleNamespace(kind="site", title=f"site s{i}") for i in range(sites)]
+                + [SimpleNamespace(kind="cluster", title=f"cluster c{i} on s0") for i in range(clusters)])
+
+    assert listing(units(2, MAX_LISTED - 2)) == ", ".join(u.title for u in units(2, MAX_LISTED - 2))
+    assert listing(units(8, 980)) == "988 stacks (8 sites, 980 clusters; `--json` lists each)"
+    assert listing(units(1, MAX_LISTED)) == f"{MAX_LISTED + 1} stacks (1 site, {MAX_LISTED} clusters; `--json` lists each)"
 
 
 def test_parallel_plans_give_what_serial_plans_give(repo, cli):
