@@ -673,11 +673,16 @@ def test_ssh_reaches_login_nodes_only_from_allowed_networks_and_iap(synthesized)
     assert ssh["source_ranges"] == ["192.0.2.0/24", "198.51.100.0/24", "35.235.240.0/20"]
     (address,) = resources(public, "google_compute_address").values()
     assert address["name"] == "gcp-zurich-dev-login-0"
-    login = instances(public)["node_login_0"]
-    assert login["network_interface"][0]["access_config"] == [
-        {"nat_ip": "${google_compute_address.node_login_0_public.address}"}
-    ]
-    assert "access_config" not in instances(public)["node_compute_0"]["network_interface"][0]
+    # The address is a forwarding rule's: the login node itself has none, and egress stays the site's
+    assert all("access_config" not in i["network_interface"][0] for i in instances(public).values())
+    (target,) = resources(public, "google_compute_target_instance").values()
+    assert (target["instance"], target["zone"]) == ("${google_compute_instance.node_login_0.self_link}", "europe-west6-a")
+    (rule,) = resources(public, "google_compute_forwarding_rule").values()
+    assert {k: rule[k] for k in ("ip_address", "ip_protocol", "port_range", "target", "load_balancing_scheme")} == {
+        "ip_address": "${google_compute_address.node_login_0_public.address}", "ip_protocol": "TCP",
+        "port_range": "22", "target": "${google_compute_target_instance.node_login_0_target.self_link}",
+        "load_balancing_scheme": "EXTERNAL",
+    }
     assert public["output"]["public_login_addresses"]["value"] == [
         "${google_compute_address.node_login_0_public.address}"
     ]

@@ -365,6 +365,23 @@ def _firewall(stack, spec: ClusterSpec, network) -> None:
 # ---------------------------------------------------------------- nodes
 
 
+def _public_ssh(stack, spec: ClusterSpec, pool: ComputePool, index: int, hostname: str, instance, address) -> None:
+    """`network.public_login`: SSH to a login node at a public address that is a forwarding
+    rule's, not the node's. External protocol forwarding delivers TCP 22 to this node alone,
+    keeping the client's address (for the firewall's allowed networks and for sshd), and the
+    node, with no external address, still leaves the site as its egress says (Cloud NAT, or
+    nothing on a private site). The Rocky image's guest agent accepts the forwarded address."""
+    target = google("compute_target_instance").ComputeTargetInstance(
+        stack, f"node_{pool.name}_{index}_target", name=resource_name(spec.site, hostname), zone=spec.zone,
+        instance=instance.self_link,
+    )
+    google("compute_forwarding_rule").ComputeForwardingRule(
+        stack, f"node_{pool.name}_{index}_ssh", name=resource_name(spec.site, hostname, "ssh"), region=spec.region,
+        ip_address=address.address, ip_protocol="TCP", port_range="22", target=target.self_link,
+        load_balancing_scheme="EXTERNAL",
+    )
+
+
 def _node_accounts(stack, spec: ClusterSpec) -> dict:
     """What the nodes run as, `{identity: service account}`: each may write logs and metrics and
     read the site's registries. Login nodes have an account of their own: they run the
@@ -575,9 +592,8 @@ def _pool(stack, spec: ClusterSpec, pool: ComputePool, subnet, accounts: dict, b
                     subnetwork=subnet.id,
                     network_ip=address,
                     nic_type="GVNIC",  # required by c3, a3 and h3; the faster NIC on every other series
-                    access_config=[module.ComputeInstanceNetworkInterfaceAccessConfig(nat_ip=external.address)]
-                    if external is not None
-                    else None,
+                    # no access_config: no node has an address of its own (public_login's is a
+                    # forwarding rule's, `_public_ssh`)
                 )
             ],
             guest_accelerator=accelerators or None,
@@ -599,6 +615,8 @@ def _pool(stack, spec: ClusterSpec, pool: ComputePool, subnet, accounts: dict, b
             # A new machine type is applied by stopping and starting the node: same disk, same address.
             allow_stopping_for_update=True,
         )
+        if external is not None:
+            _public_ssh(stack, spec, pool, index, hostname, instance, external)
         # The image family moves with every release; following it would replace every node of a
         # running cluster unasked. A new image is taken when a node is replaced on purpose. The
         # first-boot data only matters at a node's first boot: a new version reaches the nodes
