@@ -323,8 +323,8 @@ class Site(Strict):
     kubernetes_admins: Annotated[list[Annotated[str, Field(pattern=IAM_ROLE_PATTERN)]], AfterValidator(_no_repeats)] = Field(
         [],
         description="aws only, and needed there: the IAM roles that administer the landing zone's Kubernetes (EKS "
-        "access entries with the cluster-admin policy), e.g. the CI apply role and a break-glass role. Whoever "
-        "created the EKS cluster keeps no access of its own",
+        "access entries with the cluster-admin policy), e.g. the CI apply role and a break-glass role. Once the "
+        "cluster exists every other standard access entry is removed, the one EKS gives its creator too",
     )
     runtime: Literal["records", "slurm"] = Field(
         "records",

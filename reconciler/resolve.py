@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import ipaddress
 import json
+import threading
 from dataclasses import dataclass
 from typing import Iterator, Mapping
 
@@ -54,14 +55,20 @@ class Deferred:
 
 
 class _SpecField:
-    """`Unit.spec`: a spec, None, or a `Deferred` made into its spec when first read."""
+    """`Unit.spec`: a spec, None, or a `Deferred` made into its spec when first read (once,
+    whichever of the planning threads reads it first)."""
+
+    _making = threading.Lock()
 
     def __get__(self, unit, owner=None):
         if unit is None:
             raise AttributeError("spec")  # a field without a default
         value = unit.__dict__["_spec"]
         if type(value) is Deferred:
-            value = unit.__dict__["_spec"] = value.make()
+            with self._making:
+                value = unit.__dict__["_spec"]
+                if type(value) is Deferred:
+                    value = unit.__dict__["_spec"] = value.make()
         return value
 
     def __set__(self, unit, value) -> None:

@@ -38,15 +38,19 @@ def enabled() -> bool:
 @functools.cache
 def code_digest() -> str:
     """The code units are built by, read once a run (a few milliseconds)."""
+    import sys
+
     import pydantic
+    import ruamel.yaml
 
     import rpi
     from reconciler import nodepkg
 
-    h = hashlib.sha256(f"{FORMAT}\0{pydantic.VERSION}\0".encode())
+    # what parses the definitions and renders the layers is code too: its versions are in the key
+    h = hashlib.sha256(f"{FORMAT}\0{pydantic.VERSION}\0{ruamel.yaml.__version__}\0{sys.version}\0".encode())
     roots = (Path(__file__).parent, Path(rpi.__file__).parent, nodepkg.source_dir())
-    for root in roots:
-        for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".json") and "__pycache__" not in p.parts):
+    for root in roots:  # every file, data too (the catalogs' offers.csv decide zones and refusals)
+        for path in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
             h.update(f"{root.name}/{path.relative_to(root).as_posix()}\0".encode())
             h.update(path.read_bytes())
             h.update(b"\0")

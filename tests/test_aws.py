@@ -287,12 +287,14 @@ def test_eks_is_private_across_two_zones_with_pod_identities(synthesized):
 
 CREATOR = "arn:aws:iam::111122223333:role/first-admin"  # who made the cluster, from a laptop say
 APPLY_ROLE = "arn:aws:iam::111122223333:role/reconcile-apply"
+NODE_ROLE = "arn:aws:iam::111122223333:role/aws-frankfurt-eks-nodes"  # the managed nodes' EC2_LINUX entry
 
 
 def test_eks_admins_are_the_declared_ones_and_the_creator_keeps_nothing(synthesized, specs):
-    """The bootstrap flag stays (changing it replaces the control plane); the creator's entry is
-    removed once the cluster exists, and only then does each declared admin get an entry with the
-    cluster-admin policy, named by account and role so that the others stay when one leaves."""
+    """The bootstrap flag stays (changing it replaces the control plane); every undeclared entry
+    is removed once the cluster exists, and only then does each declared admin get an entry with
+    the cluster-admin policy, named by account and role so that the others stay when one leaves.
+    A replaced cluster runs the removal again, and its admins' entries and policies follow."""
     lz = doc(synthesized, "landing-zone")
     eks = resources(lz, "aws_eks_cluster")["eks"]
     assert eks["access_config"] == {"authentication_mode": "API", "bootstrap_cluster_creator_admin_permissions": True}
@@ -300,36 +302,43 @@ def test_eks_admins_are_the_declared_ones_and_the_creator_keeps_nothing(synthesi
     assert removal["triggers_replace"] == ["${aws_eks_cluster.eks.created_at}"]  # again if the cluster is replaced
     (block,) = removal["provisioner"]
     run = block["local-exec"]
-    assert run["environment"] == {"VC_CLUSTER": "${aws_eks_cluster.eks.name}", "VC_REGION": "eu-central-1",
-                                  "VC_CREATOR": "${data.aws_iam_session_context.caller_role.issuer_arn}"}
+    assert run["environment"] == {"VC_CLUSTER": "${aws_eks_cluster.eks.name}", "VC_REGION": "eu-central-1"}
     assert "${" not in run["command"] and "%{" not in run["command"]  # values arrive as variables only
-    assert lz["data"]["aws_iam_session_context"]["caller_role"]["arn"] == "${data.aws_caller_identity.caller.arn}"
     entries = resources(lz, "aws_eks_access_entry")
-    assert {k: (e["principal_arn"], e["type"], e["depends_on"]) for k, e in entries.items()} == {
-        "kubernetes_admin_111122223333_reconcile-apply": (APPLY_ROLE, "STANDARD", ["terraform_data.creator_access_removed"]),
+    removal_first = ["terraform_data.creator_access_removed"]
+    assert {k: (e["principal_arn"], e["type"], e["depends_on"], e["lifecycle"]["replace_triggered_by"])
+            for k, e in entries.items()} == {
+        "kubernetes_admin_111122223333_reconcile-apply": (APPLY_ROLE, "STANDARD", removal_first, removal_first),
         "kubernetes_admin_111122223333_break-glass": (specs["landing-zone"].kubernetes_admins[1], "STANDARD",
-                                                      ["terraform_data.creator_access_removed"]),
+                                                      removal_first, removal_first),
     }
     policies = resources(lz, "aws_eks_access_policy_association")
-    assert {(p["principal_arn"], p["policy_arn"].rsplit("/", 1)[1], p["access_scope"]["type"]) for p in policies.values()} == {
-        (f"${{aws_eks_access_entry.{k}.principal_arn}}", "AmazonEKSClusterAdminPolicy", "cluster") for k in entries
+    assert {(p["principal_arn"], p["policy_arn"].rsplit("/", 1)[1], p["access_scope"]["type"],
+             tuple(p["lifecycle"]["replace_triggered_by"])) for p in policies.values()} == {
+        (f"${{aws_eks_access_entry.{k}.principal_arn}}", "AmazonEKSClusterAdminPolicy", "cluster", (f"aws_eks_access_entry.{k}",))
+        for k in entries
     }
 
 
-def _removal_config(lz: dict, creator: str) -> dict:
-    """The landing zone's removal alone, its references to the cluster and the caller given."""
+def _removal_config(lz: dict) -> dict:
+    """The landing zone's removal alone, its references to the cluster given."""
     removal = json.loads(json.dumps(resources(lz, "terraform_data")["creator_access_removed"]))
     removal.pop("//", None)
     removal["triggers_replace"] = ["2026-12-04T10:00:00Z"]
-    removal["provisioner"][0]["local-exec"]["environment"].update(VC_CLUSTER="aws-frankfurt-control", VC_CREATOR=creator)
+    removal["provisioner"][0]["local-exec"]["environment"].update(VC_CLUSTER="aws-frankfurt-control")
     return {"resource": {"terraform_data": {"creator_access_removed": removal}}}
 
 
-def _apply(tmp_path, config: dict, world: dict, with_cli: bool = True) -> tuple[int, str, dict]:
+def _apply(tmp_path, config: dict, world: dict, with_cli: bool = True, fresh: bool = False) -> tuple[int, str, dict]:
+    import subprocess
+
     from reconciler.engine import engine_env
 
     work = tmp_path / "stack"
     work.mkdir(exist_ok=True)
+    if fresh:
+        for path in work.glob("terraform.tfstate*"):
+            path.unlink()
     (work / "main.tf.json").write_text(json.dumps(config))
     (tmp_path / "world.json").write_text(json.dumps(world))
     bin_dir = tmp_path / "bin"
@@ -341,8 +350,6 @@ def _apply(tmp_path, config: dict, world: dict, with_cli: bool = True) -> tuple[
     env = engine_env(tmp_path / "engine", tmp_path) | {"AWS_STANDIN_WORLD": str(tmp_path / "world.json"),
                                                        "PATH": f"{bin_dir}:/usr/bin:/bin"}
     engine = [sys.executable, "-m", "reconciler.embedded", f"-chdir={work}"]
-    import subprocess
-
     for step in (["init", "-input=false", "-no-color"], ["apply", "-auto-approve", "-input=false", "-no-color"]):
         done = subprocess.run([*engine, *step], capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
         if done.returncode:
@@ -350,35 +357,40 @@ def _apply(tmp_path, config: dict, world: dict, with_cli: bool = True) -> tuple[
     return done.returncode, done.stdout + done.stderr, json.loads((tmp_path / "world.json").read_text())
 
 
-def test_the_creators_entry_is_removed_once_and_a_refusal_stops_the_apply(synthesized, tmp_path):
+def test_every_undeclared_entry_is_removed_once_and_a_refusal_stops_the_apply(synthesized, tmp_path):
     """The removal itself, run by the real embedded engine against the AWS CLI stand-in (built
-    from botocore's EKS model, tests/aws_cli_standin.py): the creator's entry goes, the others
-    stay; the next apply calls nothing; an entry already gone is no error; a refusal, or no
-    AWS CLI at all, fails the apply with the reason and leaves the removal to be tried again."""
-    lz = doc(synthesized, "landing-zone")
-    config = _removal_config(lz, CREATOR)
-    world = {"entries": {"aws-frankfurt-control": [CREATOR, APPLY_ROLE]}}
+    from botocore's EKS model, tests/aws_cli_standin.py): every STANDARD entry goes, whoever
+    created the cluster, and the nodes' EC2_LINUX entry stays; the next apply calls nothing; an
+    entry gone meanwhile is no error; a refusal, a cluster not found, or no AWS CLI at all fails
+    the apply with the reason and leaves the removal to be tried again."""
+    config = _removal_config(doc(synthesized, "landing-zone"))
+    cluster = "aws-frankfurt-control"
+    world = {"entries": {cluster: {CREATOR: "STANDARD", APPLY_ROLE: "STANDARD", NODE_ROLE: "EC2_LINUX"}}}
     code, out, after = _apply(tmp_path, config, world)
     assert code == 0, out
-    assert after["entries"] == {"aws-frankfurt-control": [APPLY_ROLE]}
-    assert after["calls"] == [["DeleteAccessEntry", {"clusterName": "aws-frankfurt-control", "principalArn": CREATOR}]]
+    assert after["entries"] == {cluster: {NODE_ROLE: "EC2_LINUX"}}
+    deleted = [params["principalArn"] for operation, params in after["calls"] if operation == "DeleteAccessEntry"]
+    assert sorted(deleted) == sorted([CREATOR, APPLY_ROLE])
+    assert all(params["clusterName"] == cluster for _, params in after["calls"])
     assert f"removed the access entry of {CREATOR}" in out
     code, out, again = _apply(tmp_path, config, after)
     assert code == 0 and again["calls"] == after["calls"], out  # made once: nothing called again
 
-    for path in (tmp_path / "stack").glob("terraform.tfstate*"):
-        path.unlink()
-    code, out, gone = _apply(tmp_path, config, {"entries": {}})
-    assert code == 0 and "nothing to remove" in out, out
+    code, out, _ = _apply(tmp_path, config, {"entries": {cluster: {NODE_ROLE: "EC2_LINUX"}}}, fresh=True)
+    assert code == 0 and "no access entry that no configuration declares" in out, out
+    raced = {"entries": {cluster: {CREATOR: "STANDARD"}}, "fail": {"DeleteAccessEntry": "ResourceNotFoundException"}}
+    code, out, _ = _apply(tmp_path, config, raced, fresh=True)
+    assert code == 0, out  # gone between the listing and the delete
 
-    for path in (tmp_path / "stack").glob("terraform.tfstate*"):
-        path.unlink()
-    code, out, refused = _apply(tmp_path, config, {"entries": {"aws-frankfurt-control": [CREATOR]}, "fail": "AccessDeniedException"})
+    refused = {"entries": {cluster: {CREATOR: "STANDARD"}}, "fail": {"DeleteAccessEntry": "AccessDeniedException"}}
+    code, out, left = _apply(tmp_path, config, refused, fresh=True)
     assert code == 1 and "AccessDeniedException" in out, out
-    assert refused["entries"] == {"aws-frankfurt-control": [CREATOR]}
+    assert left["entries"] == {cluster: {CREATOR: "STANDARD"}}
     state = json.loads((tmp_path / "stack" / "terraform.tfstate").read_text())
     assert [i.get("status") for r in state["resources"] for i in r["instances"]] == ["tainted"]  # tried again next time
-    code, out, _ = _apply(tmp_path, config, {"entries": {"aws-frankfurt-control": [CREATOR]}}, with_cli=False)
+    code, out, _ = _apply(tmp_path, config, {"entries": {}}, fresh=True)
+    assert code == 1 and "No cluster found" in out, out  # a wrong region or name is no "nothing to remove"
+    code, out, _ = _apply(tmp_path, config, {"entries": {cluster: {CREATOR: "STANDARD"}}}, with_cli=False, fresh=True)
     assert code == 1 and "needs the AWS CLI (aws)" in out, out
 
 
@@ -538,7 +550,7 @@ def test_cluster_finds_the_site_vpc_by_its_name_tag(synthesized):
 def test_ssh_only_to_login_nodes_from_allowed_cidrs(synthesized):
     variant = doc(synthesized, "variant-ssh")
     ssh = [r for n, r in resources(variant, "aws_vpc_security_group_ingress_rule").items()
-           if r["ip_protocol"] == "tcp" and not n.startswith("nodes_from_")]  # not what network.admit lets in
+           if r["ip_protocol"] == "tcp" and not n.startswith("admit_")]  # not what network.admit lets in
     assert sorted(r["cidr_ipv4"] for r in ssh) == ["192.0.2.0/24", "198.51.100.0/24"]
     assert {(r["from_port"], r["to_port"], r["security_group_id"]) for r in ssh} == {
         (22, 22, "${aws_security_group.security_group_login.id}")
@@ -559,7 +571,7 @@ def test_an_admitted_cluster_reaches_the_nodes_on_its_ports_one_way(synthesized,
     dev, hpc = specs["cluster-dev"], specs["cluster-slurm-hpc"]
     ingress = resources(doc(synthesized, "cluster-dev"), "aws_vpc_security_group_ingress_rule")
     egress = resources(doc(synthesized, "cluster-slurm-hpc"), "aws_vpc_security_group_egress_rule")
-    for rules, name, cidr in ((ingress, "nodes_from_slurm-hpc", hpc.subnet.cidr), (egress, "nodes_to_dev", dev.subnet.cidr)):
+    for rules, name, cidr in ((ingress, "admit_from_slurm-hpc_", hpc.subnet.cidr), (egress, "admit_to_dev_", dev.subnet.cidr)):
         assert {(r["ip_protocol"], r["from_port"], r["to_port"], r["cidr_ipv4"], r["security_group_id"])
                 for k, r in rules.items() if k.startswith(name)} == {
             (p, 22, 22, cidr, "${aws_security_group.security_group_nodes.id}") for p in ("tcp", "udp")

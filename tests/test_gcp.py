@@ -683,6 +683,8 @@ def test_ssh_reaches_login_nodes_only_from_allowed_networks_and_iap(synthesized)
         "port_range": "22", "target": "${google_compute_target_instance.node_login_0_target.self_link}",
         "load_balancing_scheme": "EXTERNAL",
     }
+    # a replaced login node replaces its target instance, which GCP will not delete while the rule points at it
+    assert rule["lifecycle"]["replace_triggered_by"] == ["google_compute_target_instance.node_login_0_target"]
     assert public["output"]["public_login_addresses"]["value"] == [
         "${google_compute_address.node_login_0_public.address}"
     ]
@@ -694,7 +696,7 @@ def test_an_admitted_cluster_reaches_the_nodes_on_its_ports_one_way(synthesized)
     rule = resources(doc(synthesized, "cluster-dev"), "google_compute_firewall")["firewall_from_slurm-hpc"]
     assert (rule["direction"], rule["source_tags"], rule["target_tags"]) == ("INGRESS", ["slurm-hpc-node"], ["dev-node"])
     assert rule["allow"] == [{"protocol": "tcp", "ports": ["22"]}, {"protocol": "udp", "ports": ["22"]}]
-    assert rule["name"] == "gcp-zurich-dev-from-slurm-hpc"
+    assert rule["name"].startswith("gcp-zurich-dev-from-slurm-hpc-") and len(rule["name"]) == len("gcp-zurich-dev-from-slurm-hpc-") + 6
     hpc = resources(doc(synthesized, "cluster-slurm-hpc"), "google_compute_firewall")
     assert not [r for r in hpc.values() if "dev-node" in r.get("source_tags", [])]
 

@@ -475,7 +475,8 @@ def _gcp_admit_widened(zone, clusters):
 
 
 def _aws_admit_widened(zone, clusters):
-    for name, direction, rule in (("dev", "ingress", "nodes_from_slurm-hpc"), ("slurm-hpc", "egress", "nodes_to_dev")):
+    rules = (("dev", "ingress", "admit_from_slurm-hpc_tcp_22_22"), ("slurm-hpc", "egress", "admit_to_dev_tcp_22_22"))
+    for name, direction, rule in rules:
         resources(clusters[name], f"aws_vpc_security_group_{direction}_rule")[rule]["ip_protocol"] = "-1"
 
 

@@ -255,10 +255,10 @@ def _security_groups(stack, spec: ClusterSpec, vpc) -> dict:
     # one (a flow needs the source's egress and the target's ingress), each on its ports.
     for direction, rule, peers in (("from", ingress, spec.admitted), ("to", egress, spec.reaches)):
         for peer in peers:
-            for index, (protocol, low, high) in enumerate(_peer_ports(peer)):
-                rule(
+            for protocol, low, high in _peer_ports(peer):
+                rule(  # named by peer, protocol and ports: another port added leaves these alone
                     stack,
-                    f"nodes_{direction}_{peer.cluster}" + (f"_{index}" if index else ""),
+                    f"admit_{direction}_{peer.cluster}_" + ("all" if low is None else f"{protocol}_{low}_{high}"),
                     security_group_id=nodes.id,
                     ip_protocol=protocol,
                     from_port=low,

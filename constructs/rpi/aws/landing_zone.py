@@ -448,20 +448,34 @@ def _eks(stack, spec: LandingZoneSpec, private: list, control_plane):
 # EKS gives the principal that creates a cluster an access entry with the cluster-admin policy
 # (bootstrap_cluster_creator_admin_permissions), which no configuration shows. This removes it,
 # once, right after the cluster is created (or, for a cluster made before, at the first apply
-# that has this), before the site's declared admins get their entries: the apply role among them
-# gets its entry back, now one the configuration holds. The AWS CLI does it (GitHub's runners
-# carry it): Terraform cannot delete an object that it does not manage, and importing the entry
-# would keep it. The values arrive as environment variables, never as a part of the command.
-REMOVE_CREATOR_ENTRY = """\
+# that has this), before the site's declared admins get their entries: every STANDARD entry
+# there is then goes, whoever made the cluster (a laptop, a former CI role), and the apply role
+# among the admins gets its entry back, now one the configuration holds. The nodes' EC2_LINUX
+# entries stay. The AWS CLI does it (GitHub's runners carry it): Terraform cannot delete an
+# object that it does not manage, and importing the entry would keep it. The values arrive as
+# environment variables, never as a part of the command; any refusal stops the apply, and the
+# removal is tried again at the next one.
+REMOVE_UNDECLARED_ENTRIES = """\
+set -f
 command -v aws >/dev/null 2>&1 || { echo "removing the EKS creator's access entry needs the AWS CLI (aws) where this applies" >&2; exit 1; }
-if out=$(aws eks delete-access-entry --region "$VC_REGION" --cluster-name "$VC_CLUSTER" --principal-arn "$VC_CREATOR" 2>&1); then
-  echo "removed the access entry of $VC_CREATOR, which created EKS cluster $VC_CLUSTER"
-else
-  case "$out" in
-    *ResourceNotFoundException*) echo "EKS cluster $VC_CLUSTER has no access entry of $VC_CREATOR: nothing to remove" ;;
-    *) printf '%s\\n' "$out" >&2; exit 1 ;;
-  esac
-fi
+eks() { aws eks "$@" --region "$VC_REGION" --cluster-name "$VC_CLUSTER"; }
+principals=$(eks list-access-entries --query 'accessEntries[]' --output text) || exit 1
+removed=0
+for principal in $principals; do
+  [ "$principal" != None ] || continue
+  kind=$(eks describe-access-entry --principal-arn "$principal" --query 'accessEntry.type' --output text) || exit 1
+  [ "$kind" = STANDARD ] || continue
+  if out=$(eks delete-access-entry --principal-arn "$principal" 2>&1); then
+    echo "removed the access entry of $principal from EKS cluster $VC_CLUSTER (no configuration declares it)"
+    removed=$((removed + 1))
+  else
+    case "$out" in
+      *ResourceNotFoundException*) ;;
+      *) printf '%s\\n' "$out" >&2; exit 1 ;;
+    esac
+  fi
+done
+[ "$removed" -gt 0 ] || echo "EKS cluster $VC_CLUSTER has no access entry that no configuration declares"
 """
 
 EKS_ADMIN_POLICY = "arn:aws:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy"
@@ -469,17 +483,15 @@ EKS_ADMIN_POLICY = "arn:aws:eks::aws:cluster-access-policy/AmazonEKSClusterAdmin
 
 def _kubernetes_admins(stack, spec: LandingZoneSpec, cluster) -> None:
     """The site's `kubernetes_admins`, each an access entry with the cluster-admin policy on the
-    whole cluster, made after the creator's entry is removed (both in place: access entries are
-    objects of their own, and the cluster is not changed)."""
-    caller = aws("data_aws_caller_identity").DataAwsCallerIdentity(stack, "caller")
-    # the role behind the caller's session: the principal EKS made the creator's entry for
-    session = aws("data_aws_iam_session_context").DataAwsIamSessionContext(stack, "caller_role", arn=caller.arn)
+    whole cluster, made after every undeclared entry is removed (both in place: access entries
+    are objects of their own, and the cluster is not changed). A replaced cluster runs the
+    removal again and gets its admins' entries again."""
     removed = cdk.data_resource(stack, "creator_access_removed", {"cluster": f"{spec.site}-control"},
-                                replace_on=[cluster.created_at])  # again for a replaced cluster
+                                replace_on=[cluster.created_at])
     cdk.provisioners(removed, [{"local-exec": {
         "interpreter": ["/bin/sh", "-c"],
-        "command": REMOVE_CREATOR_ENTRY,
-        "environment": {"VC_REGION": spec.region, "VC_CLUSTER": cluster.name, "VC_CREATOR": session.issuer_arn},
+        "command": REMOVE_UNDECLARED_ENTRIES,
+        "environment": {"VC_REGION": spec.region, "VC_CLUSTER": cluster.name},
     }}])
     entry = aws("eks_access_entry").EksAccessEntry
     association = aws("eks_access_policy_association").EksAccessPolicyAssociation
@@ -489,8 +501,10 @@ def _kubernetes_admins(stack, spec: LandingZoneSpec, cluster) -> None:
         account, _, name = arn.split(":", 4)[4].partition(":role/")
         label = re.sub(r"[^A-Za-z0-9_-]", "_", f"kubernetes_admin_{account}_{name.rsplit('/', 1)[-1]}")
         made = entry(stack, label, cluster_name=cluster.name, principal_arn=arn, type="STANDARD", depends_on=[removed])
-        association(stack, f"{label}_policy", cluster_name=cluster.name, principal_arn=made.principal_arn,
-                    policy_arn=EKS_ADMIN_POLICY, access_scope={"type": "cluster"})
+        made.add_override("lifecycle.replace_triggered_by", ["terraform_data.creator_access_removed"])
+        policy_of = association(stack, f"{label}_policy", cluster_name=cluster.name, principal_arn=made.principal_arn,
+                                policy_arn=EKS_ADMIN_POLICY, access_scope={"type": "cluster"})
+        policy_of.add_override("lifecycle.replace_triggered_by", [f"aws_eks_access_entry.{label}"])  # EKS drops it with its entry
 
 
 def _secrets(stack, spec: LandingZoneSpec) -> dict:

@@ -44,6 +44,7 @@ nodes' local SSD, not a network file system. Object storage is one bucket per vo
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import math
@@ -349,7 +350,9 @@ def _firewall(stack, spec: ClusterSpec, network) -> None:
         firewall.ComputeFirewall(
             stack,
             f"firewall_from_{peer.cluster}",
-            name=resource_name(spec.site, spec.name, "from", peer.cluster),
+            # names joined by '-' are ambiguous (a-from + b, a + from-b): the pair's hash settles it
+            name=resource_name(spec.site, spec.name, "from", peer.cluster,
+                               hashlib.sha256(f"{spec.name}\0{peer.cluster}".encode()).hexdigest()[:6]),
             network=network.id,
             direction="INGRESS",
             source_tags=[node_tag(peer.cluster)],
@@ -375,11 +378,14 @@ def _public_ssh(stack, spec: ClusterSpec, pool: ComputePool, index: int, hostnam
         stack, f"node_{pool.name}_{index}_target", name=resource_name(spec.site, hostname), zone=spec.zone,
         instance=instance.self_link,
     )
-    google("compute_forwarding_rule").ComputeForwardingRule(
+    rule = google("compute_forwarding_rule").ComputeForwardingRule(
         stack, f"node_{pool.name}_{index}_ssh", name=resource_name(spec.site, hostname, "ssh"), region=spec.region,
         ip_address=address.address, ip_protocol="TCP", port_range="22", target=target.self_link,
         load_balancing_scheme="EXTERNAL",
     )
+    # A replaced node replaces its target instance (`instance` is ForceNew), which GCP refuses to
+    # delete while a rule points at it: the rule goes first, and comes back at the same address.
+    rule.add_override("lifecycle.replace_triggered_by", [f"google_compute_target_instance.node_{pool.name}_{index}_target"])
 
 
 def _node_accounts(stack, spec: ClusterSpec) -> dict:
