@@ -63,7 +63,7 @@ def _common(parser: argparse.ArgumentParser, top: bool) -> None:
 def _scope(parser: argparse.ArgumentParser, top: bool) -> None:
     default = [] if top else argparse.SUPPRESS
     parser.add_argument("--site", action="append", default=default, dest="sites", help="only this site's units, and the rest of their change groups (repeatable)")
-    parser.add_argument("--unit", action="append", default=default, dest="units", help="only this unit, e.g. cluster:dev@local-a, and the rest of its change group (repeatable)")
+    parser.add_argument("--unit", action="append", default=default, dest="units", metavar="UNIT[,UNIT…]", help="only this unit, e.g. cluster:dev@local-a, and the rest of its change group (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
                 help="plan the planned commit here, offline, and post this job's own comment instead of the artifact's "
                 "(a fork's pull request: with --base)",
             )
+        if name == "waves":
+            command.add_argument("--max-jobs", type=_positive, default=256, metavar="N",
+                                 help="split each wave (and the whole, for a fanned-out plan) into at most N jobs (default 256: GitHub's matrix limit)")
         if name == "report":
             command.add_argument("--from", dest="from_dir", required=True, help="waves.json (`waves --json`) and one apply-*/ per runner: unit.txt and apply.json (`apply --only UNIT --json`); read as data, within bounds")
             command.add_argument("--pr", help="pull request number, or 'auto' for the one the pushed commit merged")
@@ -180,7 +183,8 @@ def _main(argv: list[str] | None) -> int:
             select_all=args.all,
             auto_approve=getattr(args, "auto_approve", False),
             sites=frozenset(getattr(args, "sites", ())),
-            units=frozenset(getattr(args, "units", ())) | _only(args),
+            units=frozenset(k.strip() for value in getattr(args, "units", ()) for k in value.split(",") if k.strip())
+            | _only(args),
         )
         load_module.use_cache(settings.work_dir / "cache" / "parsed")  # definitions parsed again only when their bytes change
         unitcache.use(settings.work_dir / "cache" / "units")  # and clusters resolved again only when what they follow from does
@@ -217,6 +221,16 @@ def _main(argv: list[str] | None) -> int:
         traceback.print_exc()
         sys.stderr.write("internal error: this is a bug in reconcile, please report it with the traceback above\n")
         return Exit.INTERNAL
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
 
 
 def _only(args) -> frozenset[str]:
@@ -522,7 +536,9 @@ def cmd_waves(settings: Settings, args) -> int:
     if settings.output_json:
         _emit({
             "head": {"label": assessment.head.snapshot.label, "revision": assessment.head.snapshot.revision, "dirty": assessment.head.snapshot.dirty},
-            "waves": [{"name": name, "units": [_wave_unit(s, selected) for s in wave]} for name, wave in zip(affected.WAVES, ordered)],
+            "waves": [{"name": name, "units": [_wave_unit(s, selected) for s in wave], "jobs": _jobs([s.unit.key for s in wave], args.max_jobs)}
+                      for name, wave in zip(affected.WAVES, ordered)],
+            "jobs": _jobs([s.unit.key for wave in ordered for s in wave], args.max_jobs),
             "exit_code": 0,
         })
         return Exit.OK
@@ -536,6 +552,16 @@ def cmd_waves(settings: Settings, args) -> int:
                 after = f"  after {', '.join(needs)}" if needs else ""
                 print(printable(f"  {s.action} {s.unit.title}: {'; '.join(s.reasons)}{after}"))
     return Exit.OK
+
+
+def _jobs(keys: list[str], most: int) -> list[str]:
+    """The units as at most `most` runner jobs, each a comma-separated list for `--only` (or
+    `--unit`): one unit a job while they fit, then even runs of neighbours (GitHub runs at most
+    256 jobs of one matrix)."""
+    if not keys:
+        return []
+    size = -(-len(keys) // most)  # ceil
+    return [",".join(keys[i:i + size]) for i in range(0, len(keys), size)]
 
 
 def _wave_unit(s, selected) -> dict:

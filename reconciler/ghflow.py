@@ -329,29 +329,32 @@ def gathered_results(directory: Path) -> tuple[list[GatheredResult], str]:
         raise ReconcileError(f"{directory}/waves.json names more than {GATHERED_UNITS:,} units")
     reported: dict[str, tuple[str, str]] = {}
     for part in sorted(directory.glob("apply-*"))[: GATHERED_UNITS + 1]:
-        try:
-            key = (part / "unit.txt").read_text(encoding="utf-8")[:300].strip() if (part / "unit.txt").is_file() else ""
+        keys: list[str] = []
+        try:  # the units its runner applied: one, or a run of them (`--only A,B`)
+            if (part / "unit.txt").is_file():
+                text = (part / "unit.txt").read_text(encoding="utf-8")[: 300 * GATHERED_UNITS]
+                keys = [k.strip()[:300] for k in text.split(",") if k.strip()][:GATHERED_UNITS]
             document = _json_file(part / "apply.json", GATHERED_BYTES)
         except (ValueError, OSError) as exc:
-            if key:
-                reported[key] = ("failed", f"its runner's document could not be read: {exc}")
+            reported |= {key: ("failed", f"its runner's document could not be read: {exc}") for key in keys}
             continue
-        if not isinstance(document, dict) or not key:
+        if not isinstance(document, dict) or not keys:
             continue
         head = document.get("head") or {}
         if isinstance(head, dict) and head.get("revision") not in (None, revision):
-            reported[key] = ("failed", f"its runner applied {str(head.get('revision'))[:7]}, not {revision[:7]}")
+            reported |= {key: ("failed", f"its runner applied {str(head.get('revision'))[:7]}, not {revision[:7]}") for key in keys}
             continue
-        entry = next((u for u in document.get("units") or () if isinstance(u, dict) and u.get("key") == key), None)
-        if entry is None:
-            error = document.get("error")
-            reported[key] = ("failed", str(error)) if error else ("no changes", "nothing to apply when its runner planned it")
-        elif isinstance(entry.get("outcome"), str):
-            reported[key] = (entry["outcome"], str(entry.get("detail") or ""))
-        elif entry.get("pending"):
-            reported[key] = ("not applied", str(entry.get("error") or entry.get("blocked") or entry.get("status") or ""))
-        else:
-            reported[key] = ("no changes", "")
+        for key in keys:
+            entry = next((u for u in document.get("units") or () if isinstance(u, dict) and u.get("key") == key), None)
+            if entry is None:
+                error = document.get("error")
+                reported[key] = ("failed", str(error)) if error else ("no changes", "nothing to apply when its runner planned it")
+            elif isinstance(entry.get("outcome"), str):
+                reported[key] = (entry["outcome"], str(entry.get("detail") or ""))
+            elif entry.get("pending"):
+                reported[key] = ("not applied", str(entry.get("error") or entry.get("blocked") or entry.get("status") or ""))
+            else:
+                reported[key] = ("no changes", "")
     results = []
     for key, action in expected:
         outcome, detail = reported.get(key, ("missing", "its runner reported nothing: it did not run, or was lost"))

@@ -272,6 +272,10 @@ class WaveUnit(_Out):
 class Wave(_Out):
     name: Literal["landing-zones", "clusters", "cluster-destroys", "landing-zone-destroys"]
     units: list[WaveUnit] = Field(description="Applied at once, one runner each: `reconcile apply --only KEY`")
+    jobs: list[str] = Field(
+        description="The wave's units as at most `--max-jobs` runner jobs (GitHub runs at most 256 of one matrix), "
+        "each a comma-separated list for `reconcile apply --only`: one unit a job while they fit"
+    )
 
 
 class Waves(Document):
@@ -279,6 +283,7 @@ class Waves(Document):
 
     head: Head
     waves: list[Wave] = Field(min_length=4, max_length=4)
+    jobs: list[str] = Field(description="Every wave's units as at most `--max-jobs` jobs: a fanned-out plan's matrix (`--unit`)")
 
 
 # The document each command prints with --json, and the file its schema is written to.

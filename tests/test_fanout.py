@@ -194,11 +194,17 @@ def test_a_fanned_out_plan_gives_what_one_plan_gives(applied, cli, tmp_path):
     code, out, err = cli("plan", "--no-lock", "--json", "--repo", repo)
     assert code == 2, err
     whole = json.loads(out)["units"]
-    code, out, _ = cli("waves", "--json", "--repo", repo)
-    units = [key for wave in keys(json.loads(out)) for key in wave]
+    code, out, _ = cli("waves", "--json", "--max-jobs", "3", "--repo", repo)
+    waves = json.loads(out)
+    units = [key for wave in keys(waves) for key in wave]
     assert len(units) == 4
-    for n, key in enumerate(units):
-        code, out, err = cli("plan", "--no-lock", "--unit", key, "--save-summaries", str(tmp_path / "s" / str(n)), "--repo", repo)
+    # GitHub runs at most 256 jobs of a matrix: beyond --max-jobs, runs of neighbouring units share a job
+    assert waves["jobs"] == [",".join(units[0:2]), ",".join(units[2:4])]
+    for wave in waves["waves"]:  # each wave's own jobs: its units, in order, in at most 3 jobs
+        assert len(wave["jobs"]) <= 3
+        assert [k for job in wave["jobs"] for k in job.split(",")] == [u["key"] for u in wave["units"]]
+    for n, job in enumerate(waves["jobs"]):
+        code, out, err = cli("plan", "--no-lock", "--unit", job, "--save-summaries", str(tmp_path / "s" / str(n)), "--repo", repo)
         assert code == 2, out + err
     code, out, err = cli("plan", "--no-lock", "--json", "--summaries-from", str(tmp_path / "s"), "--repo", repo)
     assert code == 2, err
@@ -222,3 +228,28 @@ def test_a_fanned_out_plan_gives_what_one_plan_gives(applied, cli, tmp_path):
     assert hand(json.dumps({**handed, "changes": [], "document_sha": "0" * 64})) == whole
     assert hand("{not json") == whole
     assert hand(json.dumps({**handed, "changes": [{"address": 3, "action": "create"}]})) == whole
+
+
+def test_a_run_of_units_in_one_job_is_reported_unit_by_unit(tmp_path):
+    """A job that applied several units (`--only A,B`, beyond 256 jobs of a matrix) names them
+    all in its unit.txt: each gets its own outcome from the job's document (one it leaves out had
+    nothing to apply when its runner planned it, as for a job of one unit)."""
+    from reconciler import ghflow
+
+    def unit(key):
+        return {"key": key, "title": key, "action": "apply", "reasons": ["x"], "config_hash": "h", "needs": []}
+
+    names = ["cluster:a@s", "cluster:b@s", "cluster:c@s"]
+    waves = [{"name": "landing-zones", "units": [], "jobs": []},
+             {"name": "clusters", "units": [unit(k) for k in names], "jobs": [",".join(names[:2]), names[2]]},
+             {"name": "cluster-destroys", "units": [], "jobs": []}, {"name": "landing-zone-destroys", "units": [], "jobs": []}]
+    head = {"label": "HEAD", "revision": "a" * 40, "dirty": False}
+    (tmp_path / "waves.json").write_text(json.dumps({"format_version": 1, "head": head, "waves": waves, "jobs": [], "exit_code": 0}))
+    for n, (job, applied) in enumerate(((",".join(names[:2]) + "\n", names[:1]), (names[2], names[2:]))):
+        (tmp_path / f"apply-{n}").mkdir()
+        (tmp_path / f"apply-{n}" / "unit.txt").write_text(job)
+        document = {"head": head, "units": [{"key": k, "outcome": "applied", "detail": ""} for k in applied], "exit_code": 0}
+        (tmp_path / f"apply-{n}" / "apply.json").write_text(json.dumps(document))
+    results, revision = ghflow.gathered_results(tmp_path)
+    assert revision == "a" * 40
+    assert [r.outcome for r in results] == ["applied", "no changes", "applied"]  # b: in the job, nothing to apply

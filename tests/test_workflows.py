@@ -85,6 +85,7 @@ def test_apply_fans_out_one_job_per_unit_in_the_waves_reconcile_orders():
     assert list(jobs) == ["waves", *WAVES, "report"]
     assert list(jobs["waves"]["outputs"]) == list(WAVES)
     assert "reconcile waves --json" in jobs["waves"]["steps"][-2]["run"]
+    assert "| .jobs[]]" in jobs["waves"]["steps"][-2]["run"]  # at most 256 jobs a wave: GitHub's matrix limit
     for i, wave in enumerate(WAVES):
         job = jobs[wave]
         assert job["needs"] == ["waves", *WAVES[:i]]
@@ -104,6 +105,7 @@ def test_plan_fans_out_one_job_per_unit_and_one_job_writes_the_comment():
     jobs = load("plan.yml")["jobs"]
     assert list(jobs) == ["units", "unit", "plan"]
     assert "reconcile waves --json" in jobs["units"]["steps"][-1]["run"]
+    assert "jq -c '.jobs' waves.json" in jobs["units"]["steps"][-1]["run"]  # at most 256 jobs in all
     unit = jobs["unit"]
     assert unit["strategy"]["fail-fast"] is False and unit["strategy"]["matrix"]["unit"] == "${{ fromJSON(needs.units.outputs.units) }}"
     step = next(s for s in unit["steps"] if s.get("id") == "plan")
