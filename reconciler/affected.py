@@ -30,6 +30,19 @@ def changed_files(base: Mapping[str, bytes] | None, head: Mapping[str, bytes]) -
     return frozenset(p for p in set(base) | set(head) if base.get(p) != head.get(p))
 
 
+def _unexplained(previous: Unit, unit: Unit) -> str:
+    """Why a unit whose own files did not change has a new configuration: another cluster's
+    `network.admit` lets it in or out (its rules follow), else the code that builds it."""
+    moved = set()
+    for field in ("reaches", "admitted"):
+        before = {p.cluster: p for p in getattr(previous.spec, field, ())}
+        after = {p.cluster: p for p in getattr(unit.spec, field, ())}
+        moved |= {name for name in before.keys() | after.keys() if before.get(name) != after.get(name)}
+    if moved:
+        return f"network.admit between it and {', '.join(sorted(moved))} changed"
+    return f"{unit.platform} platform code changed"
+
+
 def file_reason(path: str) -> str:
     if path.startswith("sites/"):
         return f"site changed: {path}"
@@ -57,7 +70,7 @@ def select(
         else:
             reasons += [file_reason(p) for p in unit.inputs if p in changed]
         if previous is not None and previous.config_hash != unit.config_hash and not reasons:
-            reasons.append(f"{unit.platform} platform code changed")
+            reasons.append(_unexplained(previous, unit))
         record = live.get(key, UNKNOWN)
         if record is None and not new:
             reasons.append("never applied")

@@ -20,7 +20,7 @@ from reconciler import event as event_module
 from reconciler.apply import APPLIED, DEFAULT_PARALLELISM, FAILED as APPLY_FAILED, INTERRUPTED, NOT_STARTED, NOTHING, REFUSED, apply, delete_volume
 from reconciler.engine import CHOICES, select_engine
 from reconciler.errors import FORMAT_VERSION, Exit, InvalidDefinitions, NotConfirmed, ReconcileError, printable
-from reconciler.gitsource import GitSource, Snapshot
+from reconciler.gitsource import GitSource, Snapshot, tracks
 from reconciler.live import LiveRecord, LiveStore, RetainedVolume, volume_name
 from reconciler import load as load_module
 from reconciler import unitcache
@@ -186,8 +186,9 @@ def _main(argv: list[str] | None) -> int:
             units=frozenset(k.strip() for value in getattr(args, "units", ()) for k in value.split(",") if k.strip())
             | _only(args),
         )
-        load_module.use_cache(settings.work_dir / "cache" / "parsed")  # definitions parsed again only when their bytes change
-        unitcache.use(settings.work_dir / "cache" / "units")  # and clusters resolved again only when what they follow from does
+        cache = _cache_dir(settings)
+        load_module.use_cache(cache and cache / "parsed")  # definitions parsed again only when their bytes change
+        unitcache.use(cache and cache / "units")  # and clusters resolved again only when what they follow from does
         if not settings.lock and command != "plan":
             raise ReconcileError(f"--no-lock is for plans only: {command} takes the state locks it needs")
         if command in USES_WORK_DIR or getattr(args, "delete", None) or getattr(args, "render", False):
@@ -221,6 +222,22 @@ def _main(argv: list[str] | None) -> int:
         traceback.print_exc()
         sys.stderr.write("internal error: this is a bug in reconcile, please report it with the traceback above\n")
         return Exit.INTERNAL
+
+
+def _cache_dir(settings: Settings) -> Path | None:
+    """The content caches (`WORK_DIR/cache`), unless git tracks them. An entry holds its own
+    checksum, which anyone can write: a cache that arrives with a checkout (a pull request can
+    commit one, and CI checks it out) is never read, so it cannot stand in for a definition."""
+    cache = settings.work_dir / "cache"
+    try:
+        tracked = tracks(settings.root, cache)
+    except OSError:
+        tracked = True
+    if tracked:
+        print(f"warning: git tracks {cache}: its entries are not read (a cache that comes with a checkout is never trusted); "
+              "remove it from git (git rm -r --cached)", file=sys.stderr)
+        return None
+    return cache
 
 
 def _positive(text: str) -> int:

@@ -25,6 +25,30 @@ MAX_TOTAL_BYTES = 16 << 20  # all definition files together: past it, none is re
 YAML_SUFFIXES = (".yaml", ".yml")
 
 
+def tracks(root: Path, path: Path) -> bool:
+    """Whether git tracks anything under `path` in the repository at `root`, read from its index
+    (no process started): a path outside the repository, or no repository, is tracked by nothing.
+    An index git writes with prefix compression (version 4) is asked of git itself."""
+    try:
+        rel = path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return False
+    dot_git = root / ".git"
+    if dot_git.is_file():  # a worktree or a submodule: `gitdir: DIR`
+        text = dot_git.read_text(encoding="utf-8", errors="replace").strip()
+        dot_git = (root / text.removeprefix("gitdir:").strip()).resolve()
+    try:
+        index = (dot_git / "index").read_bytes()
+    except FileNotFoundError:
+        return False
+    if index[:4] == b"DIRC" and int.from_bytes(index[4:8], "big") in (2, 3):
+        return (rel + "/").encode() in index  # a path inside it; a false match only turns caches off
+    try:
+        return bool(git.Repo(root).git.ls_files("--", rel).strip())
+    except (git.InvalidGitRepositoryError, git.GitCommandError):
+        return True
+
+
 def _parts(path: str) -> list[str]:
     """PurePosixPath(path).parts of a relative path, by string operations (a thousand files a run)."""
     return [part for part in path.split("/") if part not in ("", ".")]

@@ -313,6 +313,8 @@ def _cached(entry: Path, key: str, path: str, raw: bytes) -> Document | None:
                 if not (type(kl) is type(kc) is type(vl) is type(vc) is int) or type(at) is not list:
                     raise TypeError
                 made[tuple(at)] = Spot(Location(path, kl, kc), Location(path, vl, vc))
+            if any(p not in made for p in _paths(stored["data"], ())):
+                raise ValueError  # spots that do not cover the data: not this file's parse
             return made
         except (TypeError, ValueError):
             parsed = _parse(path, raw, Problems())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 from reconciler import load as load_module
@@ -143,6 +144,11 @@ def test_an_admit_reaches_the_cluster_it_lets_in_through_the_cache(repo, tmp_pat
         assert dev2.spec.admitted == (Peer("dev", dev.spec.subnet.cidr, ("22", "60000-60100")),)  # slurm-hpc: another site
         assert dev.spec.reaches == (Peer("dev2", dev2.spec.subnet.cidr, ("22", "60000-60100")),)
         assert dev.config_hash != before["cluster:dev@local-a"].config_hash
+        from reconciler import affected
+
+        changed = frozenset({"clusters/dev2.yaml"})
+        reasons = {s.unit.key: s.reasons for s in affected.select(after, before, changed, {})}
+        assert reasons["cluster:dev@local-a"][0] == "network.admit between it and dev2 changed"  # not "code changed"
         unitcache.use(None)
         assert resolve(defs) == after  # what resolution makes without the cache
     finally:
@@ -192,3 +198,30 @@ def test_a_kept_spec_that_does_not_decode_is_made_again(repo, tmp_path):
         assert resolve(defs) == fresh
     finally:
         unitcache.use(None)
+
+
+def test_a_cache_that_git_tracks_is_not_read(applied, cli):
+    """An entry's checksum is anyone's to write: a parse entry forged to say two nodes are seven,
+    committed (a pull request can), would plan seven. A cache that git tracks is never read, and
+    the run says so; the plan is the definitions' own."""
+    repo = str(applied.path)
+    code, out, err = cli("--dry-run", "--repo", repo)  # every file parsed and kept
+    assert code == 0, out + err
+    (forged,) = [e for e in entries(applied) if json.loads(body(e))["path"] == "clusters/dev.yaml"]
+    stored = json.loads(body(forged))
+    stored["data"]["node_pools"]["compute"]["count"] = 7
+    text = json.dumps(stored).encode()
+    forged.write_bytes(hashlib.sha256(text).hexdigest().encode() + b"\n" + text)
+    units = applied.path / ".reconcile" / "cache" / "units"
+    shutil.rmtree(units)  # resolved again, from the parse
+    code, out, err = cli("--dry-run", "--json", "--repo", repo)
+    assert code == 2 and "cluster:dev@local-a" in out, err  # what an untracked, forged cache does (the user's own)
+
+    from conftest import git
+
+    git(applied.path, "add", "-f", str(forged.relative_to(applied.path)))
+    git(applied.path, "commit", "-q", "-m", "a cache, committed")
+    shutil.rmtree(units)
+    code, out, err = cli("--dry-run", "--repo", repo)
+    assert code == 0 and "Nothing to do" in out, out + err
+    assert "git tracks" in err and "never trusted" in err
