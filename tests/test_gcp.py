@@ -701,6 +701,36 @@ def test_an_admitted_cluster_reaches_the_nodes_on_its_ports_one_way(synthesized)
     assert not [r for r in hpc.values() if "dev-node" in r.get("source_tags", [])]
 
 
+def test_public_login_is_reached_on_22_from_the_allowed_networks_only(synthesized):
+    """The reachability model (tests/test_reachability.py) over the public variant as synthesized:
+    from the internet only the login node, only on TCP 22, only from allowed_cidrs, and only
+    through the forwarding rule (no node has an address of its own); taken away, nothing is."""
+    from test_reachability import Host, gcp_reaches, gcp_site, load
+
+    zone = load("gcp/landing-zone-gcp-zurich.tf.json")
+    public = doc(synthesized, "variant-public")
+
+    def reaches(document, source_ip, target, protocol="tcp", port=22):
+        site = gcp_site(zone, {"dev": document})
+        site.hosts["client"] = Host("client", source_ip, kind="internet")
+        return gcp_reaches(site, "client", target, protocol, port)
+
+    allowed, other = "198.51.100.7", "203.0.113.10"
+    assert reaches(public, allowed, "dev/node_login_0")
+    assert not reaches(public, other, "dev/node_login_0")  # not an allowed network
+    assert not reaches(public, allowed, "dev/node_login_0", port=80)
+    assert not reaches(public, allowed, "dev/node_compute_0")
+    assert not reaches(doc(synthesized, "cluster-dev"), allowed, "dev/node_login_0")  # no public_login: no way in
+    without = json.loads(json.dumps(public))
+    without["resource"].pop("google_compute_forwarding_rule")
+    assert not reaches(without, allowed, "dev/node_login_0")  # the firewall alone opens nothing
+    wider = json.loads(json.dumps(public))
+    resources(wider, "google_compute_firewall")["firewall_ssh"]["allow"] = [{"protocol": "all"}]
+    assert not reaches(wider, allowed, "dev/node_login_0", port=80)  # the rule forwards 22 only
+    resources(wider, "google_compute_forwarding_rule")["node_login_0_ssh"]["port_range"] = "1-65535"
+    assert reaches(wider, allowed, "dev/node_login_0", port=80)  # both widened: the model sees it
+
+
 def test_only_admin_groups_log_in_through_os_login_and_act_as_the_nodes(synthesized):
     """Users tunnel through IAP to the login nodes' sshd, where SSSD decides, as their own
     directory account: no group but admin and operator holds osLogin, osAdminLogin or

@@ -70,6 +70,7 @@ class Host:
     public: bool = False  # has an external address of its own
     kind: str = "vm"  # vm | api | internet | endpoint
     prefix_lists: frozenset = frozenset()
+    private_path: bool = False  # a source outside the VPC that reaches it privately (IAP, the site's runners)
 
 
 def ports_match(protocol: str, ports: list | None, want_protocol: str, want_port: int) -> bool:
@@ -109,6 +110,7 @@ class GcpSite:
     authorized: tuple = ()
     nat: bool = False
     hosts: dict = field(default_factory=dict)
+    forwarded: dict = field(default_factory=dict)  # host -> ((protocol, low, high), ...): external protocol forwarding
 
 
 def gcp_rules(document: dict, tokens: dict) -> list[GcpRule]:
@@ -156,8 +158,8 @@ def gcp_site(zone: dict, clusters: dict[str, dict]) -> GcpSite:
     site.hosts["control"] = Host("control", host_in(services["ip_cidr_range"]), tags=frozenset(control))
     site.hosts["api"] = Host("api", host_in(master, 2), kind="api")
     site.hosts["internet"] = Host("internet", INTERNET, kind="internet")
-    site.hosts["runner"] = Host("runner", RUNNER, kind="internet")
-    site.hosts["iap"] = Host("iap", IAP, kind="internet")
+    site.hosts["runner"] = Host("runner", RUNNER, kind="internet", private_path=True)
+    site.hosts["iap"] = Host("iap", IAP, kind="internet", private_path=True)
     site.hosts["google-apis"] = Host("google-apis", GOOGLE_PRIVATE_API, kind="internet")
     for cluster, document in clusters.items():
         site.rules += gcp_rules(document, tokens)
@@ -167,6 +169,15 @@ def gcp_site(zone: dict, clusters: dict[str, dict]) -> GcpSite:
                 f"{cluster}/{name}", interface["network_ip"], tags=frozenset(node.get("tags", ())),
                 public=bool(interface.get("access_config")),
             )
+        # External protocol forwarding: a forwarding rule's public address delivers its ports to
+        # the one instance of its target instance (https://cloud.google.com/load-balancing/docs/protocol-forwarding)
+        targets = {f"${{google_compute_target_instance.{name}.self_link}}": t["instance"]
+                   for name, t in resources(document, "google_compute_target_instance").items()}
+        for rule in resources(document, "google_compute_forwarding_rule").values():
+            instance = re.fullmatch(r"\$\{google_compute_instance\.(\w+)\.self_link\}", targets[rule["target"]]).group(1)
+            low, _, high = (rule.get("port_range") or "1-65535").partition("-")
+            site.forwarded.setdefault(f"{cluster}/{instance}", []).append(
+                (rule.get("ip_protocol", "TCP").lower(), int(low), int(high or low)))
     return site
 
 
@@ -193,6 +204,10 @@ def gcp_reaches(site: GcpSite, source: str, target: str, protocol: str, port: in
     if dst.kind == "internet":
         # Google's private API range is reached through Private Google Access, without NAT
         return src.public or site.nat or dst.name == "google-apis"
+    if src.kind == "internet" and not src.private_path and dst.kind == "vm" and not dst.public and not any(
+        p == protocol and low <= port <= high for p, low, high in site.forwarded.get(target, ())
+    ):
+        return False  # from the internet only to an external address: the node's own, or a forwarding rule's
     into = [r for r in site.rules if r.direction == "INGRESS" and applies(r, dst) and carries(r)
             and (within(src.ip, r.ranges) or bool(src.tags & set(r.source_tags)))]
     return _gcp_decide(into)
