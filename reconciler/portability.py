@@ -125,6 +125,11 @@ def check(cluster: Cluster, site: Site, role: str = PLACEMENT, host: Host | None
     fits: list[PoolFit] = []
     if site.platform == "local" and cluster.network.public_login:
         reasons.append("network.public_login: a local site has no public addresses")
+    if site.platform == "aws" and cluster.network.public_login:
+        reasons.append(
+            "network.public_login: not on aws yet (the nodes live in private subnets); users reach the login "
+            "nodes through Session Manager (AWS-StartSSHSession), or from network.allowed_cidrs over the site's network"
+        )
     if site.platform == "gcp" and cluster.access.groups and "iam_domain" not in site.labels:
         reasons.append(
             f"access.groups: on gcp, access goes to Cloud Identity groups NAME@DOMAIN and site {site.name} "

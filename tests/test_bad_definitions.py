@@ -124,6 +124,7 @@ ROWS = [
     ("aws without admins", swap("kubernetes_admins:  # EKS cluster-admin access entries: the CI apply role and a break-glass role\n  - arn:aws:iam::111122223333:role/reconcile-apply\n  - arn:aws:iam::111122223333:role/break-glass\n", "", "sites/aws-zurich.yaml"), "sites/aws-zurich.yaml", "an aws site needs kubernetes_admins"),
     ("admins on local", swap("state:\n  backend: local\n", "kubernetes_admins: [\"arn:aws:iam::111122223333:role/x\"]\nstate:\n  backend: local\n", S), S, "kubernetes_admins: only an aws site takes kubernetes_admins"),
     ("admin not a role", swap("  - arn:aws:iam::111122223333:role/break-glass\n", "  - arn:aws:iam::111122223333:user/alice\n", "sites/aws-zurich.yaml"), "sites/aws-zurich.yaml", "an IAM role's ARN"),
+    ("public login on aws", swap("flavor: gpu\n", "flavor: gpu\nnetwork:\n  public_login: true\n  allowed_cidrs: [192.0.2.0/24]\n", "clusters/gpu-ai.yaml"), "clusters/gpu-ai.yaml", "aws-frankfurt (aws eu-central-1): not on aws yet"),
     ("store on cloud", swap("\nservices:\n", "\nservices:\n  object_store: {backend: s3}\n", "sites/aws-zurich.yaml"), "sites/aws-zurich.yaml", "object_store"),
 ]
 
