@@ -316,8 +316,10 @@ def _cluster_unit_kept(
     if not unitcache.enabled():
         return _cluster_unit(cluster, site, subnet, peers, defs, problems, site_unit)
     paths = (*defs.cluster_files[cluster.name], defs.site_files[site.name])
+    # on the slurm runtime the nodes are this machine's: whether they fit follows from its size too
+    host = repr(portability.this_host()).encode() if site.runtime == "slurm" else b""
     key = unitcache.key([cluster.name.encode(), str(subnet).encode(), site_unit.config_hash.encode(),
-                         repr(peers).encode(), *(path.encode() + b"\0" + defs.files[path] for path in paths)])
+                         repr(peers).encode(), host, *(path.encode() + b"\0" + defs.files[path] for path in paths)])
     kept = unitcache.read(key, Unit, ClusterSpec)
     if kept is not None and kept[0].kind == CLUSTER and kept[0].name == cluster.name and kept[0].spec is None:
         unit, load_spec = kept
