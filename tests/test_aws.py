@@ -565,6 +565,19 @@ def test_ssh_only_to_login_nodes_from_allowed_cidrs(synthesized):
                 if r["security_group_id"] == "${aws_security_group.security_group_login.id}"]
 
 
+def test_admitted_ports_past_a_security_groups_quota_are_refused_with_what_to_change(specs):
+    from rpi.aws.cluster import SECURITY_GROUP_RULES, check
+    from rpi.spec import Peer
+
+    dev = specs["cluster-dev"]
+    many = tuple(str(1000 + i) for i in range(SECURITY_GROUP_RULES // 2))  # two rules each: past the quota with the rest
+    with pytest.raises(ValueError, match="inbound rules, more than the 60 AWS allows a group"):
+        check(dataclasses.replace(dev, admitted=(Peer("slurm-hpc", "10.60.1.0/24", many),)))
+    with pytest.raises(ValueError, match="outbound rules.*network.admit of the clusters that admit it"):
+        check(dataclasses.replace(dev, reaches=(Peer("slurm-hpc", "10.60.1.0/24", many),)))
+    check(dataclasses.replace(dev, admitted=(Peer("slurm-hpc", "10.60.1.0/24", ("1000-1029",)),)))  # one range: fine
+
+
 def test_an_admitted_cluster_reaches_the_nodes_on_its_ports_one_way(synthesized, specs):
     """dev admits slurm-hpc on port 22: dev's nodes let slurm-hpc's subnet in, slurm-hpc's nodes
     may go out to dev's subnet, on TCP and UDP 22 both, and nothing opens the other way."""

@@ -88,6 +88,18 @@ def check(spec: ClusterSpec) -> None:
             f"cluster {spec.name}: public_login is not supported on aws yet (nodes live in a private subnet); "
             "reach login nodes through SSM Session Manager or from network.allowed_cidrs"
         )
+    # A security group takes 60 inbound and 60 outbound rules unless the account's quota is raised
+    # (https://docs.aws.amazon.com/vpc/latest/userguide/amazon-vpc-limits.html#vpc-limits-security-groups)
+    rules = {"inbound": 2 + sum(len(_peer_ports(p)) for p in spec.admitted),
+             "outbound": 1 + len(landing_zone_ports()) + 2 + sum(len(_peer_ports(p)) for p in spec.reaches)}
+    for direction, count in rules.items():
+        if count > SECURITY_GROUP_RULES:
+            field = "network.admit of this cluster" if direction == "inbound" else "network.admit of the clusters that admit it"
+            raise ValueError(
+                f"cluster {spec.name}: its nodes' security group would hold {count} {direction} rules, more than the "
+                f"{SECURITY_GROUP_RULES} AWS allows a group (two per admitted port or range, TCP and UDP): give fewer "
+                f"or wider port ranges in {field}, or none for every port"
+            )
     for pool in spec.pools:
         if not pool.machine_type:
             raise ValueError(
@@ -156,6 +168,9 @@ def _names(stack, spec: ClusterSpec, vpc) -> None:
         for index, (hostname, address) in enumerate(zip(pool.hostnames, pool.addresses, strict=True)):
             record(stack, f"dns_{pool.name}_{index}", zone_id=zone.zone_id, name=f"{hostname}.{PRIVATE_DOMAIN}",
                    type="A", ttl=60, records=[address])
+
+
+SECURITY_GROUP_RULES = 60  # inbound, and outbound, per security group: the default quota
 
 
 def _peer_ports(peer: Peer) -> list[tuple]:
