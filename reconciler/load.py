@@ -271,7 +271,7 @@ def _parse_cached(path: str, raw: bytes, problems: Problems) -> Document | None:
     if _cache_dir is None:
         return _parse(path, raw, problems)
     key = hashlib.sha256(b"\0".join((_code_hash.encode(), path.encode(), raw))).hexdigest()
-    entry = _cache_dir / key[:2] / f"{key}.json"
+    entry = _cache_dir / _code_hash[:16] / key[:2] / f"{key}.json"
     doc = _cached(entry, key, path, raw)
     if doc is not None:
         return doc
@@ -282,6 +282,10 @@ def _parse_cached(path: str, raw: bytes, problems: Problems) -> Document | None:
             body = json.dumps({"key": key, "path": path, "data": doc.data,
                                "spots": [[list(at), s.key.line, s.key.column, s.value.line, s.value.column] for at, s in doc.spots.items()]},
                               separators=(",", ":"), allow_nan=False).encode()
+            if not entry.parent.parent.is_dir():  # this loader's first entry: the older loaders' go
+                from reconciler.unitcache import prune
+
+                prune(_cache_dir, entry.parent.parent.name)
             entry.parent.mkdir(parents=True, exist_ok=True)
             partial = entry.with_name(f".{entry.name}.{os.getpid()}")
             partial.write_bytes(hashlib.sha256(body).hexdigest().encode() + b"\n" + body)

@@ -6,7 +6,9 @@ its site's file, the subnet its site allocated it, its site's unit, and the code
 units (every module of the reconciler, the constructs and the node package, and pydantic's
 version). An entry holds the unit as plain JSON with a checksum of that text; one that does not
 read back whole (damaged, cut short, another key's, another shape) is ignored and written again:
-it is never trusted. The spec, most of an entry, is decoded only if the run asks for it. Of the user data only the cluster's facts are kept: the rest, the node package, is a
+it is never trusted. The spec, most of an entry, is decoded only if the run asks for it. Each
+code version keeps its entries in a folder of its own; the first entry a new version writes
+removes the others' (`prune`). Of the user data only the cluster's facts are kept: the rest, the node package, is a
 template made once a run (`layers.user_data_of`), cheaper to fill than to read.
 """
 
@@ -17,6 +19,7 @@ import functools
 import hashlib
 import json
 import os
+import shutil
 import types
 import typing
 from pathlib import Path
@@ -73,7 +76,7 @@ def read(key: str, cls: type, spec_cls: type):
     if _directory is None:
         return None
     try:
-        head, _, body = (_directory / key[:2] / f"{key}.json").read_bytes().partition(b"\n")
+        head, _, body = (_version_dir() / key[:2] / f"{key}.json").read_bytes().partition(b"\n")
         stored = json.loads(head)
         if stored.get("key") != key or hashlib.sha256(body).hexdigest() != stored.get("checksum"):
             return None
@@ -95,13 +98,33 @@ def write(key: str, unit) -> None:
     spec, plain["spec"] = plain["spec"], None
     body = json.dumps(plain, separators=(",", ":")).encode() + b"\n" + json.dumps(spec, separators=(",", ":")).encode()
     head = json.dumps({"key": key, "checksum": hashlib.sha256(body).hexdigest()}).encode()
-    entry = _directory / key[:2] / f"{key}.json"
+    version = _version_dir()
+    entry = version / key[:2] / f"{key}.json"
     try:
+        if not version.is_dir():
+            prune(_directory, version.name)
         entry.parent.mkdir(parents=True, exist_ok=True)
         partial = entry.with_name(f".{entry.name}.{os.getpid()}")
         partial.write_bytes(head + b"\n" + body)
         os.replace(partial, entry)  # whole or not at all
     except OSError:  # no room, read-only: the next run resolves it again
+        pass
+
+
+def _version_dir() -> Path:
+    """The entries of this code: a folder of their own, so that an older version's are removed whole."""
+    return _directory / code_digest()[:16]
+
+
+def prune(directory: Path, keep: str) -> None:
+    """Remove every folder of `directory` but `keep`: the entries of other code versions (and of
+    older layouts), which this code never reads. Done once, when a version first writes; a run of
+    another version at the same time only finds its entries gone and makes them again."""
+    try:
+        for child in directory.iterdir():
+            if child.name != keep and child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+    except OSError:
         pass
 
 

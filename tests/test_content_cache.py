@@ -18,7 +18,7 @@ from rpi.spec import Peer
 
 
 def entries(repo) -> list[Path]:
-    return sorted((repo.path / ".reconcile" / "cache" / "parsed").glob("*/*.json"))
+    return sorted((repo.path / ".reconcile" / "cache" / "parsed").glob("*/*/*.json"))
 
 
 def test_a_changed_profile_reselects_its_clusters_through_the_cache(applied, cli):
@@ -81,7 +81,7 @@ def test_a_file_with_problems_is_never_kept(repo, cli, tmp_path):
         assert code == 1 and "clusters/dev.yaml" in err
         code, out, err = cli("validate", "--repo", str(repo.path))  # reported again: nothing kept hid it
         assert code == 1 and "clusters/dev.yaml" in err
-        assert not any('"clusters/dev.yaml"' in p.read_text() for p in (repo.path / ".reconcile" / "cache" / "parsed").glob("*/*.json"))
+        assert not any('"clusters/dev.yaml"' in p.read_text() for p in (repo.path / ".reconcile" / "cache" / "parsed").glob("*/*/*.json"))
     finally:
         load_module.use_cache(None)
 
@@ -92,7 +92,7 @@ def test_kept_units_are_the_units_resolution_makes_and_damaged_ones_are_made_aga
     unitcache.use(tmp_path / "units")
     try:
         assert resolve(defs) == fresh  # made, and kept
-        kept = sorted((tmp_path / "units").glob("*/*.json"))
+        kept = sorted((tmp_path / "units").glob("*/*/*.json"))
         assert len(kept) == sum(1 for u in fresh.values() if u.kind == "cluster")
         assert resolve(defs) == fresh  # read back
         first, second, third = kept[0], kept[1], kept[2]
@@ -106,7 +106,9 @@ def test_kept_units_are_the_units_resolution_makes_and_damaged_ones_are_made_aga
             head = entry.read_bytes().partition(b"\n")[0]
             assert json.loads(head)["key"] == entry.stem  # written again, whole
         monkeypatch.setattr(unitcache, "code_digest", lambda: "other code")  # new code never reads old entries
-        assert resolve(defs) == fresh and len(list((tmp_path / "units").glob("*/*.json"))) == 2 * len(kept)
+        assert resolve(defs) == fresh
+        now = list((tmp_path / "units").glob("*/*/*.json"))
+        assert len(now) == len(kept) and not any(p.exists() for p in kept)  # the old code's entries removed, whole
     finally:
         unitcache.use(None)
 
@@ -188,7 +190,7 @@ def test_a_kept_spec_that_does_not_decode_is_made_again(repo, tmp_path):
     unitcache.use(tmp_path / "units")
     try:
         resolve(defs)
-        for entry in sorted((tmp_path / "units").glob("*/*.json")):
+        for entry in sorted((tmp_path / "units").glob("*/*/*.json")):
             head, _, body = entry.read_bytes().partition(b"\n")
             fields, _, _ = body.partition(b"\n")
             forged = fields + b"\n" + json.dumps({"name": "not a spec"}).encode()
@@ -225,3 +227,19 @@ def test_a_cache_that_git_tracks_is_not_read(applied, cli):
     code, out, err = cli("--dry-run", "--repo", repo)
     assert code == 0 and "Nothing to do" in out, out + err
     assert "git tracks" in err and "never trusted" in err
+
+
+def test_the_entries_of_other_code_versions_are_removed_when_this_one_first_writes(repo, cli):
+    """Each code version keeps its entries in a folder of its own, which no other version reads;
+    the first entry this version writes removes the other folders (older layouts too), so the
+    caches do not grow with every upgrade."""
+    cache = repo.path / ".reconcile" / "cache"
+    stale = [cache / "parsed" / "0123456789abcdef" / "ab" / "old.json", cache / "parsed" / "ab" / "older-layout.json",
+             cache / "units" / "fedcba9876543210" / "cd" / "old.json"]
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}")
+    code, out, err = cli("--dry-run", "--repo", str(repo.path))
+    assert code == 2, err
+    assert not any(p.exists() for p in stale)
+    assert entries(repo) and list((cache / "units").glob("*/*/*.json"))  # this version's, kept
