@@ -494,11 +494,21 @@ PortRange = Annotated[
 ]
 
 
+def _apart(ports: list[str]) -> list[str]:
+    """Ports and ranges that overlap would open one port twice (two rules of one group, the
+    second refused by AWS as a duplicate): each port is listed once."""
+    spans = sorted((int(p.partition("-")[0]), int(p.partition("-")[2] or p.partition("-")[0]), p) for p in ports)
+    for (_, high, first), (low, _, second) in zip(spans, spans[1:]):
+        if low <= high:
+            raise ValueError(f"{first} and {second} overlap: list each port once (one range can hold both)")
+    return ports
+
+
 class Admit(Strict):
     """Another cluster of the same site whose nodes may open connections to this cluster's nodes."""
 
     cluster: Name = Field(description="The cluster let in. It must exist; while it runs on another site, nothing is opened")
-    ports: Annotated[list[PortRange], AfterValidator(_no_repeats)] = Field(
+    ports: Annotated[list[PortRange], AfterValidator(_no_repeats), AfterValidator(_apart)] = Field(
         [], description="The TCP and UDP ports it may open; none: every port and protocol"
     )
 

@@ -119,6 +119,7 @@ ROWS = [
     ("admit itself", swap("storage:\n", "network:\n  admit: [{cluster: dev}]\nstorage:\n"), D, "admits dev, itself"),
     ("admit twice", swap("storage:\n", "network:\n  admit: [{cluster: slurm-hpc}, {cluster: slurm-hpc}]\nstorage:\n"), D, "slurm-hpc is listed twice"),
     ("admit port word", swap("storage:\n", "network:\n  admit: [{cluster: slurm-hpc, ports: [ssh]}]\nstorage:\n"), D, "'ssh' is not a port"),
+    ("admit overlap", swap("storage:\n", "network:\n  admit: [{cluster: slurm-hpc, ports: [\"20-30\", 25]}]\nstorage:\n"), D, "20-30 and 25 overlap"),
     ("admit bad port", swap("storage:\n", "network:\n  admit: [{cluster: slurm-hpc, ports: [\"70000\"]}]\nstorage:\n"), D, "not a port"),
     ("admit range reversed", swap("storage:\n", "network:\n  admit: [{cluster: slurm-hpc, ports: [\"9-3\"]}]\nstorage:\n"), D, "from low to high"),
     ("aws without admins", swap("kubernetes_admins:  # EKS cluster-admin access entries: the CI apply role and a break-glass role\n  - arn:aws:iam::111122223333:role/reconcile-apply\n  - arn:aws:iam::111122223333:role/break-glass\n", "", "sites/aws-zurich.yaml"), "sites/aws-zurich.yaml", "an aws site needs kubernetes_admins"),
