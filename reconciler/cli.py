@@ -183,8 +183,7 @@ def _main(argv: list[str] | None) -> int:
             select_all=args.all,
             auto_approve=getattr(args, "auto_approve", False),
             sites=frozenset(getattr(args, "sites", ())),
-            units=frozenset(k.strip() for value in getattr(args, "units", ()) for k in value.split(",") if k.strip())
-            | _only(args),
+            units=_keys(getattr(args, "units", ())) | _only(args),
         )
         cache = _cache_dir(settings)
         load_module.use_cache(cache and cache / "parsed")  # definitions parsed again only when their bytes change
@@ -250,9 +249,14 @@ def _positive(text: str) -> int:
     return value
 
 
+def _keys(values) -> frozenset[str]:
+    """`--unit a,b --unit c` (or `--only`): the unit keys given, each option a comma-separated list."""
+    return frozenset(k.strip() for value in values for k in value.split(",") if k.strip())
+
+
 def _only(args) -> frozenset[str]:
     """`--only a,b --only c`: the units a fanned-out apply's runner applies."""
-    return frozenset(k.strip() for value in getattr(args, "only", ()) for k in value.split(",") if k.strip())
+    return _keys(getattr(args, "only", ()))
 
 
 def _emit(document: dict) -> None:

@@ -27,6 +27,7 @@ from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from ruamel.yaml.reader import ReaderError
 
 from reconciler.errors import Location, Problem, Problems
+from reconciler.unitcache import prune
 from reconciler.gitsource import MAX_FILE_BYTES, MAX_FILES, MAX_TOTAL_BYTES, Snapshot, is_definition_path
 from reconciler.model import CLUSTER_ONLY_FIELDS, NAME_PATTERN, PATTERN_WORDS, Cluster, LocalState, Site
 
@@ -283,8 +284,6 @@ def _parse_cached(path: str, raw: bytes, problems: Problems) -> Document | None:
                                "spots": [[list(at), s.key.line, s.key.column, s.value.line, s.value.column] for at, s in doc.spots.items()]},
                               separators=(",", ":"), allow_nan=False).encode()
             if not entry.parent.parent.is_dir():  # this loader's first entry: the older loaders' go
-                from reconciler.unitcache import prune
-
                 prune(_cache_dir, entry.parent.parent.name)
             entry.parent.mkdir(parents=True, exist_ok=True)
             partial = entry.with_name(f".{entry.name}.{os.getpid()}")

@@ -474,12 +474,17 @@ class Storage(Strict):
     )
 
 
+def _span(port: int | str) -> tuple[int, int]:
+    """6817 -> (6817, 6817); "60000-61000" -> (60000, 61000)."""
+    low, _, high = str(port).partition("-")
+    return int(low), int(high or low)
+
+
 def _port_range(value: int | str) -> str:
     """6817 or "60000-61000" -> the canonical "6817" or "60000-61000"."""
     if isinstance(value, str) and not re.fullmatch(PORT_PATTERN, value):
         raise ValueError(f"{value!r} is not a port (1-65535) or a range of ports such as 60000-61000")
-    low, _, high = str(value).partition("-")
-    first, last = int(low), int(high or low)
+    first, last = _span(value)
     if not 1 <= first <= last <= 65535:
         raise ValueError(f"{value!r} is not a port (1-65535) or a range of ports from low to high")
     return str(first) if first == last else f"{first}-{last}"
@@ -497,7 +502,7 @@ PortRange = Annotated[
 def _apart(ports: list[str]) -> list[str]:
     """Ports and ranges that overlap would open one port twice (two rules of one group, the
     second refused by AWS as a duplicate): each port is listed once."""
-    spans = sorted((int(p.partition("-")[0]), int(p.partition("-")[2] or p.partition("-")[0]), p) for p in ports)
+    spans = sorted((*_span(p), p) for p in ports)
     for (_, high, first), (low, _, second) in zip(spans, spans[1:]):
         if low <= high:
             raise ValueError(f"{first} and {second} overlap: list each port once (one range can hold both)")

@@ -89,7 +89,8 @@ def check(spec: ClusterSpec) -> None:
             "reach login nodes through SSM Session Manager or from network.allowed_cidrs"
         )
     # A security group takes 60 inbound and 60 outbound rules unless the account's quota is raised
-    # (https://docs.aws.amazon.com/vpc/latest/userguide/amazon-vpc-limits.html#vpc-limits-security-groups)
+    # (https://docs.aws.amazon.com/vpc/latest/userguide/amazon-vpc-limits.html#vpc-limits-security-groups).
+    # The counts are of the rules `_security_groups` gives the nodes' group: keep the two together.
     rules = {"inbound": 2 + sum(len(_peer_ports(p)) for p in spec.admitted),
              "outbound": 1 + len(landing_zone_ports()) + 2 + sum(len(_peer_ports(p)) for p in spec.reaches)}
     for direction, count in rules.items():
